@@ -1,0 +1,26 @@
+# Two commands do everything on a fresh clone: `make demo` and `make test`.
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-stamp
+
+.PHONY: demo test install bench-deps clean-outputs
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/aeflow demo
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+# BM3D (non-commercial licence) and OpenCV, for bench/ only
+bench-deps: $(STAMP)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev,bench]'
+
+clean-outputs:
+	rm -rf outputs/*/ outputs/.prefect

@@ -1,0 +1,109 @@
+"""Copy trained model folders into models/pretrained/<name>/ as float16 (each file under 2 MB), with a
+model card whose PSNR figures come from a bench/denoise.py run of the *shipped* (float16) weights.
+
+    python bench/ship_pretrained.py skip-dae-gray=FOLDER skip-dae-color=FOLDER ...   # copy
+    python bench/ship_pretrained.py --bench outputs/bench/X.json skip-dae-gray ...    # fill the cards
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+
+from flows.catalog import PRETRAINED  # noqa: E402
+from models.checkpoints import read_config, save_model  # noqa: E402
+from models.registry import load_model  # noqa: E402
+
+CARD = """# {name}
+
+`{kind}` denoiser for {what} images, {sigma_text}. Trained with the project's own
+`aeflow denoise train` (commands in `bench/pretrain.sh`) and shipped as float16 safetensors
+({size_kb:.0f} kB, {params:,} parameters); loading casts back to float32.
+
+- **Data**: {data}
+- **Training**: {steps:,} steps of {batch} patches of {patch}x{patch} px, AdamW (peak lr {lr:g}, warm-up then
+  cosine), {minutes:g} minutes on {device_text}; validation PSNR {val_psnr:.2f} dB on {val} held-out crops
+  at sigma {val_sigma}.
+- **Noise**: additive white Gaussian, {sigma_text} on the 0-255 scale.
+
+## Measured PSNR (dB), DnCNN protocol, these float16 weights on the CPU
+
+{bench}
+
+`bench/denoise.py` reproduces these figures (see the project README).
+"""
+
+
+DATA_NAMES = {"train400": "Train400 (DnCNN's 400 gray 180x180 BSDS crops, `../shared/data/denoise/train400`)",
+              "skimage-photos": "scikit-image's bundled photos (`BUNDLED_PHOTOS` in flows/ingest.py; gray ones "
+                                "repeated into three channels)"}
+
+
+def ship(name: str, src: Path) -> Path:
+    dst = PRETRAINED / name
+    if dst.exists():
+        shutil.rmtree(dst)
+    cfg = read_config(src)
+    model = load_model(src)
+    extra = {k: v for k, v in cfg.items() if k != "model"}
+    extra["shipped_from"] = src.name
+    save_model(model, dst, cfg["model"], dtype=torch.float16, extra=extra)
+    shutil.copy(src / "curve.png", dst / "curve.png")
+    return dst
+
+
+def card(name: str, bench: Path | None) -> None:
+    folder = PRETRAINED / name
+    cfg = read_config(folder)
+    m, t = cfg["model"], cfg["train"]
+    sigma = m["sigma"]
+    blind = isinstance(sigma, list)
+    table = "(not measured yet)"
+    if bench is not None:
+        records = [r for r in json.loads(bench.read_text())["records"] if r["method"] == name]
+        cells = {}
+        for r in records:
+            cells.setdefault((r["set"], r["sigma"]), []).append(r["psnr"])
+        sets = sorted({s for s, _ in cells})
+        sigmas = sorted({g for _, g in cells})
+        table = "| set | " + " | ".join(f"sigma {g:g}" for g in sigmas) + " |\n|---|" + "---:|" * len(sigmas) + "\n"
+        for s in sets:
+            table += f"| {s} ({len(cells[(s, sigmas[0])])} images) | " + " | ".join(
+                f"{statistics.mean(cells[(s, g)]):.2f}" for g in sigmas) + " |\n"
+    data = cfg["data"]
+    slug = Path(data["ingest"]).name.rsplit("-", 1)[0]
+    text = CARD.format(
+        name=name, kind=m["kind"], what="colour" if m["channels"] == 3 else "grayscale",
+        sigma_text=f"blind over sigma in [{sigma[0]:g}, {sigma[1]:g}]" if blind else f"sigma = {sigma:g}",
+        size_kb=(folder / "model.safetensors").stat().st_size / 1024, params=cfg["parameters"],
+        data=f"{DATA_NAMES.get(slug, slug)} ({data['train_images']} training images, {data['val_images']} held out)",
+        steps=cfg["steps"], batch=t["batch_size"], patch=t["patch"], lr=t["lr"], minutes=t["minutes"] or 0,
+        device_text="one NVIDIA H200 (bf16 autocast)" if cfg["device"] == "cuda" else "the CPU",
+        val_psnr=cfg["metrics"]["val_psnr"], val=data["val_images"], val_sigma=25 if blind else f"{sigma:g}",
+        bench=table)
+    (folder / "MODEL_CARD.md").write_text(text)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("models", nargs="+", help="NAME=FOLDER to copy, or NAME to (re)write the card")
+    ap.add_argument("--bench", type=Path, help="bench/denoise.py JSON with rows named after the shipped models")
+    args = ap.parse_args()
+    for item in args.models:
+        name, _, src = item.partition("=")
+        if src:
+            print("shipped", ship(name, Path(src)))
+        card(name, args.bench)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,64 @@
+"""Which models exist (shipped with the package, or trained under outputs/train/) and which one a
+`--model` argument names."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import models
+from flows.settings import outputs_root
+
+PRETRAINED = Path(models.__file__).parent / "pretrained"
+
+
+def shipped_models() -> list[Path]:
+    return sorted(p.parent for p in PRETRAINED.glob("*/config.json"))
+
+
+def trained_models() -> list[Path]:
+    return sorted(p.parent for p in (outputs_root() / "train").glob("*/manifest.json"))
+
+
+def weights_key(folder: Path) -> str:
+    """Content key of a model: the sha256 of its weights (from the sidecar, checked again at load)."""
+    return (Path(folder) / "model.safetensors.sha256").read_text().strip()
+
+
+def describe(folder: Path) -> dict:
+    cfg = json.loads((Path(folder) / "config.json").read_text())
+    m = cfg["model"]
+    sigma = m.get("sigma")
+    return {"name": Path(folder).name, "kind": m["kind"], "channels": m.get("channels"),
+            "sigma": f"{sigma[0]:g}-{sigma[1]:g}" if isinstance(sigma, list) else f"{sigma:g}",
+            "parameters": cfg.get("parameters"), "val_psnr": cfg.get("metrics", {}).get("val_psnr"),
+            "steps": cfg.get("steps"), "source": "shipped" if Path(folder).parent == PRETRAINED else "trained",
+            "path": str(folder)}
+
+
+def resolve_model(name: str, channels: int, sigma: float | None = None) -> Path:
+    """`auto` -> the shipped model for this many channels (sigma-specific when one matches `sigma`, blind
+    otherwise); a folder path; a shipped name; or a unique prefix of a trained model's folder name."""
+    if name == "auto":
+        color = "color" if channels == 3 else "gray"
+        candidates = ([f"skip-dae-{color}-s{sigma:g}"] if sigma is not None else []) + [f"skip-dae-{color}"]
+        for c in candidates:
+            if (PRETRAINED / c / "config.json").is_file():
+                return PRETRAINED / c
+        raise FileNotFoundError(f"no shipped {color} model in {PRETRAINED}; train one with `aeflow denoise train` "
+                                "and pass it with --model")
+    if Path(name).expanduser().is_dir():
+        folder = Path(name).expanduser().resolve()
+        if not (folder / "config.json").is_file():
+            raise FileNotFoundError(f"{name}: not a model folder (no config.json)")
+        return folder
+    for folder in shipped_models():
+        if folder.name == name:
+            return folder
+    matches = [f for f in trained_models() if f.name.startswith(name)]
+    if len(matches) == 1:
+        return matches[0]
+    known = [f.name for f in shipped_models() + trained_models()]
+    what = "is ambiguous" if matches else "matches no model"
+    raise FileNotFoundError(f"--model {name!r} {what}; known models: {', '.join(known) or 'none'} "
+                            "(or give a model folder path)")

@@ -1,0 +1,265 @@
+"""Batch denoise: IN_DIR -> OUT_DIR, mirroring the tree, names and formats, incrementally.
+
+Bookkeeping lives in OUT_DIR/.aeflow/: `index.json` (what was made from which input content with which
+model: a re-run skips those), `report.json`, `contact_sheet.png` and a lock file (two runs never write
+one folder at once). Inputs are never modified; every output is written atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from filelock import FileLock, Timeout
+
+from flows.catalog import resolve_model, weights_key
+from flows.ingest import file_sha256
+from flows.progress import Bar
+from flows.stages import digest
+from formats.images import IMAGE_SUFFIXES, BadImage, DecodedImage, contact_sheet, encode_image, find_images, read_image
+from models.checkpoints import write_bytes_atomic, write_json_atomic
+from models.inference import denoise_batch, denoise_image
+from models.registry import load_model
+from models.trainer import pick_device
+
+BOOKKEEPING = ".aeflow"
+CHUNK = 8                  # images decoded at once: bounds memory, lets same-size images share a batch
+WHOLE_IMAGE_PIXELS = 600 * 600   # above this an image is denoised in tiles, alone
+
+
+def psnr(a: np.ndarray, b: np.ndarray, peak: float = 255.0) -> float | None:
+    """PSNR in dB; None for identical images (infinite, and JSON has no infinity)."""
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return None if mse == 0 else round(float(10 * np.log10(peak ** 2 / mse)), 4)
+
+
+def ssim(a_u8: np.ndarray, b_u8: np.ndarray) -> float:
+    """SSIM with the DnCNN-table settings (Gaussian window sigma 1.5, population covariance)."""
+    from skimage.metrics import structural_similarity
+
+    a, b = np.squeeze(a_u8), np.squeeze(b_u8)
+    return float(structural_similarity(a, b, data_range=255, gaussian_weights=True, sigma=1.5,
+                                       use_sample_covariance=False, channel_axis=2 if a.ndim == 3 else None))
+
+
+def quantize(x01: np.ndarray, bit_depth: int = 8) -> np.ndarray:
+    """[0, 1] floats -> the integer levels of the output file, as float64 on the 0-255 scale."""
+    levels = 65535 if bit_depth == 16 else 255
+    return np.rint(np.clip(x01, 0, 1) * levels) * (255.0 / levels)
+
+
+def thumbnail(x: np.ndarray, size: int = 512) -> np.ndarray:
+    """A strided copy no larger than `size` px (contact sheets must not hold 48 MP images)."""
+    step = max(1, -(-max(x.shape[:2]) // size))
+    return np.ascontiguousarray(x[::step, ::step])
+
+
+def check_folders(in_dir: Path, out_dir: Path) -> None:
+    """Refuse an output folder equal to, inside, or containing the input folder: outputs could
+    overwrite inputs (mirrored relative paths) or be taken as inputs on the next run."""
+    if not in_dir.is_dir():
+        raise FileNotFoundError(f"{in_dir}: input folder not found")
+    if out_dir == in_dir or out_dir.is_relative_to(in_dir) or in_dir.is_relative_to(out_dir):
+        raise ValueError(f"output folder {out_dir} must lie outside the input folder {in_dir} (and not contain it)")
+
+
+def find_reference(ref_dir: Path, rel: Path) -> Path | None:
+    """The clean original of `rel`: same relative path, or same stem with another image suffix."""
+    if (ref_dir / rel).is_file():
+        return ref_dir / rel
+    for p in sorted((ref_dir / rel).parent.glob(rel.stem + ".*")):
+        if p.suffix.lower() in IMAGE_SUFFIXES:
+            return p
+    return None
+
+
+@dataclass
+class Job:
+    rel: Path
+    sha: str
+    image: DecodedImage | None = None
+    output: np.ndarray | None = None
+    thumb: np.ndarray | None = None         # small copy of the input for the contact sheet
+    row: dict = field(default_factory=dict)
+
+
+class Models:
+    """Loads each model once, on the chosen device, and chooses per image by channel count."""
+
+    def __init__(self, request: str, sigma: float | None, device: torch.device):
+        self.request, self.sigma, self.device, self.loaded = request, sigma, device, {}
+
+    def folder(self, channels: int) -> Path:
+        return resolve_model(self.request, channels, self.sigma)
+
+    def identity(self) -> str:
+        """What decides the output of an image besides its content: the weights that would be used."""
+        keys = []
+        for c in (1, 3):
+            try:
+                keys.append(weights_key(self.folder(c)))
+            except FileNotFoundError:
+                keys.append(None)
+        return digest({"weights": keys, "version": 1})
+
+    def __call__(self, channels: int) -> tuple[torch.nn.Module, Path]:
+        folder = self.folder(channels)
+        if folder not in self.loaded:
+            model = load_model(folder).to(self.device).to(memory_format=torch.channels_last)
+            self.loaded[folder] = model
+        return self.loaded[folder], folder
+
+
+def denoise_folder(in_dir: str, out_dir: str, model: str = "auto", sigma: float | None = None,
+                   reference: str | None = None, device: str = "auto", progress: bool = True) -> dict:
+    """Denoise every image under `in_dir` into `out_dir`; returns the report (also written to
+    OUT_DIR/.aeflow/report.json)."""
+    t0 = time.perf_counter()
+    src, dst = Path(in_dir).expanduser().resolve(), Path(out_dir).expanduser().resolve()
+    ref = Path(reference).expanduser().resolve() if reference else None
+    check_folders(src, dst)
+    if ref is not None and not ref.is_dir():
+        raise FileNotFoundError(f"{reference}: reference folder not found")
+    book = dst / BOOKKEEPING
+    book.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(book / "lock")
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise RuntimeError(f"{dst} is being written by another aeflow run (lock {book / 'lock'}); "
+                           "wait for it to finish") from None
+    try:
+        models = Models(model, sigma, pick_device(device))
+        identity = models.identity()
+        index_path = book / "index.json"
+        index = json.loads(index_path.read_text()) if index_path.is_file() else {}
+        files = find_images(src)
+        rows, failed, todo, sheet = [], [], [], []
+        for f in files:
+            rel = f.relative_to(src)
+            try:
+                sha = file_sha256(f)
+            except (OSError, BadImage) as e:
+                failed.append({"file": str(rel), "reason": getattr(e, "reason", None) or str(e)})
+                continue
+            entry = index.get(str(rel))
+            if entry and entry["input_sha256"] == sha and entry["model"] == identity and (dst / rel).is_file() \
+                    and (dst / rel).stat().st_size == entry["output_bytes"]:
+                rows.append({"file": str(rel), "status": "skipped", "model": entry["model_name"]})
+            else:
+                todo.append(Job(rel, sha))
+
+        last_save = time.monotonic()
+        with Bar(f"denoise {src.name}", enabled=progress) as bar:
+            bar.set(0, len(todo), force=True)
+            for start in range(0, len(todo), CHUNK):
+                chunk = todo[start:start + CHUNK]
+                for job in chunk:
+                    try:
+                        job.image = read_image(src / job.rel)
+                    except BadImage as e:
+                        failed.append({"file": str(job.rel), "reason": e.reason})
+                _denoise_chunk([j for j in chunk if j.image is not None], models)
+                for job in chunk:
+                    if job.image is None:
+                        continue
+                    out_path = dst / job.rel
+                    out_path.parent.mkdir(parents=True, exist_ok=True)
+                    data = encode_image(job.output, job.image)
+                    write_bytes_atomic(out_path, data)
+                    index[str(job.rel)] = {"input_sha256": job.sha, "model": identity, "output_bytes": len(data),
+                                           "model_name": job.row["model"]}
+                    rows.append({"file": str(job.rel), "status": "processed", **job.row})
+                    if len(sheet) < 6:
+                        sheet.append((job.thumb, thumbnail(job.output), job.rel))
+                    job.image = job.output = None
+                if time.monotonic() - last_save > 5:         # a killed run loses at most a few seconds
+                    write_json_atomic(index_path, index)
+                    last_save = time.monotonic()
+                bar.set(min(start + CHUNK, len(todo)), len(todo),
+                        f"{len(failed)} failed" if failed else "", force=True)
+        write_json_atomic(index_path, index)
+
+        if ref is not None:
+            _score(rows, src, dst, ref)
+        if sheet:
+            cells = []
+            for noisy, den, rel in sheet:
+                clean = None
+                if ref is not None and (p := find_reference(ref, rel)) is not None:
+                    try:
+                        clean = thumbnail(read_image(p).pixels)
+                    except BadImage:
+                        pass
+                cells.append([noisy, den] + ([clean] if clean is not None else []))
+            labels = ["input", "denoised"] + (["reference"] if all(len(c) == 3 for c in cells) else [])
+            if len(labels) == 2:
+                cells = [c[:2] for c in cells]
+            write_bytes_atomic(book / "contact_sheet.png", contact_sheet(cells, labels))
+
+        seconds = time.perf_counter() - t0
+        processed = sum(r["status"] == "processed" for r in rows)
+        report = {"in_dir": str(src), "out_dir": str(dst), "reference": str(ref) if ref else None,
+                  "model": model, "sigma": sigma, "device": models.device.type,
+                  "counts": {"images": len(files), "processed": processed,
+                             "skipped": sum(r["status"] == "skipped" for r in rows), "failed": len(failed)},
+                  "seconds": round(seconds, 3), "images_per_s": round(processed / seconds, 3) if processed else 0.0,
+                  "failed": failed, "images": sorted(rows, key=lambda r: r["file"])}
+        scored = [r for r in rows if "ssim" in r]
+        if scored:
+            report["mean"] = {k: round(float(np.mean(v)), 4) if (v := [r[k] for r in scored if r[k] is not None])
+                              else None for k in ("psnr", "ssim", "input_psnr")}
+        if (book / "contact_sheet.png").is_file():
+            report["contact_sheet"] = str(book / "contact_sheet.png")
+        write_json_atomic(book / "report.json", report)
+        return report
+    finally:
+        lock.release()
+
+
+def _denoise_chunk(jobs: list[Job], models: Models) -> None:
+    """Denoise decoded images in place (job.output): same-shape small images share one batch."""
+    groups: dict[tuple, list[Job]] = {}
+    for job in jobs:
+        px = job.image.pixels
+        key = px.shape if px.shape[0] * px.shape[1] <= WHOLE_IMAGE_PIXELS else ("alone", id(job))
+        groups.setdefault(key, []).append(job)
+    for group in groups.values():
+        t = time.perf_counter()
+        net, folder = models(group[0].image.pixels.shape[2])
+        if len(group) == 1:                      # possibly huge: no stacked copy, tiles inside
+            x = torch.from_numpy(group[0].image.pixels).permute(2, 0, 1)               # (H, W, C) -> (C, H, W)
+            y = denoise_image(net, x)[None]
+        else:
+            x = torch.from_numpy(np.stack([j.image.pixels for j in group])).permute(0, 3, 1, 2)
+            y = denoise_batch(net, x)
+        y = y.clamp_(0, 1).permute(0, 2, 3, 1).numpy()                                 # (B, H, W, C) views
+        for job, out in zip(group, y):
+            job.output = out
+            job.thumb = thumbnail(job.image.pixels)
+            job.image = replace(job.image, pixels=np.empty((0, 0, 0), np.float32))   # free the input early
+            job.row = {"model": folder.name, "seconds": round((time.perf_counter() - t) / len(group), 4)}
+
+
+def _score(rows: list[dict], src: Path, dst: Path, ref: Path) -> None:
+    """PSNR/SSIM of each output (and of its input) against the clean reference, on the output's levels."""
+    for row in rows:
+        rel = Path(row["file"])
+        p = find_reference(ref, rel)
+        if p is None:
+            row["reference"] = "missing"
+            continue
+        try:
+            clean, out, inp = read_image(p), read_image(dst / rel), read_image(src / rel)
+        except BadImage as e:
+            row["reference"] = f"unreadable: {e.reason}"
+            continue
+        if clean.pixels.shape != out.pixels.shape:
+            row["reference"] = f"shape {clean.pixels.shape} differs from output {out.pixels.shape}"
+            continue
+        c, o, i = (quantize(a.pixels, out.bit_depth) for a in (clean, out, inp))
+        row.update(psnr=psnr(o, c), ssim=round(ssim(o, c), 4), input_psnr=psnr(i, c))

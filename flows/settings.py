@@ -1,0 +1,51 @@
+"""Where aeflow writes, and Prefect's embedded-mode defaults. Import this before `prefect`.
+
+Prefect reads its settings when it is imported, so `configure()` runs at import of this module:
+offline, no analytics, PREFECT_HOME under outputs/ (unless the user set one), a generous start-up
+timeout for the temporary API (7-29 s measured here on 2 busy cores), and, when `aeflow server start`
+left a healthy server behind, that server instead of a temporary one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import urllib.request
+from pathlib import Path
+
+
+def outputs_root() -> Path:
+    """Everything the pipeline writes lives here: $AEFLOW_OUTPUTS, else ./outputs."""
+    return Path(os.environ.get("AEFLOW_OUTPUTS", "outputs")).resolve()
+
+
+def server_file() -> Path:
+    return outputs_root() / "server" / "server.json"
+
+
+def running_server_url() -> str | None:
+    """The API URL of a server started by `aeflow server start`, if it answers its health check."""
+    try:
+        info = json.loads(server_file().read_text())
+        with urllib.request.urlopen(f"{info['api_url']}/health", timeout=1) as r:
+            return info["api_url"] if r.status == 200 else None
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def configure() -> None:
+    env = os.environ
+    env.setdefault("PREFECT_HOME", str(outputs_root() / ".prefect"))
+    Path(env["PREFECT_HOME"]).expanduser().mkdir(parents=True, exist_ok=True)   # Prefect won't make parents
+    env.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    env.setdefault("DO_NOT_TRACK", "1")
+    env.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
+    env.setdefault("PREFECT_RESULTS_PERSIST_BY_DEFAULT", "false")   # tasks return paths; nothing to pickle
+    env.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")  # the CLI prints its own summary
+    env.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_FLOW_RUNS_LEVEL", "WARNING")
+    env.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_TASK_RUNS_LEVEL", "WARNING")
+    if "PREFECT_API_URL" not in env and (url := running_server_url()):
+        env["PREFECT_API_URL"] = url
+
+
+configure()

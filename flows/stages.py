@@ -1,0 +1,98 @@
+"""Content-addressed stage folders: `outputs/<stage>/<slug>-<key12>/`.
+
+The key hashes the stage name, its version, its config slice and either the upstream stage keys or
+the *content* of the raw input files (never their paths or mtimes). A folder is built under a
+temporary name, its `manifest.json` (sha256 of every file) written last, then renamed into place:
+an existing, verified manifest means the work is done; a manifest whose files fail their sha256 is
+rebuilt, never served.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+from flows.settings import outputs_root
+from models.checkpoints import sha256_file, write_json_atomic
+
+MANIFEST = "manifest.json"
+
+
+def digest(obj) -> str:
+    """sha256 of a JSON-able object in canonical form."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def slugify(text: str) -> str:
+    return re.sub(r"[^a-z0-9_]+", "-", text.lower()).strip("-")[:40] or "x"
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    version: int
+    slug: str
+    config: dict
+    upstream: tuple[str, ...] = ()          # keys of the stages this one reads
+    contents: tuple[str, ...] = ()          # sha256 of raw input files (order-free)
+
+    @property
+    def key(self) -> str:
+        return digest({"stage": self.name, "version": self.version, "config": self.config,
+                       "upstream": list(self.upstream), "contents": sorted(self.contents)})
+
+    @property
+    def folder(self) -> Path:
+        return outputs_root() / self.name / f"{slugify(self.slug)}-{self.key[:12]}"
+
+    @property
+    def workdir(self) -> Path:
+        """Scratch space that survives a killed run (training checkpoints), removed once the stage is done."""
+        return outputs_root() / self.name / ".work" / self.folder.name
+
+
+def read_manifest(folder: Path) -> dict | None:
+    """The manifest of a complete, intact stage folder; None if missing or any file fails its sha256."""
+    path = Path(folder) / MANIFEST
+    try:
+        manifest = json.loads(path.read_text())
+        for rel, sha in manifest["files"].items():
+            if sha256_file(Path(folder) / rel) != sha:
+                return None
+    except (OSError, ValueError, KeyError):
+        return None
+    return manifest
+
+
+def run_stage(stage: Stage, fill: Callable[[Path], dict], refresh: bool = False) -> tuple[Path, dict, bool]:
+    """Return (folder, manifest, cached). `fill(tmp)` writes the stage's files into `tmp` and returns
+    extra manifest fields (small JSON: counts, metrics, reports)."""
+    folder = stage.folder
+    if not refresh and (manifest := read_manifest(folder)) is not None:
+        return folder, manifest, True
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".tmp-{folder.name}-"))
+    try:
+        info = fill(tmp)
+        files = {str(p.relative_to(tmp)): sha256_file(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
+        manifest = {"stage": stage.name, "version": stage.version, "key": stage.key, "slug": stage.slug,
+                    "config": stage.config, "upstream": list(stage.upstream), "files": files,
+                    "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), **info}
+        write_json_atomic(tmp / MANIFEST, manifest)
+        if folder.exists():                     # a broken or refreshed build: move it aside, then drop it
+            old = folder.with_name(f".old-{folder.name}-{tmp.name[-8:]}")
+            folder.rename(old)
+            shutil.rmtree(old, ignore_errors=True)
+        tmp.rename(folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    shutil.rmtree(stage.workdir, ignore_errors=True)
+    return folder, manifest, False

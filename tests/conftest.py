@@ -1,0 +1,35 @@
+"""Every test run writes into its own temporary outputs/ and Prefect home, never the user's."""
+
+import os
+import tempfile
+
+# Before anything imports `flows` (which reads these to configure Prefect).
+_root = tempfile.mkdtemp(prefix="aeflow-tests-")
+os.environ["AEFLOW_OUTPUTS"] = os.path.join(_root, "outputs")
+os.environ["PREFECT_HOME"] = os.path.join(_root, "prefect-home")
+os.environ.pop("PREFECT_API_URL", None)          # never a user's server
+os.environ.pop("PREFECT_PROFILES_PATH", None)
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+TINY_MODEL = {"kind": "skip_dae", "widths": [8, 16], "blocks": [1, 1], "sigma": 25}
+TINY_TRAINING = {"steps": 2, "epoch_steps": 1, "batch_size": 2, "patch": 32}
+
+
+def photo(seed: int, h: int = 48, w: int = 64, channels: int = 1) -> np.ndarray:
+    """A smooth synthetic photo in [0, 1] (gradients + blobs), (H, W, C) float32."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w] / max(h, w)
+    img = np.zeros((h, w, channels))
+    for c in range(channels):
+        a, b, f = rng.uniform(0.2, 0.8, 3)
+        img[..., c] = 0.5 + 0.3 * np.sin(6 * f * xx + a * 3) * np.cos(5 * f * yy + b * 3)
+    return img.clip(0, 1).astype(np.float32)
+
+
+@pytest.fixture
+def outputs_root():
+    from flows.settings import outputs_root as root
+
+    return root()

@@ -1,0 +1,140 @@
+"""Real Prefect flow runs (embedded API, started once per test session) on tiny images."""
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import TINY_MODEL, TINY_TRAINING, photo
+
+from formats.images import DecodedImage, encode_image, read_image
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def write(path: Path, pixels: np.ndarray, fmt: str = "PNG", bit_depth: int = 8) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(encode_image(pixels, DecodedImage(pixels, None, fmt, bit_depth, None)))
+
+
+def tree_hashes(folder: Path) -> dict:
+    return {str(p.relative_to(folder)): (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns)
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    clean, noisy = root / "clean", root / "noisy"
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        write(clean / f"g{i}.png", photo(i))
+        write(noisy / f"g{i}.png", np.clip(photo(i) + 0.1 * rng.standard_normal(photo(i).shape), 0, 1))
+    write(clean / "sub" / "c.jpg", photo(5, channels=3), "JPEG")
+    write(noisy / "sub" / "c.jpg", np.clip(photo(5, channels=3) + 0.1 * rng.standard_normal((48, 64, 3)), 0, 1), "JPEG")
+    write(noisy / "deep" / "w16.png", photo(6), bit_depth=16)
+    (noisy / "empty.png").write_bytes(b"")
+    (noisy / "notes.png").write_text("not an image")
+    good = (clean / "g0.png").read_bytes()
+    (noisy / "truncated.png").write_bytes(good[: len(good) // 2])
+    return clean, noisy
+
+
+@pytest.mark.prefect
+def test_train_then_denoise_twice_end_to_end(folders, tmp_path):
+    from flows.pipelines import denoise_run_flow, denoise_train_flow
+
+    clean, noisy = folders
+    model_dir = Path(denoise_train_flow(data=str(clean), model=TINY_MODEL, training=TINY_TRAINING, progress=False))
+    cfg = json.loads((model_dir / "config.json").read_text())
+    assert cfg["steps"] == 2 and cfg["model"]["channels"] == 3 and "val_psnr" in cfg["metrics"]
+    assert (model_dir / "curve.png").stat().st_size > 0
+    weights_mtime = (model_dir / "model.safetensors").stat().st_mtime_ns
+    # unchanged second run: the same folder, nothing retrained
+    assert Path(denoise_train_flow(data=str(clean), model=TINY_MODEL, training=TINY_TRAINING,
+                                   progress=False)) == model_dir
+    assert (model_dir / "model.safetensors").stat().st_mtime_ns == weights_mtime
+
+    before = tree_hashes(noisy)
+    out = tmp_path / "out"
+    report = denoise_run_flow(str(noisy), str(out), model=str(model_dir), reference=str(clean), progress=False)
+    assert report["counts"] == {"images": 8, "processed": 5, "skipped": 0, "failed": 3}
+    reasons = {f["file"]: f["reason"] for f in report["failed"]}
+    assert set(reasons) == {"empty.png", "notes.png", "truncated.png"}
+    assert "empty" in reasons["empty.png"] and "truncat" in reasons["truncated.png"]
+    # the tree, names and formats are mirrored
+    assert read_image(out / "sub" / "c.jpg").format == "JPEG"
+    deep = read_image(out / "deep" / "w16.png")
+    assert deep.format == "PNG" and deep.bit_depth == 16
+    assert read_image(out / "g0.png").pixels.shape == (48, 64, 1)
+    scored = [r for r in report["images"] if r.get("psnr") is not None]
+    assert len(scored) == 4 and report["mean"]["psnr"] > 0          # 4 images have a reference
+    assert (out / ".aeflow" / "report.json").is_file() and (out / ".aeflow" / "contact_sheet.png").is_file()
+
+    outputs = tree_hashes(out)
+    again = denoise_run_flow(str(noisy), str(out), model=str(model_dir), progress=False)
+    assert again["counts"] == {"images": 8, "processed": 0, "skipped": 5, "failed": 3}
+    after = tree_hashes(out)
+    assert {k: v for k, v in after.items() if not k.startswith(".aeflow")} == \
+           {k: v for k, v in outputs.items() if not k.startswith(".aeflow")}      # nothing rewritten
+    assert tree_hashes(noisy) == before                                         # inputs untouched
+
+    write(noisy / "new.png", photo(9))
+    third = denoise_run_flow(str(noisy), str(out), model=str(model_dir), progress=False)
+    assert third["counts"]["processed"] == 1 and third["counts"]["skipped"] == 5
+    (noisy / "new.png").unlink()
+
+
+def test_output_folder_inside_or_around_input_is_refused(folders, tmp_path):
+    from flows.denoise import denoise_folder
+
+    _, noisy = folders
+    for out in (noisy, noisy / "inner", noisy.parent):
+        with pytest.raises(ValueError, match="outside the input folder"):
+            denoise_folder(str(noisy), str(out), model="unused")
+    assert not (noisy / "inner").exists()
+
+
+KILL_SCRIPT = """
+import sys
+from flows.denoise import denoise_folder
+r = denoise_folder(sys.argv[1], sys.argv[2], model=sys.argv[3], progress=False)
+print(r["counts"]["processed"], r["counts"]["skipped"])
+"""
+
+
+def test_killed_denoise_job_loses_nothing_and_resumes(tmp_path):
+    import torch
+
+    from models.checkpoints import save_model
+    from models.registry import build, parse_config
+
+    torch.manual_seed(0)
+    model = build(parse_config({"kind": "skip_dae", "channels": 1}))     # full size: slow enough to kill
+    save_model(model, tmp_path / "model", model.cfg.model_dump(mode="json"))
+    src, out = tmp_path / "in", tmp_path / "out"
+    for i in range(24):
+        write(src / f"{i:02d}.png", photo(i, 384, 384))
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    args = [sys.executable, "-c", KILL_SCRIPT, str(src), str(out), str(tmp_path / "model")]
+    victim = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (out.is_dir() and len(list(out.glob("*.png"))) >= 2):
+        assert victim.poll() is None and time.monotonic() < deadline, "job ended before it could be killed"
+        time.sleep(0.01)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    done_before = len(list(out.glob("*.png")))
+    assert not [p for p in out.iterdir() if p.name.startswith(".") and p.name != ".aeflow"]   # no partial files
+    for p in out.glob("*.png"):
+        read_image(p)                                            # every file present decodes
+    finished = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    processed, skipped = map(int, finished.stdout.split())
+    assert processed + skipped == 24 and processed >= 24 - done_before and processed > 0
+    assert sorted(p.name for p in out.glob("*.png")) == [f"{i:02d}.png" for i in range(24)]

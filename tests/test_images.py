@@ -1,0 +1,359 @@
+"""formats/images.py: round trips through real files, and bad files rejected with a reason."""
+
+import io
+import os
+import pickle
+import struct
+import warnings
+import zlib
+
+import numpy as np
+import pytest
+import tifffile
+from PIL import Image
+
+from formats.images import (
+    MAX_PIXELS, BadImage, DecodedImage, contact_sheet, encode_image, find_images, read_image, to_uint8,
+)
+
+RNG = np.random.default_rng(0)
+
+
+def _write(path, data: bytes):
+    path.write_bytes(data)
+    return path
+
+
+def _save(path, arr_or_im, fmt=None, **options):
+    im = arr_or_im if isinstance(arr_or_im, Image.Image) else Image.fromarray(arr_or_im)
+    im.save(path, fmt, **options)
+    return path
+
+
+def _reread(tmp_path, d: DecodedImage, pixels=None, name="out") -> DecodedImage:
+    """encode_image(d) -> file -> read_image: what a denoise stage does with an identity model."""
+    return read_image(_write(tmp_path / name, encode_image(d.pixels if pixels is None else pixels, d)))
+
+
+def _png(width, height, bit_depth, colour_type, scanlines: bytes, extra=()) -> bytes:
+    def chunk(t, d):
+        return struct.pack(">I", len(d)) + t + d + struct.pack(">I", zlib.crc32(t + d))
+    ihdr = struct.pack(">IIBBBBB", width, height, bit_depth, colour_type, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + b"".join(chunk(t, d) for t, d in extra)
+            + chunk(b"IDAT", zlib.compress(scanlines)) + chunk(b"IEND", b""))
+
+
+def _png16(a: np.ndarray, extra=()) -> bytes:
+    """16-bit PNG of a (H, W, C) uint16, rows cycling through all five filter types (PNG spec 9.2),
+    so that the reader is tested against Pillow's unfiltering of each."""
+    h, w, c = a.shape
+    x = a.astype(">u2").reshape(h, -1).view(np.uint8).astype(np.int32)  # (H, W*C*2) bytes
+    bpp = 2 * c
+    up = np.vstack([np.zeros_like(x[:1]), x[:-1]])
+    left = np.pad(x, ((0, 0), (bpp, 0)))[:, :-bpp]
+    upleft = np.pad(up, ((0, 0), (bpp, 0)))[:, :-bpp]
+    p = left + up - upleft
+    pa, pb, pc = abs(p - left), abs(p - up), abs(p - upleft)
+    paeth = np.where((pa <= pb) & (pa <= pc), left, np.where(pb <= pc, up, upleft))
+    preds = [0 * x, left, up, (left + up) // 2, paeth]
+    ftype = np.arange(h) % 5
+    filt = (x - np.choose(ftype[:, None], preds)) % 256
+    rows = np.hstack([ftype[:, None], filt]).astype(np.uint8)
+    return _png(w, h, 16, {1: 0, 2: 4, 3: 2, 4: 6}[c], rows.tobytes(), extra)
+
+
+def _ihdr_bit_depth(png: bytes) -> int:
+    return png[24]
+
+
+# ---------------------------------------------------------------- round trips
+
+@pytest.mark.parametrize("shape", [(20, 30), (20, 30, 3)])
+def test_png_8bit_round_trip_is_exact(tmp_path, shape):
+    a = RNG.integers(0, 256, shape, dtype=np.uint8)
+    d = read_image(_save(tmp_path / "a.png", a))
+    assert (d.format, d.bit_depth, d.alpha) == ("PNG", 8, None)
+    assert d.pixels.dtype == np.float32 and d.pixels.shape == (20, 30, 1 if len(shape) == 2 else 3)
+    assert np.array_equal(to_uint8(d.pixels).reshape(shape), a)
+    assert np.array_equal(_reread(tmp_path, d).pixels, d.pixels)
+
+
+def test_png_16bit_grey_is_scaled_not_clipped_and_stays_16bit(tmp_path):
+    a = RNG.integers(0, 65536, (20, 30), dtype=np.uint16)
+    d = read_image(_save(tmp_path / "g16.png", a))
+    assert d.bit_depth == 16 and d.pixels.shape == (20, 30, 1)
+    assert np.array_equal(np.rint(d.pixels[..., 0] * 65535).astype(np.uint16), a)
+    out = encode_image(d.pixels, d)
+    assert _ihdr_bit_depth(out) == 16
+    assert np.array_equal(read_image(_write(tmp_path / "o.png", out)).pixels, d.pixels)
+
+
+@pytest.mark.parametrize("channels", [1, 2, 3, 4])
+def test_png_16bit_colour_and_alpha_are_lossless(tmp_path, channels):
+    # Pillow alone would keep only the high byte of 16-bit RGB / RGBA / grey+alpha samples.
+    a = RNG.integers(0, 65536, (21, 13, channels), dtype=np.uint16)
+    a[0, 0, -1] = 0  # one fully transparent pixel when there is alpha
+    d = read_image(_write(tmp_path / "c16.png", _png16(a)))
+    assert d.bit_depth == 16 and d.pixels.shape == (21, 13, 1 if channels < 3 else 3)
+    if channels in (2, 4):
+        assert np.array_equal(np.rint(d.alpha * 65535).astype(np.uint16), a[..., -1])
+        assert np.all(d.pixels[0, 0] == 1.0)  # composited on white
+    else:
+        assert d.alpha is None
+        assert np.array_equal(np.rint(d.pixels * 65535).astype(np.uint16), a)
+    out = encode_image(d.pixels, d)
+    assert _ihdr_bit_depth(out) == 16
+    again = read_image(_write(tmp_path / "o.png", out))
+    np.testing.assert_allclose(again.pixels, d.pixels, atol=1e-6)
+    if channels in (2, 4):
+        assert np.array_equal(again.alpha, d.alpha)
+
+
+def test_jpeg_round_trip_is_close(tmp_path):
+    yy, xx = np.mgrid[0:48, 0:64]
+    a = np.stack([xx * 4, yy * 5, (xx + yy) * 2], -1).astype(np.uint8)  # smooth: JPEG-friendly
+    d = read_image(_save(tmp_path / "a.jpg", a, quality=95))
+    assert (d.format, d.bit_depth, d.pixels.shape) == ("JPEG", 8, (48, 64, 3))
+    assert np.abs(d.pixels - a / 255).mean() < 2 / 255
+    assert np.abs(_reread(tmp_path, d).pixels - d.pixels).mean() < 2 / 255
+
+
+@pytest.mark.parametrize("shape", [(20, 30), (20, 30, 3), (20, 30, 4)])
+def test_tiff_8bit_round_trip(tmp_path, shape):
+    a = RNG.integers(0, 256, shape, dtype=np.uint8)
+    d = read_image(_save(tmp_path / "a.tif", a, compression="tiff_lzw"))
+    assert (d.format, d.bit_depth) == ("TIFF", 8)
+    assert (d.alpha is not None) == (len(shape) == 3 and shape[2] == 4)
+    again = _reread(tmp_path, d)
+    assert np.array_equal(again.pixels, d.pixels) and again.format == "TIFF"
+
+
+@pytest.mark.parametrize("channels", [1, 3, 4])
+@pytest.mark.parametrize("byteorder,compression", [("<", None), (">", None), ("<", "zlib")])
+def test_tiff_16bit_is_lossless_and_stays_16bit(tmp_path, channels, byteorder, compression):
+    a = RNG.integers(0, 65536, (17, 19, channels), dtype=np.uint16)
+    tifffile.imwrite(tmp_path / "a.tif", a if channels > 1 else a[..., 0], byteorder=byteorder,
+                     photometric="rgb" if channels > 1 else "minisblack", compression=compression,
+                     extrasamples=["unassalpha"] if channels == 4 else None, metadata=None)
+    d = read_image(tmp_path / "a.tif")
+    assert d.bit_depth == 16
+    got = np.concatenate([d.pixels, d.alpha[..., None]], -1) if channels == 4 else d.pixels
+    if channels == 4:  # undo the white composite to compare with the stored colour
+        assert np.array_equal(np.rint(d.alpha * 65535), a[..., 3])
+        visible = a[..., 3] > 655  # where 1/alpha does not amplify float rounding past 0.5 / 65535
+        colour = (got[..., :3] - 1 + got[..., 3:]) / np.maximum(got[..., 3:], 1e-9)
+        np.testing.assert_allclose(colour[visible] * 65535, a[..., :3][visible], atol=0.5)
+    else:
+        assert np.array_equal(np.rint(got * 65535).astype(np.uint16), a)
+    out = encode_image(d.pixels, d)
+    assert tifffile.TiffFile(io.BytesIO(out)).pages[0].bitspersample == 16
+    again = read_image(_write(tmp_path / "o.tif", out))
+    np.testing.assert_allclose(again.pixels, d.pixels, atol=1e-6)
+
+
+def test_bmp_round_trip_is_exact(tmp_path):
+    a = RNG.integers(0, 256, (20, 30, 3), dtype=np.uint8)
+    d = read_image(_save(tmp_path / "a.bmp", a))
+    assert d.format == "BMP" and np.array_equal(to_uint8(d.pixels), a)
+    assert np.array_equal(_reread(tmp_path, d).pixels, d.pixels)
+
+
+@pytest.mark.parametrize("mode", ["RGB", "RGBA"])
+def test_webp_lossless_round_trip(tmp_path, mode):
+    a = RNG.integers(0, 256, (20, 30, len(mode)), dtype=np.uint8)
+    d = read_image(_save(tmp_path / "a.webp", a, lossless=True))
+    assert d.format == "WEBP" and (d.alpha is not None) == (mode == "RGBA")
+    again = _reread(tmp_path, d)
+    np.testing.assert_allclose(again.pixels, d.pixels, atol=1e-6)
+    if d.alpha is not None:
+        assert np.array_equal(again.alpha, d.alpha)
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "LA"])
+def test_alpha_is_composited_on_white_and_restored(tmp_path, mode):
+    a = RNG.integers(0, 256, (20, 30, len(mode)), dtype=np.uint8)
+    a[0, 0] = (255, 0, 255, 0) if mode == "RGBA" else (0, 0)  # colour hidden under alpha = 0
+    d = read_image(_save(tmp_path / "a.png", a))
+    assert d.pixels.shape[-1] == (3 if mode == "RGBA" else 1)
+    assert np.array_equal(d.alpha, a[..., -1] / np.float32(255))
+    assert np.all(d.pixels[0, 0] == 1.0)  # white, not the hidden magenta
+    again = _reread(tmp_path, d)
+    assert np.array_equal(again.alpha, d.alpha)
+    np.testing.assert_allclose(again.pixels, d.pixels, atol=1e-6)  # no double compositing
+
+
+def test_palette_becomes_rgb_or_rgba(tmp_path):
+    im = Image.fromarray(RNG.integers(0, 4, (10, 12), dtype=np.uint8), "P")
+    im.putpalette([255, 0, 0, 0, 255, 0, 0, 0, 255, 10, 20, 30])
+    d = read_image(_save(tmp_path / "p.png", im))
+    assert d.pixels.shape == (10, 12, 3) and d.alpha is None
+    assert np.array_equal(to_uint8(d.pixels), np.asarray(im.convert("RGB")))
+    d = read_image(_save(tmp_path / "pt.png", im, transparency=0))
+    assert d.alpha is not None and set(np.unique(d.alpha)) <= {0.0, 1.0}
+
+
+def test_colour_key_transparency(tmp_path):
+    a = RNG.integers(0, 256, (10, 12, 3), dtype=np.uint8)
+    d = read_image(_save(tmp_path / "k.png", a, transparency=tuple(int(v) for v in a[3, 4])))
+    assert d.alpha[3, 4] == 0 and np.all(d.pixels[3, 4] == 1.0) and d.alpha.mean() > 0.9
+    g = np.where(RNG.random((10, 12)) < 0.5, 255, 0).astype(np.uint8)
+    d = read_image(_save(tmp_path / "k1.png", Image.fromarray(g).convert("1"), transparency=1))
+    assert np.array_equal(d.alpha, (g == 0).astype(np.float32))  # 1-bit key 1 = white pixels
+    two_bit = _png(4, 2, 2, 0, b"\0\x1b\0\xa0", [(b"tRNS", b"\0\2")])  # rows [0 1 2 3], [2 2 0 0]; key 2
+    d = read_image(_write(tmp_path / "k2.png", two_bit))
+    assert np.array_equal(d.alpha, [[1, 1, 0, 1], [0, 0, 1, 1]])
+    a16 = RNG.integers(0, 65536, (10, 12, 3), dtype=np.uint16)
+    d = read_image(_write(tmp_path / "k16.png", _png16(a16, [(b"tRNS", a16[3, 4].astype(">u2").tobytes())])))
+    assert d.bit_depth == 16 and d.alpha[3, 4] == 0 and d.alpha.sum() == a16.shape[0] * a16.shape[1] - 1
+
+
+def test_cmyk_jpeg_becomes_rgb(tmp_path):
+    d = read_image(_save(tmp_path / "c.jpg", Image.new("CMYK", (16, 8), (255, 0, 0, 0))))  # cyan
+    assert d.format == "JPEG" and d.pixels.shape == (8, 16, 3)
+    np.testing.assert_allclose(d.pixels.mean((0, 1)), [0, 1, 1], atol=0.05)
+    assert _reread(tmp_path, d).pixels.shape == (8, 16, 3)
+
+
+def test_exif_orientation_is_applied_and_not_written_back(tmp_path):
+    a = np.zeros((48, 64), np.uint8)
+    a[:, 32:] = 255  # stored: left half dark
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to display"
+    d = read_image(_save(tmp_path / "o.jpg", a, exif=exif))
+    assert d.pixels.shape == (64, 48, 1)
+    assert d.pixels[:20].mean() < 0.1 and d.pixels[-20:].mean() > 0.9  # the left half is now on top
+    again = _reread(tmp_path, d, name="o2.jpg")
+    assert again.pixels.shape == (64, 48, 1)  # upright, no stale orientation tag
+
+
+def test_icc_profile_kept_when_it_matches_and_dropped_when_not(tmp_path):
+    rgb_icc = bytes(16) + b"RGB " + bytes(108)
+    cmyk_icc = bytes(16) + b"CMYK" + bytes(108)
+    a = RNG.integers(0, 256, (8, 8, 3), dtype=np.uint8)
+    for fmt in ("png", "jpg", "webp", "tif"):
+        d = read_image(_save(tmp_path / f"i.{fmt}", a, icc_profile=rgb_icc))
+        assert d.icc_profile == rgb_icc and _reread(tmp_path, d).icc_profile == rgb_icc
+    c16 = read_image(_write(tmp_path / "c16.png", _png16(RNG.integers(0, 65536, (4, 4, 3), dtype=np.uint16))))
+    like = DecodedImage(c16.pixels, None, "PNG", 16, rgb_icc)
+    assert read_image(_write(tmp_path / "c16o.png", encode_image(c16.pixels, like))).icc_profile == rgb_icc
+    like = DecodedImage(c16.pixels, None, "JPEG", 8, cmyk_icc)  # e.g. from a CMYK JPEG
+    assert read_image(_write(tmp_path / "x.jpg", encode_image(c16.pixels, like))).icc_profile is None
+
+
+def test_first_frame_of_multipage_tiff_and_real_format_of_misnamed_file(tmp_path):
+    pages = [Image.new("RGB", (64, 48), "red"), Image.new("L", (16, 80))]
+    pages[0].save(tmp_path / "m.tif", save_all=True, append_images=pages[1:])
+    assert read_image(tmp_path / "m.tif").pixels.shape == (48, 64, 3)
+    _save(tmp_path / "j.png", np.zeros((4, 4, 3), np.uint8), "JPEG")
+    assert read_image(tmp_path / "j.png").format == "JPEG"  # content decides, never the extension
+
+
+def test_encode_refuses_nan_and_bad_shapes(tmp_path):
+    d = read_image(_save(tmp_path / "a.png", np.zeros((4, 4, 3), np.uint8)))
+    with pytest.raises(ValueError, match="NaN"):
+        encode_image(np.full((4, 4, 3), np.nan), d)
+    with pytest.raises(ValueError, match="shape"):
+        encode_image(np.zeros((4, 4)), d)
+    assert np.array_equal(to_uint8(np.array([-1.0, 0.5, 2.0])), [0, 128, 255])
+
+
+# ---------------------------------------------------------------- bad inputs
+
+def _reason(path) -> str:
+    with pytest.raises(BadImage) as info:
+        read_image(path)
+    assert str(info.value) == f"{path}: {info.value.reason}" and "\n" not in str(info.value)
+    return info.value.reason
+
+
+@pytest.fixture
+def good_png() -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(RNG.integers(0, 256, (32, 40, 3), dtype=np.uint8)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def test_empty_truncated_and_not_an_image(tmp_path, good_png):
+    assert _reason(_write(tmp_path / "e.png", b"")) == "empty file"
+    assert _reason(_write(tmp_path / "t.png", good_png[: len(good_png) // 2])) == "truncated image"
+    assert "unrecognised format" in _reason(_write(tmp_path / "x.png", b"hello, not an image\n"))
+    _save(tmp_path / "g.png", np.zeros((4, 4), np.uint8), "GIF")
+    assert "unrecognised format" in _reason(tmp_path / "g.png")  # GIF decoder not enabled
+
+
+def test_flipped_crc_and_flipped_data_are_rejected(tmp_path, good_png):
+    idat = good_png.index(b"IDAT") - 4
+    n = struct.unpack(">I", good_png[idat: idat + 4])[0]
+    bad_crc = bytearray(good_png)
+    bad_crc[idat + 8 + n] ^= 0xFF  # Pillow's load() alone would accept this file
+    assert "checksum" in _reason(_write(tmp_path / "c.png", bytes(bad_crc)))
+    bad_data = bytearray(good_png)
+    bad_data[idat + 8 + n // 2] ^= 0x01
+    assert "corrupt" in _reason(_write(tmp_path / "d.png", bytes(bad_data)))
+
+
+def test_non_regular_files_are_refused_without_opening(tmp_path, good_png):
+    os.mkfifo(tmp_path / "fifo.png")  # opening it would block forever
+    assert "named pipe" in _reason(tmp_path / "fifo.png")
+    (tmp_path / "dir.png").mkdir()
+    assert "directory" in _reason(tmp_path / "dir.png")
+    _write(tmp_path / "real.png", good_png)
+    (tmp_path / "link.png").symlink_to(tmp_path / "real.png")
+    assert "symbolic link" in _reason(tmp_path / "link.png")
+    assert "cannot stat" in _reason(tmp_path / "missing.png")
+
+
+def test_bombs_are_rejected_before_decoding(tmp_path):
+    # 1-bit PNG headers with (almost) no pixel data: only the size is tested.
+    huge = _write(tmp_path / "huge.png", _png(20000, 20000, 1, 0, b""))  # 400 MP: Pillow's own error
+    assert "exceeds the 120 MP limit" in _reason(huge)
+    big = _write(tmp_path / "big.png", _png(12000, 11000, 1, 0, b""))  # 132 MP: only a Pillow warning
+    assert _reason(big) == "12000x11000 = 132 MP exceeds the 120 MP limit"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a warning escaping read_image would fail here
+        ok = _write(tmp_path / "ok.png", _png(10000, 10000, 1, 0, b"\0" * 100))  # 100 MP: within the cap
+        assert _reason(ok) == "truncated image"  # got past the size check, then ran out of data
+    assert 8000 * 6000 <= MAX_PIXELS
+
+
+def test_unsupported_modes_are_named(tmp_path):
+    _save(tmp_path / "f.tif", np.linspace(-320, 341, 20, dtype=np.float32).reshape(4, 5))
+    assert "mode F" in _reason(tmp_path / "f.tif")
+    _save(tmp_path / "i.tif", Image.fromarray(np.full((4, 5), 70000, np.int32)))
+    assert "outside 0..65535" in _reason(tmp_path / "i.tif")
+
+
+def test_bad_image_pickles():
+    e = pickle.loads(pickle.dumps(BadImage("a/b.png", "truncated image")))
+    assert (str(e), e.path, e.reason) == ("a/b.png: truncated image", "a/b.png", "truncated image")
+
+
+# ---------------------------------------------------------------- listing
+
+def test_find_images_walks_sorted_skips_hidden_and_does_not_follow_dir_links(tmp_path):
+    root = tmp_path / "in"
+    for rel in ["b.png", "a.JPG", "sub/c.tif", "sub/deep/d.webp", "notes.txt", ".hidden.png", "._b.png",
+                ".aeflow/cache.png", "sub/.git/x.png"]:
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(b"x")
+    (root / "sub" / "loop").symlink_to(root, target_is_directory=True)  # loop -> in/
+    found = [p.relative_to(root).as_posix() for p in find_images(root)]
+    assert found == ["a.JPG", "b.png", "sub/c.tif", "sub/deep/d.webp"]
+    with pytest.raises(FileNotFoundError):
+        find_images(tmp_path / "nope")
+
+
+# ---------------------------------------------------------------- contact sheet
+
+def test_contact_sheet_is_a_png_of_the_expected_size(tmp_path):
+    red = np.zeros((30, 60, 3), np.float32)
+    red[..., 0] = 1
+    grey = np.full((50, 20, 1), 0.5, np.float32)
+    rows = [[red, grey, red], [grey, red, grey]]
+    sheet = Image.open(io.BytesIO(contact_sheet(rows, cell=64)))
+    assert sheet.format == "PNG" and sheet.size == (3 * 64 + 4 * 4, 2 * 64 + 3 * 4)
+    assert sheet.getpixel((4 + 32, 4 + 32)) == (255, 0, 0)  # centre of the first cell
+    labelled = Image.open(io.BytesIO(contact_sheet(rows, ["noisy", "denoised", "clean"], cell=64)))
+    assert labelled.width == sheet.width and labelled.height > sheet.height
+    with pytest.raises(ValueError):
+        contact_sheet([[red]], labels=["a", "b"])

@@ -1,0 +1,79 @@
+"""Stage cache: keyed by content (not paths), hit when unchanged, rebuilt when a file fails its sha256."""
+
+import json
+import shutil
+
+from flows.stages import MANIFEST, Stage, read_manifest, run_stage
+
+
+def fill_with(text, calls):
+    def fill(tmp):
+        calls.append(1)
+        (tmp / "out.txt").write_text(text)
+        return {"note": text}
+    return fill
+
+
+def test_hit_miss_refresh_and_corruption(outputs_root):
+    calls = []
+    stage = Stage("unit", 1, "demo", {"a": 1}, contents=("abc",))
+    folder, manifest, cached = run_stage(stage, fill_with("x", calls))
+    assert not cached and calls == [1] and folder.name.startswith("demo-") and folder.parent.name == "unit"
+    assert manifest["note"] == "x" and (folder / MANIFEST).is_file()
+
+    assert run_stage(stage, fill_with("y", calls))[2] is True and calls == [1]          # unchanged: a hit
+    assert run_stage(stage, fill_with("y", calls), refresh=True)[2] is False             # --refresh rebuilds
+    assert (folder / "out.txt").read_text() == "y" and calls == [1, 1]
+
+    (folder / "out.txt").write_text("tampered")                                       # fails its sha256
+    assert read_manifest(folder) is None
+    _, _, cached = run_stage(stage, fill_with("z", calls))
+    assert not cached and (folder / "out.txt").read_text() == "z"
+    assert not [p for p in folder.parent.iterdir() if p.name.startswith((".tmp-", ".old-"))]
+
+
+def test_key_depends_on_content_config_version_upstream_not_order():
+    base = Stage("s", 1, "x", {"a": 1}, contents=("h1", "h2"))
+    assert base.key == Stage("s", 1, "renamed-slug-is-not-in-the-key", {"a": 1}, contents=("h2", "h1")).key
+    for other in (Stage("s", 2, "x", {"a": 1}, contents=("h1", "h2")),
+                  Stage("s", 1, "x", {"a": 2}, contents=("h1", "h2")),
+                  Stage("s", 1, "x", {"a": 1}, contents=("h1", "h3")),
+                  Stage("s", 1, "x", {"a": 1}, upstream=("k",), contents=("h1", "h2")),
+                  Stage("t", 1, "x", {"a": 1}, contents=("h1", "h2"))):
+        assert other.key != base.key
+
+
+def test_failed_build_leaves_nothing(outputs_root):
+    stage = Stage("unit", 1, "boom", {})
+
+    def fill(tmp):
+        (tmp / "half.txt").write_text("partial")
+        raise RuntimeError("killed")
+
+    try:
+        run_stage(stage, fill)
+    except RuntimeError:
+        pass
+    assert not stage.folder.exists()
+    assert not [p for p in stage.folder.parent.iterdir() if p.name.startswith(".tmp-")]
+
+
+def test_ingest_key_follows_content_not_location(tmp_path, outputs_root):
+    from conftest import photo
+    from flows.ingest import ingest_images
+    from formats.images import DecodedImage, encode_image
+
+    a = tmp_path / "a"
+    a.mkdir()
+    like = DecodedImage(pixels=photo(0), alpha=None, format="PNG", bit_depth=8, icc_profile=None)
+    for i in range(2):
+        (a / f"p{i}.png").write_bytes(encode_image(photo(i), like))
+    first = ingest_images(str(a))
+    b = tmp_path / "elsewhere" / "b"
+    shutil.copytree(a, b)                                   # same content, other path and mtimes
+    assert ingest_images(str(b)).rsplit("-", 1)[1] == first.rsplit("-", 1)[1]
+    (b / "p1.png").write_bytes(encode_image(photo(7), like))      # content changed
+    changed = ingest_images(str(b))
+    assert changed != first
+    index = json.loads((outputs_root / "ingest" / changed.split("/")[-1] / MANIFEST).read_text())["images"]
+    assert len(index) == 2
