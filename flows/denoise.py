@@ -84,6 +84,7 @@ class Job:
     image: DecodedImage | None = None
     output: np.ndarray | None = None
     thumb: np.ndarray | None = None         # small copy of the input for the contact sheet
+    error: str | None = None
     row: dict = field(default_factory=dict)
 
 
@@ -98,12 +99,15 @@ class Models:
 
     def identity(self) -> str:
         """What decides the output of an image besides its content: the weights that would be used."""
-        keys = []
+        keys, errors = [], []
         for c in (1, 3):
             try:
                 keys.append(weights_key(self.folder(c)))
-            except FileNotFoundError:
+            except FileNotFoundError as e:       # e.g. no shipped colour model: only gray images can be done
                 keys.append(None)
+                errors.append(e)
+        if len(errors) == 2:
+            raise errors[0]                      # no usable model at all: say so before touching any file
         return digest({"weights": keys, "version": 1})
 
     def __call__(self, channels: int) -> tuple[torch.nn.Module, Path]:
@@ -165,7 +169,9 @@ def denoise_folder(in_dir: str, out_dir: str, model: str = "auto", sigma: float 
                         failed.append({"file": str(job.rel), "reason": e.reason})
                 _denoise_chunk([j for j in chunk if j.image is not None], models)
                 for job in chunk:
-                    if job.image is None:
+                    if job.error:
+                        failed.append({"file": str(job.rel), "reason": job.error})
+                    if job.image is None or job.output is None:
                         continue
                     out_path = dst / job.rel
                     out_path.parent.mkdir(parents=True, exist_ok=True)
@@ -229,20 +235,30 @@ def _denoise_chunk(jobs: list[Job], models: Models) -> None:
         key = px.shape if px.shape[0] * px.shape[1] <= WHOLE_IMAGE_PIXELS else ("alone", id(job))
         groups.setdefault(key, []).append(job)
     for group in groups.values():
-        t = time.perf_counter()
-        net, folder = models(group[0].image.pixels.shape[2])
-        if len(group) == 1:                      # possibly huge: no stacked copy, tiles inside
-            x = torch.from_numpy(group[0].image.pixels).permute(2, 0, 1)               # (H, W, C) -> (C, H, W)
-            y = denoise_image(net, x)[None]
-        else:
-            x = torch.from_numpy(np.stack([j.image.pixels for j in group])).permute(0, 3, 1, 2)
-            y = denoise_batch(net, x)
-        y = y.clamp_(0, 1).permute(0, 2, 3, 1).numpy()                                 # (B, H, W, C) views
-        for job, out in zip(group, y):
-            job.output = out
-            job.thumb = thumbnail(job.image.pixels)
-            job.image = replace(job.image, pixels=np.empty((0, 0, 0), np.float32))   # free the input early
-            job.row = {"model": folder.name, "seconds": round((time.perf_counter() - t) / len(group), 4)}
+        try:
+            _denoise_group(group, models)
+        except (ValueError, RuntimeError, FileNotFoundError) as e:   # this group fails; the job goes on
+            for job in group:
+                job.error = f"{type(e).__name__}: {e}"
+
+
+def _denoise_group(group: list[Job], models: Models) -> None:
+    """Denoise one group of decoded images (one batch, or one image in tiles) into job.output."""
+    t = time.perf_counter()
+    net, folder = models(group[0].image.pixels.shape[2])
+    if len(group) == 1:                      # possibly huge: no stacked copy, tiles inside
+        x = torch.from_numpy(group[0].image.pixels).permute(2, 0, 1)               # (H, W, C) -> (C, H, W)
+        y = denoise_image(net, x)[None]
+    else:
+        x = torch.from_numpy(np.stack([j.image.pixels for j in group])).permute(0, 3, 1, 2)
+        y = denoise_batch(net, x)
+    with torch.inference_mode():                                                   # y is an inference tensor
+        y = y.clamp_(0, 1).permute(0, 2, 3, 1).numpy()                             # (B, H, W, C) views
+    for job, out in zip(group, y):
+        job.output = out
+        job.thumb = thumbnail(job.image.pixels)
+        job.image = replace(job.image, pixels=np.empty((0, 0, 0), np.float32))   # free the input early
+        job.row = {"model": folder.name, "seconds": round((time.perf_counter() - t) / len(group), 4)}
 
 
 def _score(rows: list[dict], src: Path, dst: Path, ref: Path) -> None:

@@ -60,7 +60,7 @@ def train_model(ingest_dir: str, model: dict, training: dict, val_fraction: floa
         tensors = [_to_channels(img, model_cfg.channels) for img in images]
         train_idx, val_idx = split_holdout(entries, val_fraction)
         val_imgs = [tensors[i] for i in val_idx]
-        val_size = min(128, *(min(t.shape[-2:]) for t in val_imgs)) // 8 * 8
+        val_size = max(8, min(128, *(min(t.shape[-2:]) for t in val_imgs)) // 8 * 8)
         torch.manual_seed(train_cfg.seed)                    # deterministic initial weights
         net = build(model_cfg).to(device)
         sampler = PatchSampler([tensors[i] for i in train_idx], train_cfg.patch, train_cfg.batch_size, device)

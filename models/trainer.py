@@ -27,7 +27,7 @@ class TrainConfig(BaseModel):
 
     steps: int | None = None          # optimiser steps; or
     epochs: int | None = None         # epochs of `epoch_steps` steps; or
-    minutes: float | None = None      # a wall-clock budget (steps fixed after the first epoch, then saved)
+    minutes: float | None = None      # a wall-clock budget (steps sized from the pace, then frozen and saved)
     epoch_steps: int = 200            # steps between validations and checkpoints
     batch_size: int = 32
     patch: int = 64                   # training crop size (px)
@@ -127,9 +127,12 @@ def train(model: torch.nn.Module, batches: Callable[[torch.Generator], torch.Ten
             if best is None or metrics[cfg.select] > best[cfg.select]:
                 best = metrics
                 best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-            if total is None:        # time budget: fix the step count from the first epoch's pace
+            if cfg.minutes is not None and (total is None or step <= total // 2):
+                # Time budget: size the run from the last epoch's pace (validation included), re-estimated
+                # over the first half (the machine's load drifts), then frozen so the cosine tail is smooth.
                 per_step = (time.perf_counter() - epoch_t0) / epoch_n
-                total = max(step, int(cfg.minutes * 60 / per_step) // cfg.epoch_steps * cfg.epoch_steps)
+                more = int((cfg.minutes * 60 - elapsed) / per_step) // cfg.epoch_steps * cfg.epoch_steps
+                total = max(step, step + more)
             epoch_loss, epoch_n, epoch_t0 = 0.0, 0, time.perf_counter()
             save_training_state(ckpt_dir, step, model, {
                 "optimizer": opt.state_dict(), "generator": gen.get_state(), "step": step,

@@ -51,13 +51,14 @@ def test_train_then_denoise_twice_end_to_end(folders, tmp_path):
     from flows.pipelines import denoise_run_flow, denoise_train_flow
 
     clean, noisy = folders
-    model_dir = Path(denoise_train_flow(data=str(clean), model=TINY_MODEL, training=TINY_TRAINING, progress=False))
+    gray = {**TINY_MODEL, "channels": 1}          # a gray model also denoises colour images, channel by channel
+    model_dir = Path(denoise_train_flow(data=str(clean), model=gray, training=TINY_TRAINING, progress=False))
     cfg = json.loads((model_dir / "config.json").read_text())
-    assert cfg["steps"] == 2 and cfg["model"]["channels"] == 3 and "val_psnr" in cfg["metrics"]
+    assert cfg["steps"] == 2 and cfg["model"]["channels"] == 1 and "val_psnr" in cfg["metrics"]
     assert (model_dir / "curve.png").stat().st_size > 0
     weights_mtime = (model_dir / "model.safetensors").stat().st_mtime_ns
     # unchanged second run: the same folder, nothing retrained
-    assert Path(denoise_train_flow(data=str(clean), model=TINY_MODEL, training=TINY_TRAINING,
+    assert Path(denoise_train_flow(data=str(clean), model=gray, training=TINY_TRAINING,
                                    progress=False)) == model_dir
     assert (model_dir / "model.safetensors").stat().st_mtime_ns == weights_mtime
 

@@ -90,11 +90,14 @@ def test_tiled_inference_matches_whole_image_away_from_receptive_field():
     assert torch.allclose(whole, tiled, atol=1e-5)
 
 
-def test_gray_model_on_colour_and_colour_model_on_gray():
+def test_gray_model_denoises_colour_per_channel_and_colour_model_refuses_gray():
     gray = build(parse_config({"kind": "skip_dae", "channels": 1, "widths": [8, 16], "blocks": [1, 1]})).eval()
     color = build(parse_config({"kind": "skip_dae", "channels": 3, "widths": [8, 16], "blocks": [1, 1]})).eval()
-    assert denoise_image(gray, torch.rand(3, 20, 30)).shape == (3, 20, 30)
-    assert denoise_image(color, torch.rand(1, 20, 30)).shape == (1, 20, 30)
+    x = torch.rand(3, 20, 30)
+    per_channel = torch.cat([denoise_image(gray, x[c:c + 1]) for c in range(3)])
+    assert torch.allclose(denoise_image(gray, x), per_channel, atol=1e-6)
+    with pytest.raises(ValueError, match="gray model"):
+        denoise_image(color, torch.rand(1, 20, 30))
 
 
 def test_default_skip_dae_fits_the_shipping_budget():
