@@ -117,8 +117,8 @@ def count_flops(model: torch.nn.Module, x: torch.Tensor) -> float:
 class ModelMethod:
     """A model folder as a method; remembers FLOPs per image shape and the timed FLOPs and seconds."""
 
-    def __init__(self, name: str, folder: str, device: torch.device):
-        self.name, self.folder, self.device = name, Path(folder), device
+    def __init__(self, name: str, folder: str, device: torch.device, ensemble: bool = False):
+        self.name, self.folder, self.device, self.ensemble = name, Path(folder), device, ensemble
         self.model = load_model(self.folder).to(device, memory_format=torch.channels_last)
         self.flops_by_shape: dict[tuple, float] = {}
         self.flops = self.seconds = 0.0
@@ -127,10 +127,10 @@ class ModelMethod:
         x = torch.from_numpy(np.ascontiguousarray((y if y.ndim == 3 else y[..., None]).transpose(2, 0, 1),
                                                   dtype=np.float32))   # (H, W, C) -> (C, H, W)
         if x.shape not in self.flops_by_shape:      # the hooked pass doubles as this shape's warm-up
-            self.flops_by_shape[x.shape] = count_flops(self.model, x)
+            self.flops_by_shape[x.shape] = count_flops(self.model, x) * (8 if self.ensemble else 1)
         sync(self.device)
         t0 = time.perf_counter()
-        out = denoise_image(self.model, x)
+        out = denoise_image(self.model, x, ensemble=self.ensemble)
         sync(self.device)
         dt = time.perf_counter() - t0
         self.flops, self.seconds = self.flops + self.flops_by_shape[x.shape], self.seconds + dt
@@ -139,7 +139,7 @@ class ModelMethod:
     def label(self) -> str:
         s = self.model.cfg.sigma
         trained = f"σ{s:g}" if isinstance(s, (int, float)) else f"blind σ{s[0]:g}-{s[1]:g}"
-        return f"{self.name} ({self.model.cfg.kind}, {trained})"
+        return f"{self.name} ({self.model.cfg.kind}, {trained}{', x8 self-ensemble' if self.ensemble else ''})"
 
 
 def conv_throughput(device: torch.device, runs: int = 5) -> float:
@@ -231,6 +231,8 @@ def main(argv=None) -> None:
     ap.add_argument("--sets", default="set12,bsd68", help="comma-separated folder names under --data")
     ap.add_argument("--sigmas", default="15,25,50", help="comma-separated noise levels, 0-255 scale")
     ap.add_argument("--model", action="append", default=[], metavar="NAME=FOLDER", help="a model folder (repeatable)")
+    ap.add_argument("--ensemble-model", action="append", default=[], metavar="NAME=FOLDER",
+                    help="a model folder run with the x8 flip/rotation self-ensemble (repeatable)")
     ap.add_argument("--limit", type=int, help="only the first N images of each set (quick trials)")
     ap.add_argument("--bm3d-limit", type=int, help="BM3D on the first N images of each set only (~17 s per image)")
     ap.add_argument("--skip-bm3d", action="store_true")
@@ -248,11 +250,11 @@ def main(argv=None) -> None:
     out = out.with_suffix("") if out.suffix in (".json", ".md") else out   # foo.json -> foo.json + foo.md
 
     models = []
-    for spec in args.model:
+    for spec, ensemble in [(s, False) for s in args.model] + [(s, True) for s in args.ensemble_model]:
         name, sep, folder = spec.partition("=")
         if not sep or not name or not folder:
             ap.error(f"--model {spec!r}: expected NAME=FOLDER, e.g. --model skip=outputs/train/skip_dae-...")
-        models.append(ModelMethod(name, folder, device))
+        models.append(ModelMethod(name, folder, device, ensemble))
     methods = {"noisy": None, "nlm": nlm} | {m.name: m for m in models}
     labels = {"noisy": "noisy input (clipped, uint8)", "nlm": "OpenCV NLM (uint8 input, h = 0.9σ)"}
     labels |= {m.name: m.label() for m in models}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Optional
 
@@ -83,13 +84,16 @@ def denoise_train(
     training = {k: v for k, v in dict(minutes=minutes, steps=steps, epochs=epochs, epoch_steps=epoch_steps,
                                       batch_size=batch_size, patch=patch, lr=lr, seed=seed, device=device).items()
                 if v is not None}
+    started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     folder = _run_flow(denoise_train_flow, data=str(data) if data else None, model=model_cfg, training=training,
                        refresh=refresh)
     from flows.catalog import describe
 
     d = describe(Path(folder))
     cfg = json.loads((Path(folder) / "config.json").read_text())
-    out.print(f"[bold]model[/] {folder}")
+    created = json.loads((Path(folder) / "manifest.json").read_text())["created"]
+    cached = f" [dim](cached: trained {created}; nothing to do, --refresh to retrain)[/]" if created < started else ""
+    out.print(f"[bold]model[/] {folder}{cached}")
     out.print(f"  {d['kind']}, {d['channels']} channel(s), sigma {d['sigma']}, {d['parameters']:,} parameters, "
               f"{cfg['steps']} steps in {cfg['seconds']:.0f} s ({cfg['patches_per_s']:.0f} patches/s, {cfg['device']})")
     out.print(f"  validation PSNR {cfg['metrics']['val_psnr']:.2f} dB; curve: {Path(folder) / 'curve.png'}")
@@ -103,12 +107,13 @@ def denoise_run(
     sigma: Optional[float] = typer.Option(None, "--sigma", help="Noise level of the inputs if known (0-255): picks a sigma-specific model when one exists."),
     reference: Optional[Path] = typer.Option(None, "--reference", help="Folder of clean originals (same relative paths) to score PSNR/SSIM."),
     device: str = typer.Option("auto", "--device"),
+    ensemble: bool = typer.Option(False, "--ensemble", help="Average over the 8 flips/rotations: 8x slower, about 0.1 dB better."),
 ):
     """Denoise every image in a folder (incremental: unchanged images already done are skipped)."""
     from flows.pipelines import denoise_run_flow
 
     report = _run_flow(denoise_run_flow, in_dir=str(in_dir), out_dir=str(out_dir), model=model, sigma=sigma,
-                       reference=str(reference) if reference else None, device=device)
+                       reference=str(reference) if reference else None, device=device, ensemble=ensemble)
     print_report(report)
 
 

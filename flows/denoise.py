@@ -91,8 +91,8 @@ class Job:
 class Models:
     """Loads each model once, on the chosen device, and chooses per image by channel count."""
 
-    def __init__(self, request: str, sigma: float | None, device: torch.device):
-        self.request, self.sigma, self.device, self.loaded = request, sigma, device, {}
+    def __init__(self, request: str, sigma: float | None, device: torch.device, ensemble: bool = False):
+        self.request, self.sigma, self.device, self.ensemble, self.loaded = request, sigma, device, ensemble, {}
 
     def folder(self, channels: int) -> Path:
         return resolve_model(self.request, channels, self.sigma)
@@ -108,7 +108,7 @@ class Models:
                 errors.append(e)
         if len(errors) == 2:
             raise errors[0]                      # no usable model at all: say so before touching any file
-        return digest({"weights": keys, "version": 1})
+        return digest({"weights": keys, "ensemble": self.ensemble, "version": 1})
 
     def __call__(self, channels: int) -> tuple[torch.nn.Module, Path]:
         folder = self.folder(channels)
@@ -119,9 +119,10 @@ class Models:
 
 
 def denoise_folder(in_dir: str, out_dir: str, model: str = "auto", sigma: float | None = None,
-                   reference: str | None = None, device: str = "auto", progress: bool = True) -> dict:
+                   reference: str | None = None, device: str = "auto", ensemble: bool = False,
+                   progress: bool = True) -> dict:
     """Denoise every image under `in_dir` into `out_dir`; returns the report (also written to
-    OUT_DIR/.aeflow/report.json)."""
+    OUT_DIR/.aeflow/report.json). ensemble: average over 8 flips/rotations (8x slower, ~0.1 dB better)."""
     t0 = time.perf_counter()
     src, dst = Path(in_dir).expanduser().resolve(), Path(out_dir).expanduser().resolve()
     ref = Path(reference).expanduser().resolve() if reference else None
@@ -137,7 +138,7 @@ def denoise_folder(in_dir: str, out_dir: str, model: str = "auto", sigma: float 
         raise RuntimeError(f"{dst} is being written by another aeflow run (lock {book / 'lock'}); "
                            "wait for it to finish") from None
     try:
-        models = Models(model, sigma, pick_device(device))
+        models = Models(model, sigma, pick_device(device), ensemble)
         identity = models.identity()
         index_path = book / "index.json"
         index = json.loads(index_path.read_text()) if index_path.is_file() else {}
@@ -210,7 +211,7 @@ def denoise_folder(in_dir: str, out_dir: str, model: str = "auto", sigma: float 
         seconds = time.perf_counter() - t0
         processed = sum(r["status"] == "processed" for r in rows)
         report = {"in_dir": str(src), "out_dir": str(dst), "reference": str(ref) if ref else None,
-                  "model": model, "sigma": sigma, "device": models.device.type,
+                  "model": model, "sigma": sigma, "ensemble": ensemble, "device": models.device.type,
                   "counts": {"images": len(files), "processed": processed,
                              "skipped": sum(r["status"] == "skipped" for r in rows), "failed": len(failed)},
                   "seconds": round(seconds, 3), "images_per_s": round(processed / seconds, 3) if processed else 0.0,
@@ -248,10 +249,10 @@ def _denoise_group(group: list[Job], models: Models) -> None:
     net, folder = models(group[0].image.pixels.shape[2])
     if len(group) == 1:                      # possibly huge: no stacked copy, tiles inside
         x = torch.from_numpy(group[0].image.pixels).permute(2, 0, 1)               # (H, W, C) -> (C, H, W)
-        y = denoise_image(net, x)[None]
+        y = denoise_image(net, x, ensemble=models.ensemble)[None]
     else:
         x = torch.from_numpy(np.stack([j.image.pixels for j in group])).permute(0, 3, 1, 2)
-        y = denoise_batch(net, x)
+        y = denoise_batch(net, x, models.ensemble)
     with torch.inference_mode():                                                   # y is an inference tensor
         y = y.clamp_(0, 1).permute(0, 2, 3, 1).numpy()                             # (B, H, W, C) views
     for job, out in zip(group, y):

@@ -35,10 +35,11 @@ def denoise_train_flow(data: str | None = None, model: dict | None = None, train
 
 @flow(name="denoise-run")
 def denoise_run_flow(in_dir: str, out_dir: str, model: str = "auto", sigma: float | None = None,
-                     reference: str | None = None, device: str = "auto", progress: bool = True) -> dict:
+                     reference: str | None = None, device: str = "auto", ensemble: bool = False,
+                     progress: bool = True) -> dict:
     """Denoise a folder incrementally; publishes the per-image table and a summary as artifacts."""
     report = denoise_task(in_dir, out_dir, model=model, sigma=sigma, reference=reference, device=device,
-                          progress=progress)
+                          ensemble=ensemble, progress=progress)
     table = report["images"] + [{"file": f["file"], "status": "failed", "reason": f["reason"]} for f in report["failed"]]
     if table:
         create_table_artifact(key="denoise-run-images", table=table, description=f"{in_dir} -> {out_dir}")

@@ -21,7 +21,7 @@ from models.patches import PatchSampler, center_crops
 from models.registry import build, parse_config
 from models.trainer import TrainConfig, pick_device, train
 
-VERSION = 1
+VERSION = 2  # 2: time budgets re-estimated over the first half of the run
 LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)   # ITU-R BT.601, for colour data into a gray model
 
 

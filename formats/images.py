@@ -180,7 +180,8 @@ def _to_array(path, im: Image.Image) -> np.ndarray:
 def _split(x: np.ndarray, fmt: str, icc: bytes | None) -> DecodedImage:
     """(H, W, C [+ alpha]) integers -> floats in [0, 1], alpha composited on white."""
     scale = np.float32(np.iinfo(x.dtype).max)  # 255 or 65535: scaled, never clipped
-    f = x.astype(np.float32) / scale
+    f = x.astype(np.float32)
+    f /= scale  # in place: one float copy of a possibly 48 MP image, not two
     alpha = None
     if f.shape[-1] in (2, 4):
         f, alpha = f[..., :-1], f[..., -1]

@@ -90,6 +90,16 @@ def test_tiled_inference_matches_whole_image_away_from_receptive_field():
     assert torch.allclose(whole, tiled, atol=1e-5)
 
 
+def test_self_ensemble_is_exact_for_an_equivariant_model():
+    """Flips and rotations undone correctly: a pixel-wise model gives the same output with or without x8."""
+    model = torch.nn.Conv2d(1, 1, 1).eval()          # 1x1 convolution: commutes with every flip/rotation
+    model.cfg = parse_config({"kind": "skip_dae", "channels": 1})
+    x = torch.rand(1, 13, 17)
+    assert torch.allclose(denoise_image(model, x, ensemble=True), denoise_image(model, x), atol=1e-6)
+    skewed = build(parse_config({"kind": "conv_ae", "widths": [4]})).eval()
+    assert not torch.allclose(denoise_image(skewed, x, ensemble=True), denoise_image(skewed, x), atol=1e-4)
+
+
 def test_gray_model_denoises_colour_per_channel_and_colour_model_refuses_gray():
     gray = build(parse_config({"kind": "skip_dae", "channels": 1, "widths": [8, 16], "blocks": [1, 1]})).eval()
     color = build(parse_config({"kind": "skip_dae", "channels": 3, "widths": [8, 16], "blocks": [1, 1]})).eval()
