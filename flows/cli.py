@@ -108,12 +108,22 @@ def denoise_run(
     reference: Optional[Path] = typer.Option(None, "--reference", help="Folder of clean originals (same relative paths) to score PSNR/SSIM."),
     device: str = typer.Option("auto", "--device"),
     ensemble: bool = typer.Option(False, "--ensemble", help="Average over the 8 flips/rotations: 8x slower, about 0.1 dB better."),
+    batches: int = typer.Option(1, "--batches", help="Split the work into N batches run concurrently (local threads, or Dask)."),
+    dask: Optional[str] = typer.Option(None, "--dask", help="Run the batches on this Dask scheduler (tcp://host:8786); needs the `dask` extra."),
 ):
     """Denoise every image in a folder (incremental: unchanged images already done are skipped)."""
     from flows.pipelines import denoise_run_flow
 
-    report = _run_flow(denoise_run_flow, in_dir=str(in_dir), out_dir=str(out_dir), model=model, sigma=sigma,
-                       reference=str(reference) if reference else None, device=device, ensemble=ensemble)
+    flow = denoise_run_flow
+    if dask:
+        try:
+            from prefect_dask import DaskTaskRunner
+        except ImportError:
+            raise typer.BadParameter("--dask needs prefect-dask: pip install -e '.[dask]'") from None
+        flow = denoise_run_flow.with_options(task_runner=DaskTaskRunner(address=dask))
+    report = _run_flow(flow, in_dir=str(in_dir), out_dir=str(out_dir), model=model, sigma=sigma,
+                       reference=str(reference) if reference else None, device=device, ensemble=ensemble,
+                       batches=batches)
     print_report(report)
 
 
@@ -171,12 +181,13 @@ def demo(sigma: float = typer.Option(25.0, "--sigma", help="Noise added to the d
 
 
 @server_app.command("start")
-def server_start(host: str = typer.Option("127.0.0.1", "--host", help="Interface to bind; keep loopback unless you set up auth."),
-                 port: int = typer.Option(4200, "--port")):
+def server_start(host: str = typer.Option("127.0.0.1", "--host", help="Interface to bind; anything but loopback needs --auth."),
+                 port: int = typer.Option(4200, "--port"),
+                 auth: Optional[str] = typer.Option(None, "--auth", help="user:password required on every API call but health.")):
     """Start a Prefect server in the background (SQLite under outputs/); later commands use it."""
     from flows.server import start
 
-    info = start(host, port)
+    info = start(host, port, auth)
     out.print(f"Prefect server running (pid {info['pid']}): UI {info['ui_url']}  API {info['api_url']}")
 
 
@@ -186,6 +197,63 @@ def server_stop():
     from flows.server import stop
 
     out.print("stopped" if stop() else "no aeflow server was running")
+
+
+schedule_app = typer.Typer(help="Scheduled, incremental denoising jobs (needs `aeflow server start` and a worker).",
+                           no_args_is_help=True)
+app.add_typer(schedule_app, name="schedule")
+worker_app = typer.Typer(help="Workers that execute scheduled runs.", no_args_is_help=True)
+app.add_typer(worker_app, name="worker")
+
+
+@schedule_app.command("denoise")
+def schedule_denoise(
+    in_dir: Path = typer.Argument(..., help="Folder to watch (never modified)."),
+    out_dir: Path = typer.Argument(..., help="Where denoised images go."),
+    cron: str = typer.Option(..., "--cron", help='When, in cron syntax: "0 2 * * *" is every night at 02:00.'),
+    timezone: str = typer.Option("UTC", "--timezone", help="Time zone of the cron times, e.g. Europe/Paris."),
+    model: str = typer.Option("auto", "--model"),
+    sigma: Optional[float] = typer.Option(None, "--sigma"),
+    reference: Optional[Path] = typer.Option(None, "--reference"),
+    batches: int = typer.Option(1, "--batches", help="Batches run concurrently per run (fan-out)."),
+    name: Optional[str] = typer.Option(None, "--name", help="Deployment name (default: from the folders)."),
+):
+    """Denoise whatever is new in IN_DIR into OUT_DIR on a schedule (same job as `denoise run`)."""
+    from flows.schedule import schedule_denoise as create
+
+    full = create(str(in_dir), str(out_dir), cron, timezone, model, sigma, str(reference) if reference else None,
+                  batches, name)
+    out.print(f"scheduled [bold]{full}[/] ({cron}, {timezone}); start a worker with `aeflow worker start` "
+              f"and run it now with `aeflow schedule run {full.split('/')[1]}`")
+
+
+@schedule_app.command("list")
+def schedule_list():
+    """Deployments, their schedules, next runs and last result."""
+    from flows.schedule import list_schedules
+
+    table = Table("name", "schedule", "next runs", "last run", "paused")
+    for r in list_schedules():
+        table.add_row(r["name"], ", ".join(r["schedules"]), "\n".join(r["next"]), r["last"], str(r["paused"]))
+    out.print(table)
+
+
+@schedule_app.command("run")
+def schedule_run(name: str = typer.Argument(..., help="Deployment name (see `aeflow schedule list`)."),
+                 wait: bool = typer.Option(False, "--wait", help="Wait for the run to finish.")):
+    """Run a scheduled job now."""
+    from flows.schedule import run_now
+
+    r = run_now(name, timeout=None if wait else 0)
+    out.print(f"flow run {r['name']} ({r['id']}): {r['state']}")
+
+
+@worker_app.command("start")
+def worker_start(pool: str = typer.Option("aeflow", "--pool"), name: Optional[str] = typer.Option(None, "--name")):
+    """Run a process worker in the foreground (Ctrl-C stops it); several may run, on several hosts."""
+    from flows.schedule import start_worker
+
+    raise typer.Exit(start_worker(pool, name))
 
 
 if __name__ == "__main__":

@@ -1,14 +1,20 @@
 """Batch denoise: IN_DIR -> OUT_DIR, mirroring the tree, names and formats, incrementally.
 
+A run is three steps: `plan_job` (what is new or changed), `denoise_files` (one or several batches) and
+`finish_job` (index, scores, report), inside `job_lock` (two runs never write one folder at once).
 Bookkeeping lives in OUT_DIR/.aeflow/: `index.json` (what was made from which input content with which
-model: a re-run skips those), `report.json`, `contact_sheet.png` and a lock file (two runs never write
-one folder at once). Inputs are never modified; every output is written atomically.
+model: a re-run skips those), `index.d/` (shards written by running batches), `report.json`,
+`contact_sheet.png`, `lock` and `lock.json` (who holds it). Inputs are never modified; every output is
+written atomically.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import socket
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -83,7 +89,6 @@ class Job:
     sha: str
     image: DecodedImage | None = None
     output: np.ndarray | None = None
-    thumb: np.ndarray | None = None         # small copy of the input for the contact sheet
     error: str | None = None
     row: dict = field(default_factory=dict)
 
@@ -118,114 +123,197 @@ class Models:
         return self.loaded[folder], folder
 
 
-def denoise_folder(in_dir: str, out_dir: str, model: str = "auto", sigma: float | None = None,
-                   reference: str | None = None, device: str = "auto", ensemble: bool = False,
-                   progress: bool = True) -> dict:
-    """Denoise every image under `in_dir` into `out_dir`; returns the report (also written to
-    OUT_DIR/.aeflow/report.json). ensemble: average over 8 flips/rotations (8x slower, ~0.1 dB better)."""
-    t0 = time.perf_counter()
-    src, dst = Path(in_dir).expanduser().resolve(), Path(out_dir).expanduser().resolve()
-    ref = Path(reference).expanduser().resolve() if reference else None
-    check_folders(src, dst)
-    if ref is not None and not ref.is_dir():
-        raise FileNotFoundError(f"{reference}: reference folder not found")
-    book = dst / BOOKKEEPING
+@contextmanager
+def job_lock(out_dir: str, run: str | None = None, wait: float = 0.0):
+    """Hold OUT_DIR's lock for one run. A second run waits up to `wait` seconds, then fails saying which
+    run holds it. The lock is an OS file lock, so a killed run's lock is released with its process (a
+    stale holder record is simply overwritten)."""
+    book = Path(out_dir).expanduser().resolve() / BOOKKEEPING
     book.mkdir(parents=True, exist_ok=True)
     lock = FileLock(book / "lock")
     try:
-        lock.acquire(timeout=0)
+        lock.acquire(timeout=wait)
     except Timeout:
-        raise RuntimeError(f"{dst} is being written by another aeflow run (lock {book / 'lock'}); "
-                           "wait for it to finish") from None
+        try:
+            holder = json.loads((book / "lock.json").read_text())
+            who = f"run {holder['run']} (pid {holder['pid']} on {holder['host']}, since {holder['since']})"
+        except (OSError, ValueError, KeyError):
+            who = "another run"
+        raise RuntimeError(f"{book.parent} is locked by {who}; try again when it has finished") from None
     try:
-        models = Models(model, sigma, pick_device(device), ensemble)
-        identity = models.identity()
-        index_path = book / "index.json"
-        index = json.loads(index_path.read_text()) if index_path.is_file() else {}
-        files = find_images(src)
-        rows, failed, todo, sheet = [], [], [], []
-        for f in files:
-            rel = f.relative_to(src)
-            try:
-                sha = file_sha256(f)
-            except (OSError, BadImage) as e:
-                failed.append({"file": str(rel), "reason": getattr(e, "reason", None) or str(e)})
-                continue
-            entry = index.get(str(rel))
-            if entry and entry["input_sha256"] == sha and entry["model"] == identity and (dst / rel).is_file() \
-                    and (dst / rel).stat().st_size == entry["output_bytes"]:
-                rows.append({"file": str(rel), "status": "skipped", "model": entry["model_name"]})
-            else:
-                todo.append(Job(rel, sha))
-
-        last_save = time.monotonic()
-        with Bar(f"denoise {src.name}", enabled=progress) as bar:
-            bar.set(0, len(todo), force=True)
-            for start in range(0, len(todo), CHUNK):
-                chunk = todo[start:start + CHUNK]
-                for job in chunk:
-                    try:
-                        job.image = read_image(src / job.rel)
-                    except BadImage as e:
-                        failed.append({"file": str(job.rel), "reason": e.reason})
-                _denoise_chunk([j for j in chunk if j.image is not None], models)
-                for job in chunk:
-                    if job.error:
-                        failed.append({"file": str(job.rel), "reason": job.error})
-                    if job.image is None or job.output is None:
-                        continue
-                    out_path = dst / job.rel
-                    out_path.parent.mkdir(parents=True, exist_ok=True)
-                    data = encode_image(job.output, job.image)
-                    write_bytes_atomic(out_path, data)
-                    index[str(job.rel)] = {"input_sha256": job.sha, "model": identity, "output_bytes": len(data),
-                                           "model_name": job.row["model"]}
-                    rows.append({"file": str(job.rel), "status": "processed", **job.row})
-                    if len(sheet) < 6:
-                        sheet.append((job.thumb, thumbnail(job.output), job.rel))
-                    job.image = job.output = None
-                if time.monotonic() - last_save > 5:         # a killed run loses at most a few seconds
-                    write_json_atomic(index_path, index)
-                    last_save = time.monotonic()
-                bar.set(min(start + CHUNK, len(todo)), len(todo),
-                        f"{len(failed)} failed" if failed else "", force=True)
-        write_json_atomic(index_path, index)
-
-        if ref is not None:
-            _score(rows, src, dst, ref)
-        if sheet:
-            cells = []
-            for noisy, den, rel in sheet:
-                clean = None
-                if ref is not None and (p := find_reference(ref, rel)) is not None:
-                    try:
-                        clean = thumbnail(read_image(p).pixels)
-                    except BadImage:
-                        pass
-                cells.append([noisy, den] + ([clean] if clean is not None else []))
-            labels = ["input", "denoised"] + (["reference"] if all(len(c) == 3 for c in cells) else [])
-            if len(labels) == 2:
-                cells = [c[:2] for c in cells]
-            write_bytes_atomic(book / "contact_sheet.png", contact_sheet(cells, labels))
-
-        seconds = time.perf_counter() - t0
-        processed = sum(r["status"] == "processed" for r in rows)
-        report = {"in_dir": str(src), "out_dir": str(dst), "reference": str(ref) if ref else None,
-                  "model": model, "sigma": sigma, "ensemble": ensemble, "device": models.device.type,
-                  "counts": {"images": len(files), "processed": processed,
-                             "skipped": sum(r["status"] == "skipped" for r in rows), "failed": len(failed)},
-                  "seconds": round(seconds, 3), "images_per_s": round(processed / seconds, 3) if processed else 0.0,
-                  "failed": failed, "images": sorted(rows, key=lambda r: r["file"])}
-        scored = [r for r in rows if "ssim" in r]
-        if scored:
-            report["mean"] = {k: round(float(np.mean(v)), 4) if (v := [r[k] for r in scored if r[k] is not None])
-                              else None for k in ("psnr", "ssim", "input_psnr")}
-        if (book / "contact_sheet.png").is_file():
-            report["contact_sheet"] = str(book / "contact_sheet.png")
-        write_json_atomic(book / "report.json", report)
-        return report
+        write_json_atomic(book / "lock.json", {"run": run or f"pid-{os.getpid()}", "pid": os.getpid(),
+                                               "host": socket.gethostname(),
+                                               "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+        yield
     finally:
         lock.release()
+
+
+def _load_index(book: Path) -> dict:
+    """index.json plus the shards that batches write as they go (merged by `finish_job`)."""
+    index = json.loads((book / "index.json").read_text()) if (book / "index.json").is_file() else {}
+    for shard in sorted((book / "index.d").glob("*.json")) if (book / "index.d").is_dir() else []:
+        try:
+            index.update(json.loads(shard.read_text()))
+        except ValueError:
+            pass                                  # an unreadable shard only costs a re-run of its images
+    return index
+
+
+def plan_job(in_dir: str, out_dir: str, model: str = "auto", sigma: float | None = None,
+             ensemble: bool = False, settle: float = 1.0) -> dict:
+    """What a run has to do: images new or changed since the last run with the same model ("todo"),
+    the ones already done ("skipped"), unreadable ones ("failed") and ones still being written
+    ("pending": their size or mtime changed during `settle` seconds; only files modified in the last
+    minute are watched, so older folders cost no wait). Small JSON, for a Prefect task to return."""
+    src, dst = Path(in_dir).expanduser().resolve(), Path(out_dir).expanduser().resolve()
+    check_folders(src, dst)
+    identity = Models(model, sigma, torch.device("cpu"), ensemble).identity()
+    index = _load_index(dst / BOOKKEEPING)
+    files = find_images(src)
+    looks = {f: _look(f) for f in files}
+    recent = [f for f, st in looks.items() if st and time.time() - st[1] / 1e9 < 60]
+    if recent and settle > 0:
+        time.sleep(settle)
+    plan = {"in_dir": str(src), "out_dir": str(dst), "identity": identity, "images": len(files),
+            "todo": [], "skipped": [], "failed": [], "pending": []}
+    for f in files:
+        rel = str(f.relative_to(src))
+        if f in recent and _look(f) != looks[f]:
+            plan["pending"].append({"file": rel, "reason": "still being written (size or time changed)"})
+            continue
+        try:
+            sha = file_sha256(f)
+        except (OSError, BadImage) as e:
+            plan["failed"].append({"file": rel, "reason": getattr(e, "reason", None) or str(e)})
+            continue
+        entry = index.get(rel)
+        if entry and entry["input_sha256"] == sha and entry["model"] == identity and (dst / rel).is_file() \
+                and (dst / rel).stat().st_size == entry["output_bytes"]:
+            plan["skipped"].append({"file": rel, "status": "skipped", "model": entry["model_name"]})
+        else:
+            plan["todo"].append([rel, sha])
+    return plan
+
+
+def _look(path: Path) -> tuple[int, int] | None:
+    try:
+        st = path.stat()
+        return st.st_size, st.st_mtime_ns
+    except OSError:
+        return None
+
+
+def denoise_files(plan: dict, todo: list[list[str]], model: str = "auto", sigma: float | None = None,
+                  device: str = "auto", ensemble: bool = False, progress: bool = True,
+                  threads: int | None = None) -> dict:
+    """Denoise one batch of a plan's todo list ([relative path, sha256] pairs) and write the outputs.
+
+    Writes what it has done to its own index shard (.aeflow/index.d/) every few seconds, so a killed
+    run loses at most those seconds and concurrent batches never write one file. Returns small JSON."""
+    src, dst = Path(plan["in_dir"]), Path(plan["out_dir"])
+    shard = dst / BOOKKEEPING / "index.d" / f"{digest(todo)[:16]}.json"
+    shard.parent.mkdir(parents=True, exist_ok=True)
+    models = Models(model, sigma, pick_device(device), ensemble)
+    if threads:
+        torch.set_num_threads(threads)           # concurrent batches share the cores
+    rows, failed, entries, last_save = [], [], {}, time.monotonic()
+    jobs = [Job(Path(rel), sha) for rel, sha in todo]
+    with Bar(f"denoise {src.name}", enabled=progress) as bar:
+        bar.set(0, len(jobs), force=True)
+        for start in range(0, len(jobs), CHUNK):
+            chunk = jobs[start:start + CHUNK]
+            for job in chunk:
+                try:
+                    job.image = read_image(src / job.rel)
+                except BadImage as e:
+                    failed.append({"file": str(job.rel), "reason": e.reason})
+            _denoise_chunk([j for j in chunk if j.image is not None], models)
+            for job in chunk:
+                if job.error:
+                    failed.append({"file": str(job.rel), "reason": job.error})
+                if job.image is None or job.output is None:
+                    continue
+                out_path = dst / job.rel
+                out_path.parent.mkdir(parents=True, exist_ok=True)
+                data = encode_image(job.output, job.image)
+                write_bytes_atomic(out_path, data)
+                entries[str(job.rel)] = {"input_sha256": job.sha, "model": plan["identity"],
+                                         "output_bytes": len(data), "model_name": job.row["model"]}
+                rows.append({"file": str(job.rel), "status": "processed", **job.row})
+                job.image = job.output = None
+            if time.monotonic() - last_save > 5:             # a killed run loses at most a few seconds
+                write_json_atomic(shard, entries)
+                last_save = time.monotonic()
+            bar.set(min(start + CHUNK, len(jobs)), len(jobs), f"{len(failed)} failed" if failed else "", force=True)
+    write_json_atomic(shard, entries)
+    return {"rows": rows, "failed": failed, "device": models.device.type}
+
+
+def finish_job(plan: dict, batches: list[dict], reference: str | None = None, seconds: float = 0.0,
+               settings: dict | None = None) -> dict:
+    """Merge the batches' index shards into index.json, score against `reference`, draw the contact
+    sheet and write report.json; returns the report."""
+    src, dst = Path(plan["in_dir"]), Path(plan["out_dir"])
+    book = dst / BOOKKEEPING
+    write_json_atomic(book / "index.json", _load_index(book))
+    for shard in (book / "index.d").glob("*.json"):
+        shard.unlink()
+    rows = plan["skipped"] + [r for b in batches for r in b["rows"]]
+    failed = plan["failed"] + [f for b in batches for f in b["failed"]]
+    ref = Path(reference).expanduser().resolve() if reference else None
+    if ref is not None:
+        _score(rows, src, dst, ref)
+    processed = [r for r in rows if r["status"] == "processed"]
+    if processed:
+        write_bytes_atomic(book / "contact_sheet.png", _sheet([Path(r["file"]) for r in processed[:6]], src, dst, ref))
+    report = {"in_dir": str(src), "out_dir": str(dst), "reference": str(ref) if ref else None, **(settings or {}),
+              "device": batches[0]["device"] if batches else None,
+              "counts": {"images": plan["images"], "processed": len(processed),
+                         "skipped": len(plan["skipped"]), "failed": len(failed), "pending": len(plan["pending"])},
+              "seconds": round(seconds, 3), "images_per_s": round(len(processed) / seconds, 3) if processed else 0.0,
+              "failed": failed, "pending": plan["pending"], "images": sorted(rows, key=lambda r: r["file"])}
+    scored = [r for r in rows if "ssim" in r]
+    if scored:
+        report["mean"] = {k: round(float(np.mean(v)), 4) if (v := [r[k] for r in scored if r[k] is not None])
+                          else None for k in ("psnr", "ssim", "input_psnr")}
+    if (book / "contact_sheet.png").is_file():
+        report["contact_sheet"] = str(book / "contact_sheet.png")
+    write_json_atomic(book / "report.json", report)
+    return report
+
+
+def _sheet(rels: list[Path], src: Path, dst: Path, ref: Path | None) -> bytes:
+    """Contact sheet of input / denoised (/ reference) thumbnails, re-read from disk."""
+    rows = []
+    for rel in rels:
+        try:
+            cells = [thumbnail(read_image(src / rel).pixels), thumbnail(read_image(dst / rel).pixels)]
+            if ref is not None and (p := find_reference(ref, rel)) is not None:
+                cells.append(thumbnail(read_image(p).pixels))
+        except BadImage:
+            continue
+        rows.append(cells)
+    with_ref = bool(rows) and all(len(c) == 3 for c in rows)
+    rows = [c if with_ref else c[:2] for c in rows]
+    return contact_sheet(rows, ["input", "denoised"] + (["reference"] if with_ref else []))
+
+
+def denoise_folder(in_dir: str, out_dir: str, model: str = "auto", sigma: float | None = None,
+                   reference: str | None = None, device: str = "auto", ensemble: bool = False,
+                   progress: bool = True, run: str | None = None, wait: float = 0.0, settle: float = 1.0) -> dict:
+    """Denoise every image under `in_dir` into `out_dir` in one batch; returns the report (also written
+    to OUT_DIR/.aeflow/report.json). ensemble: average over 8 flips/rotations (8x slower, ~0.1 dB
+    better). The Prefect flow runs the same three steps, with the batches fanned out."""
+    t0 = time.perf_counter()
+    if reference is not None and not Path(reference).expanduser().is_dir():
+        raise FileNotFoundError(f"{reference}: reference folder not found")
+    check_folders(Path(in_dir).expanduser().resolve(), Path(out_dir).expanduser().resolve())
+    with job_lock(out_dir, run, wait):
+        plan = plan_job(in_dir, out_dir, model, sigma, ensemble, settle)
+        batch = denoise_files(plan, plan["todo"], model, sigma, device, ensemble, progress)
+        return finish_job(plan, [batch], reference, time.perf_counter() - t0,
+                          {"model": model, "sigma": sigma, "ensemble": ensemble})
 
 
 def _denoise_chunk(jobs: list[Job], models: Models) -> None:
@@ -257,7 +345,6 @@ def _denoise_group(group: list[Job], models: Models) -> None:
         y = y.clamp_(0, 1).permute(0, 2, 3, 1).numpy()                             # (B, H, W, C) views
     for job, out in zip(group, y):
         job.output = out
-        job.thumb = thumbnail(job.image.pixels)
         job.image = replace(job.image, pixels=np.empty((0, 0, 0), np.float32))   # free the input early
         job.row = {"model": folder.name, "seconds": round((time.perf_counter() - t) / len(group), 4)}
 

@@ -5,19 +5,23 @@ paths and small JSON, never tensors. Everything they call works without Prefect 
 from __future__ import annotations
 
 import json
+import os
+import time
 from pathlib import Path
 
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.runtime import flow_run
 
 from flows.demo import prepare_demo
-from flows.denoise import denoise_folder
+from flows.denoise import denoise_files, finish_job, job_lock, plan_job
 from flows.ingest import ingest_images
 from flows.train import train_model
 
-ingest_task = task(name="ingest-images")(ingest_images)
-train_task = task(name="train-model")(train_model)
-denoise_task = task(name="denoise-images")(denoise_folder)
+# Our stages cache themselves by content (flows/stages.py): Prefect's own result cache stays off.
+ingest_task = task(name="ingest-images", cache_policy=NO_CACHE)(ingest_images)
+train_task = task(name="train-model", cache_policy=NO_CACHE)(train_model)
 
 
 @flow(name="denoise-train")
@@ -33,25 +37,56 @@ def denoise_train_flow(data: str | None = None, model: dict | None = None, train
     return model_dir
 
 
+plan_task = task(name="plan", cache_policy=NO_CACHE)(plan_job)
+batch_task = task(name="denoise-batch", cache_policy=NO_CACHE)(denoise_files)
+finish_task = task(name="finish", cache_policy=NO_CACHE)(finish_job)
+
+
+class FilesStillBeingWritten(RuntimeError):
+    """Raised after a run when some inputs were still growing; the deployment's retries pick them up."""
+
+
 @flow(name="denoise-run")
 def denoise_run_flow(in_dir: str, out_dir: str, model: str = "auto", sigma: float | None = None,
                      reference: str | None = None, device: str = "auto", ensemble: bool = False,
-                     progress: bool = True) -> dict:
-    """Denoise a folder incrementally; publishes the per-image table and a summary as artifacts."""
-    report = denoise_task(in_dir, out_dir, model=model, sigma=sigma, reference=reference, device=device,
-                          ensemble=ensemble, progress=progress)
-    table = report["images"] + [{"file": f["file"], "status": "failed", "reason": f["reason"]} for f in report["failed"]]
+                     batches: int = 1, wait: float = 0.0, retry_pending: bool = False, progress: bool = True) -> dict:
+    """Denoise a folder incrementally: plan, `batches` concurrent batch tasks, finish; publishes the
+    per-image table and a summary as artifacts. OUT_DIR is locked for the whole run."""
+    t0 = time.perf_counter()
+    with job_lock(out_dir, str(flow_run.get_id() or ""), wait):
+        plan = plan_task(in_dir, out_dir, model, sigma, ensemble)
+        todo = plan["todo"]
+        n = max(1, min(batches, len(todo)))
+        common = dict(model=model, sigma=sigma, device=device, ensemble=ensemble)
+        if n == 1:
+            results = [batch_task(plan, todo, progress=progress, **common)]
+        else:   # round-robin split; the cores are shared out so that the batches don't oversubscribe them
+            threads = max(1, len(os.sched_getaffinity(0)) // n)
+            futures = [batch_task.submit(plan, todo[i::n], progress=False, threads=threads, **common) for i in range(n)]
+            results = [f.result() for f in futures]
+        report = finish_task(plan, results, reference, time.perf_counter() - t0,
+                             {"model": model, "sigma": sigma, "ensemble": ensemble, "batches": n})
+    table = report["images"] + [{"file": f["file"], "status": "failed", "reason": f["reason"]} for f in report["failed"]] \
+        + [{"file": f["file"], "status": "pending", "reason": f["reason"]} for f in report["pending"]]
     if table:
         create_table_artifact(key="denoise-run-images", table=table, description=f"{in_dir} -> {out_dir}")
     c = report["counts"]
     create_markdown_artifact(key="denoise-run-summary", markdown=(
-        f"**{c['processed']} processed, {c['skipped']} skipped, {c['failed']} failed** in {report['seconds']:.1f} s "
-        f"({report['images_per_s']:.2f} images/s)" + (f"; mean {report['mean']}" if "mean" in report else "")))
+        f"**{c['processed']} processed, {c['skipped']} skipped, {c['failed']} failed, {c['pending']} still being "
+        f"written** in {report['seconds']:.1f} s ({report['images_per_s']:.2f} images/s)"
+        + (f"; mean {report['mean']}" if "mean" in report else "")))
+    if retry_pending and report["pending"]:
+        raise FilesStillBeingWritten(f"{len(report['pending'])} input(s) still being written: "
+                                     + ", ".join(f["file"] for f in report["pending"][:5]))
     return report
+
+
+# What schedules run: the same flow, retrying a while when inputs were still being copied.
+scheduled_denoise_flow = denoise_run_flow.with_options(retries=3, retry_delay_seconds=60)
 
 
 @flow(name="demo")
 def demo_flow(sigma: float = 25.0) -> dict:
     """Noisy copies of a few bundled photos, denoised by the shipped models, scored against the originals."""
-    noisy, clean, out = task(name="prepare-demo")(prepare_demo)(sigma)
+    noisy, clean, out = task(name="prepare-demo", cache_policy=NO_CACHE)(prepare_demo)(sigma)
     return denoise_run_flow(noisy, out, reference=clean)

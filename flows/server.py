@@ -21,9 +21,14 @@ from flows.settings import outputs_root, running_server_url, server_file
 STARTUP_TIMEOUT_S = 120      # 14-26 s measured here on a fresh SQLite database under load
 
 
-def start(host: str = "127.0.0.1", port: int = 4200) -> dict:
+def start(host: str = "127.0.0.1", port: int = 4200, auth: str | None = None) -> dict:
+    """Start the server in the background and wait for its health check. `auth` ("user:password") makes
+    every API call but the health check require it (Prefect's PREFECT_SERVER_API_AUTH_STRING)."""
     if (url := running_server_url()) is not None:
         return json.loads(server_file().read_text()) | {"api_url": url}
+    if host not in ("127.0.0.1", "localhost", "::1") and not auth:
+        raise ValueError(f"refusing to open the API on {host} without --auth user:password: anyone who can reach "
+                         "it could run code on your workers")
     folder = server_file().parent
     folder.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)
@@ -31,6 +36,8 @@ def start(host: str = "127.0.0.1", port: int = 4200) -> dict:
     env.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     env.setdefault("DO_NOT_TRACK", "1")
     env.pop("PREFECT_API_URL", None)
+    if auth:
+        env["PREFECT_SERVER_API_AUTH_STRING"] = auth
     log = open(folder / "server.log", "ab")
     proc = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", host, "--port", str(port)],
                             stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
@@ -48,8 +55,12 @@ def start(host: str = "127.0.0.1", port: int = 4200) -> dict:
     else:
         os.killpg(proc.pid, signal.SIGTERM)
         raise RuntimeError(f"prefect server did not answer within {STARTUP_TIMEOUT_S} s; see {folder / 'server.log'}")
-    info = {"pid": proc.pid, "api_url": api, "ui_url": api[:-4], "host": host, "port": port}
-    server_file().write_text(json.dumps(info))
+    info = {"pid": proc.pid, "api_url": api, "ui_url": api[:-4], "host": host, "port": port,
+            "started_s": round(time.monotonic() - deadline + STARTUP_TIMEOUT_S, 1)}
+    # readable by this user only: it may hold the auth string that local commands send
+    fd = os.open(server_file(), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(info | ({"auth": auth} if auth else {}), f)
     return info
 
 

@@ -23,14 +23,19 @@ def server_file() -> Path:
     return outputs_root() / "server" / "server.json"
 
 
-def running_server_url() -> str | None:
-    """The API URL of a server started by `aeflow server start`, if it answers its health check."""
+def running_server() -> dict | None:
+    """What `aeflow server start` recorded (api_url, pid, auth), if that server answers its health check."""
     try:
         info = json.loads(server_file().read_text())
         with urllib.request.urlopen(f"{info['api_url']}/health", timeout=1) as r:
-            return info["api_url"] if r.status == 200 else None
+            return info if r.status == 200 else None
     except (OSError, ValueError, KeyError):
         return None
+
+
+def running_server_url() -> str | None:
+    info = running_server()
+    return info["api_url"] if info else None
 
 
 def configure() -> None:
@@ -44,8 +49,10 @@ def configure() -> None:
     env.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")  # the CLI prints its own summary
     env.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_FLOW_RUNS_LEVEL", "WARNING")
     env.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_TASK_RUNS_LEVEL", "WARNING")
-    if "PREFECT_API_URL" not in env and (url := running_server_url()):
-        env["PREFECT_API_URL"] = url
+    if "PREFECT_API_URL" not in env and (server := running_server()):
+        env["PREFECT_API_URL"] = server["api_url"]
+        if server.get("auth"):
+            env.setdefault("PREFECT_API_AUTH_STRING", server["auth"])
 
 
 configure()

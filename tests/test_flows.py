@@ -65,7 +65,7 @@ def test_train_then_denoise_twice_end_to_end(folders, tmp_path):
     before = tree_hashes(noisy)
     out = tmp_path / "out"
     report = denoise_run_flow(str(noisy), str(out), model=str(model_dir), reference=str(clean), progress=False)
-    assert report["counts"] == {"images": 8, "processed": 5, "skipped": 0, "failed": 3}
+    assert report["counts"] == {"images": 8, "processed": 5, "skipped": 0, "failed": 3, "pending": 0}
     reasons = {f["file"]: f["reason"] for f in report["failed"]}
     assert set(reasons) == {"empty.png", "notes.png", "truncated.png"}
     assert "empty" in reasons["empty.png"] and "truncat" in reasons["truncated.png"]
@@ -80,7 +80,7 @@ def test_train_then_denoise_twice_end_to_end(folders, tmp_path):
 
     outputs = tree_hashes(out)
     again = denoise_run_flow(str(noisy), str(out), model=str(model_dir), progress=False)
-    assert again["counts"] == {"images": 8, "processed": 0, "skipped": 5, "failed": 3}
+    assert again["counts"] == {"images": 8, "processed": 0, "skipped": 5, "failed": 3, "pending": 0}
     after = tree_hashes(out)
     assert {k: v for k, v in after.items() if not k.startswith(".aeflow")} == \
            {k: v for k, v in outputs.items() if not k.startswith(".aeflow")}      # nothing rewritten

@@ -1,0 +1,118 @@
+"""Scheduled denoising on Prefect's own machinery: a process work pool, deployments with cron
+schedules, and workers that execute their runs (`aeflow schedule ...`, `aeflow worker start`).
+
+Schedules need a long-running server (`aeflow server start`): the temporary API of embedded mode runs
+no scheduler. A deployment runs `flows.pipelines.scheduled_denoise_flow` from this checkout (its pull
+step sets the working directory here), so workers on other hosts need the same checkout at the same
+path, the same outputs/ storage and PREFECT_API_URL pointing at the server.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+from prefect import get_client
+from prefect.client.schemas.actions import WorkPoolCreate
+from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId, FlowRunFilter
+from prefect.client.schemas.sorting import FlowRunSort
+from prefect.deployments import run_deployment
+from prefect.exceptions import ObjectNotFound
+from prefect.schedules import Cron
+
+from flows.pipelines import scheduled_denoise_flow
+from flows.settings import running_server_url
+
+REPO = Path(__file__).resolve().parents[1]
+POOL = "aeflow"
+FLOW_NAME = scheduled_denoise_flow.name          # "denoise-run"
+
+
+def require_server() -> None:
+    if not os.environ.get("PREFECT_API_URL") and running_server_url() is None:
+        raise RuntimeError("schedules need a running Prefect server: start one with `aeflow server start` "
+                           "(or point PREFECT_API_URL at yours)")
+
+
+def ensure_pool(name: str = POOL) -> None:
+    from prefect.workers.process import ProcessWorker
+
+    with get_client(sync_client=True) as client:
+        try:
+            client.read_work_pool(name)
+        except ObjectNotFound:
+            client.create_work_pool(WorkPoolCreate(
+                name=name, type="process", base_job_template=ProcessWorker.get_default_base_job_template()))
+
+
+def default_name(in_dir: str, out_dir: str) -> str:
+    """A readable, stable deployment name for one input/output pair."""
+    src, dst = Path(in_dir).expanduser().resolve(), Path(out_dir).expanduser().resolve()
+    return f"{dst.name}-{hashlib.sha256(f'{src}|{dst}'.encode()).hexdigest()[:8]}"
+
+
+def schedule_denoise(in_dir: str, out_dir: str, cron: str, tz: str = "UTC", model: str = "auto",
+                     sigma: float | None = None, reference: str | None = None, batches: int = 1,
+                     name: str | None = None, pool: str = POOL) -> str:
+    """Create or update the deployment that denoises IN_DIR into OUT_DIR on `cron` (in time zone `tz`).
+    Returns its full name, `denoise-run/NAME`."""
+    require_server()
+    src, dst = Path(in_dir).expanduser().resolve(), Path(out_dir).expanduser().resolve()
+    if not src.is_dir():
+        raise FileNotFoundError(f"{in_dir}: input folder not found")
+    name = name or default_name(in_dir, out_dir)
+    ensure_pool(pool)
+    params = {"in_dir": str(src), "out_dir": str(dst), "model": model, "sigma": sigma, "batches": batches,
+              "reference": str(Path(reference).expanduser().resolve()) if reference else None,
+              "retry_pending": True, "wait": 600.0, "progress": False}
+    flow = scheduled_denoise_flow.from_source(str(REPO), "flows/pipelines.py:scheduled_denoise_flow")
+    flow.deploy(name=name, work_pool_name=pool, schedules=[Cron(cron, timezone=tz)], parameters=params,
+                build=False, push=False, print_next_steps=False, ignore_warnings=True,
+                description=f"denoise {src} -> {dst} ({cron}, {tz})")
+    return f"{FLOW_NAME}/{name}"
+
+
+def list_schedules() -> list[dict]:
+    """Each deployment with its schedules, next scheduled runs and the last finished run."""
+    require_server()
+    rows = []
+    with get_client(sync_client=True) as client:
+        for d in client.read_deployments():
+            runs = client.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[d.id])),
+                                         sort=FlowRunSort.EXPECTED_START_TIME_DESC, limit=50)
+            now = datetime.now(timezone.utc)
+            upcoming = sorted(r.expected_start_time for r in runs if r.state and r.state.is_scheduled()
+                              and r.expected_start_time and r.expected_start_time > now)
+            finished = [r for r in runs if r.state and r.state.is_final()]
+            last = max(finished, key=lambda r: r.end_time or r.expected_start_time) if finished else None
+            rows.append({"name": d.name, "paused": d.paused,
+                         "schedules": [f"{s.schedule.cron} ({s.schedule.timezone})" for s in d.schedules
+                                       if hasattr(s.schedule, "cron")],
+                         "next": [t.isoformat(timespec="minutes") for t in upcoming[:3]],
+                         "last": f"{last.state.name} {(last.end_time or last.expected_start_time):%Y-%m-%d %H:%M}"
+                                 if last else "", "parameters": d.parameters})
+    return rows
+
+
+def run_now(name: str, timeout: float = 0) -> dict:
+    """Start a run of deployment NAME now (returns at once unless `timeout` > 0)."""
+    require_server()
+    full = name if "/" in name else f"{FLOW_NAME}/{name}"
+    run = run_deployment(full, timeout=timeout, as_subflow=False)
+    return {"id": str(run.id), "name": run.name, "state": run.state.name if run.state else None}
+
+
+def worker_command(pool: str = POOL, name: str | None = None) -> list[str]:
+    cmd = [sys.executable, "-m", "prefect", "worker", "start", "--pool", pool, "--type", "process"]
+    return cmd + (["--name", name] if name else [])
+
+
+def start_worker(pool: str = POOL, name: str | None = None) -> int:
+    """Run a process worker in the foreground until interrupted (several may run, on several hosts)."""
+    require_server()
+    ensure_pool(pool)
+    return subprocess.call(worker_command(pool, name), cwd=REPO)

@@ -1,0 +1,135 @@
+"""Scheduled denoising on a real Prefect server and a real process worker; and the output-folder lock."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import photo
+
+from formats.images import DecodedImage, encode_image
+
+REPO = Path(__file__).resolve().parents[1]
+AEFLOW = [sys.executable, "-m", "flows.cli"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def noisy_folder(folder: Path, n: int) -> Path:
+    rng = np.random.default_rng(1)
+    for i in range(n):
+        x = np.clip(photo(i, 64, 80) + 0.08 * rng.standard_normal((64, 80, 1)), 0, 1)
+        (folder / f"{i}.png").parent.mkdir(parents=True, exist_ok=True)
+        (folder / f"{i}.png").write_bytes(encode_image(x, DecodedImage(x, None, "PNG", 8, None)))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """A real Prefect server on a free loopback port, with its own home and outputs; always stopped."""
+    root = tmp_path_factory.mktemp("server")
+    env = {**os.environ, "AEFLOW_OUTPUTS": str(root / "outputs"), "PREFECT_HOME": str(root / "prefect-home"),
+           "PREFECT_WORKER_QUERY_SECONDS": "1", "PREFECT_WORKER_PREFETCH_SECONDS": "1", "PYTHONPATH": str(REPO)}
+    env.pop("PREFECT_API_URL", None)
+    started = subprocess.run(AEFLOW + ["server", "start", "--port", str(free_port())], env=env, cwd=REPO,
+                             capture_output=True, text=True, timeout=180)
+    assert started.returncode == 0, started.stdout + started.stderr
+    try:
+        yield env
+    finally:
+        subprocess.run(AEFLOW + ["server", "stop"], env=env, cwd=REPO, timeout=60)
+
+
+def aeflow(env, *args, timeout=180) -> str:
+    r = subprocess.run(AEFLOW + list(args), env=env, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+    assert r.returncode == 0, r.stdout + r.stderr
+    return r.stdout
+
+
+@pytest.mark.prefect
+def test_schedule_run_by_a_worker_is_incremental(server, tmp_path):
+    src, dst = noisy_folder(tmp_path / "inbox", 4), tmp_path / "clean"
+    out = aeflow(server, "schedule", "denoise", str(src), str(dst), "--cron", "0 2 * * *",
+                 "--timezone", "Europe/Paris", "--name", "nightly")
+    assert "denoise-run/nightly" in out
+    listing = aeflow(server, "schedule", "list")
+    assert "nightly" in listing and "0 2 * * *" in listing and "Europe/Paris" in listing
+
+    worker = subprocess.Popen(AEFLOW + ["worker", "start"], env=server, cwd=REPO, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        out = aeflow(server, "schedule", "run", "nightly", "--wait", timeout=240)
+        assert "Completed" in out, out
+        report = json.loads((dst / ".aeflow" / "report.json").read_text())
+        assert report["counts"]["processed"] == 4 and sorted(p.name for p in dst.glob("*.png")) == \
+            [f"{i}.png" for i in range(4)]
+        out = aeflow(server, "schedule", "run", "nightly", "--wait", timeout=240)
+        assert "Completed" in out, out
+        report = json.loads((dst / ".aeflow" / "report.json").read_text())
+        assert report["counts"]["processed"] == 0 and report["counts"]["skipped"] == 4
+    finally:
+        os.killpg(worker.pid, signal.SIGTERM)
+        try:
+            worker.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(worker.pid, signal.SIGKILL)
+
+
+HOLDER = textwrap.dedent("""
+    import sys, time
+    from flows.denoise import job_lock
+    with job_lock(sys.argv[1], run="holder-run"):
+        print("locked", flush=True)
+        time.sleep(600)
+""")
+
+
+def test_second_run_is_refused_with_the_holder_named_and_a_killed_holder_frees_the_lock(tmp_path):
+    from flows.denoise import denoise_folder, job_lock
+
+    src, dst = noisy_folder(tmp_path / "in", 1), tmp_path / "out"
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(dst)], cwd=REPO, stdout=subprocess.PIPE,
+                              text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        t0 = time.monotonic()
+        with pytest.raises(RuntimeError, match="locked by run holder-run"):
+            denoise_folder(str(src), str(dst), progress=False, wait=1.0)
+        assert time.monotonic() - t0 >= 1.0                            # it waited before giving up
+        assert not list(dst.glob("*.png"))                               # and wrote nothing
+    finally:
+        holder.send_signal(signal.SIGKILL)                               # a killed run: its lock is stale
+        holder.wait()
+    with job_lock(str(dst), run="next", wait=5):                         # recovered at once
+        assert json.loads((dst / ".aeflow" / "lock.json").read_text())["run"] == "next"
+
+
+def test_files_still_being_written_are_left_for_the_next_look(tmp_path):
+    from flows.denoise import plan_job
+
+    src = noisy_folder(tmp_path / "in", 2)
+    growing = src / "growing.png"
+    growing.write_bytes(b"\x89PNG partial")
+    writer = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import time
+        with open({str(growing)!r}, "ab") as f:
+            for _ in range(40):
+                f.write(b"x" * 100); f.flush(); time.sleep(0.05)
+    """)])
+    try:
+        plan = plan_job(str(src), str(tmp_path / "out"), settle=0.5)
+    finally:
+        writer.wait()
+    assert [p["file"] for p in plan["pending"]] == ["growing.png"]
+    assert sorted(rel for rel, _ in plan["todo"]) == ["0.png", "1.png"]
