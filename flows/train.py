@@ -7,6 +7,7 @@ the stage's work folder when the same command is run again.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from models.autoencoders import count_parameters
 from models.checkpoints import save_model
 from models.patches import PatchSampler, center_crops
 from models.registry import build, parse_config
-from models.trainer import TrainConfig, pick_device, train
+from models.trainer import TrainConfig, pick_device, train as train_loop
 
 VERSION = 2  # 2: time budgets re-estimated over the first half of the run
 LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)   # ITU-R BT.601, for colour data into a gray model
@@ -65,7 +66,7 @@ def train_model(ingest_dir: str, model: dict, training: dict, val_fraction: floa
         net = build(model_cfg).to(device)
         sampler = PatchSampler([tensors[i] for i in train_idx], train_cfg.patch, train_cfg.batch_size, device)
         with TrainProgress(f"train {stage.folder.name}", enabled=progress) as bar:
-            result = train(net, sampler, center_crops(val_imgs, val_size), train_cfg, stage.workdir / "ckpt",
+            result = train_loop(net, sampler, center_crops(val_imgs, val_size), train_cfg, stage.workdir / "ckpt",
                            on_step=bar.update)
         metrics = {f"val_{k}": round(v, 4) for k, v in result.best.items()}
         info = {"metrics": metrics, "steps": result.steps, "seconds": result.seconds,
@@ -81,8 +82,56 @@ def train_model(ingest_dir: str, model: dict, training: dict, val_fraction: floa
     return str(folder)
 
 
-def plot_curve(history: list[dict], path: Path, title: str) -> None:
-    """Training loss and validation PSNR against steps, one PNG."""
+def train_windows(slug: str, upstream: tuple[str, ...], data: dict, train: tuple[np.ndarray, np.ndarray | None],
+                  val: tuple[np.ndarray, np.ndarray | None], model: dict, training: dict,
+                  refresh: bool = False, progress: bool = True) -> str:
+    """Train (or find cached) a token-grid model (`vae`, `cvae`) on windows; returns the model folder.
+
+    train, val: (x (N, rows, cols) integer tokens, cond (N, K) integers or None). `data` describes the slice
+    (game, split, ...); the stage key also hashes the arrays themselves, so it is content-addressed.
+    `model` may leave out `shape` (taken from x), `vocab` (max token + 1) and a cvae's `cond` (max + 1 each).
+    Validation keeps the weights with the best ELBO unless `training` names another `select`.
+    """
+    (x_tr, c_tr), (x_va, c_va) = train, val
+    model_cfg = {"shape": list(x_tr.shape[1:]), "vocab": int(max(x_tr.max(), x_va.max())) + 1, **model}
+    if model_cfg.get("kind") == "cvae" and "cond" not in model_cfg:
+        model_cfg["cond"] = [int(v) + 1 for v in np.maximum(c_tr.max(0), c_va.max(0))]
+    model_cfg = parse_config(model_cfg)
+    train_cfg = TrainConfig(**{"select": "elbo", **training})
+    config = {"model": model_cfg.model_dump(mode="json"), "train": train_cfg.model_dump(mode="json"), "data": data}
+    arrays = [a for a in (x_tr, c_tr, x_va, c_va) if a is not None]
+    contents = tuple(hashlib.sha256(np.ascontiguousarray(a, dtype=np.int64).tobytes()).hexdigest() for a in arrays)
+    stage = Stage("train", VERSION, f"{model_cfg.kind}-{slug}", config, upstream=tuple(upstream), contents=contents)
+
+    def fill(tmp: Path) -> dict:
+        device = pick_device(train_cfg.device)
+        tensor = lambda a: None if a is None else torch.from_numpy(np.asarray(a, dtype=np.int64)).to(device)
+        x, c, vx, vc = tensor(x_tr), tensor(c_tr), tensor(x_va), tensor(c_va)
+        conditional = model_cfg.kind == "cvae"
+
+        def batches(gen: torch.Generator):
+            idx = torch.randint(len(x), (train_cfg.batch_size,), generator=gen, device=device)
+            return (x[idx], c[idx]) if conditional else x[idx]
+
+        torch.manual_seed(train_cfg.seed)
+        net = build(model_cfg).to(device)
+        with TrainProgress(f"train {stage.folder.name}", enabled=progress) as bar:
+            result = train_loop(net, batches, (vx, vc) if conditional else vx, train_cfg, stage.workdir / "ckpt",
+                                on_step=bar.update)
+        info = {"metrics": {f"val_{k}": round(v, 4) for k, v in result.best.items()}, "steps": result.steps,
+                "seconds": result.seconds, "windows_per_s": result.samples_per_s,
+                "resumed_from_step": result.resumed_from, "parameters": count_parameters(net),
+                "device": device.type, "data": {**data, "train_windows": len(x_tr), "val_windows": len(x_va)}}
+        save_model(net, tmp, config["model"], extra={"train": config["train"], "history": result.history, **info})
+        plot_curve(result.history, tmp / "curve.png", title=stage.folder.name, metric=train_cfg.select)
+        return info
+
+    folder, _, _ = run_stage(stage, fill, refresh)
+    return str(folder)
+
+
+def plot_curve(history: list[dict], path: Path, title: str, metric: str = "psnr") -> None:
+    """Training loss and a validation metric (PSNR for denoisers, ELBO for VAEs) against steps, one PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -92,10 +141,11 @@ def plot_curve(history: list[dict], path: Path, title: str) -> None:
     fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.4), dpi=100)
     a.plot(steps, [h["train_loss"] for h in history], label="train")
     a.plot(steps, [h["val_loss"] for h in history], label="validation")
-    a.set(xlabel="step", ylabel="MSE", yscale="log", title="loss")
+    a.set(xlabel="step", ylabel="MSE" if metric == "psnr" else "loss", yscale="log" if metric == "psnr" else "linear",
+          title="loss")
     a.legend()
-    b.plot(steps, [h["val_psnr"] for h in history], color="tab:green")
-    b.set(xlabel="step", ylabel="dB", title="validation PSNR")
+    b.plot(steps, [h[f"val_{metric}"] for h in history], color="tab:green")
+    b.set(xlabel="step", ylabel="dB" if metric == "psnr" else metric, title=f"validation {metric}")
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path)

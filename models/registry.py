@@ -10,9 +10,11 @@ from pydantic import Field, TypeAdapter
 
 from models.autoencoders import ConvAE, ConvAEConfig, SkipDAE, SkipDAEConfig
 from models.checkpoints import load_state, read_config
+from models.vaes import CVAE, VAE, CVAEConfig, VAEConfig
 
-MODELS: dict[str, type[torch.nn.Module]] = {"conv_ae": ConvAE, "skip_dae": SkipDAE}
-ModelConfig = Annotated[ConvAEConfig | SkipDAEConfig, Field(discriminator="kind")]
+MODELS: dict[str, type[torch.nn.Module]] = {"conv_ae": ConvAE, "skip_dae": SkipDAE, "vae": VAE, "cvae": CVAE}
+DENOISERS = ("conv_ae", "skip_dae")          # image kinds: `aeflow denoise train --model`
+ModelConfig = Annotated[ConvAEConfig | SkipDAEConfig | VAEConfig | CVAEConfig, Field(discriminator="kind")]
 _adapter = TypeAdapter(ModelConfig)
 
 

@@ -62,6 +62,11 @@ class TrainResult:
     resumed_from: int = 0
 
 
+def _to(batch, device):
+    """A tensor or a tuple of tensors (x, cond) onto `device`."""
+    return tuple(_to(b, device) for b in batch) if isinstance(batch, (tuple, list)) else batch.to(device)
+
+
 def lr_at(step: int, total: int, cfg: TrainConfig, warmup: int) -> float:
     """Linear warm-up, then cosine decay to 1 % of the peak."""
     if step < warmup:
@@ -74,7 +79,8 @@ def train(model: torch.nn.Module, batches: Callable[[torch.Generator], torch.Ten
           cfg: TrainConfig, ckpt_dir: Path, on_step: Callable[[int, int, dict], None] | None = None) -> TrainResult:
     """Train `model` in place (it ends holding the best weights) and return what happened.
 
-    batches(gen) -> (B, ...) training batch on the model's device; val: a fixed validation batch.
+    batches(gen) -> (B, ...) training batch on the model's device (a tensor, or a tuple such as (x, cond));
+    val: a fixed validation batch of the same form.
     ckpt_dir: where resumable checkpoints live; an existing one is resumed.
     on_step(step, total, metrics): progress callback (metrics: last loss, last validation).
     """
@@ -83,7 +89,7 @@ def train(model: torch.nn.Module, batches: Callable[[torch.Generator], torch.Ten
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     gen = torch.Generator(device=device).manual_seed(cfg.seed)
     val_gen_seed = cfg.seed + 1                  # the same validation noise at every epoch
-    val = val.to(device)
+    val = _to(val, device)
 
     total = cfg.steps or (cfg.epochs * cfg.epoch_steps if cfg.epochs else None)
     step, elapsed, history, best, best_state = 0, 0.0, [], None, None

@@ -1,0 +1,192 @@
+"""Convolutional VAEs over token grids with a categorical decoder: game levels (rows x cols of tiles) and
+piano rolls (voices x steps of pitch tokens). β is a config value (β-VAE, Higgins et al. 2017); the
+conditional VAE (Sohn et al. 2015) only overrides `encode`/`decode` to take one-hot condition variables.
+
+A batch is `x` (B, rows, cols) int64 tokens, or `(x, cond)` with cond (B, K) int64 for a `cvae`.
+dims=2 convolves over the grid (levels); dims=1 convolves over the last axis only, the rows (voices)
+folded into channels (music: a voice is not a spatial neighbour of the next).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, field_validator
+
+
+class VAEConfig(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    kind: Literal["vae"] = "vae"
+    vocab: int                                   # categories per cell (tiles, pitch tokens)
+    shape: tuple[int, int]                       # (rows, cols); music: (voices, steps)
+    dims: Literal[1, 2] = 2                      # 2: conv over the grid; 1: conv over cols, rows as channels
+    widths: tuple[int, ...] = (64, 128, 256)     # first at full size, then each halves the conv axes
+    latent: int = 32
+    beta: float = 1.0                            # weight of the KL term; 1 = the plain VAE
+
+    @field_validator("vocab", "latent")
+    @classmethod
+    def _positive(cls, v):
+        if v < 1:
+            raise ValueError(f"must be >= 1, got {v}")
+        return v
+
+
+class CVAEConfig(VAEConfig):
+    kind: Literal["cvae"] = "cvae"
+    cond: tuple[int, ...]                        # cardinality of each categorical condition variable
+
+
+def _conv(dims: int):
+    return (nn.Conv1d, nn.ConvTranspose1d) if dims == 1 else (nn.Conv2d, nn.ConvTranspose2d)
+
+
+class VAE(nn.Module):
+    """One-hot grid -> conv encoder -> (mu, logvar) -> z -> linear + transposed convs -> logits per cell."""
+
+    def __init__(self, cfg: VAEConfig):
+        super().__init__()
+        self.cfg = cfg
+        conv, deconv = _conv(cfg.dims)
+        rows, cols = cfg.shape
+        self.m = 2 ** (len(cfg.widths) - 1)                       # the conv axes are padded to this multiple
+        spatial = (cols,) if cfg.dims == 1 else (rows, cols)
+        self.padded = tuple(-(-s // self.m) * self.m for s in spatial)
+        self.bottom = tuple(s // self.m for s in self.padded)       # conv grid at the bottleneck
+        c_in = cfg.vocab * (rows if cfg.dims == 1 else 1)
+        w = cfg.widths
+        enc = [conv(c_in, w[0], 3, padding=1), nn.GELU()]
+        for a, b in zip(w[:-1], w[1:]):
+            enc += [conv(a, b, 4, stride=2, padding=1), nn.GELU()]
+        self.encoder = nn.Sequential(*enc)
+        flat = w[-1] * math.prod(self.bottom)
+        self.to_stats = nn.Linear(flat + self.cond_dim(), 2 * cfg.latent)
+        self.from_z = nn.Linear(cfg.latent + self.cond_dim(), flat)
+        dec = []
+        for a, b in zip(w[::-1][:-1], w[::-1][1:]):
+            dec += [nn.GELU(), deconv(a, b, 4, stride=2, padding=1)]
+        self.decoder = nn.Sequential(*dec, nn.GELU(), conv(w[0], c_in, 3, padding=1))
+
+    def cond_dim(self) -> int:
+        return 0
+
+    # ---- the two halves; a cvae overrides these to take `cond`
+    def encode(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._encode(x, None)
+
+    def decode(self, z: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+        return self._decode(z, None)
+
+    def _encode(self, x: torch.Tensor, c: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        rows, cols = self.cfg.shape
+        h = F.one_hot(x.long(), self.cfg.vocab).float()            # (B, rows, cols, V)
+        if self.cfg.dims == 1:
+            h = h.permute(0, 1, 3, 2).reshape(len(x), rows * self.cfg.vocab, cols)   # (B, rows*V, cols)
+            h = F.pad(h, (0, self.padded[0] - cols))
+        else:
+            h = h.permute(0, 3, 1, 2)                              # (B, V, rows, cols)
+            h = F.pad(h, (0, self.padded[1] - cols, 0, self.padded[0] - rows))
+        h = self.encoder(h).flatten(1)                             # (B, w[-1] * prod(bottom))
+        if c is not None:
+            h = torch.cat([h, c.to(h.dtype)], 1)
+        mu, logvar = self.to_stats(h).chunk(2, dim=1)
+        return mu, logvar
+
+    def _decode(self, z: torch.Tensor, c: torch.Tensor | None) -> torch.Tensor:
+        rows, cols = self.cfg.shape
+        if c is not None:
+            z = torch.cat([z, c.to(z.dtype)], 1)
+        h = self.from_z(z).view(len(z), self.cfg.widths[-1], *self.bottom)
+        h = self.decoder(h)
+        if self.cfg.dims == 1:
+            h = h[..., :cols].reshape(len(z), rows, self.cfg.vocab, cols)     # (B, rows, V, cols)
+            return h.transpose(1, 2)                                          # (B, V, rows, cols)
+        return h[..., :rows, :cols]                                           # (B, V, rows, cols)
+
+    # ---- training
+    @staticmethod
+    def _split(batch) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return batch if isinstance(batch, (tuple, list)) else (batch, None)
+
+    def terms(self, x: torch.Tensor, cond: torch.Tensor | None, gen: torch.Generator | None):
+        """Per-sample reconstruction cross-entropy and KL in nats, and the logits (z = mu when gen is None)."""
+        mu, logvar = self.encode(x, cond)
+        mu, logvar = mu.float(), logvar.float()
+        z = mu if gen is None else mu + (0.5 * logvar).exp() * torch.randn(mu.shape, generator=gen, device=mu.device)
+        logits = self.decode(z, cond).float()
+        recon = F.cross_entropy(logits, x.long(), reduction="none").flatten(1).sum(1)
+        kl = -0.5 * (1 + logvar - mu.pow(2) - logvar.exp()).sum(1)   # KL(q(z|x) || N(0, I)), Kingma & Welling App. B
+        return recon, kl, logits
+
+    def loss(self, batch, gen: torch.Generator) -> torch.Tensor:
+        x, cond = self._split(batch)
+        recon, kl, _ = self.terms(x, cond, gen)
+        return (recon + self.cfg.beta * kl).mean()
+
+    @torch.no_grad()
+    def metrics(self, batch, gen: torch.Generator, chunk: int = 1024) -> dict[str, float]:
+        """Validation: loss (β-weighted, sampled z), elbo (nats per window, higher is better), kl, and acc:
+        the share of cells that decode(mu) reconstructs exactly."""
+        x, cond = self._split(batch)
+        sums = {"loss": 0.0, "elbo": 0.0, "kl": 0.0, "acc": 0.0}
+        for i in range(0, len(x), chunk):
+            xb, cb = x[i:i + chunk], None if cond is None else cond[i:i + chunk]
+            recon, kl, _ = self.terms(xb, cb, gen)
+            _, _, logits = self.terms(xb, cb, None)
+            sums["loss"] += (recon + self.cfg.beta * kl).sum().item()
+            sums["elbo"] -= (recon + kl).sum().item()
+            sums["kl"] += kl.sum().item()
+            sums["acc"] += (logits.argmax(1) == xb).float().flatten(1).mean(1).sum().item()
+        return {k: v / len(x) for k, v in sums.items()}
+
+    # ---- use
+    @torch.no_grad()
+    def reconstruct(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+        """Tokens (B, rows, cols) -> the argmax of decode(mu)."""
+        mu, _ = self.encode(x, cond)
+        return self.decode(mu, cond).argmax(1)
+
+    @torch.no_grad()
+    def sample(self, n: int, gen: torch.Generator, cond: torch.Tensor | None = None, z: torch.Tensor | None = None,
+               temperature: float = 1.0, greedy: bool = True) -> torch.Tensor:
+        """n grids (n, rows, cols) decoded from z ~ N(0, I) (drawn from `gen`) or the given z. greedy: the most
+        likely token per cell; otherwise each cell is drawn from softmax(logits / temperature)."""
+        device = next(self.parameters()).device
+        if z is None:
+            z = torch.randn(n, self.cfg.latent, generator=gen, device=device)
+        logits = self.decode(z.to(device), cond).float()           # (n, V, rows, cols)
+        if greedy:
+            return logits.argmax(1)
+        probs = F.softmax(logits / temperature, dim=1).movedim(1, -1)   # (n, rows, cols, V)
+        flat = torch.multinomial(probs.reshape(-1, self.cfg.vocab), 1, generator=gen)
+        return flat.view(logits.shape[0], *self.cfg.shape)
+
+
+class CVAE(VAE):
+    """A VAE whose encoder and decoder both see the condition (one-hot per variable, concatenated)."""
+
+    cfg: CVAEConfig
+
+    def cond_dim(self) -> int:
+        return sum(self.cfg.cond)
+
+    def one_hot(self, cond: torch.Tensor) -> torch.Tensor:
+        """(B, K) category indices -> (B, sum(cond)) concatenated one-hots."""
+        if cond is None:
+            raise ValueError(f"a cvae needs a condition: {len(self.cfg.cond)} values with sizes {self.cfg.cond}")
+        cond = torch.as_tensor(cond, device=next(self.parameters()).device).long().view(-1, len(self.cfg.cond))
+        return torch.cat([F.one_hot(cond[:, k], n) for k, n in enumerate(self.cfg.cond)], 1).float()
+
+    def encode(self, x, cond=None):
+        return self._encode(x, self.one_hot(cond))
+
+    def decode(self, z, cond=None):
+        c = self.one_hot(cond)
+        if len(c) == 1 and len(z) > 1:
+            c = c.expand(len(z), -1)                               # one condition for the whole batch
+        return self._decode(z, c)
