@@ -3,6 +3,9 @@ written, a scheduled run's overhead against the same job run directly, and image
 and two workers and with two batches. All on BSD68 noisy copies (sigma 25) and the shipped gray model.
 
     .venv/bin/python bench/schedule.py [--limit 68]
+    PREFECT_SERVER_DATABASE_CONNECTION_URL=postgresql+asyncpg://USER:PW@127.0.0.1:5432/DB .venv/bin/python bench/schedule.py
+
+The table is printed and written to outputs/bench/schedule-<database>.md.
 """
 
 from __future__ import annotations
@@ -65,10 +68,12 @@ def main() -> None:
     env.pop("PREFECT_API_URL", None)
     env.pop("PREFECT_HOME", None)
     rows = []
+    url = os.environ.get("PREFECT_SERVER_DATABASE_CONNECTION_URL") or os.environ.get("PREFECT_API_DATABASE_CONNECTION_URL", "")
+    database = "PostgreSQL" if url.startswith("postgresql") else "fresh SQLite"
 
     t0 = time.perf_counter()
     sh(env, "server", "start", "--port", str(free_port()))
-    rows.append(("server start, fresh SQLite (`aeflow server start` until /api/health answers)", f"{time.perf_counter() - t0:.1f} s"))
+    rows.append((f"server start, {database} (`aeflow server start` until /api/health answers)", f"{time.perf_counter() - t0:.1f} s"))
     workers = []
     try:
         for name, src, dst, batches in (("one", noisy, work / "out-one", 1), ("two-batches", noisy, work / "out-b2", 2),
@@ -121,9 +126,10 @@ def main() -> None:
         for w in workers:
             os.killpg(w.pid, signal.SIGTERM)
         sh(env, "server", "stop")
-    print(f"\n2-core CPU, load average {os.getloadavg()[0]:.1f}\n\n| figure | value |\n|---|---:|")
-    for k, v in rows:
-        print(f"| {k} | {v} |")
+    table = f"{database}, 2-core CPU, load average {os.getloadavg()[0]:.1f}\n\n| figure | value |\n|---|---:|\n"
+    table += "".join(f"| {k} | {v} |\n" for k, v in rows)
+    print("\n" + table)
+    (ROOT / "outputs" / "bench" / f"schedule-{database.split()[-1].lower()}.md").write_text(table)
 
 
 if __name__ == "__main__":

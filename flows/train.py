@@ -17,7 +17,7 @@ from flows.ingest import load_ingested
 from flows.progress import TrainProgress
 from flows.stages import Stage, run_stage
 from models.autoencoders import count_parameters
-from models.checkpoints import save_model
+from models.checkpoints import WEIGHTS, load_state, save_model, sha256_file
 from models.patches import PatchSampler, center_crops
 from models.registry import build, parse_config
 from models.trainer import TrainConfig, pick_device, train as train_loop
@@ -44,8 +44,11 @@ def split_holdout(entries: list[dict], fraction: float) -> tuple[list[int], list
 
 
 def train_model(ingest_dir: str, model: dict, training: dict, val_fraction: float = 0.05,
-                refresh: bool = False, progress: bool = True) -> str:
-    """Train (or find cached) a model on an ingest stage; returns the model folder."""
+                refresh: bool = False, progress: bool = True, init: str | None = None) -> str:
+    """Train (or find cached) a model on an ingest stage; returns the model folder.
+
+    init: a model folder whose weights start the run (fine-tuning); its weights' sha256 joins the stage key.
+    """
     upstream = json.loads((Path(ingest_dir) / "manifest.json").read_text())
     entries, images = load_ingested(ingest_dir)
     model_cfg = dict(model)
@@ -54,6 +57,8 @@ def train_model(ingest_dir: str, model: dict, training: dict, val_fraction: floa
     train_cfg = TrainConfig(**training)
     config = {"model": model_cfg.model_dump(mode="json"), "train": train_cfg.model_dump(mode="json"),
               "val_fraction": val_fraction}
+    if init:
+        config["init"] = {"model": Path(init).name, "weights_sha256": sha256_file(Path(init) / WEIGHTS)}
     stage = Stage("train", VERSION, f"{model_cfg.kind}-{upstream['slug']}", config, upstream=(upstream["key"],))
 
     def fill(tmp: Path) -> dict:
@@ -63,7 +68,14 @@ def train_model(ingest_dir: str, model: dict, training: dict, val_fraction: floa
         val_imgs = [tensors[i] for i in val_idx]
         val_size = max(8, min(128, *(min(t.shape[-2:]) for t in val_imgs)) // 8 * 8)
         torch.manual_seed(train_cfg.seed)                    # deterministic initial weights
-        net = build(model_cfg).to(device)
+        net = build(model_cfg)
+        if init:
+            try:
+                net.load_state_dict({k: v.float() for k, v in load_state(Path(init)).items()})
+            except RuntimeError as e:
+                raise ValueError(f"--init {init}: its weights do not fit {model_cfg}: "
+                                 f"{str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else e}") from None
+        net = net.to(device)
         sampler = PatchSampler([tensors[i] for i in train_idx], train_cfg.patch, train_cfg.batch_size, device)
         with TrainProgress(f"train {stage.folder.name}", enabled=progress) as bar:
             result = train_loop(net, sampler, center_crops(val_imgs, val_size), train_cfg, stage.workdir / "ckpt",

@@ -114,3 +114,25 @@ def test_exactly_one_budget():
         TrainConfig()
     with pytest.raises(ValueError):
         TrainConfig(steps=3, bogus=1)
+
+
+def test_init_starts_from_the_given_weights_and_refuses_a_misfit(tmp_path):
+    """--init: with lr=0 the fine-tuned model must equal its starting model exactly; the start is in the key."""
+    from conftest import TINY_MODEL, TINY_TRAINING, photo
+    from PIL import Image
+
+    from flows.ingest import ingest_images
+    from flows.train import train_model
+    from models.checkpoints import load_state
+
+    for i in range(3):
+        Image.fromarray((photo(i)[..., 0] * 255).astype("uint8")).save(tmp_path / f"p{i}.png")
+    ingest_dir = ingest_images(str(tmp_path))
+    base = train_model(ingest_dir, TINY_MODEL, TINY_TRAINING, progress=False)
+    tuned = train_model(ingest_dir, TINY_MODEL, {**TINY_TRAINING, "lr": 0.0}, progress=False, init=base)
+    untuned = train_model(ingest_dir, TINY_MODEL, {**TINY_TRAINING, "lr": 0.0}, progress=False)
+    a, b, c = (load_state(Path(f)) for f in (base, tuned, untuned))
+    assert tuned != untuned and all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], c[k]) for k in a)
+    with pytest.raises(ValueError, match="do not fit"):
+        train_model(ingest_dir, {**TINY_MODEL, "widths": [8, 24]}, TINY_TRAINING, progress=False, init=base)
