@@ -214,7 +214,7 @@ def compute_table(models: list[ModelMethod], ref_gflops: list[float]) -> str:
     rows = []
     for m in models:
         params = sum(p.numel() for p in m.model.parameters())
-        gflop = count_flops(m.model, torch.zeros(BSD_SHAPE)) / 1e9
+        gflop = count_flops(m.model, torch.zeros(m.model.cfg.channels, *BSD_SHAPE[1:])) / 1e9
         achieved = m.flops / m.seconds / 1e9 if m.seconds else None
         cfg = json.loads((m.folder / "config.json").read_text())
         rows.append([m.name, f"{params:,}", f"{gflop:.2f}", fmt(achieved, ".1f"),

@@ -70,12 +70,26 @@ def denoise_train(
     channels: Optional[int] = typer.Option(None, "--channels", help="1 (gray) or 3 (colour); default: 3 if any training image has colour."),
     seed: int = typer.Option(0, "--seed"),
     device: str = typer.Option("auto", "--device", help="auto (CUDA with bf16 when present, else all CPU cores), cpu or cuda."),
+    init: Optional[str] = typer.Option(None, "--init", help="Fine-tune: start from this model (shipped name or folder); its architecture is kept."),
     refresh: bool = typer.Option(False, "--refresh", help="Rebuild cached stages instead of reusing them."),
 ):
     """Train a denoising autoencoder (cached: an unchanged second run trains nothing; a killed run resumes)."""
+    from flows.catalog import resolve_model
     from flows.pipelines import denoise_train_flow
+    from models.registry import DENOISERS
 
-    model_cfg = {"kind": model, "sigma": _parse_sigma(sigma)}
+    if model not in DENOISERS:
+        raise typer.BadParameter(f"{model!r}: image denoisers are {', '.join(DENOISERS)}", param_hint="--model")
+    init_dir = None
+    if init:
+        try:
+            init_dir = resolve_model(init, channels=channels or 1)
+        except FileNotFoundError as e:
+            raise typer.BadParameter(str(e), param_hint="--init") from None
+        base = json.loads((init_dir / "config.json").read_text())["model"]
+        model_cfg = {**base, "sigma": _parse_sigma(sigma)}
+    else:
+        model_cfg = {"kind": model, "sigma": _parse_sigma(sigma)}
     for k, v in (("widths", _ints(widths)), ("blocks", _ints(blocks)), ("channels", channels)):
         if v is not None:
             model_cfg[k] = v
@@ -86,7 +100,7 @@ def denoise_train(
                 if v is not None}
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     folder = _run_flow(denoise_train_flow, data=str(data) if data else None, model=model_cfg, training=training,
-                       refresh=refresh)
+                       refresh=refresh, init=str(init_dir) if init_dir else None)
     from flows.catalog import describe
 
     d = describe(Path(folder))
@@ -108,23 +122,30 @@ def denoise_run(
     reference: Optional[Path] = typer.Option(None, "--reference", help="Folder of clean originals (same relative paths) to score PSNR/SSIM."),
     device: str = typer.Option("auto", "--device"),
     ensemble: bool = typer.Option(False, "--ensemble", help="Average over the 8 flips/rotations: 8x slower, about 0.1 dB better."),
-    batches: int = typer.Option(1, "--batches", help="Split the work into N batches run concurrently (local threads, or Dask)."),
-    dask: Optional[str] = typer.Option(None, "--dask", help="Run the batches on this Dask scheduler (tcp://host:8786); needs the `dask` extra."),
+    batches: int = typer.Option(1, "--batches", help="Split the work into N batches run concurrently (fan-out)."),
+    task_runner: str = typer.Option("threads", "--task-runner", help="threads: the batches share this machine's cores; dask: they run on a Dask cluster (the `dask` extra)."),
+    dask_address: Optional[str] = typer.Option(None, "--dask-address", help="Scheduler of the Dask cluster (tcp://host:8786); default: a temporary local cluster."),
 ):
     """Denoise every image in a folder (incremental: unchanged images already done are skipped)."""
     from flows.pipelines import denoise_run_flow
 
-    flow = denoise_run_flow
-    if dask:
-        try:
-            from prefect_dask import DaskTaskRunner
-        except ImportError:
-            raise typer.BadParameter("--dask needs prefect-dask: pip install -e '.[dask]'") from None
-        flow = denoise_run_flow.with_options(task_runner=DaskTaskRunner(address=dask))
-    report = _run_flow(flow, in_dir=str(in_dir), out_dir=str(out_dir), model=model, sigma=sigma,
+    _check_task_runner(task_runner, dask_address)
+    report = _run_flow(denoise_run_flow, in_dir=str(in_dir), out_dir=str(out_dir), model=model, sigma=sigma,
                        reference=str(reference) if reference else None, device=device, ensemble=ensemble,
-                       batches=batches)
+                       batches=batches, task_runner=task_runner, dask_address=dask_address)
     print_report(report)
+
+
+def _check_task_runner(task_runner: str, dask_address: str | None) -> None:
+    if task_runner not in ("threads", "dask"):
+        raise typer.BadParameter(f"{task_runner!r}: use threads or dask", param_hint="--task-runner")
+    if dask_address and task_runner != "dask":
+        raise typer.BadParameter("--dask-address needs --task-runner dask", param_hint="--dask-address")
+    if task_runner == "dask":
+        import importlib.util
+
+        if importlib.util.find_spec("prefect_dask") is None:
+            raise typer.BadParameter("needs prefect-dask: pip install -e '.[dask]'", param_hint="--task-runner")
 
 
 def _db(v: float | None) -> str:
@@ -216,13 +237,16 @@ def schedule_denoise(
     sigma: Optional[float] = typer.Option(None, "--sigma"),
     reference: Optional[Path] = typer.Option(None, "--reference"),
     batches: int = typer.Option(1, "--batches", help="Batches run concurrently per run (fan-out)."),
+    task_runner: str = typer.Option("threads", "--task-runner", help="threads (this machine's cores) or dask (a Dask cluster; the `dask` extra on the workers)."),
+    dask_address: Optional[str] = typer.Option(None, "--dask-address", help="Dask scheduler (tcp://host:8786); default: a temporary local cluster per run."),
     name: Optional[str] = typer.Option(None, "--name", help="Deployment name (default: from the folders)."),
 ):
     """Denoise whatever is new in IN_DIR into OUT_DIR on a schedule (same job as `denoise run`)."""
     from flows.schedule import schedule_denoise as create
 
+    _check_task_runner(task_runner, dask_address)
     full = create(str(in_dir), str(out_dir), cron, timezone, model, sigma, str(reference) if reference else None,
-                  batches, name)
+                  batches, name, task_runner=task_runner, dask_address=dask_address)
     out.print(f"scheduled [bold]{full}[/] ({cron}, {timezone}); start a worker with `aeflow worker start` "
               f"and run it now with `aeflow schedule run {full.split('/')[1]}`")
 

@@ -47,26 +47,52 @@ class FilesStillBeingWritten(RuntimeError):
     """Raised after a run when some inputs were still growing; the deployment's retries pick them up."""
 
 
+@flow(name="denoise-batches")
+def batches_flow(plan: dict, parts: list[list], common: dict) -> list[dict]:
+    """The batches of one run as concurrent tasks on this flow's task runner (a Dask cluster: see below)."""
+    futures = [batch_task.submit(plan, part, progress=False, **common) for part in parts]
+    return [f.result() for f in futures]
+
+
+def dask_batches(address: str | None):
+    """`batches_flow` on a Dask cluster: the scheduler at `address` (tcp://host:8786), or a temporary local
+    cluster when None. Its workers need this checkout importable and the input/output folders mounted."""
+    try:
+        from prefect_dask import DaskTaskRunner
+    except ImportError:
+        raise RuntimeError("the dask task runner needs prefect-dask: pip install -e '.[dask]'") from None
+    return batches_flow.with_options(task_runner=DaskTaskRunner(address=address) if address else DaskTaskRunner())
+
+
 @flow(name="denoise-run")
 def denoise_run_flow(in_dir: str, out_dir: str, model: str = "auto", sigma: float | None = None,
                      reference: str | None = None, device: str = "auto", ensemble: bool = False,
-                     batches: int = 1, wait: float = 0.0, retry_pending: bool = False, progress: bool = True) -> dict:
+                     batches: int = 1, wait: float = 0.0, retry_pending: bool = False, progress: bool = True,
+                     task_runner: str = "threads", dask_address: str | None = None) -> dict:
     """Denoise a folder incrementally: plan, `batches` concurrent batch tasks, finish; publishes the
-    per-image table and a summary as artifacts. OUT_DIR is locked for the whole run."""
+    per-image table and a summary as artifacts. OUT_DIR is locked for the whole run.
+
+    task_runner: "threads" runs the batches on this machine's cores; "dask" sends them to the Dask
+    cluster at `dask_address` (a temporary local one when None)."""
+    if task_runner not in ("threads", "dask"):
+        raise ValueError(f"task_runner {task_runner!r}: use 'threads' or 'dask'")
     t0 = time.perf_counter()
     with job_lock(out_dir, str(flow_run.get_id() or ""), wait):
         plan = plan_task(in_dir, out_dir, model, sigma, ensemble)
         todo = plan["todo"]
         n = max(1, min(batches, len(todo)))
         common = dict(model=model, sigma=sigma, device=device, ensemble=ensemble)
-        if n == 1:
+        if task_runner == "dask":
+            results = dask_batches(dask_address)(plan, [todo[i::n] for i in range(n)], common)
+        elif n == 1:
             results = [batch_task(plan, todo, progress=progress, **common)]
         else:   # round-robin split; the cores are shared out so that the batches don't oversubscribe them
             threads = max(1, len(os.sched_getaffinity(0)) // n)
             futures = [batch_task.submit(plan, todo[i::n], progress=False, threads=threads, **common) for i in range(n)]
             results = [f.result() for f in futures]
         report = finish_task(plan, results, reference, time.perf_counter() - t0,
-                             {"model": model, "sigma": sigma, "ensemble": ensemble, "batches": n})
+                             {"model": model, "sigma": sigma, "ensemble": ensemble, "batches": n,
+                              "task_runner": task_runner})
     table = report["images"] + [{"file": f["file"], "status": "failed", "reason": f["reason"]} for f in report["failed"]] \
         + [{"file": f["file"], "status": "pending", "reason": f["reason"]} for f in report["pending"]]
     if table:

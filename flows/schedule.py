@@ -57,7 +57,8 @@ def default_name(in_dir: str, out_dir: str) -> str:
 
 def schedule_denoise(in_dir: str, out_dir: str, cron: str, tz: str = "UTC", model: str = "auto",
                      sigma: float | None = None, reference: str | None = None, batches: int = 1,
-                     name: str | None = None, pool: str = POOL) -> str:
+                     name: str | None = None, pool: str = POOL, task_runner: str = "threads",
+                     dask_address: str | None = None) -> str:
     """Create or update the deployment that denoises IN_DIR into OUT_DIR on `cron` (in time zone `tz`).
     Returns its full name, `denoise-run/NAME`."""
     require_server()
@@ -68,7 +69,8 @@ def schedule_denoise(in_dir: str, out_dir: str, cron: str, tz: str = "UTC", mode
     ensure_pool(pool)
     params = {"in_dir": str(src), "out_dir": str(dst), "model": model, "sigma": sigma, "batches": batches,
               "reference": str(Path(reference).expanduser().resolve()) if reference else None,
-              "retry_pending": True, "wait": 600.0, "progress": False}
+              "retry_pending": True, "wait": 600.0, "progress": False,
+              "task_runner": task_runner, "dask_address": dask_address}
     flow = scheduled_denoise_flow.from_source(str(REPO), "flows/pipelines.py:scheduled_denoise_flow")
     flow.deploy(name=name, work_pool_name=pool, schedules=[Cron(cron, timezone=tz)], parameters=params,
                 build=False, push=False, print_next_steps=False, ignore_warnings=True,

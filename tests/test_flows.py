@@ -139,3 +139,26 @@ def test_killed_denoise_job_loses_nothing_and_resumes(tmp_path):
     processed, skipped = map(int, finished.stdout.split())
     assert processed + skipped == 24 and processed >= 24 - done_before and processed > 0
     assert sorted(p.name for p in out.glob("*.png")) == [f"{i:02d}.png" for i in range(24)]
+
+
+@pytest.mark.prefect
+def test_batches_fan_out_to_a_named_dask_cluster(folders, tmp_path):
+    """--task-runner dask: the batches run as tasks on the workers of a real Dask cluster named by its
+    scheduler address, and the result is the same as with one batch. (Thread workers in this process: worker
+    processes would each start their own temporary Prefect API, 20-30 s apiece on 2 cores.)"""
+    distributed = pytest.importorskip("distributed", reason="the `dask` extra is not installed")
+    from flows.pipelines import denoise_run_flow
+
+    clean, noisy = folders
+    model = str(REPO / "models" / "pretrained" / "skip-dae-gray")
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None) as cluster:
+        with distributed.Client(cluster) as client:
+            report = denoise_run_flow(str(noisy), str(tmp_path / "dask"), model=model, batches=2,
+                                      task_runner="dask", dask_address=cluster.scheduler_address, progress=False)
+            done = client.run(lambda dask_worker: len(dask_worker.data) + len(dask_worker.state.log))
+    assert report["counts"]["processed"] == 5 and report["counts"]["failed"] == 3
+    assert report["batches"] == 2 and report["task_runner"] == "dask"
+    assert sum(done.values()) > 0                                # the batches went through the cluster
+    denoise_run_flow(str(noisy), str(tmp_path / "one"), model=model, progress=False)
+    a, b = ({k: v[0] for k, v in tree_hashes(tmp_path / d).items() if not k.startswith(".aeflow")} for d in ("dask", "one"))
+    assert len(a) == 5 and a == b                                # same bytes, however the work was split
