@@ -8,6 +8,7 @@ STAMP  := $(VENV)/.installed-stamp
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	$(PY) -m pip install --quiet --no-deps mario-gpt==0.1.3   # data only: the SMB levels in mario_gpt/level.py (never imported)
 	touch $(STAMP)
 
 install: $(STAMP)

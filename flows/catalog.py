@@ -26,14 +26,21 @@ def weights_key(folder: Path) -> str:
 
 
 def describe(folder: Path) -> dict:
+    """One line of `aeflow models`: what the model takes and its headline validation figure."""
     cfg = json.loads((Path(folder) / "config.json").read_text())
-    m = cfg["model"]
+    m, metrics = cfg["model"], cfg.get("metrics", {})
     sigma = m.get("sigma")
-    return {"name": Path(folder).name, "kind": m["kind"], "channels": m.get("channels"),
-            "sigma": f"{sigma[0]:g}-{sigma[1]:g}" if isinstance(sigma, list) else f"{sigma:g}",
-            "parameters": cfg.get("parameters"), "val_psnr": cfg.get("metrics", {}).get("val_psnr"),
-            "steps": cfg.get("steps"), "source": "shipped" if Path(folder).parent == PRETRAINED else "trained",
-            "path": str(folder)}
+    sigma = f"{sigma[0]:g}-{sigma[1]:g}" if isinstance(sigma, list) else "-" if sigma is None else f"{sigma:g}"
+    if "vocab" in m:          # a token-grid VAE: grid shape x vocabulary, reconstruction accuracy
+        takes = f"{m['shape'][0]}x{m['shape'][1]} grid, {m['vocab']} tokens" + (f", cond {m['cond']}" if m.get("cond") else "")
+        val = f"acc {metrics['val_acc']:.3f}" if "val_acc" in metrics else ""
+    else:
+        takes = f"{'gray' if m.get('channels') == 1 else 'colour'}, sigma {sigma}"
+        val = f"{metrics['val_psnr']:.2f} dB" if "val_psnr" in metrics else ""
+    return {"name": Path(folder).name, "kind": m["kind"], "channels": m.get("channels"), "sigma": sigma,
+            "takes": takes, "validation": val, "parameters": cfg.get("parameters"),
+            "val_psnr": metrics.get("val_psnr"), "steps": cfg.get("steps"),
+            "source": "shipped" if Path(folder).parent == PRETRAINED else "trained", "path": str(folder)}
 
 
 def resolve_model(name: str, channels: int, sigma: float | None = None) -> Path:

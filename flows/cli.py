@@ -22,7 +22,18 @@ out = Console()
 
 
 def main() -> None:
-    app()
+    """Errors about the user's input (a missing folder, an unknown model, a bad file) print one line and
+    exit 2; AEFLOW_DEBUG=1 shows the traceback instead."""
+    import os
+    import sys
+
+    try:
+        app()
+    except (FileNotFoundError, NotADirectoryError, PermissionError, ValueError) as e:
+        if os.environ.get("AEFLOW_DEBUG"):
+            raise
+        Console(stderr=True).print(f"[bold red]error:[/] {e}", highlight=False)
+        sys.exit(2)
 
 
 def _run_flow(flow_fn, **kwargs):
@@ -127,9 +138,17 @@ def denoise_run(
     dask_address: Optional[str] = typer.Option(None, "--dask-address", help="Scheduler of the Dask cluster (tcp://host:8786); default: a temporary local cluster."),
 ):
     """Denoise every image in a folder (incremental: unchanged images already done are skipped)."""
+    import torch
+
+    from flows.denoise import Models, check_folders
     from flows.pipelines import denoise_run_flow
 
     _check_task_runner(task_runner, dask_address)
+    # Fail in a second, not after Prefect has started: the folders and the model must make sense.
+    check_folders(in_dir.expanduser().resolve(), out_dir.expanduser().resolve())
+    if reference and not reference.is_dir():
+        raise FileNotFoundError(f"{reference}: reference folder not found")
+    Models(model, sigma, torch.device("cpu")).identity()
     report = _run_flow(denoise_run_flow, in_dir=str(in_dir), out_dir=str(out_dir), model=model, sigma=sigma,
                        reference=str(reference) if reference else None, device=device, ensemble=ensemble,
                        batches=batches, task_runner=task_runner, dask_address=dask_address)
@@ -174,14 +193,13 @@ def list_models():
     """List shipped and trained models with their metrics."""
     from flows.catalog import describe, shipped_models, trained_models
 
-    table = Table("source", "kind", "ch", "sigma", "params", "val PSNR", "steps", title="models (--model NAME)")
+    table = Table("source", "kind", "takes", "params", "validation", "steps", title="models (--model NAME)")
     table.add_column("name", no_wrap=True)
     table.columns.insert(0, table.columns.pop())
     for folder in shipped_models() + trained_models():
         d = describe(folder)
-        table.add_row(d["name"], d["source"], d["kind"], str(d["channels"]), d["sigma"],
-                      f"{d['parameters']:,}" if d["parameters"] else "", f"{d['val_psnr']:.2f}" if d["val_psnr"] else "",
-                      str(d["steps"] or ""))
+        table.add_row(d["name"], d["source"], d["kind"], d["takes"], f"{d['parameters']:,}" if d["parameters"] else "",
+                      d["validation"], str(d["steps"] or ""))
     out.print(table)
 
 
@@ -190,7 +208,8 @@ def demo(sigma: float = typer.Option(25.0, "--sigma", help="Noise added to the d
     """Add noise to a few of scikit-image's photos, denoise them with the shipped models, show the gain."""
     from flows.pipelines import demo_flow
 
-    report = _run_flow(demo_flow, sigma=sigma)
+    result = _run_flow(demo_flow, sigma=sigma)
+    report = result["denoise"]
     table = Table("image", "noisy PSNR", "denoised PSNR", "SSIM", "model")
     for r in report["images"]:
         if "psnr" in r:
@@ -199,6 +218,13 @@ def demo(sigma: float = typer.Option(25.0, "--sigma", help="Noise added to the d
     print_report(report)
     out.print("[dim]The gray photos are new to the gray model (trained on Train400). astronaut, coffee and chelsea "
               "were in the colour model's training set (optimistic figures); grace_hopper (from matplotlib) was not.[/]")
+    lv, mu = result["levels"], result["music"]
+    w, full = lv["windows"], lv["level"]
+    out.print(f"[bold]levels[/]: {w['delivered']['playable']} playable Mario windows and a "
+              f"{full['shape'][1]}-column level ({sum(w['rejected'].values()) + sum(full['rejected'].values())} "
+              f"unplayable samples rejected and redrawn); contact sheet {lv['contact_sheet']}")
+    out.print(f"[bold]music[/]: {len(mu['clips'])} clips of {mu['bars']} bars at {mu['tempo']:g} bpm (MIDI + piano-roll "
+              f"PNG each) in {mu['out_dir']}")
 
 
 @server_app.command("start")
@@ -278,6 +304,282 @@ def worker_start(pool: str = typer.Option("aeflow", "--pool"), name: Optional[st
     from flows.schedule import start_worker
 
     raise typer.Exit(start_worker(pool, name))
+
+
+music_app = typer.Typer(help="Music clips: train a conv VAE on melodies or chorales, sample, morph, measure.",
+                        no_args_is_help=True)
+app.add_typer(music_app, name="music")
+
+
+def _music_wav_check(wav: bool) -> None:
+    if wav:
+        from flows.music import wav_tools
+
+        try:
+            wav_tools()
+        except RuntimeError as e:
+            raise typer.BadParameter(str(e), param_hint="--wav") from None
+
+
+def _print_clips(report: dict, what: str) -> None:
+    s = report.get("summary") or {}
+    out.print(f"[bold]{len(report['clips'])} {what}[/] in {report['out_dir']} (MIDI + piano-roll PNG each"
+              f"{', WAV' if report['clips'] and 'wav' in report['clips'][0] else ''}); model {report['model']}")
+    if s:
+        out.print(f"  mean per clip: {s['notes']:.0f} notes, empty bars {s['empty_bars']:.2f}, pitch classes per bar "
+                  f"{s['upc']:.2f}, notes >= an 8th {s['qualified']:.2f}, in scale {s['in_scale']:.2f}")
+    out.print(f"  report: {Path(report['out_dir']) / 'report.json'}")
+
+
+@music_app.command("train")
+def music_train(
+    corpus: str = typer.Option("essen", "--corpus", help="bach (371 chorales), essen (Essen folk songs), oneills, ryans, airds, folk (music21's corpus, parsed once and cached), or a folder of MIDI files."),
+    mode: str = typer.Option("melody", "--mode", help="melody (one voice; the soprano of a chorale) or chorale (four voices, S A T B)."),
+    bars: int = typer.Option(2, "--bars", help="Window length in 4/4 bars of 16 steps (2, 4, 8 ...)."),
+    condition: str = typer.Option("none", "--condition", help="none (vae), or a conditional VAE on key (tonic + mode), mode (major/minor) or meter."),
+    limit: Optional[int] = typer.Option(None, "--limit", help="Use only this many pieces, evenly spread over the corpus (quick trials)."),
+    minutes: Optional[float] = typer.Option(None, "--minutes", help="Wall-clock training budget (default 5 when no --steps)."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Optimiser steps instead of a time budget."),
+    epoch_steps: int = typer.Option(200, "--epoch-steps", help="Steps between validations/checkpoints."),
+    batch_size: int = typer.Option(64, "--batch-size"),
+    lr: float = typer.Option(2e-3, "--lr"),
+    widths: Optional[str] = typer.Option(None, "--widths", help="Conv channels per level, e.g. 64,128,256 (each level halves time)."),
+    latent: int = typer.Option(32, "--latent", help="Latent dimensions."),
+    beta: float = typer.Option(1.0, "--beta", help="KL weight (beta-VAE); below 1 reconstructs better, samples worse."),
+    seed: int = typer.Option(0, "--seed"),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    refresh: bool = typer.Option(False, "--refresh", help="Re-ingest and retrain instead of reusing cached stages."),
+):
+    """Train a music VAE (cached: an unchanged second run trains nothing; a killed run resumes)."""
+    from flows.music import CORPORA, music_flows
+
+    if mode not in ("melody", "chorale"):
+        raise typer.BadParameter(f"{mode!r}: melody or chorale", param_hint="--mode")
+    if corpus not in CORPORA and not Path(corpus).expanduser().is_dir():
+        hint = (" (music21 ships only 2 Nottingham tunes: pass a folder of Nottingham MIDI files instead)"
+                if corpus == "nottingham" else "")
+        raise typer.BadParameter(f"{corpus!r} is neither a corpus ({', '.join(CORPORA)}) nor a folder of MIDI "
+                                 f"files{hint}", param_hint="--corpus")
+    model = {"latent": latent, "beta": beta, **({"widths": _ints(widths)} if widths else {})}
+    if minutes is None and steps is None:
+        minutes = 5.0
+    training = {k: v for k, v in dict(minutes=minutes, steps=steps, epoch_steps=epoch_steps, batch_size=batch_size,
+                                      lr=lr, seed=seed, device=device).items() if v is not None}
+    folder = _run_flow(music_flows()["train"], source=corpus, mode=mode, bars=bars, limit=limit, model=model,
+                       training=training, condition=None if condition == "none" else condition, refresh=refresh)
+    cfg = json.loads((Path(folder) / "config.json").read_text())
+    d, m = cfg["data"], cfg["metrics"]
+    out.print(f"[bold]model[/] {folder}")
+    out.print(f"  {cfg['model']['kind']}, {d['mode']} {d['bars']}-bar windows of {d['source']}: {d['train_windows']:,} "
+              f"training windows (transposed), {d['val_windows']:,} held out; {cfg['parameters']:,} parameters, "
+              f"{cfg['steps']} steps in {cfg['seconds']:.0f} s")
+    out.print(f"  held-out reconstruction accuracy {m['val_acc']:.3f}, ELBO {m['val_elbo']:.1f} nats/window, "
+              f"KL {m['val_kl']:.1f}; sample with `aeflow music sample --model {Path(folder).name[:24]} OUT_DIR`")
+
+
+@music_app.command("sample")
+def music_sample(
+    out_dir: Path = typer.Argument(..., help="Where the clips go (clip-000.mid, clip-000.png, ..., report.json)."),
+    n: int = typer.Option(20, "--n", help="Number of clips."),
+    bars: int = typer.Option(8, "--bars", help="Clip length in 4/4 bars; longer than the model's window = a smooth latent walk, window by window."),
+    tempo: float = typer.Option(100.0, "--tempo", help="Beats per minute written into the MIDI files."),
+    program: Optional[int] = typer.Option(None, "--program", help="General MIDI program, 0-based (73 flute, 0 piano, 52 choir); default: the model's."),
+    key: Optional[str] = typer.Option(None, "--key", help="Tonic, e.g. D, F#m, Bb: a key-conditioned model is asked for it, else clips are transposed to it."),
+    seed: int = typer.Option(0, "--seed"),
+    model: str = typer.Option("auto", "--model", help="auto (the shipped 2-bar melody model; with --key its key-conditioned twin), a model folder, or a trained model's name prefix."),
+    walk: float = typer.Option(0.35, "--walk", help="Latent step between windows in radians: 0 repeats the window, 1.57 draws each afresh."),
+    temperature: float = typer.Option(0.7, "--temperature", help="Each step's token is drawn from softmax(logits / T); 0 takes the most likely (smoother, longer notes)."),
+    wav: bool = typer.Option(False, "--wav", help="Also render WAV with fluidsynth (needs fluidsynth and fluid-soundfont-gm)."),
+):
+    """Generate new MIDI clips (with piano-roll PNGs) from a music model."""
+    from flows.music import music_flows
+
+    _music_wav_check(wav)
+    report = _run_flow(music_flows()["sample"], out_dir=str(out_dir), model=model, n=n, bars=bars, tempo=tempo,
+                       program=program, key=key, seed=seed, wav=wav, angle=walk,
+                       temperature=temperature)
+    _print_clips(report, "clips")
+
+
+@music_app.command("interpolate")
+def music_interpolate(
+    a: Path = typer.Argument(..., help="MIDI file to start from (its first window is used)."),
+    b: Path = typer.Argument(..., help="MIDI file to end at."),
+    out_dir: Path = typer.Argument(..., help="Where step-00.mid ... and morph.mid (all steps in a row) go."),
+    steps: int = typer.Option(8, "--steps", help="Points on the path, A and B included."),
+    tempo: float = typer.Option(100.0, "--tempo"),
+    program: Optional[int] = typer.Option(None, "--program"),
+    model: str = typer.Option("auto", "--model", help="auto, a model folder, or a trained model's name prefix."),
+    wav: bool = typer.Option(False, "--wav", help="Also render WAV (fluidsynth)."),
+):
+    """Morph tune A into tune B through the model's latent space (spherical interpolation of their codes)."""
+    from flows.music import music_flows
+
+    from formats.music import BadMidi, read_midi
+
+    _music_wav_check(wav)
+    for path, hint in ((a, "A"), (b, "B")):
+        try:
+            read_midi(path)                       # a clear error before Prefect starts
+        except BadMidi as e:
+            raise typer.BadParameter(str(e), param_hint=hint) from None
+    report = _run_flow(music_flows()["interpolate"], a=str(a), b=str(b), out_dir=str(out_dir), model=model,
+                       steps=steps, tempo=tempo, program=program, wav=wav)
+    _print_clips(report, "steps")
+    r = report["reconstruction_accuracy"]
+    out.print(f"  reconstruction accuracy of the end points: A {r['a']:.2f}, B {r['b']:.2f}; all steps in a row: "
+              f"{Path(report['out_dir']) / 'morph.mid'}")
+
+
+@music_app.command("stats")
+def music_stats(
+    target: Path = typer.Argument(..., help="A MIDI file or a folder of them (recursive)."),
+    mode: str = typer.Option("melody", "--mode", help="melody (top line of all parts) or chorale (first four parts as voices)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the full report as JSON."),
+):
+    """Metrics of MIDI files: empty bars, pitch classes per bar, qualified notes, in-scale rate, range, intervals, key
+    (and soprano-bass tonal distance for chorales). Bad files are listed with a reason."""
+    from flows.music import music_flows
+
+    report = _run_flow(music_flows()["stats"], target=str(target), mode=mode)
+    if as_json:
+        print(json.dumps(report, indent=2))
+        return
+    cols = ["notes", "empty_bars", "upc", "qualified", "in_scale", "pitch_range", "interval", "key"]
+    heads = ["notes", "empty bars", "pcs/bar", ">= 8th", "in scale", "range", "interval", "key"]
+    if mode == "chorale":
+        cols.append("tonal_distance")
+        heads.append("TD S-B")
+    table = Table("file", "bars", *heads)
+    fmt = lambda v: v if isinstance(v, str) else f"{v:.2f}" if isinstance(v, float) else str(v)  # noqa: E731
+    for r in report["files"]:
+        table.add_row(r["file"], f"{r['steps'] / 16:g}", *(fmt(r.get(c, "")) for c in cols))
+    if report["files"]:
+        table.add_row("[bold]mean[/]", "", *(fmt(report["mean"].get(c, "")) for c in cols))
+    out.print(table)
+    c = report["counts"]
+    out.print(f"{c['read']} read, [{'red' if c['failed'] else 'green'}]{c['failed']} failed[/] of {c['files']} files")
+    for f in report["failed"][:10]:
+        out.print(f"  [red]failed[/] {f['file']}: {f['reason']}")
+
+
+levels_app = typer.Typer(help="Game levels: train a VAE on tile grids, sample playable levels, interpolate, check.",
+                         no_args_is_help=True)
+app.add_typer(levels_app, name="levels")
+GAMES_HELP = "mario, kid_icarus, lode_runner or zelda"
+
+
+@levels_app.command("train")
+def levels_train(
+    game: str = typer.Option("mario", "--game", help=f"Game: {GAMES_HELP}; or a VGLC legend .json for any other game (whole levels, or --width windows; no playability checker)."),
+    data: Optional[Path] = typer.Option(None, "--data", help="VGLC game folder (its processed/ subfolder is used when present). Default for mario: the levels in the mario-gpt package."),
+    model: str = typer.Option("vae", "--model", help="vae, or cvae (Mario: conditioned on enemies/pipes/gaps buckets)."),
+    beta: float = typer.Option(0.5, "--beta", help="Weight of the KL term (1 = plain VAE; smaller: sharper, less regular latent space)."),
+    latent: int = typer.Option(32, "--latent", help="Latent dimensions."),
+    widths: Optional[str] = typer.Option(None, "--widths", help="Conv features per level, e.g. 16,32,64 (the default)."),
+    width: Optional[int] = typer.Option(None, "--width", help="Window width in columns (Mario: 28 default, 16 usual too; Kid Icarus: window height)."),
+    steps: int = typer.Option(6000, "--steps", help="Optimiser steps (the shipped mario-vae: 6000, 9 minutes on 2 CPU cores)."),
+    batch_size: int = typer.Option(64, "--batch-size"),
+    seed: int = typer.Option(0, "--seed"),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    refresh: bool = typer.Option(False, "--refresh", help="Rebuild the cached ingest and training stages."),
+):
+    """Ingest a game's levels (cut into training units) and train a VAE on them; both stages are cached."""
+    from flows.levels import levels_train_flow
+
+    model_cfg = {"beta": beta, "latent": latent, **({"widths": _ints(widths)} if widths else {})}
+    training = {"steps": steps, "batch_size": batch_size, "seed": seed, "device": device,
+                "epoch_steps": max(1, min(500, steps))}
+    folder = _run_flow(levels_train_flow, game=game, data=str(data) if data else None, kind=model, model=model_cfg,
+                       training=training, width=width, refresh=refresh)
+    cfg = json.loads((Path(folder) / "config.json").read_text())
+    m = cfg["metrics"]
+    out.print(f"[bold]model[/] {folder}")
+    out.print(f"  {cfg['model']['kind']} on {cfg['data']['train_windows']} {game} units "
+              f"{tuple(cfg['model']['shape'])}, {cfg['parameters']:,} parameters, {cfg['steps']} steps in {cfg['seconds']:.0f} s")
+    out.print(f"  validation (held-out levels {', '.join(cfg['data']['held_out'])}): tile accuracy {m['val_acc']:.3f}, "
+              f"ELBO {m['val_elbo']:.1f} nats, KL {m['val_kl']:.1f}")
+    out.print(f"  sample with: aeflow levels sample --model {folder} OUT_DIR")
+
+
+@levels_app.command("sample")
+def levels_sample(
+    out_dir: Path = typer.Argument(..., help="Folder for the levels (NAME.txt + NAME.png), contact_sheet.png and report.json."),
+    n: int = typer.Option(50, "--n", help="How many levels."),
+    length: Optional[int] = typer.Option(None, "--length", help="Mario: full-length levels of this many columns (a latent walk decoded window by window, seams checked). Default: one window."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the torch.Generator that draws every latent."),
+    cond: Optional[str] = typer.Option(None, "--cond", help="cvae only: e.g. enemies=many,pipes=some,gaps=none (none/few/some/many)."),
+    raw: bool = typer.Option(False, "--raw", help="Keep the raw decoder output, playable or not (default: playable only, resampled)."),
+    temperature: float = typer.Option(0.0, "--temperature", help="0: the most likely tile per cell (clean, few enemies/pipes); 0.5-1: tiles drawn from the decoder (richer, noisier)."),
+    model: str = typer.Option("auto", "--model", help="auto (the shipped mario-vae, or trained on first use), a model folder, or a trained model name."),
+):
+    """Sample new levels; by default only playable ones (how many were rejected is reported)."""
+    from flows.levels import levels_sample_flow
+
+    r = _run_flow(levels_sample_flow, out_dir=str(out_dir), model=None if model == "auto" else model, n=n,
+                  length=length, seed=seed, cond=cond, raw=raw, temperature=temperature)
+    raw_p, d = r["raw_playability"], r["delivered"]
+    out.print(f"[bold]{d['of']} {r['game']} {r['kind']}s[/] {tuple(r['shape'])} in {r['seconds']:.1f} s -> {out_dir}")
+    pct = lambda v: "n/a" if v is None else f"{v:.1%}"  # noqa: E731
+    out.print(f"  playable: raw {pct(raw_p['rate'])} of {raw_p['of']} drawn (95 % CI {pct(raw_p['ci95'][0])}-"
+              f"{pct(raw_p['ci95'][1])}), delivered {pct(d['rate'])}; originals {r['originals_rate']}")
+    rejected = ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in r["rejected"].items())
+    out.print(f"  rejected: {rejected}")
+    if "novelty" in r:
+        out.print(f"  novel {r['novelty']['novel']:.1%} (nearest training window differs in {r['novelty']['nn_hamming']:.1%} "
+                  f"of tiles), distinct {r['diversity']['distinct']:.1%}, TPKL 2x2 {r['tpkl']['k2']:.3f}")
+    if r.get("shortfall"):
+        out.print(f"  [red]{r['shortfall']}[/]")
+    out.print(f"  contact sheet: {Path(out_dir) / 'contact_sheet.png'}; report: {Path(out_dir) / 'report.json'}")
+
+
+@levels_app.command("interpolate")
+def levels_interpolate(
+    level_a: Path = typer.Argument(..., help="First level file (VGLC text)."),
+    level_b: Path = typer.Argument(..., help="Second level file."),
+    out_dir: Path = typer.Argument(..., help="Folder for step-NNN.txt/.png, contact_sheet.png, report.json."),
+    steps: int = typer.Option(8, "--steps", help="Points on the line between the two encodings, ends included."),
+    model: str = typer.Option("auto", "--model", help="auto (the shipped mario-vae), a model folder, or a trained model name."),
+):
+    """Blend two levels through the latent space (wide levels window by window)."""
+    from flows.levels import levels_interpolate_flow
+
+    r = _run_flow(levels_interpolate_flow, level_a=str(level_a), level_b=str(level_b), out_dir=str(out_dir),
+                  steps=steps, model=None if model == "auto" else model)
+    out.print(f"{r['steps']} steps x {r['windows']} window(s) -> {out_dir}; playable: "
+              + " ".join("[green]y[/]" if p else "[red]n[/]" for p in r["playable"]))
+
+
+@levels_app.command("check")
+def levels_check(
+    target: Path = typer.Argument(..., help="A level file, or a folder (every *.txt under it)."),
+    game: str = typer.Option("mario", "--game", help=f"Game: {GAMES_HELP}."),
+    mode: str = typer.Option("auto", "--mode", help="Mario: window (start in the first 3 columns), level (start near the top-left), or auto (window up to 32 columns)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the full report as JSON."),
+):
+    """Playability report for any level files (ours or not), beside the checker's pass rate on the originals."""
+    from flows.levels import levels_check_flow
+
+    r = _run_flow(levels_check_flow, path=str(target), game=game, mode=mode)
+    if as_json:
+        print(json.dumps(r, indent=2))
+        return
+    table = Table("file", "shape", "playable")
+    for lv in r["levels"][:50]:
+        verdict = "[green]yes[/]" if lv["playable"] else "[red]no[/]"
+        if "rooms_playable" in lv:
+            verdict = f"{lv['rooms_playable']} / {lv['rooms_with_doors']} rooms"
+        table.add_row(lv["file"], "x".join(map(str, lv["shape"])), verdict)
+    out.print(table)
+    if len(r["levels"]) > 50:
+        out.print(f"  ... and {len(r['levels']) - 50} more (--json)")
+    s = r["summary"]
+    if s:
+        unit = " rooms" if r["unit"] == "rooms" else ""
+        out.print(f"[bold]{s['playable']} / {s['of']}{unit} playable[/] ({s['rate']:.1%}, 95 % CI {s['ci95'][0]:.1%}-{s['ci95'][1]:.1%})"
+                  f"; originals under this checker: {r['originals']}")
+    for f in r["bad"][:10]:
+        out.print(f"  [red]bad[/] {f['reason']}")
 
 
 if __name__ == "__main__":

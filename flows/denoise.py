@@ -29,7 +29,7 @@ from flows.stages import digest
 from formats.images import IMAGE_SUFFIXES, BadImage, DecodedImage, contact_sheet, encode_image, find_images, read_image
 from models.checkpoints import write_bytes_atomic, write_json_atomic
 from models.inference import denoise_batch, denoise_image
-from models.registry import load_model
+from models.registry import DENOISERS, load_model
 from models.trainer import pick_device
 
 BOOKKEEPING = ".aeflow"
@@ -100,7 +100,12 @@ class Models:
         self.request, self.sigma, self.device, self.ensemble, self.loaded = request, sigma, device, ensemble, {}
 
     def folder(self, channels: int) -> Path:
-        return resolve_model(self.request, channels, self.sigma)
+        folder = resolve_model(self.request, channels, self.sigma)
+        kind = json.loads((folder / "config.json").read_text())["model"]["kind"]
+        if kind not in DENOISERS:
+            raise ValueError(f"--model {self.request}: {folder.name} is a {kind}, not an image denoiser "
+                             f"({', '.join(DENOISERS)}); see `aeflow models`")
+        return folder
 
     def identity(self) -> str:
         """What decides the output of an image besides its content: the weights that would be used."""

@@ -114,6 +114,14 @@ scheduled_denoise_flow = denoise_run_flow.with_options(retries=3, retry_delay_se
 
 @flow(name="demo")
 def demo_flow(sigma: float = 25.0) -> dict:
-    """Noisy copies of a few bundled photos, denoised by the shipped models, scored against the originals."""
+    """The three jobs on embedded defaults and the shipped models: noisy copies of a few bundled photos
+    denoised and scored against the originals; playable Mario levels; melody clips as MIDI files."""
+    from flows.levels import demo_levels
+    from flows.music import demo_music
+
     noisy, clean, out = task(name="prepare-demo", cache_policy=NO_CACHE)(prepare_demo)(sigma)
-    return denoise_run_flow(noisy, out, reference=clean)
+    report = denoise_run_flow(noisy, out, reference=clean)
+    root = Path(out).parent
+    levels = task(name="demo-levels", cache_policy=NO_CACHE)(demo_levels)(str(root / "levels"))
+    music = task(name="demo-music", cache_policy=NO_CACHE)(demo_music)(str(root / "music"))
+    return {"denoise": report, "levels": levels, "music": music}

@@ -26,3 +26,15 @@ def test_models_lists_the_shipped_weights():
 def test_bad_sigma_is_a_clear_error():
     result = runner.invoke(app, ["denoise", "train", "--sigma", "loud"])
     assert result.exit_code != 0 and "0-55" in result.output
+
+
+def test_input_errors_are_one_line_not_a_traceback(tmp_path):
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "flows.cli", "denoise", "run", str(tmp_path / "missing"),
+                        str(tmp_path / "out")], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2, r.stderr
+    assert "error:" in r.stderr and "missing" in r.stderr and "input folder not found" in r.stderr
+    assert "Traceback" not in r.stderr
+    assert not (tmp_path / "out").exists()          # nothing written for a job that cannot start

@@ -1,0 +1,262 @@
+"""Level generation benchmark: VAE samples vs the original units vs a column-wise Markov chain trained on the
+same units, under the same checkers and metrics (shared/notes/levels.md §3). One markdown table, printed and
+written to outputs/bench/levels.md (+ levels.json).
+
+    python bench/levels.py                                  # Mario windows + full levels, 1000 samples
+    python bench/levels.py --games mario,lode_runner,zelda  # + Lode Runner and Zelda (trains small models, cached)
+
+Mario uses the shipped models/pretrained/mario-vae (or --mario-model FOLDER) and the mario-gpt corpus it was
+trained on; Lode Runner and Zelda train a model on ../shared/data/vglc (a cached stage).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from flows.levels import (_training_units, check_units, full_level, latent_walk, resolve_level_model,  # noqa: E402
+                          sample_windows, train_levels)
+from flows.settings import outputs_root  # noqa: E402
+from formats.levels import diversity, novelty, tpkl, wilson, windows  # noqa: E402
+from formats.playability import mario_pipes_ok, mario_playable  # noqa: E402
+from models.checkpoints import read_config  # noqa: E402
+from models.registry import load_model  # noqa: E402
+
+VGLC = ROOT.parent / "shared" / "data" / "vglc"
+
+
+class ColumnMarkov:
+    """Baseline: a first-order Markov chain over whole columns (a column is one state), fit on the training
+    units' column sequences; a sequence that reaches a column never followed by another restarts from a
+    random first column (Snodgrass & Ontañón's simplest setting)."""
+
+    def __init__(self, units: np.ndarray):
+        self.rows = units.shape[1]
+        cols = units.transpose(0, 2, 1)                                  # (N, cols, rows)
+        self.vocab, inverse = np.unique(cols.reshape(-1, self.rows), axis=0, return_inverse=True)
+        seq = inverse.reshape(cols.shape[:2])                            # (N, cols) column ids
+        self.first = seq[:, 0]
+        follow: dict[int, list[int]] = {}
+        for a, b in zip(seq[:, :-1].ravel(), seq[:, 1:].ravel()):
+            follow.setdefault(int(a), []).append(int(b))
+        self.next = {a: np.array(b) for a, b in follow.items()}     # successors with repeats = counts
+
+    def sample(self, n: int, width: int, rng: np.random.Generator) -> np.ndarray:
+        out = np.empty((n, self.rows, width), dtype=np.uint8)
+        for i in range(n):
+            c = self.first[rng.integers(len(self.first))]
+            for x in range(width):
+                out[i, :, x] = self.vocab[c]
+                options = self.next.get(int(c))
+                if options is None:                     # a dead end: restart from a first column
+                    options = self.first
+                c = options[rng.integers(len(options))]
+        return out
+
+
+def pct(v: float | None) -> str:
+    return "—" if v is None else f"{100 * v:.1f}"
+
+
+def row(name: str, grids: np.ndarray, ok: np.ndarray, train: np.ndarray, seconds: float | None, game: str,
+        delivered: float | None = None, rejected: int | None = None, novel: bool = True) -> dict:
+    lo, hi = wilson(int(ok.sum()), len(ok))
+    nov = novelty(grids, train) if novel else {"novel": None, "nn_hamming": None}
+    div = diversity(grids)
+    return {"game": game, "source": name, "n": len(grids), "shape": "x".join(map(str, grids.shape[1:])),
+            "playable": float(ok.mean()), "ci": [lo, hi], "delivered": delivered, "rejected": rejected,
+            "novel": nov["novel"], "nn_hamming": nov["nn_hamming"], "pairwise": div["pairwise_hamming"],
+            "distinct": div["distinct"], "tpkl2": tpkl(train, grids, 2), "tpkl3": tpkl(train, grids, 3),
+            "pipes_ok": float(np.mean(mario_pipes_ok(grids))) if game == "mario" else None,
+            "per_s": None if seconds is None else len(grids) / seconds}
+
+
+def windows_rows(game: str, net, train: np.ndarray, n: int, seed: int) -> list[dict]:
+    rng = np.random.default_rng(seed)
+    gen = torch.Generator().manual_seed(seed)
+    rows = []
+    sub = train[rng.choice(len(train), min(n, len(train)), replace=False)]
+    rows.append(row("originals (training units)", sub, check_units(game, train), train, None, game, novel=False))
+    for temperature, label in ((0.0, "most likely tile"), (1.0, "tiles drawn, T=1")):
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            raw = sample_windows(net, n, gen, temperature=temperature)
+        ok = check_units(game, raw)
+        seconds = time.perf_counter() - t0                       # sample + check, the raw rate
+        accept = lambda g: check_units(game, g) & (mario_pipes_ok(g) if game == "mario" else True)  # noqa: E731
+        delivered, drawn = list(raw[accept(raw)]), n
+        while len(delivered) < n and drawn < 10 * n:            # what `aeflow levels sample` does: resample
+            with torch.no_grad():
+                more = sample_windows(net, n, gen, temperature=temperature)
+            delivered += list(more[accept(more)])
+            drawn += n
+        rows.append(row(f"VAE raw ({label})", raw, ok, train, seconds, game))
+        if delivered:
+            d = np.stack(delivered[:n])
+            rows.append(row(f"VAE delivered ({label})", d, check_units(game, d), train, None, game,
+                            delivered=1.0, rejected=drawn - len(delivered)))
+        else:                                                   # nothing acceptable in 10 n draws
+            rows.append({**{k: None for k in rows[-1]}, "game": game, "shape": rows[-1]["shape"], "n": 0,
+                         "source": f"VAE delivered ({label}): none in {drawn} draws", "playable": None,
+                         "ci": [None, None], "delivered": 0.0, "rejected": drawn})
+    chain = ColumnMarkov(train)
+    t0 = time.perf_counter()
+    mk = chain.sample(n, train.shape[2], rng)
+    mk_ok = check_units(game, mk)
+    rows.append(row("column Markov chain", mk, mk_ok, train, time.perf_counter() - t0, game))
+    return rows
+
+
+def full_rows(net, train: np.ndarray, originals: list[np.ndarray], n: int, length: int, seed: int) -> list[dict]:
+    """Mario full-length levels (`length` columns): the latent walk raw, the seam-checked delivered levels, the
+    Markov chain, and the originals. Metrics on their 14 x 28 non-overlapping windows against training windows."""
+    gen = torch.Generator().manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    cols = net.cfg.shape[1]
+
+    def as_windows(levels):
+        return np.concatenate([windows(g, cols, cols) for g in levels])
+
+    def full_row(name, levels, seconds, **kw):
+        ok = np.array([mario_playable(g, mode="level") for g in levels])      # widths may differ (originals)
+        r = row(name, as_windows(levels), ok, train, None, "mario", **kw)
+        r.update(n=len(levels), shape=f"14x{length}" if name != "originals (full levels)" else "14xW",
+                 per_s=None if seconds is None else len(levels) / seconds)
+        return r
+
+    out = [full_row("originals (full levels)", originals, None, novel=False)]
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        raw = [np.concatenate(list(net.decode(latent_walk(-(-length // cols), net.cfg.latent, gen)).argmax(1)
+                                   .numpy().astype(np.uint8)), 1)[:, :length] for _ in range(n)]
+    out.append(full_row("VAE latent walk raw", raw, time.perf_counter() - t0))
+    t0, levels, rejected = time.perf_counter(), [], 0
+    with torch.no_grad():
+        while len(levels) < n:
+            g, rej = full_level(net, length, gen)
+            rejected += rej
+            if g is not None:
+                levels.append(g)
+    out.append(full_row("VAE walk, seams checked", levels, time.perf_counter() - t0, delivered=1.0, rejected=rejected))
+    chain = ColumnMarkov(train)
+    t0 = time.perf_counter()
+    out.append(full_row("column Markov chain", list(chain.sample(n, length, rng)), time.perf_counter() - t0))
+    return out
+
+
+def table(rows: list[dict]) -> str:
+    head = ("| game | source | n | unit | playable % (95 % CI) | delivered % | rejected | novel % | NN Hamming | "
+            "pairwise Hamming | distinct % | TPKL 2x2 | TPKL 3x3 | pipes ok % | samples/s |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for r in rows:
+        f = lambda v: "—" if v is None else f"{v:.3f}"  # noqa: E731
+        ci = "—" if r["playable"] is None else f"{pct(r['playable'])} ({pct(r['ci'][0])}-{pct(r['ci'][1])})"
+        cells = [r["game"], r["source"], r["n"], r["shape"], ci, pct(r["delivered"]),
+                 "—" if r["rejected"] is None else r["rejected"], pct(r["novel"]), f(r["nn_hamming"]),
+                 f(r["pairwise"]), pct(r["distinct"]), f(r["tpkl2"]), f(r["tpkl3"]), pct(r["pipes_ok"]),
+                 "—" if r["per_s"] is None else round(r["per_s"])]
+        lines.append("| " + " | ".join(map(str, cells)) + " |")
+    return "\n".join(lines)
+
+
+CARD = """# mario-vae
+
+Convolutional VAE (`vae`, categorical decoder over the 13 Super Mario Bros tiles) on 14 x 28 windows, the
+default model of `aeflow levels sample`. Trained with the project's own code (`aeflow levels train`, i.e.
+`flows.levels.train_levels("mario")` with its defaults) and shipped as float16 safetensors ({size_kb:.0f} kB,
+{params:,} parameters); loading casts back to float32.
+
+- **Data**: the 15 Super Mario Bros levels in the string constant of the `mario-gpt` 0.1.3 wheel (MIT;
+  the VGLC annotated-path files minus their first 4 columns, path marks read as empty tiles; VGLC: Summerville,
+  Snodgrass, Mateas, Ontañón 2016, MIT). {units} stride-1 windows of 14 x 28; level(s) {held_out} held out
+  for validation ({val_windows} windows), {train_windows} for training.
+- **Model**: widths {widths}, latent {latent}, beta {beta}.
+- **Training**: {steps:,} steps of batch {batch}, AdamW (peak lr {lr:g}, warm-up then cosine), {seconds:.0f} s on
+  2 shared CPU cores; kept weights: best validation ELBO {elbo:.1f} nats per window, tile accuracy {acc:.3f},
+  KL {kl:.1f} nats.
+- **Playability** (jump-arc checker, notes §4.1; `python bench/levels.py`, 1000 samples): fill in from
+  outputs/bench/levels.md; the originals' windows pass at 98.1 % (mario-gpt copy) / 98.2 % (VGLC).
+
+Reproduce: `aeflow levels train` (same defaults), then `python bench/levels.py --ship FOLDER`.
+"""
+
+
+def ship(src: Path, name: str = "mario-vae") -> Path:
+    """Copy a trained level model into models/pretrained/<name>/ as float16 with a model card."""
+    import shutil
+
+    from flows.catalog import PRETRAINED
+    from models.checkpoints import save_model
+
+    cfg = read_config(src)
+    dst = PRETRAINED / name
+    if dst.exists():
+        shutil.rmtree(dst)
+    extra = {k: v for k, v in cfg.items() if k != "model"}
+    extra["shipped_from"] = src.name
+    save_model(load_model(src), dst, cfg["model"], dtype=torch.float16, extra=extra)
+    m, t, d = cfg["model"], cfg["train"], cfg["data"]
+    (dst / "MODEL_CARD.md").write_text(CARD.format(
+        size_kb=(dst / "model.safetensors").stat().st_size / 1024, params=cfg["parameters"],
+        units=d["train_windows"] + d["val_windows"], held_out=", ".join(d["held_out"]), val_windows=d["val_windows"],
+        train_windows=d["train_windows"], widths=tuple(m["widths"]), latent=m["latent"], beta=m["beta"],
+        steps=cfg["steps"], batch=t["batch_size"], lr=t["lr"], seconds=cfg["seconds"], elbo=cfg["metrics"]["val_elbo"],
+        acc=cfg["metrics"]["val_acc"], kl=cfg["metrics"]["val_kl"]))
+    shutil.copy(src / "curve.png", dst / "curve.png")
+    return dst
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--games", default="mario")
+    ap.add_argument("--n", type=int, default=1000)
+    ap.add_argument("--full", type=int, default=100, help="full-length Mario levels to generate")
+    ap.add_argument("--length", type=int, default=200, help="columns of a full-length Mario level")
+    ap.add_argument("--mario-model", default=None, help="Mario model folder (default: the shipped mario-vae)")
+    ap.add_argument("--steps", type=int, default=1000, help="training steps for the Lode Runner / Zelda models")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--ship", type=Path, default=None,
+                    help="copy this trained model to models/pretrained/mario-vae and stop")
+    args = ap.parse_args()
+    if args.ship:
+        print(ship(args.ship))
+        return
+    torch.set_num_threads(2)
+    rows, info = [], {}
+    for game in args.games.split(","):
+        if game == "mario":
+            folder = resolve_level_model(args.mario_model)
+        else:
+            folder = Path(train_levels(game, str(VGLC / game), training={"steps": args.steps}, progress=False))
+        cfg = read_config(folder)
+        net = load_model(folder)
+        train, originals = _training_units(cfg)
+        info[game] = {"model": str(folder), "parameters": cfg.get("parameters"), "steps": cfg.get("steps"),
+                      "val": cfg.get("metrics"), "training_units": len(train), "originals": originals}
+        rows += windows_rows(game, net, train, args.n, args.seed)
+        if game == "mario" and args.full:
+            from flows.levels import ingest_levels, load_ingest
+
+            _, _, levels, _ = load_ingest(ingest_levels("mario", str(VGLC / "super_mario_bros")) if VGLC.is_dir()
+                                          else ingest_levels("mario"))
+            rows += full_rows(net, train, [g for _, g in levels], args.full, args.length, args.seed)
+    md = table(rows)
+    print(md)
+    out = outputs_root() / "bench"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "levels.md").write_text(md + "\n")
+    (out / "levels.json").write_text(json.dumps({"rows": rows, "models": info, "args": vars(args)}, indent=2) + "\n")
+    print(f"\nmodels: {json.dumps(info, indent=1)}\nwritten: {out / 'levels.md'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,321 @@
+"""Music benchmark: our conv VAE vs a first-order Markov chain vs the held-out data itself, on 2-bar and 8-bar
+Essen melodies (music21 corpus, 4/4 2/2 2/4) and 4-bar JSB chorales (the standard split, ../shared/data).
+
+    python bench/music.py                       # everything; trains the models first unless cached (GPU: ~3 min)
+    python bench/music.py --tasks melody2 --n 200     # a quicker look
+    python bench/music.py --train-only --device cuda  # on a GPU machine: fills outputs/train/ (same stage keys)
+    python bench/music.py --ship outputs/train/vae-music-melody-2bar-essen-<key>   # -> models/pretrained/music-melody-2bar
+    python bench/music.py --ship outputs/train/cvae-music-melody-2bar-essen-<key> --name music-melody-2bar-key
+
+Metrics (formats/music_metrics.py; definitions in shared/notes/music.md table F): reconstruction accuracy of
+held-out windows from the posterior mean and from a posterior sample (MusicVAE's per-step accuracy); Yang & Lerch
+overlapped areas (OA, 1 = same distribution as held-out data) of pitch-class histogram, note-length histogram,
+mean interval and pitch range; MuseGAN empty-bar rate, used pitch classes per bar, qualified notes (>= an 8th);
+in-scale rate; soprano-bass tonal distance (chorales); copy rate (generated windows equal to a training window);
+clips per second (windows generated per second, CPU). The VAE decodes prior samples either greedily (argmax per
+cell) or by drawing each cell from softmax(logits / 0.7) (the `aeflow music sample` default). The data row
+compares one half of the held-out windows with the other. Prints one markdown table and writes it to
+outputs/bench/music.md (+ .json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from flows.music import BAR, augment, ingest_music, train_music, window_split  # noqa: E402
+from flows.settings import outputs_root  # noqa: E402
+from flows.train import train_windows  # noqa: E402
+from formats import music_metrics as mm  # noqa: E402
+from formats.music import CHORALE, HOLD, OFFSET, REST, canonical  # noqa: E402
+from models.registry import load_model  # noqa: E402
+
+JSB = ROOT.parent / "shared" / "data" / "jsb_chorales" / "Jsb16thSeparated.json"
+STEPS = {"melody2": 10000, "melody8": 10000, "jsb4": 6000}     # optimiser steps of 128 windows per model
+
+
+class Markov:
+    """First-order Markov chain over tokens, one per voice (the voices of a chorale are sampled independently),
+    trained on the same windows as the VAE; add-alpha smoothing."""
+
+    def __init__(self, x: np.ndarray, vocab: int, alpha: float = 0.01):
+        v = x.shape[1]
+        self.init = np.full((v, vocab), alpha)
+        self.trans = np.full((v, vocab, vocab), alpha)
+        for i in range(v):
+            np.add.at(self.init[i], x[:, i, 0], 1)
+            np.add.at(self.trans[i], (x[:, i, :-1].ravel(), x[:, i, 1:].ravel()), 1)
+        self.init /= self.init.sum(-1, keepdims=True)
+        self.trans = np.cumsum(self.trans / self.trans.sum(-1, keepdims=True), -1)
+
+    def sample(self, n: int, steps: int, rng: np.random.Generator) -> np.ndarray:
+        v = self.init.shape[0]
+        out = np.zeros((n, v, steps), np.int64)
+        for i in range(v):
+            out[:, i, 0] = rng.choice(len(self.init[i]), n, p=self.init[i])
+            for t in range(1, steps):
+                cdf = self.trans[i, out[:, i, t - 1]]                           # (n, vocab)
+                out[:, i, t] = np.minimum((cdf < rng.random((n, 1))).sum(1), cdf.shape[1] - 1)
+        return out
+
+
+def jsb_rolls(path: Path, split: str) -> list[np.ndarray]:
+    """Coconet-format JSB (T, 4) MIDI per 16th, -1 silent -> (4, T) tokens. That format has no onsets: equal
+    neighbouring steps are one note (a repeated note reads as a held one)."""
+    data = json.loads(path.read_text())[split]
+    rolls = []
+    for piece in data:
+        p = np.array(piece, dtype=np.int64).T                                  # (4, T)
+        tok = np.where(p < 0, REST, p - CHORALE.lo + OFFSET)
+        same = np.zeros_like(p, dtype=bool)
+        same[:, 1:] = (p[:, 1:] == p[:, :-1]) & (p[:, 1:] >= 0)
+        rolls.append(np.where(same, HOLD, tok))
+    return rolls
+
+
+def jsb_windows(path: Path, split: str, steps: int = 64, hop: int = 16) -> np.ndarray:
+    """4-bar windows, hop one bar from step 0 (the format has no bar lines), not all silent."""
+    out = []
+    for r in jsb_rolls(path, split):
+        for s in range(0, r.shape[1] - steps + 1, hop):
+            w = canonical(r[:, s:s + steps])
+            w[:, 0] = np.where(w[:, 0] == HOLD, REST, w[:, 0])
+            if (w >= OFFSET).any():
+                out.append(w)
+    return np.stack(out)
+
+
+def evaluate(name: str, folder: str, x_train: np.ndarray, x_held: np.ndarray, n: int, lo: int, chorale: bool) -> list[dict]:
+    """Rows: held-out data (one half vs the other), Markov chain, VAE."""
+    rng = np.random.default_rng(0)
+    held = x_held[rng.permutation(len(x_held))]
+    ref, other = held[: len(held) // 2], held[len(held) // 2:]
+    steps, vocab = x_train.shape[2], int(max(x_train.max(), x_held.max())) + 1
+    model = load_model(Path(folder))
+
+    vaes = {}
+    for label, greedy, temperature in (("VAE greedy", True, 1.0), ("VAE T=0.7", False, 0.7)):
+        t0 = time.perf_counter()
+        rolls = model.sample(n, torch.Generator().manual_seed(0), temperature=temperature, greedy=greedy).numpy()
+        vaes[label] = (np.stack([canonical(w) for w in rolls]), time.perf_counter() - t0)
+    chain = Markov(x_train, max(vocab, model.cfg.vocab))
+    t0 = time.perf_counter()
+    mk = chain.sample(n, steps, rng)
+    mk_s = time.perf_counter() - t0
+    mk = np.stack([canonical(w) for w in mk])
+
+    x = torch.from_numpy(held[: min(len(held), 2000)])
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        acc_mean = mm.reconstruction_accuracy(x.numpy(), model.reconstruct(x).numpy())
+        mu, logvar = model.encode(x)
+        z = mu + (0.5 * logvar).exp() * torch.randn(mu.shape, generator=gen)
+        acc_sample = mm.reconstruction_accuracy(x.numpy(), model.decode(z).argmax(1).numpy())
+
+    rows = []
+    sets = [("held-out data", other[:n], None), ("Markov chain", mk, mk_s)] + [(k, *v) for k, v in vaes.items()]
+    for label, rolls, seconds in sets:
+        oa = mm.overlap(list(ref), list(rolls), lo)
+        st = mm.set_stats(list(rolls), lo)
+        row = {"task": name, "model": label, "oa_pch": oa["pitch_classes"]["oa"], "oa_nlh": oa["note_lengths"]["oa"],
+               "oa_pi": oa["interval"]["oa"], "oa_pr": oa["pitch_range"]["oa"], "eb": st["empty_bars"], "upc": st["upc"],
+               "qn": st["qualified"], "in_scale": st["in_scale"], "td": st.get("tonal_distance"),
+               "copy": mm.copy_rate(rolls, x_train) if label != "held-out data" else None,
+               "clips_per_s": round(len(rolls) / seconds, 1) if seconds else None}
+        if label.startswith("VAE"):
+            row.update(acc_mean=acc_mean, acc_sample=acc_sample)
+        rows.append(row)
+    data, markov = rows[0], rows[1]
+    for vae_row in rows[2:]:
+        closer = []
+        for k in ("oa_pch", "oa_nlh", "oa_pi", "oa_pr", "eb", "upc", "qn", "in_scale") + (("td",) if chorale else ()):
+            closer.append(abs(vae_row[k] - data[k]) <= abs(markov[k] - data[k]))
+        vae_row["closer"] = f"{sum(closer)}/{len(closer)}"
+    return rows
+
+
+def fmt(v, digits=3):
+    if v is None:
+        return ""
+    return f"{v:.{digits}f}" if isinstance(v, float) else str(v)
+
+
+def table(rows: list[dict]) -> str:
+    cols = [("task", "task"), ("model", "model"), ("acc_mean", "recon acc (mean z)"), ("acc_sample", "recon acc (sampled z)"),
+            ("oa_pch", "OA pitch classes"), ("oa_nlh", "OA note lengths"), ("oa_pi", "OA interval"),
+            ("oa_pr", "OA range"), ("eb", "empty bars"), ("upc", "pitch classes/bar"), ("qn", "qualified notes"),
+            ("in_scale", "in scale"), ("td", "tonal dist. S-B"), ("copy", "copies"), ("closer", "closer than Markov"),
+            ("clips_per_s", "clips/s")]
+    lines = ["| " + " | ".join(c[1] for c in cols) + " |", "|" + " --- |" * len(cols)]
+    for r in rows:
+        lines.append("| " + " | ".join(f"{r[k]:,.0f}" if k == "clips_per_s" and r.get(k) else fmt(r.get(k))
+                                       for k, _ in cols) + " |")
+    return "\n".join(lines)
+
+
+CARD = """# {name}
+
+Convolutional {what} (`{kind}`, dims=1: time convolutions, the melody's 38 tokens as channels) over 2-bar melodies
+at 16 steps per bar (tokens: rest, hold, onset of MIDI 48-83; formats/music.py).
+
+{role} For clips longer than 2 bars `aeflow music sample` walks its latent space window by window.
+
+Trained with the project's own code: {how}. Shipped as float16 safetensors ({size_kb:.0f} kB, {params:,}
+parameters); loading casts back to float32.
+
+- **Data**: music21's Essen folk-song collection (non-commercial permission: see music21's corpus licence),
+  {tunes:,} tunes in 4/4, 2/2 or 2/4; {windows:,} bar-aligned 2-bar windows with no silent bar; 10 % of the tunes
+  held out by a hash of their name; training windows transposed into all 12 keys where they fit the range
+  ({train:,} windows).
+- **Model**: widths {widths}, latent {latent}, beta {beta}.
+- **Training**: {steps:,} steps of {batch} windows, AdamW (peak lr {lr:g}, warm-up then cosine), {seconds:.0f} s on
+  {device}; weights kept at the best held-out ELBO ({elbo:.1f} nats per window, KL {kl:.1f} nats).
+- **Held-out reconstruction accuracy** (argmax of decode(mu), per step): {acc:.3f}.
+
+## {row_title}
+
+{row}
+"""
+KEY_CARD_ROLE = ("Conditioned on the key (tonic 0-11, major/minor; labels estimated per window with the "
+                 "Krumhansl-Kessler profiles): what `aeflow music sample --key D` uses.")
+DEFAULT_CARD_ROLE = "The default model of `aeflow music sample`."
+
+
+def key_adherence(folder: Path, n: int = 30) -> str:
+    """For a key cvae: 8-bar clips asked for 12 keys; share of note-steps in the asked key's scale vs in the scale
+    a tritone away (a wrong key)."""
+    from flows.music import generate_rolls, load_music_model, parse_key
+
+    net, enc, window_bars, cols = load_music_model(folder)
+    asked, wrong = [], []
+    for i, key in enumerate(["C", "D", "E", "F", "G", "A", "Bb", "Am", "Dm", "Em", "Gm", "Cm"]):
+        tonic, mode = parse_key(key)
+        for r in generate_rolls(net, enc, window_bars, n, 8, seed=i, key=key, cond_cols=cols, temperature=0.7):
+            c = mm.chroma(r, enc.lo)
+            major = lambda t: c[np.roll(mm.MAJOR, (t + 3 * mode) % 12)].sum() / max(c.sum(), 1)  # noqa: E731
+            asked.append(major(tonic))
+            wrong.append(major(tonic + 6))
+    return (f"{12 * n} clips of 8 bars (temperature 0.7), {n} per key for C D E F G A Bb Am Dm Em Gm Cm: "
+            f"{np.mean(asked):.3f} of their note-steps lie in the scale of the key asked for, {np.mean(wrong):.3f} "
+            f"in the scale a tritone away.")
+
+
+def ship(folder: Path, name: str = "music-melody-2bar") -> Path:
+    """Copy a trained model folder into models/pretrained/<name>/ as float16 (< 2 MB) with a model card."""
+    from flows.catalog import PRETRAINED
+    from models.checkpoints import read_config, save_model
+
+    cfg = read_config(folder)
+    dest = PRETRAINED / name
+    model = load_model(folder)
+    keep = {k: cfg[k] for k in ("data", "metrics", "steps", "seconds", "parameters", "device", "train") if k in cfg}
+    save_model(model, dest, cfg["model"], dtype=torch.float16, extra={**keep, "source_folder": Path(folder).name})
+    d, m, t = cfg["data"], cfg["model"], cfg["train"]
+    if m["kind"] == "cvae":
+        row_title, row = "Key adherence (these float16 weights)", key_adherence(dest)
+        what, role = "conditional VAE", KEY_CARD_ROLE
+        how = (f"`aeflow music train --corpus essen --condition key --bars 2 --steps {cfg['steps']} --batch-size "
+               f"{t['batch_size']} --latent {m['latent']} --beta {m['beta']:g}`")
+    else:
+        bench = outputs_root() / "bench" / "music.md"
+        lines = bench.read_text().splitlines() if bench.is_file() else []
+        row = "\n".join(lines[:2] + [ln for ln in lines if "Essen melody 2-bar" in ln]) if lines else "(run the bench)"
+        row_title = "bench/music.py rows (these weights' float32 originals; 400 prior samples vs held-out windows)"
+        what, role = "VAE", DEFAULT_CARD_ROLE
+        how = "`python bench/music.py --train-only`: flows.music.train_music -> flows.train.train_windows"
+    (dest / "MODEL_CARD.md").write_text(CARD.format(
+        name=name, what=what, kind=m["kind"], role=role, how=how, row_title=row_title,
+        size_kb=(dest / "model.safetensors").stat().st_size / 1024, params=cfg["parameters"], tunes=d["pieces_in_meters"],
+        windows=d["windows"], train=d["train_windows"], widths=m["widths"], latent=m["latent"], beta=m["beta"],
+        steps=cfg["steps"], batch=t["batch_size"], lr=t["lr"], seconds=cfg["seconds"], device=cfg["device"],
+        elbo=cfg["metrics"]["val_elbo"], kl=cfg["metrics"]["val_kl"], acc=cfg["metrics"]["val_acc"], row=row))
+    for f in dest.iterdir():
+        assert f.stat().st_size < 2 << 20, f"{f} is over 2 MB"
+    return dest
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--tasks", default="melody2,melody8,jsb4")
+    ap.add_argument("--n", type=int, default=400, help="generated windows per model")
+    ap.add_argument("--beta", type=float, default=0.5)
+    ap.add_argument("--latent", type=int, default=64)
+    ap.add_argument("--device", default="auto", help="training device (the stage key holds it: keep auto to reuse)")
+    ap.add_argument("--train-only", action="store_true")
+    ap.add_argument("--steps", type=int, help="override the training steps of every task (smoke tests)")
+    ap.add_argument("--ingest", help="an ingest-music folder of Essen melodies (default: ingest music21's corpus)")
+    ap.add_argument("--jsb", type=Path, default=JSB)
+    ap.add_argument("--ship", type=Path, help="copy this trained 2-bar melody model into models/pretrained/ and stop")
+    ap.add_argument("--name", default="music-melody-2bar", help="shipped name (with --ship)")
+    args = ap.parse_args()
+    if args.ship:
+        print(ship(args.ship, args.name))
+        return
+    torch.set_num_threads(len(os.sched_getaffinity(0)))
+    model_cfg = {"widths": [64, 128, 256], "latent": args.latent, "beta": args.beta}
+    rows, notes, t_start = [], [], time.perf_counter()
+    load0 = os.getloadavg()[0]
+    tasks = args.tasks.split(",")
+    if any(t.startswith("melody") for t in tasks):
+        ingest = args.ingest or ingest_music("essen", "melody")
+        manifest = json.loads((Path(ingest) / "manifest.json").read_text())
+        notes.append(f"Essen: {manifest['counts']['pieces']:,} tunes in 4/4, 2/2 or 2/4 parsed ({manifest['counts']['failed']} "
+                     f"failed) in {manifest['seconds']:.0f} s; meters as parsed {manifest['meters']}")
+    for task in tasks:
+        t0 = time.perf_counter()
+        training = {"steps": args.steps or STEPS[task], "epoch_steps": 500, "batch_size": 128, "device": args.device}
+        if task.startswith("melody"):
+            bars = int(task[len("melody"):])
+            folder = train_music(ingest, bars, model_cfg, training, progress=False)
+            if not args.train_only:
+                (xt, _), (xv, _), enc, info = window_split(ingest, bars, max_val=10 ** 9)
+                name = f"Essen melody {bars}-bar"
+                rows += evaluate(name, folder, xt, xv, args.n, enc.lo, chorale=False)
+                notes.append(f"{name}: {info['windows']:,} windows ({info['unique_windows']:,} distinct) from "
+                             f"{info['pieces_in_meters']:,} tunes; {info['train_windows']:,} training windows after "
+                             f"transposition; held-out rows: {info['val_windows']:,} windows of 10 % of the tunes")
+        elif task == "jsb4":
+            if not args.jsb.is_file():
+                notes.append(f"JSB chorales skipped: {args.jsb} is missing")
+                continue
+            xt, xv, xs = (jsb_windows(args.jsb, split) for split in ("train", "valid", "test"))
+            xt_aug, _ = augment(xt, np.zeros((len(xt), 3), np.int64), CHORALE)
+            model = {**model_cfg, "kind": "vae", "dims": 1, "vocab": CHORALE.vocab, "shape": [4, 64]}
+            folder = train_windows("music-chorale-4bar-jsb", (), {"mode": "chorale", "bars": 4, "steps_per_bar": BAR,
+                                                                  "source": "jsb", "split": "train"},
+                                   (xt_aug, None), (xv, None), model, training, progress=False)
+            if not args.train_only:
+                name = "JSB chorales 4-bar"
+                rows += evaluate(name, folder, xt_aug, xs, args.n, CHORALE.lo, chorale=True)
+                notes.append(f"{name}: {len(xt):,} training windows ({len(xt_aug):,} after transposition), "
+                             f"{len(xv):,} validation windows (model selection), {len(xs):,} test windows (held-out rows)")
+        cfg = json.loads((Path(folder) / "config.json").read_text())
+        notes.append(f"  model {Path(folder).name}: {cfg['parameters']:,} parameters, {cfg['steps']} steps of 128 in "
+                     f"{cfg['seconds']:.0f} s on {cfg['device']} (cached when trained earlier), held-out accuracy "
+                     f"{cfg['metrics']['val_acc']:.3f}, KL {cfg['metrics']['val_kl']:.1f} nats; this task {time.perf_counter() - t0:.0f} s")
+    if args.train_only:
+        print("\n".join(notes))
+        return
+    md = table(rows)
+    text = (md + "\n\n" + "\n".join(f"- {n}" for n in notes)
+            + f"\n- model {model_cfg}; clips/s on the CPU ({torch.get_num_threads()} threads), one batch of {args.n}; "
+              f"load average {load0:.1f} -> {os.getloadavg()[0]:.1f}; bench wall {time.perf_counter() - t_start:.0f} s\n")
+    print(text)
+    out = outputs_root() / "bench"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "music.md").write_text(text)
+    (out / "music.json").write_text(json.dumps(rows, indent=2))
+
+
+if __name__ == "__main__":
+    main()

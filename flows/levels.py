@@ -1,0 +1,579 @@
+"""Game levels: ingest VGLC-format levels into training units, train a (conditional) VAE on them, sample
+playable levels (windows, or full-length levels from a latent walk), interpolate, check any level files.
+
+Stages (content-addressed, flows/stages.py): `outputs/levels-ingest/<game>-<source>-<key12>/` holds the
+units and the originals' checker pass rates; training goes through flows.train.train_windows. Jobs
+(`sample`, `interpolate`, `check`) write into the user's folder: VGLC text + PNG per level, a contact
+sheet and report.json. The Prefect flows at the bottom are thin wrappers, one flow run per command.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from prefect import flow, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+
+from flows.stages import Stage, run_stage
+from formats.levels import (GAMES, BadLevel, contact_sheet, cut_units, diversity, game_spec, get_legend,
+                            grid_to_level, level_files, mario_gpt_file, mario_gpt_levels, novelty, png_bytes,
+                            read_level, render_level, tpkl, wilson, windows, zelda_rooms)
+from formats.playability import CHECKERS, MARIO_SOLID, mario_pipes_ok, mario_playable, playable, zelda_check
+from models.checkpoints import sha256_file, write_bytes_atomic, write_json_atomic
+
+VERSION = 1
+PRETRAINED_NAME = "mario-vae"
+
+
+# Cell conditions for a cvae on Mario windows (notes: MarioGPT prompts; thresholds set at the corpus'
+# quartiles of 14 x 28 windows): counts -> none / few / some / many.
+COND_NAMES = ("enemies", "pipes", "gaps")
+COND_LEVELS = ("none", "few", "some", "many")
+COND_EDGES = {"enemies": (1, 2, 4), "pipes": (1, 2, 4), "gaps": (1, 4, 8)}   # bucket i holds counts < edge i
+
+
+def mario_features(grids: np.ndarray) -> dict[str, np.ndarray]:
+    """Per window: enemies (E tiles), pipes (pipe tops `<`), gaps (bottom-row columns without ground)."""
+    legend = get_legend("mario")
+    g = np.asarray(grids)
+    return {"enemies": (g == legend.index("E")).sum((1, 2)), "pipes": (g == legend.index("<")).sum((1, 2)),
+            "gaps": (~legend.mask(MARIO_SOLID)[g[:, -1]]).sum(1)}
+
+
+def mario_conditions(grids: np.ndarray) -> np.ndarray:
+    """(N, 3) bucket indices (enemies, pipes, gaps) in 0..3."""
+    f = mario_features(grids)
+    return np.stack([np.searchsorted(COND_EDGES[k], f[k], side="right") for k in COND_NAMES], 1).astype(np.int64)
+
+
+def parse_cond(text: str | None) -> np.ndarray | None:
+    """"enemies=many,pipes=some" -> (1, 3) bucket indices; unnamed variables default to "few"."""
+    if not text:
+        return None
+    cond = {k: 1 for k in COND_NAMES}
+    for part in text.split(","):
+        key, _, value = part.partition("=")
+        key, value = key.strip(), value.strip()
+        if key not in cond or value not in COND_LEVELS:
+            raise ValueError(f"--cond {part!r}: use NAME=LEVEL with NAME in {', '.join(COND_NAMES)} and LEVEL in "
+                             f"{', '.join(COND_LEVELS)}")
+        cond[key] = COND_LEVELS.index(value)
+    return np.array([[cond[k] for k in COND_NAMES]], dtype=np.int64)
+
+
+# ---------------------------------------------------------------- ingest
+
+def _sources(game: str, data: str | None) -> tuple[list[Path], str]:
+    """Level files of a VGLC game folder (its processed/ subfolder when present), or the mario-gpt file."""
+    if data is None:
+        if game != "mario":
+            raise ValueError(f"--data is needed for {game}: a VGLC game folder (e.g. ../shared/data/vglc/{game})")
+        return [mario_gpt_file()], "mario-gpt"
+    root = Path(data).expanduser()
+    if not root.is_dir():
+        raise FileNotFoundError(f"{data}: no such folder")
+    folder = root / "processed" if (root / "processed").is_dir() else root
+    pattern = game_spec(game).pattern
+    files = level_files(folder, pattern)
+    if not files:
+        raise ValueError(f"{folder}: no level files ({pattern})")
+    return files, root.resolve().name
+
+
+def ingest_levels(game: str = "mario", data: str | None = None, width: int | None = None,
+                  refresh: bool = False) -> str:
+    """Read every level, cut units, score the originals with the game's checker; returns the stage folder.
+    Bad files are listed in the manifest's `bad` with file, line and column; they never stop the stage."""
+    legend = get_legend(game)
+    files, source = _sources(game, data)
+    contents = tuple(sha256_file(f) for f in files)
+    spec = game_spec(game, width)
+    config = {"game": game, "width": width, "unit": spec.unit}
+    if game not in GAMES:                      # a legend file: its content is part of the key, not its path
+        config.update(game=legend.game, legend=legend.tiles)
+    stage = Stage("levels-ingest", VERSION, f"{legend.game}-{source}-{width or ''}", config, contents=contents)
+
+    def fill(tmp: Path) -> dict:
+        levels, bad = [], []
+        if source == "mario-gpt":
+            levels = mario_gpt_levels(files[0])
+        else:
+            for f in files:
+                try:
+                    levels.append((f.stem, read_level(f, legend)))
+                except BadLevel as e:
+                    bad.append({"file": f.name, "reason": str(e)})
+        units, owner, level_ok = [], [], []
+        for i, (name, grid) in enumerate(levels):
+            try:
+                u = cut_units(game, grid, width)
+            except ValueError as e:
+                bad.append({"file": name, "reason": str(e)})
+                continue
+            units.append(u)
+            owner += [i] * len(u)
+            if game == "mario":                    # full-level check, start near the top-left (notes §4.1)
+                level_ok.append({"level": name, "playable": bool(mario_playable(grid, legend, "level"))})
+        shapes = {u.shape[1:] for u in units}
+        if len(shapes) > 1:                    # whole levels of a legend-file game must share one shape
+            raise ValueError(f"{data}: levels of different shapes {sorted(shapes)}; give --width to cut windows")
+        x = np.concatenate(units) if units else np.empty((0, *spec.shape), np.uint8)
+        ok = check_units(game, x)
+        np.save(tmp / "units.npy", x)                                       # (N, rows, cols) uint8
+        np.save(tmp / "unit_level.npy", np.array(owner, dtype=np.int32))    # (N,) index into levels.json
+        np.savez_compressed(tmp / "levels.npz", **{f"l{i:04d}": g for i, (_, g) in enumerate(levels)})
+        write_json_atomic(tmp / "levels.json", [name for name, _ in levels])
+        originals = {"units": len(x), "units_playable": int(ok.sum()),
+                     "units_rate": round(float(ok.mean()), 4) if len(x) else None}
+        if level_ok:
+            originals.update(levels=len(level_ok), levels_playable=sum(r["playable"] for r in level_ok))
+        return {"source": source, "data": str(Path(data).resolve()) if data else None, "levels": len(levels),
+                "units": len(x), "distinct_units": len({u.tobytes() for u in x}), "shape": list(x.shape[1:]),
+                "bad": bad, "originals": originals}
+
+    folder, _, _ = run_stage(stage, fill, refresh)
+    return str(folder)
+
+
+def load_ingest(folder: str | Path) -> tuple[np.ndarray, np.ndarray, list[tuple[str, np.ndarray]], dict]:
+    """(units, unit_level, [(name, grid)], manifest) of an ingest stage."""
+    folder = Path(folder)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    names = json.loads((folder / "levels.json").read_text())
+    with np.load(folder / "levels.npz") as z:
+        levels = [(n, z[f"l{i:04d}"]) for i, n in enumerate(names)]
+    return np.load(folder / "units.npy"), np.load(folder / "unit_level.npy"), levels, manifest
+
+
+def check_units(game: str, units: np.ndarray) -> np.ndarray:
+    """The game's checker on training-unit-shaped grids (Mario: window mode). A game without a checker
+    (a legend-file game) passes everything: its reports say so."""
+    if len(units) == 0 or game not in CHECKERS:
+        return np.full(len(units), game not in CHECKERS, dtype=bool)
+    return np.asarray(playable(units, game, mode="window") if game == "mario" else playable(units, game))
+
+
+def split_levels(names: list[str], fraction: float = 0.08) -> set[int]:
+    """Held-out levels (never windows of a training level: stride-1 windows overlap), chosen by name hash."""
+    order = sorted(range(len(names)), key=lambda i: hashlib.sha256(names[i].encode()).hexdigest())
+    return set(order[:max(1, round(len(names) * fraction))]) if len(names) > 1 else set()
+
+
+# ---------------------------------------------------------------- train
+
+DEFAULT_MODEL = {"widths": [16, 32, 64], "latent": 32, "beta": 0.5}   # (32, 64, 128) trains 6x slower on CPU
+DEFAULT_TRAINING = {"steps": 6000, "epoch_steps": 500, "batch_size": 64, "lr": 2e-3, "warmup_steps": 100}
+
+
+def train_levels(game: str = "mario", data: str | None = None, kind: str = "vae", model: dict | None = None,
+                 training: dict | None = None, width: int | None = None, refresh: bool = False,
+                 progress: bool = True, ingest_dir: str | None = None) -> str:
+    """Ingest (cached; or use `ingest_dir`) and train a vae/cvae on the game's units; returns the model folder.
+    A cvae is conditioned on Mario window features (enemies/pipes/gaps buckets)."""
+    from flows.train import train_windows
+
+    if kind == "cvae" and game != "mario":
+        raise ValueError("cvae conditions are Mario window features (enemies/pipes/gaps); use --model vae")
+    ingest_dir = ingest_dir or ingest_levels(game, data, width, refresh)
+    x, owner, levels, manifest = load_ingest(ingest_dir)
+    if len(x) < 2:
+        raise ValueError(f"{ingest_dir}: {len(x)} training units; need at least 2 ({manifest['bad'][:3]})")
+    held = split_levels([n for n, _ in levels])
+    val_mask = np.isin(owner, list(held))
+    if val_mask.all() or not val_mask.any():                  # a single level: validate on every 10th unit
+        val_mask = np.arange(len(x)) % 10 == 9
+    cond = mario_conditions(x) if kind == "cvae" else None
+    pick = lambda m: (x[m], None if cond is None else cond[m])  # noqa: E731
+    model_cfg = {**DEFAULT_MODEL, **(model or {}), "kind": kind, "vocab": get_legend(game).vocab}
+    if kind == "cvae":
+        model_cfg["cond"] = [len(COND_LEVELS)] * len(COND_NAMES)
+    desc = {"game": game, "source": manifest["source"], "data": manifest["data"], "width": width,
+            "ingest": Path(ingest_dir).name, "held_out": sorted(levels[i][0] for i in held),
+            "cond": list(COND_NAMES) if kind == "cvae" else None, "originals": manifest["originals"]}
+    return train_windows(f"{get_legend(game).game}-{manifest['source']}", (manifest["key"],), desc, pick(~val_mask),
+                         pick(val_mask), model_cfg, {**DEFAULT_TRAINING, **(training or {})}, refresh=refresh,
+                         progress=progress)
+
+
+def resolve_level_model(model: str | None) -> Path:
+    """None/"auto": the shipped models/pretrained/mario-vae, else the default Mario model trained on first
+    use (a cached stage: minutes once, then instant); or a model folder path / a shipped or trained name."""
+    from flows.catalog import PRETRAINED, resolve_model
+
+    if model in (None, "auto"):
+        if (PRETRAINED / PRETRAINED_NAME / "config.json").is_file():
+            return PRETRAINED / PRETRAINED_NAME
+        return Path(train_levels("mario"))
+    return resolve_model(model, channels=0)
+
+
+def _load(model: str | None):
+    from models.checkpoints import read_config
+    from models.registry import load_model
+
+    folder = resolve_level_model(model)
+    cfg = read_config(folder)
+    if cfg["model"]["kind"] not in ("vae", "cvae") or "game" not in cfg.get("data", {}):
+        raise ValueError(f"{folder}: not a level model (kind {cfg['model']['kind']}); train one with "
+                         "`aeflow levels train`")
+    return load_model(folder), cfg, folder
+
+
+def _training_units(cfg: dict) -> tuple[np.ndarray, dict]:
+    """The training units a model saw (re-ingested from its recorded source: a cached stage), and the
+    originals' pass rates. Held-out levels' units are included: novelty is measured against the corpus."""
+    d = cfg["data"]
+    folder = ingest_levels(d["game"], d.get("data") if d.get("source") != "mario-gpt" else None, d.get("width"))
+    x, _, _, manifest = load_ingest(folder)
+    return x, manifest["originals"]
+
+
+# ---------------------------------------------------------------- sample
+
+def _generator(seed: int):
+    import torch
+
+    return torch.Generator().manual_seed(seed)
+
+
+def latent_walk(n_windows: int, latent: int, gen, rho: float = 0.7):
+    """A smooth walk: z_0 ~ N(0, I), z_k = rho z_{k-1} + sqrt(1 - rho^2) eps (stationary AR(1): every z_k is
+    N(0, I), so each window looks like a sample, and neighbours are correlated). (n_windows, latent)."""
+    import torch
+
+    z = [torch.randn(latent, generator=gen)]
+    for _ in range(n_windows - 1):
+        z.append(rho * z[-1] + (1 - rho ** 2) ** 0.5 * torch.randn(latent, generator=gen))
+    return torch.stack(z)
+
+
+def _cond_tensor(cond: np.ndarray | None, n: int):
+    import torch
+
+    return None if cond is None else torch.from_numpy(np.repeat(cond, n, 0))
+
+
+def sample_windows(net, n: int, gen, cond: np.ndarray | None = None, temperature: float = 0.0) -> np.ndarray:
+    """n decoded windows (n, rows, cols) uint8 from z ~ N(0, I): the most likely tile per cell (temperature 0),
+    or each cell drawn from softmax(logits / temperature)."""
+    return net.sample(n, gen, cond=_cond_tensor(cond, n), greedy=temperature <= 0,
+                      temperature=max(temperature, 1e-6)).numpy().astype(np.uint8)
+
+
+def _tiles(logits, gen, temperature: float) -> np.ndarray:
+    """(B, V, rows, cols) logits -> (B, rows, cols) uint8 tiles: argmax, or drawn at `temperature`."""
+    import torch
+
+    if temperature <= 0:
+        return logits.argmax(1).numpy().astype(np.uint8)
+    probs = torch.softmax(logits.float() / temperature, 1).movedim(1, -1)            # (B, rows, cols, V)
+    drawn = torch.multinomial(probs.reshape(-1, probs.shape[-1]), 1, generator=gen)
+    return drawn.view(probs.shape[:-1]).numpy().astype(np.uint8)
+
+
+def full_level(net, length: int, gen, cond: np.ndarray | None = None, candidates: int = 8,
+               rho: float = 0.7, temperature: float = 0.0) -> tuple[np.ndarray, int]:
+    """A level `length` columns long from a latent walk, window by window. Each next window is chosen among
+    `candidates` steps of the walk so that the joined prefix stays playable (the full-level checker, start
+    near the top-left) and its pipes well formed: seams are checked, not assumed. Returns (grid, rejected
+    candidate windows); the grid is None when a prefix had no playable continuation (the caller restarts)."""
+    import torch
+
+    rows, cols = net.cfg.shape
+    z = torch.randn(1, net.cfg.latent, generator=gen)
+    level, rejected = None, 0
+    while level is None or level.shape[1] < length:
+        steps = rho * z + (1 - rho ** 2) ** 0.5 * torch.randn(candidates, net.cfg.latent, generator=gen)
+        wins = _tiles(net.decode(steps, _cond_tensor(cond, candidates)), gen, temperature)
+        joined = [w if level is None else np.concatenate([level, w], 1) for w in wins]
+        ok = mario_playable(np.stack(joined), mode="level") & mario_pipes_ok(np.stack(joined))
+        if not ok.any():
+            return None, rejected + candidates
+        k = int(np.argmax(ok))
+        rejected += k
+        level, z = joined[k], steps[k:k + 1]
+    return level[:, :length], rejected
+
+
+def _full_levels(net, n: int, length: int, gen, cond, raw: bool, temperature: float, max_tries: int):
+    """(levels, raw_ok, rejected windows, restarts): `n` levels from latent walks. raw_ok scores plain walks
+    (window after window, nothing chosen; these are the levels when `raw`), else levels are built with
+    `full_level`, seams checked."""
+    import torch
+
+    cols = net.cfg.shape[1]
+    levels, raw_ok, rejected, restarts = [], [], 0, 0
+    with torch.no_grad():
+        for _ in range(n if raw else min(n, 100)):
+            z = latent_walk(-(-length // cols), net.cfg.latent, gen)                    # (windows, latent)
+            grid = np.concatenate(list(_tiles(net.decode(z, _cond_tensor(cond, len(z))), gen, temperature)), 1)
+            raw_ok.append(bool(mario_playable(grid[:, :length], mode="level")))
+            if raw:
+                levels.append(grid[:, :length])
+        while not raw and len(levels) < n and restarts < max_tries * n:
+            grid, rej = full_level(net, length, gen, cond, temperature=temperature)
+            rejected += rej
+            if grid is None:
+                restarts += 1
+            else:
+                levels.append(grid)
+    return levels, raw_ok, rejected, restarts
+
+
+def _write_levels(out: Path, grids: list[np.ndarray], legend, prefix: str = "level") -> list[str]:
+    out.mkdir(parents=True, exist_ok=True)
+    names = []
+    for i, g in enumerate(grids):
+        name = f"{prefix}-{i:03d}"
+        write_bytes_atomic(out / f"{name}.txt", grid_to_level(g, legend).encode())
+        write_bytes_atomic(out / f"{name}.png", png_bytes(render_level(g, legend)))
+        names.append(name)
+    return names
+
+
+def _rate(ok: np.ndarray) -> dict:
+    k, n = int(np.sum(ok)), len(ok)
+    lo, hi = wilson(k, n)
+    return {"playable": k, "of": n, "rate": round(k / n, 4) if n else None, "ci95": [round(lo, 4), round(hi, 4)]}
+
+
+def sample_levels(out_dir: str, model: str | None = None, n: int = 50, length: int | None = None, seed: int = 0,
+                  cond: str | None = None, raw: bool = False, temperature: float = 0.0, max_tries: int = 50) -> dict:
+    """Write `n` levels into out_dir: windows of the model's shape, or `length`-column levels from a latent
+    walk (Mario). Playable only, and for Mario with well-formed pipes (resampled; `raw` keeps the decoder
+    output as is). Tiles: the decoder's most
+    likely tile (temperature 0: clean, few enemies and pipes) or drawn from it (1: richer, noisier).
+    report.json holds raw and delivered playability beside the originals' rate, rejections, novelty,
+    diversity and TPKL."""
+    t0 = time.perf_counter()
+    net, cfg, folder = _load(model)
+    game = cfg["data"]["game"]
+    legend = get_legend(game)
+    c = parse_cond(cond)
+    if (c is None) != (cfg["model"]["kind"] == "vae"):
+        raise ValueError(f"{folder.name} is a {cfg['model']['kind']}: "
+                         + ("--cond is required (e.g. enemies=many,pipes=some)" if c is None else
+                            "--cond needs a cvae (aeflow levels train --model cvae)"))
+    gen = _generator(seed)
+    train_units, originals = _training_units(cfg)
+    rows, cols = net.cfg.shape
+    full = length is not None and length != cols
+    if full and game != "mario":
+        raise ValueError("--length (full-length levels from a latent walk) is for Mario; other games sample units")
+    if full and length < cols:
+        raise ValueError(f"--length {length} is shorter than one window ({cols} columns)")
+    report = {"model": str(folder), "game": game, "seed": seed, "n": n, "raw": raw, "cond": cond,
+              "temperature": temperature,
+              "kind": "level" if full else "window", "shape": [rows, length if full else cols],
+              "originals": originals}
+    if full:
+        levels, raw_ok, rejected_windows, restarts = _full_levels(net, n, length, gen, c, raw, temperature, max_tries)
+        ok = mario_playable(np.stack(levels), mode="level") if levels else np.zeros(0, bool)
+        report.update(raw_playability=_rate(np.array(raw_ok)), delivered=_rate(ok),
+                      rejected={"windows": rejected_windows, "restarts": restarts},
+                      originals_rate=f"{originals.get('levels_playable')} / {originals.get('levels')} full levels")
+        if len(levels) < n:
+            report["shortfall"] = f"only {len(levels)} of {n} levels after {restarts} restarts (max_tries {max_tries})"
+        grids = levels
+    else:
+        drawn, grids, raw_ok, pipes_ok = 0, [], [], []
+        while len(grids) < n and drawn < max_tries * n:
+            batch = sample_windows(net, max(n - len(grids), 64) if not raw else n, gen, c, temperature)
+            ok = check_units(game, batch)
+            pipes = mario_pipes_ok(batch) if game == "mario" else np.ones(len(batch), bool)   # well-formed pipes
+            drawn += len(batch)
+            raw_ok.append(ok)
+            pipes_ok.append(pipes)
+            grids += list(batch if raw else batch[ok & pipes])
+        grids = grids[:n]
+        raw_ok, pipes_ok = np.concatenate(raw_ok), np.concatenate(pipes_ok)
+        ok = check_units(game, np.stack(grids)) if grids else np.zeros(0, bool)
+        report.update(raw_playability=_rate(raw_ok), delivered=_rate(ok),
+                      rejected={"unplayable": int((~raw_ok).sum()), "broken_pipes": int((raw_ok & ~pipes_ok).sum())},
+                      originals_rate=f"{originals['units_playable']} / {originals['units']} training units")
+        if game == "mario":
+            report["raw_pipes_ok"] = round(float(pipes_ok.mean()), 4)
+        if len(grids) < n:
+            report["shortfall"] = f"only {len(grids)} acceptable of {drawn} drawn (max_tries {max_tries})"
+    if grids and not full:
+        g = np.stack(grids)
+        report.update(novelty=novelty(g, train_units), diversity=diversity(g),
+                      tpkl={"k2": round(tpkl(train_units, g, 2), 4), "k3": round(tpkl(train_units, g, 3), 4)})
+    elif grids:
+        report.update(diversity=diversity(np.stack(grids)),
+                      novelty_windows=novelty(np.concatenate([windows(g, cols, cols) for g in grids]), train_units))
+    if cond and game == "mario" and grids:
+        units = np.stack(grids) if not full else np.concatenate([windows(g, cols, cols) for g in grids])
+        feats = mario_conditions(units)
+        report["cond_match"] = {k: round(float((feats[:, i] == c[0, i]).mean()), 3) for i, k in enumerate(COND_NAMES)}
+    out = Path(out_dir)
+    names = _write_levels(out, grids, legend)
+    if grids:
+        write_bytes_atomic(out / "contact_sheet.png", contact_sheet(grids[:64], legend, names[:64]))
+    report["files"] = names
+    report["seconds"] = round(time.perf_counter() - t0, 2)
+    write_json_atomic(out / "report.json", report)
+    return report
+
+
+# ---------------------------------------------------------------- interpolate
+
+def interpolate_levels(level_a: str, level_b: str, out_dir: str, steps: int = 8, model: str | None = None) -> dict:
+    """Decode `steps` points on the straight line between the encodings of two level files. Levels wider
+    than the model's window are encoded window by window (non-overlapping) and interpolated per window, so
+    full-length levels blend column block by column block (cut to the shorter level)."""
+    import torch
+
+    net, cfg, folder = _load(model)
+    if cfg["model"]["kind"] != "vae":
+        raise ValueError(f"{folder.name}: interpolate needs a vae (this is a {cfg['model']['kind']})")
+    game = cfg["data"]["game"]
+    legend = get_legend(game)
+    rows, cols = net.cfg.shape
+    parts = []
+    for path in (level_a, level_b):
+        g = read_level(Path(path), legend)
+        if g.shape[0] != rows or g.shape[1] < cols:
+            raise BadLevel(path, f"is {g.shape[0]} x {g.shape[1]}; this model needs {rows} rows and >= {cols} columns")
+        parts.append(windows(g, cols, cols))                     # (K, rows, cols), non-overlapping
+    k = min(len(parts[0]), len(parts[1]))
+    with torch.no_grad():
+        mu = [net.encode(torch.from_numpy(p[:k].astype(np.int64)))[0] for p in parts]    # (K, latent) each
+        grids = []
+        for t in np.linspace(0, 1, steps):
+            wins = net.decode((1 - t) * mu[0] + t * mu[1]).argmax(1).numpy().astype(np.uint8)   # (K, rows, cols)
+            grids.append(np.concatenate(list(wins), 1))
+    ok = mario_playable(np.stack(grids), mode="level" if k > 1 else "window") if game == "mario" \
+        else check_units(game, np.stack(grids))
+    out = Path(out_dir)
+    names = _write_levels(out, grids, legend, "step")
+    labels = [f"t={t:.2f}" for t in np.linspace(0, 1, steps)]
+    write_bytes_atomic(out / "contact_sheet.png", contact_sheet(grids, legend, labels, columns=1))
+    report = {"model": str(folder), "a": str(level_a), "b": str(level_b), "steps": steps, "windows": k,
+              "files": names, "playable": [bool(v) for v in ok]}
+    write_json_atomic(out / "report.json", report)
+    return report
+
+
+# ---------------------------------------------------------------- check
+
+def check_levels(path: str, game: str = "mario", mode: str = "auto", out_json: str | None = None) -> dict:
+    """Playability of one level file or every *.txt under a folder (ours or not). Mario mode "auto": a
+    level up to 32 columns wide is a window (start on the first 3 columns), wider is a full level (start
+    near the top-left). Bad files are reported and skipped. Prints nothing; returns the report."""
+    legend = get_legend(game)
+    game_name = legend.game
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"{path}: no such file or folder")
+    files = [p] if p.is_file() else sorted(q for q in p.rglob("*.txt") if q.stem.lower() != "readme"
+                                           and not any(part.startswith(".") for part in q.relative_to(p).parts))
+    results, bad, verdicts = [], [], []
+    for f in files:
+        try:
+            g = read_level(f, legend)
+        except BadLevel as e:
+            bad.append({"file": str(f), "reason": str(e)})
+            continue
+        rel = str(f.relative_to(p)) if p.is_dir() else f.name
+        if game_name == "mario":
+            m = mode if mode != "auto" else ("window" if g.shape[1] <= 32 else "level")
+            ok = bool(mario_playable(g, legend, m))
+            results.append({"file": rel, "shape": list(g.shape), "mode": m, "playable": ok})
+        elif game_name == "zelda" and g.shape != (16, 11):   # a dungeon map: score its rooms with a door or stair
+            checks = [zelda_check(r) for r in zelda_rooms(g)]
+            scored = [c["playable"] for c in checks if c["doors"] or c["stairs"]]
+            verdicts += scored
+            results.append({"file": rel, "shape": list(g.shape), "mode": "rooms", "rooms": len(checks),
+                            "rooms_with_doors": len(scored), "rooms_playable": sum(scored),
+                            "playable": all(scored)})
+            continue
+        elif game_name == "kid_icarus":           # full levels: the top rows are walled off (paths end at rows 4-7)
+            ok = bool(playable(g, game_name, goal_row=7 if g.shape[0] > 16 else 0))
+            results.append({"file": rel, "shape": list(g.shape), "playable": ok})
+        elif game_name in ("lode_runner", "zelda"):
+            results.append({"file": rel, "shape": list(g.shape), "playable": bool(playable(g, game_name))})
+        else:
+            raise ValueError(f"no playability checker for {game_name!r} (mario, kid_icarus, lode_runner, zelda)")
+    verdicts += [r["playable"] for r in results if r.get("mode") != "rooms"]
+    k = sum(r["playable"] for r in results)
+    report = {"path": str(p), "game": game_name, "files": len(files), "checked": len(results), "bad": bad,
+              "summary": _rate(np.array(verdicts)) if verdicts else None,
+              "unit": "rooms" if any(r.get("mode") == "rooms" for r in results) else "files",
+              "originals": ORIGINAL_RATES.get(game_name), "levels": results}
+    report["playable"] = k
+    if out_json:
+        write_json_atomic(Path(out_json), report)
+    return report
+
+
+# Measured on ../shared/data/vglc with these checkers (tests/test_playability.py re-measures them).
+ORIGINAL_RATES = {
+    "mario": "full levels 15 / 15; 14x28 windows 2472 / 2518 (98.2 %); 14x16 windows 2649 / 2698 (98.2 %)",
+    "kid_icarus": "6 / 6 full levels reach row 7 (Mario's arcs; also their highest annotated row with the Kid "
+                  "Icarus arcs); 16 x 16 windows uncalibrated",
+    "lode_runner": "all gold in one run 131 / 149 levels with a spawn; each gold reachable 140 / 149",
+    "zelda": "358 / 407 rooms with a door or stair (387 with water passable, 405 with water and blocks)",
+}
+
+
+# ---------------------------------------------------------------- demo
+
+def demo_levels(out_dir: str, n: int = 8, seed: int = 0) -> dict:
+    """A few seconds with the shipped model: n playable Mario windows and one 150-column level, their PNGs
+    and a contact sheet in out_dir (the windows at the top level, the long level in full/)."""
+    windows_report = sample_levels(out_dir, n=n, seed=seed)
+    level_report = sample_levels(str(Path(out_dir) / "full"), n=1, length=150, seed=seed)
+    return {"windows": windows_report, "level": level_report,
+            "contact_sheet": str(Path(out_dir) / "contact_sheet.png")}
+
+
+# ---------------------------------------------------------------- Prefect flows (one run per command)
+# Coarse tasks that pass paths and small JSON; our stages cache by content, so Prefect's cache stays off.
+
+ingest_task = task(name="levels-ingest", cache_policy=NO_CACHE)(ingest_levels)
+train_task = task(name="levels-train", cache_policy=NO_CACHE)(train_levels)
+sample_task = task(name="levels-sample", cache_policy=NO_CACHE)(sample_levels)
+interpolate_task = task(name="levels-interpolate", cache_policy=NO_CACHE)(interpolate_levels)
+check_task = task(name="levels-check", cache_policy=NO_CACHE)(check_levels)
+
+
+@flow(name="levels-train")
+def levels_train_flow(game: str = "mario", data: str | None = None, kind: str = "vae", model: dict | None = None,
+                      training: dict | None = None, width: int | None = None, refresh: bool = False,
+                      progress: bool = True) -> str:
+    """Ingest a game's levels, then train a vae/cvae on them (both stages cached)."""
+    ingest_dir = ingest_task(game, data, width, refresh)
+    return train_task(game, data, kind, model, training, width, refresh=refresh, progress=progress,
+                      ingest_dir=ingest_dir)
+
+
+@flow(name="levels-sample")
+def levels_sample_flow(out_dir: str, model: str | None = None, n: int = 50, length: int | None = None,
+                       seed: int = 0, cond: str | None = None, raw: bool = False, temperature: float = 0.0) -> dict:
+    report = sample_task(out_dir, model, n, length, seed, cond, raw, temperature)
+    create_markdown_artifact(key="levels-sample", markdown=_summary(report))
+    return report
+
+
+@flow(name="levels-interpolate")
+def levels_interpolate_flow(level_a: str, level_b: str, out_dir: str, steps: int = 8, model: str | None = None) -> dict:
+    return interpolate_task(level_a, level_b, out_dir, steps, model)
+
+
+@flow(name="levels-check")
+def levels_check_flow(path: str, game: str = "mario", mode: str = "auto", out_json: str | None = None) -> dict:
+    return check_task(path, game, mode, out_json)
+
+
+def _summary(report: dict) -> str:
+    r, d = report["raw_playability"], report["delivered"]
+    pct = lambda v: "n/a" if v is None else f"{v:.1%}"  # noqa: E731
+    return (f"**{d['of']} {report['game']} {report['kind']}s**: raw playable {pct(r['rate'])} (of {r['of']} drawn), "
+            f"delivered {pct(d['rate'])}; originals {report['originals_rate']}")

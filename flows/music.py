@@ -1,0 +1,625 @@
+"""Music: ingest a corpus (music21's, parsed once in parallel and cached as token arrays) or a MIDI folder, cut
+bar-aligned windows with meter/key labels and transposition augmentation, train a conv VAE on them
+(flows.train.train_windows, dims=1: rows = voices, cols = 16th steps), then sample clips (a latent walk for
+clips longer than the window), interpolate between two MIDI files, and compute stats on any MIDI files.
+
+Prefect flows at the bottom: one flow run per command, a few coarse tasks (paths and small JSON in and out).
+Data facts: shared/notes/music.md.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import re
+import shutil
+import subprocess
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from flows.stages import Stage, run_stage
+from formats import music_metrics as mm
+from formats.music import (ENCODINGS, HOLD, MAX_BYTES, OFFSET, REST, STEPS_PER_BEAT, BadMidi, Encoding, canonical, cut,
+                           find_midi, midi_to_roll, notes_to_roll, roll_to_midi, roll_to_notes, roll_to_png, transpose)
+from models.checkpoints import write_bytes_atomic, write_json_atomic
+
+INGEST_VERSION = 1                         # bump when parsing or the ABC meter filter (METERS) changes
+BAR = 16                                   # steps per 4/4 bar; windows are made of these
+METERS = ("4/4", "2/2", "2/4")             # meters whose bars tile 16-step windows (2/4 bars pair up)
+# music21 corpus folders (shared/notes/music.md table A); `test*.abc` files in essenFolksong are parser tests
+CORPORA = {"bach": "bach", "essen": "essenFolksong", "oneills": "oneills1850", "ryans": "ryansMammoth",
+           "airds": "airdsAirs", "folk": "miscFolk"}
+SHIFTS = range(-5, 7)                      # transpositions tried for augmentation (all 12 keys), kept if in range
+PRETRAINED_MELODY = "music-melody-2bar"
+PRETRAINED_KEY = "music-melody-2bar-key"     # key-conditioned: `--key` with the auto model uses it
+
+
+# ---------------------------------------------------------------- corpus units -> pieces (worker processes)
+
+def corpus_units(corpus: str, mode: str) -> list[tuple[str, str, str]]:
+    """(kind, name, payload) work units of a music21 corpus, in a fixed order: one per chorale file, or one
+    per ABC tune (the tune's text; split by `X:` so tunes parse in parallel and a subset stays cheap). ABC tunes
+    whose header meter is not in METERS, or that change meter, are skipped here: no window would use them."""
+    from music21 import corpus as m21corpus
+
+    if corpus not in CORPORA:
+        raise ValueError(f"unknown corpus {corpus!r}; known: {', '.join(CORPORA)} (or a folder of MIDI files)")
+    if corpus == "bach":
+        names = m21corpus.chorales.Iterator(returnType="filename")
+        return [("m21", str(name), str(name)) for name in names]
+    units = []
+    for path in sorted(m21corpus.getComposer(CORPORA[corpus])):
+        if Path(path).name.startswith("test") or Path(path).suffix != ".abc":
+            continue
+        text = Path(path).read_text(encoding="latin-1")
+        head, *tunes = re.split(r"(?m)^(?=X:)", text)
+        for tune in tunes:
+            meters = re.findall(r"(?m)^M:\s*(\S+)|\[M:\s*([^\]]+)\]", tune)
+            meters = {a or b for a, b in meters}
+            if len(meters) == 1 and meters <= set(METERS) | {"C", "C|"}:
+                number = re.match(r"X:\s*(\d+)", tune)
+                units.append(("abc", f"{Path(path).stem}#{number.group(1) if number else len(units)}",
+                              head.strip() + "\n" + tune))
+    return units
+
+
+def parse_unit(unit: tuple[str, str, str], mode: str) -> dict:
+    """One corpus unit -> {"name", "notes" (N, 4) int [voice, onset 16th, duration, pitch], "steps", "meter",
+    "off_grid"} or {"name", "error"}. Runs in a worker process."""
+    kind, name, payload = unit
+    try:
+        from music21 import converter, corpus as m21corpus
+
+        score = m21corpus.parse(payload) if kind == "m21" else converter.parse(payload, format="abc")
+        return {"name": name, **score_notes(score, mode)}
+    except Exception as e:     # one bad tune never stops the stage
+        return {"name": name, "error": f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"}
+
+
+def score_notes(score, mode: str) -> dict:
+    """A music21 score -> notes on the 16th grid, bar lines at multiples of the bar length from the first
+    downbeat (a pickup shifts the grid). Chorale: SATB parts by name (else the first four parts); melody: the
+    first part (the soprano of a chorale). Chord symbols and grace notes dropped, chords keep their top note."""
+    from music21 import harmony, meter
+
+    parts = list(score.parts) or [score]
+    if mode == "chorale":
+        by_name = {}
+        for p in parts:
+            label = (p.partName or p.id or "").lower()
+            for v, voice in enumerate(("soprano", "alto", "tenor", "bass")):
+                if voice in label and v not in by_name:
+                    by_name[v] = p
+        chosen = [by_name[v] for v in range(4)] if len(by_name) == 4 else parts[:4]
+        if len(chosen) < 4:
+            raise ValueError(f"{len(parts)} part(s); a chorale needs 4")
+    else:
+        chosen = parts[:1]
+    sigs = {ts.ratioString for ts in score.recurse().getElementsByClass(meter.TimeSignature)}
+    first = chosen[0].getElementsByClass("Measure")
+    pickup = float(first[0].paddingLeft) if len(first) else 0.0
+    notes, off = [], 0
+    for v, part in enumerate(chosen):
+        for n in part.stripTies().flatten().notes:
+            if isinstance(n, harmony.ChordSymbol) or n.duration.quarterLength == 0:
+                continue
+            pitch = max(p.midi for p in n.pitches)
+            on, dur = (float(n.offset) + pickup) * STEPS_PER_BEAT, float(n.duration.quarterLength) * STEPS_PER_BEAT
+            off += on != round(on) or dur != round(dur)
+            notes.append((v, round(on), max(1, round(on + dur) - round(on)), pitch))
+    if not notes:
+        raise ValueError("no notes")
+    arr = np.array(notes, dtype=np.int64)
+    meter_name = sigs.pop() if len(sigs) == 1 else ("none" if not sigs else "mixed")
+    return {"notes": arr, "steps": int((arr[:, 1] + arr[:, 2]).max()), "meter": meter_name,
+            "off_grid": off / len(notes)}
+
+
+def _parse_all(units, mode: str, workers: int) -> list[dict]:
+    if workers <= 1 or len(units) < 4:
+        return [parse_unit(u, mode) for u in units]
+    import multiprocessing
+
+    # spawn: the parent may hold torch / Prefect threads, which fork would copy in a broken state
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return list(pool.map(parse_unit, units, [mode] * len(units), chunksize=max(1, len(units) // (8 * workers))))
+
+
+# ---------------------------------------------------------------- ingest stage
+
+def ingest_music(source: str, mode: str = "melody", limit: int | None = None, workers: int | None = None,
+                 refresh: bool = False) -> str:
+    """A corpus name (CORPORA) or a folder of MIDI files -> outputs/ingest-music/<slug>-<key12>/ holding
+    pieces.npz (tokens of every piece concatenated along time, offsets, meters) and manifest.json (counts and
+    one line per file that failed). `limit`: an evenly spaced subset of that many pieces (fast trials, tests).
+    Cached by content: the corpus's music21 version or the MIDI files' sha256."""
+    enc = ENCODINGS[mode]
+    folder = Path(source).expanduser()
+    if folder.is_dir():
+        files = find_midi(folder)
+        if limit:
+            files = _spread(files, limit)
+        contents = tuple(_content_key(p) for p in files)
+        config = {"source": "midi", "mode": mode, "limit": limit}
+        slug, units = f"midi-{folder.name}-{mode}", None
+    else:
+        import music21
+
+        units = corpus_units(source, mode)
+        if limit:
+            units = _spread(units, limit)
+        config = {"source": source, "mode": mode, "limit": limit, "music21": music21.__version__}
+        contents, slug = (), f"{source}-{mode}"
+    stage = Stage("ingest-music", INGEST_VERSION, slug, config, contents=contents)
+
+    def fill(tmp: Path) -> dict:
+        t0 = time.perf_counter()
+        if units is not None:
+            parsed = _parse_all(units, mode, workers or min(8, len(os.sched_getaffinity(0))))   # ~0.6 GB each
+        else:
+            parsed = [midi_piece(p, enc, folder) for p in files]
+        good = [p for p in parsed if "error" not in p]
+        rolls = [notes_to_roll(p["notes"], p["steps"], enc).astype(np.int8) for p in good]
+        offsets = np.cumsum([0] + [r.shape[1] for r in rolls])
+        tokens = np.concatenate(rolls, 1) if rolls else np.zeros((enc.voices, 0), np.int8)   # (voices, all steps)
+        np.savez_compressed(tmp / "pieces.npz", tokens=tokens,
+                            offsets=offsets, meters=np.array([p["meter"] for p in good]),
+                            names=np.array([p["name"] for p in good]))
+        failed = [{"file": p["name"], "reason": p["error"]} for p in parsed if "error" in p]
+        meters: dict[str, int] = {}
+        for p in good:
+            meters[p["meter"]] = meters.get(p["meter"], 0) + 1
+        return {"counts": {"units": len(parsed), "pieces": len(good), "failed": len(failed), "steps": int(offsets[-1])},
+                "meters": meters, "off_grid_notes": round(float(np.mean([p["off_grid"] for p in good])) if good else 0.0, 5),
+                "failed": failed, "seconds": round(time.perf_counter() - t0, 2), "encoding": enc.name}
+
+    folder_out, _, _ = run_stage(stage, fill, refresh)
+    return str(folder_out)
+
+
+def _content_key(path: Path) -> str:
+    """sha256 of a file's first MAX_BYTES + 1 bytes (enough to tell apart everything read_midi accepts), without
+    opening anything but a regular file (a FIFO would block)."""
+    import stat
+
+    st = os.lstat(path)
+    if not stat.S_ISREG(st.st_mode):
+        return hashlib.sha256(f"not a regular file: {path.name}".encode()).hexdigest()
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read(MAX_BYTES + 1)).hexdigest()
+
+
+def _spread(items: list, n: int) -> list:
+    """n items evenly spaced over the list (the first Essen files are nearly all 4/2: a prefix would be biased)."""
+    if n >= len(items):
+        return list(items)
+    return [items[int(i * len(items) / n)] for i in range(n)]
+
+
+def midi_piece(path: Path, enc: Encoding, root: Path) -> dict:
+    """One MIDI file -> a piece dict like parse_unit's (a bad file -> {"error": one line}). Named by its path
+    under `root`, so the held-out split does not change when the folder moves."""
+    name = str(path.relative_to(root))
+    try:
+        clip = midi_to_roll(path, enc)
+    except BadMidi as e:
+        return {"name": name, "error": e.reason}
+    meter = f"{clip.time_signature[0]}/{clip.time_signature[1]}"
+    return {"name": name, "notes": roll_to_notes(clip.roll, enc.lo), "steps": clip.roll.shape[1],
+            "meter": meter, "off_grid": clip.off_grid}
+
+
+def load_pieces(ingest_dir: str) -> tuple[list[np.ndarray], list[str], list[str], Encoding]:
+    """(rolls (voices, steps) int64, meters, names, encoding) of an ingest stage."""
+    manifest = json.loads((Path(ingest_dir) / "manifest.json").read_text())
+    with np.load(Path(ingest_dir) / "pieces.npz") as z:
+        tokens, offsets = z["tokens"].astype(np.int64), z["offsets"]
+        meters, names = [str(m) for m in z["meters"]], [str(n) for n in z["names"]]
+    rolls = [tokens[:, a:b] for a, b in zip(offsets[:-1], offsets[1:])]
+    return rolls, meters, names, ENCODINGS[manifest["encoding"]]
+
+
+# ---------------------------------------------------------------- windows
+
+def is_val(name: str, fraction: float = 0.1) -> bool:
+    """Deterministic split by piece: the same pieces are held out wherever the data lives."""
+    return int(hashlib.sha256(name.encode()).hexdigest()[:8], 16) % 1000 < fraction * 1000
+
+
+def windows(rolls, meters, enc: Encoding, bars: int, hop_bars: int = 1) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Bar-aligned windows of `bars` 16-step bars from pieces in METERS -> (x (N, voices, bars*16) int64,
+    labels (N, 3) int64 [meter index, key tonic 0-11, mode 0/1], piece index (N,)). A window may have no silent
+    bar (16 bars or more: at most one), counting all voices together."""
+    n = bars * BAR
+    xs, piece = [], []
+    for i, (roll, meter) in enumerate(zip(rolls, meters)):
+        if meter not in METERS or roll.shape[1] < n:
+            continue
+        pitch = mm.sounding(roll, enc.lo)                       # (voices, steps), once per piece
+        for start in range(0, roll.shape[1] - n + 1, hop_bars * BAR):
+            silent = ~(pitch[:, start:start + n] >= 0).reshape(enc.voices, bars, BAR).any(axis=(0, 2))
+            if silent.sum() > (1 if bars >= 16 else 0):
+                continue
+            w = roll[:, start:start + n].copy()                 # a note held into the window: restate its onset
+            restated = np.where(pitch[:, start] >= 0, pitch[:, start] - enc.lo + OFFSET, REST)
+            w[:, 0] = np.where(w[:, 0] == HOLD, restated, w[:, 0])
+            xs.append(w)
+            piece.append((i, METERS.index(meter)))
+    if not xs:
+        return np.zeros((0, enc.voices, n), np.int64), np.zeros((0, 3), np.int64), np.zeros(0, np.int64)
+    x, piece = np.stack(xs), np.array(piece, dtype=np.int64)
+    labels = np.concatenate([piece[:, 1:], mm.estimate_keys(x, enc.lo)], 1)   # [meter, tonic, mode]
+    return x, labels, piece[:, 0]
+
+
+def augment(x: np.ndarray, labels: np.ndarray, enc: Encoding, shifts=SHIFTS) -> tuple[np.ndarray, np.ndarray]:
+    """Every transposition in `shifts` that keeps each window inside the encoding's range; key labels follow."""
+    onset = x >= OFFSET
+    low = np.where(onset, x, 10 ** 6).min(axis=(1, 2))           # lowest / highest onset token per window
+    high = np.where(onset, x, -1).max(axis=(1, 2))
+    xs, ls = [], []
+    for s in shifts:
+        ok = ((low + s >= OFFSET) & (high + s <= OFFSET + enc.hi - enc.lo)) | ~onset.any(axis=(1, 2))
+        xs.append(np.where(onset, x + s, x)[ok])
+        lab = labels[ok].copy()
+        lab[:, 1] = (lab[:, 1] + s) % 12
+        ls.append(lab)
+    return np.concatenate(xs), np.concatenate(ls)
+
+
+def window_split(ingest_dir: str, bars: int, augment_train: bool = True, max_val: int = 2000):
+    """((x_train, labels_train), (x_val, labels_val), encoding, info) from an ingest stage; val windows come
+    from held-out pieces, are not transposed, and at most `max_val` (a seeded subset) are kept."""
+    rolls, meters, names, enc = load_pieces(ingest_dir)
+    x, lab, piece = windows(rolls, meters, enc, bars)
+    val = np.array([is_val(names[p]) for p in piece], dtype=bool)
+    if len(x) and (val.all() or not val.any()):          # tiny data: hold out the last piece's windows
+        val = piece == piece.max()
+        if val.all():
+            val[:] = False
+            val[-1] = True
+    xt, lt = x[~val], lab[~val]
+    if augment_train and len(xt):
+        xt, lt = augment(xt, lt, enc)
+    xv, lv = x[val], lab[val]
+    if len(xv) > max_val:
+        keep = np.sort(np.random.default_rng(0).choice(len(xv), max_val, replace=False))
+        xv, lv = xv[keep], lv[keep]
+    info = {"pieces": len(rolls), "pieces_in_meters": sum(m in METERS for m in meters), "windows": len(x),
+            "unique_windows": len({w.tobytes() for w in x}), "train_windows": len(xt), "val_windows": len(xv)}
+    return (xt, lt), (xv, lv), enc, info
+
+
+# ---------------------------------------------------------------- train
+
+def cond_columns(condition: str | None) -> list[int]:
+    """Which label columns a cvae is conditioned on: key = tonic + mode, mode = mode only, meter."""
+    return {None: [], "none": [], "key": [1, 2], "mode": [2], "meter": [0]}[condition]
+
+
+def train_music(ingest_dir: str, bars: int = 2, model: dict | None = None, training: dict | None = None,
+                condition: str | None = None, refresh: bool = False, progress: bool = True) -> str:
+    """Windows of an ingest stage -> a trained (or cached) VAE / CVAE folder under outputs/train/."""
+    (xt, lt), (xv, lv), enc, info = window_split(ingest_dir, bars)
+    if len(xt) == 0 or len(xv) == 0:
+        raise ValueError(f"{ingest_dir}: no {bars}-bar windows in meters {', '.join(METERS)} "
+                         f"({info['pieces']} pieces, {info['pieces_in_meters']} in those meters); try fewer --bars")
+    cols = cond_columns(condition)
+    model = {"kind": "cvae" if cols else "vae", "dims": 1, "vocab": enc.vocab, "shape": [enc.voices, bars * BAR],
+             **(model or {})}
+    if cols:
+        model.setdefault("cond", [(len(METERS), 12, 2)[c] for c in cols])
+    upstream = json.loads((Path(ingest_dir) / "manifest.json").read_text())
+    data = {"mode": enc.name, "bars": bars, "steps_per_bar": BAR, "source": upstream["config"]["source"],
+            "condition": condition or "none", "ingest": Path(ingest_dir).name, **info}
+    from flows.train import train_windows
+
+    return train_windows(f"music-{enc.name}-{bars}bar-{upstream['config']['source']}", (upstream["key"],), data,
+                         (xt, lt[:, cols] if cols else None), (xv, lv[:, cols] if cols else None), model,
+                         training or {"minutes": 5, "epoch_steps": 200, "batch_size": 64}, refresh=refresh,
+                         progress=progress)
+
+
+# ---------------------------------------------------------------- models
+
+def resolve_music_model(name: str, key: str | None = None) -> Path:
+    """auto (the shipped melody model; its key-conditioned sibling when a key is asked for), a model folder, a
+    shipped name, or a unique prefix of a trained music model's folder name under outputs/train/."""
+    from flows.catalog import PRETRAINED, trained_models
+
+    if name == "auto":
+        name = PRETRAINED_KEY if key and (PRETRAINED / PRETRAINED_KEY / "config.json").is_file() else PRETRAINED_MELODY
+    if Path(name).expanduser().is_dir():
+        return Path(name).expanduser()
+    if (PRETRAINED / name / "config.json").is_file():
+        return PRETRAINED / name
+    hits = [p for p in trained_models() if p.name.startswith(name)]
+    if len(hits) == 1:
+        return hits[0]
+    raise FileNotFoundError(f"model {name!r}: not a folder, a shipped model or a unique trained-model prefix "
+                            f"({len(hits)} matches); train one with `aeflow music train`")
+
+
+def load_music_model(folder: Path):
+    """(model in eval mode, encoding, window bars, condition columns) of a music model folder."""
+    from models.registry import load_model
+
+    cfg = json.loads((Path(folder) / "config.json").read_text())
+    data = cfg.get("data", {})
+    return load_model(folder), ENCODINGS[data["mode"]], int(data["bars"]), cond_columns(data.get("condition"))
+
+
+# ---------------------------------------------------------------- sample
+
+def latent_walk(n_windows: int, latent: int, gen, angle: float = 0.35):
+    """z_0 ~ N(0, I), z_{i+1} = cos(a) z_i + sin(a) e_i: every step is again N(0, I) (a prior sample) and
+    neighbours are close, so the windows of a long clip belong together. (n_windows, latent)."""
+    import torch
+
+    z = [torch.randn(latent, generator=gen)]
+    for _ in range(n_windows - 1):
+        z.append(math.cos(angle) * z[-1] + math.sin(angle) * torch.randn(latent, generator=gen))
+    return torch.stack(z)
+
+
+def generate_rolls(model, enc: Encoding, window_bars: int, n: int, bars: int, seed: int = 0, key: str | None = None,
+                   cond_cols: list[int] = (), angle: float = 0.35, temperature: float = 0.7) -> list[np.ndarray]:
+    """n rolls (voices, bars*16) of canonical tokens: each a latent walk over ceil(bars / window) windows, decoded
+    (each cell drawn from softmax(logits / temperature); 0 = the most likely token) and joined. `key` ("D",
+    "Bbm"): a key-conditioned cvae is asked for it; otherwise each clip is transposed (nearest shift that fits
+    the range) from its estimated key to it."""
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    k = -(-bars // window_bars)
+    target = parse_key(key) if key else None
+    out = []
+    for _ in range(n):
+        z = latent_walk(k, model.cfg.latent, gen, angle)
+        cond = None
+        if cond_cols:
+            if target:
+                tonic, mode = target
+            else:                                                          # a random key per clip
+                tonic, mode = (int(torch.randint(k_, (1,), generator=gen)) for k_ in (12, 2))
+            values = {0: 0, 1: tonic, 2: mode}
+            cond = torch.tensor([[values[c] for c in cond_cols]] * k)
+        tokens = model.sample(k, gen, cond=cond, z=z, temperature=temperature or 1.0,
+                              greedy=not temperature).numpy()                # (k, voices, window steps)
+        roll = canonical(np.concatenate(list(tokens), axis=1)[:, : bars * BAR])
+        if target and not (cond_cols and 1 in cond_cols):
+            roll = to_key(roll, enc, target)
+        out.append(roll)
+    return out
+
+
+def parse_key(text: str) -> tuple[int, int]:
+    """"D" -> (2, 0); "Bbm" / "bb" -> (10, 1); sharps with # or s."""
+    m = re.fullmatch(r"\s*([A-Ga-g])([#sb]?)(m|min|minor)?\s*", text)
+    if not m:
+        raise ValueError(f"key {text!r}: give a tonic letter with an optional #/b and m for minor, e.g. D, F#m, Bb")
+    tonic = {"c": 0, "d": 2, "e": 4, "f": 5, "g": 7, "a": 9, "b": 11}[m.group(1).lower()]
+    tonic = (tonic + {"#": 1, "s": 1, "b": -1, "": 0}[m.group(2)]) % 12
+    minor = bool(m.group(3)) or (m.group(1).islower() and not m.group(3))
+    return tonic, int(minor)
+
+
+def to_key(roll: np.ndarray, enc: Encoding, target: tuple[int, int]) -> np.ndarray:
+    """Transpose a roll from its estimated key to the target tonic (the smallest shift that fits the range;
+    the mode stays what it is: a major tune asked for in D minor comes out in D major)."""
+    tonic, _ = mm.estimate_key(roll, enc.lo)
+    base = (target[0] - tonic) % 12
+    for s in sorted({base, base - 12}, key=abs) + [base + 12, base - 24]:
+        t = transpose(roll, s, enc)
+        if t is not None:
+            return t
+    return roll
+
+
+def write_clip(roll: np.ndarray, out_dir: Path, name: str, enc: Encoding, tempo: float, programs, wav: bool) -> dict:
+    """name.mid + name.png (+ name.wav) written atomically; returns the file names and the clip's stats."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_bytes_atomic(out_dir / f"{name}.mid", roll_to_midi(roll, enc, tempo=tempo, programs=programs, title=name))
+    write_bytes_atomic(out_dir / f"{name}.png", roll_to_png(roll, enc))
+    entry = {"midi": f"{name}.mid", "png": f"{name}.png", **mm.roll_stats(roll, enc.lo)}
+    if wav:
+        entry["wav"] = render_wav(out_dir / f"{name}.mid")
+    return entry
+
+
+def sample_music(out_dir: str, model: str = "auto", n: int = 20, bars: int = 8, tempo: float = 100.0,
+                 program: int | None = None, key: str | None = None, seed: int = 0, wav: bool = False,
+                 angle: float = 0.35, temperature: float = 0.7) -> dict:
+    """Write n clips (MIDI + piano-roll PNG each, WAV with --wav) and report.json into out_dir."""
+    if wav:
+        wav_tools()                                          # fail before any work if it cannot be done
+    folder = resolve_music_model(model, key)
+    net, enc, window_bars, cols = load_music_model(folder)
+    t0 = time.perf_counter()
+    rolls = generate_rolls(net, enc, window_bars, n, bars, seed, key, cols, angle, temperature)
+    seconds = time.perf_counter() - t0
+    programs = (program,) if program is not None else None
+    out = Path(out_dir)
+    clips = [write_clip(r, out, f"clip-{i:03d}", enc, tempo, programs, wav) for i, r in enumerate(rolls)]
+    report = {"model": str(folder), "mode": enc.name, "window_bars": window_bars, "bars": bars, "tempo": tempo,
+              "key": key, "seed": seed, "temperature": temperature, "clips": clips, "generate_seconds": round(seconds, 3),
+              "clips_per_s": round(n / max(seconds, 1e-9), 1), "summary": mm.set_stats(rolls, enc.lo), "out_dir": str(out)}
+    write_json_atomic(out / "report.json", report)
+    return report
+
+
+# ---------------------------------------------------------------- interpolate
+
+def interpolate_music(a: str, b: str, out_dir: str, model: str = "auto", steps: int = 8, tempo: float = 100.0,
+                      program: int | None = None, wav: bool = False) -> dict:
+    """Encode the first window of A and of B (their posterior means), decode `steps` points on the spherical
+    path between them: step-00 is A's reconstruction, the last is B's. Each step is a clip; morph.mid is all
+    of them in a row."""
+    import torch
+
+    if wav:
+        wav_tools()
+    folder = resolve_music_model(model)
+    net, enc, window_bars, cols = load_music_model(folder)
+    n = window_bars * BAR
+    xs, conds = [], []
+    for path in (a, b):
+        roll = midi_to_roll(Path(path), enc).roll
+        start = int(np.argmax((mm.sounding(roll, enc.lo) >= 0).any(0))) // BAR * BAR     # first bar with notes
+        w = cut(roll, start, start + n, enc.lo)
+        w = np.pad(w, ((0, 0), (0, n - w.shape[1])), constant_values=REST)
+        xs.append(w)
+        tonic, mode = mm.estimate_key(w, enc.lo)
+        conds.append([{0: 0, 1: tonic, 2: mode}[c] for c in cols])
+    x = torch.from_numpy(np.stack(xs))
+    cond = torch.tensor(conds) if cols else None
+    mu, _ = net.encode(x, cond)
+    ts = np.linspace(0, 1, steps)
+    z = torch.stack([slerp(mu[0], mu[1], float(t)) for t in ts])
+    c = torch.tensor([conds[0] if t < 0.5 else conds[1] for t in ts]) if cols else None
+    rolls = [canonical(r) for r in net.sample(steps, torch.Generator(), cond=c, z=z).numpy()]
+    programs = (program,) if program is not None else None
+    out = Path(out_dir)
+    clips = [write_clip(r, out, f"step-{i:02d}", enc, tempo, programs, wav) for i, r in enumerate(rolls)]
+    morph = write_clip(np.concatenate(rolls, 1), out, "morph", enc, tempo, programs, wav)
+    report = {"model": str(folder), "a": str(a), "b": str(b), "steps": steps, "clips": clips, "morph": morph,
+              "reconstruction_accuracy": {"a": mm.reconstruction_accuracy(xs[0], rolls[0]),
+                                          "b": mm.reconstruction_accuracy(xs[1], rolls[-1])}, "out_dir": str(out)}
+    write_json_atomic(out / "report.json", report)
+    return report
+
+
+def slerp(a, b, t: float):
+    """Spherical interpolation (White 2016): stays at prior-typical norms, unlike a straight line."""
+    import torch
+
+    omega = torch.arccos(torch.clamp(torch.dot(a / a.norm(), b / b.norm()), -1, 1))
+    if omega.abs() < 1e-4:
+        return (1 - t) * a + t * b
+    return (torch.sin((1 - t) * omega) * a + torch.sin(t * omega) * b) / torch.sin(omega)
+
+
+# ---------------------------------------------------------------- stats
+
+def music_stats(target: str, mode: str = "melody") -> dict:
+    """Per-file metrics (formats.music_metrics.roll_stats) for a MIDI file or every MIDI file under a folder;
+    a bad file is listed with its reason and the rest go on."""
+    enc = ENCODINGS[mode]
+    path = Path(target)
+    files = find_midi(path) if path.is_dir() else [path]
+    rows, failed = [], []
+    for f in files:
+        try:
+            clip = midi_to_roll(f, enc)
+        except BadMidi as e:
+            failed.append({"file": str(f), "reason": e.reason})
+            continue
+        rows.append({"file": str(f.relative_to(path)) if path.is_dir() else f.name, "tempo": clip.tempo,
+                     "meter": f"{clip.time_signature[0]}/{clip.time_signature[1]}", "flags": clip.flags,
+                     **mm.roll_stats(clip.roll, enc.lo)})
+    numeric = [k for k in (rows[0] if rows else {}) if isinstance(rows[0][k], (int, float)) and k != "tempo"]
+    mean = {k: float(np.nanmean([r[k] for r in rows])) for k in numeric} if rows else {}
+    return {"target": str(target), "mode": mode, "files": rows, "failed": failed, "mean": mean,
+            "counts": {"files": len(files), "read": len(rows), "failed": len(failed)}}
+
+
+# ---------------------------------------------------------------- audio
+
+SOUNDFONTS = ("/usr/share/sounds/sf2/FluidR3_GM.sf2", "/usr/share/sounds/sf2/default-GM.sf2",
+              "/usr/share/soundfonts/FluidR3_GM.sf2", "/usr/share/soundfonts/default.sf2")
+
+
+def wav_tools() -> tuple[str, str]:
+    """(fluidsynth, soundfont) or a RuntimeError saying what to install."""
+    exe = shutil.which("fluidsynth")
+    font = os.environ.get("AEFLOW_SOUNDFONT") or next((f for f in SOUNDFONTS if Path(f).is_file()), None)
+    if not exe or not font:
+        raise RuntimeError("--wav needs fluidsynth and a General MIDI soundfont: on Debian/Ubuntu "
+                           "`apt-get install --no-install-recommends fluidsynth fluid-soundfont-gm` "
+                           "(or set AEFLOW_SOUNDFONT to an .sf2 file)")
+    return exe, font
+
+
+def render_wav(midi: Path) -> str:
+    exe, font = wav_tools()
+    wav = midi.with_suffix(".wav")
+    tmp = wav.with_name(f".{wav.name}.tmp.wav")
+    subprocess.run([exe, "-ni", "-g", "0.8", "-r", "44100", "-F", str(tmp), font, str(midi)], check=True,
+                   capture_output=True, timeout=120)
+    os.replace(tmp, wav)
+    return wav.name
+
+
+# ---------------------------------------------------------------- demo
+
+def demo_music(out_dir: str, n: int = 4, bars: int = 8, seed: int = 0) -> dict:
+    """For `make demo`: a few 8-bar flute melodies from the shipped model, MIDI + piano-roll PNG each
+    (a second or two on a CPU; no training, no Prefect)."""
+    return sample_music(out_dir, "auto", n=n, bars=bars, seed=seed)
+
+
+# ---------------------------------------------------------------- Prefect flows (one run per CLI command)
+
+def _prefect():
+    """Prefect is imported when a flow is first used, not at import: the parse workers import this module,
+    and `demo_music` / the tests of the plain functions need none of it."""
+    from prefect import flow, task
+    from prefect.artifacts import create_markdown_artifact, create_table_artifact
+    from prefect.cache_policies import NO_CACHE
+
+    return flow, task, NO_CACHE, create_markdown_artifact, create_table_artifact
+
+
+_FLOWS: dict = {}
+
+
+def music_flows() -> dict:
+    """{"train", "sample", "interpolate", "stats"} -> Prefect flows: thin, a few coarse tasks each (paths and
+    small JSON between them; the stages cache themselves, so Prefect's result cache stays off)."""
+    if _FLOWS:
+        return _FLOWS
+    flow, task, NO_CACHE, md_artifact, table_artifact = _prefect()
+    ingest_task = task(name="ingest-music", cache_policy=NO_CACHE)(ingest_music)
+    train_task = task(name="train-music", cache_policy=NO_CACHE)(train_music)
+
+    @flow(name="music-train")
+    def music_train(source: str = "essen", mode: str = "melody", bars: int = 2, limit: int | None = None,
+                    model: dict | None = None, training: dict | None = None, condition: str | None = None,
+                    refresh: bool = False, progress: bool = True) -> str:
+        """Ingest a corpus or MIDI folder (cached), cut windows, train a VAE (cached)."""
+        ingest_dir = ingest_task(source, mode, limit, refresh=refresh)
+        model_dir = train_task(ingest_dir, bars, model, training, condition, refresh=refresh, progress=progress)
+        cfg = json.loads((Path(model_dir) / "config.json").read_text())
+        table_artifact(key="music-train-metrics", table=cfg["history"],
+                       description=f"Validation per epoch of {Path(model_dir).name}: {cfg['metrics']}")
+        return model_dir
+
+    @flow(name="music-sample")
+    def music_sample(**kwargs) -> dict:
+        """Sample clips from a music model: MIDI + piano-roll PNG (+ WAV) per clip and report.json."""
+        report = task(name="sample-music", cache_policy=NO_CACHE)(sample_music)(**kwargs)
+        md_artifact(key="music-sample", markdown=f"{len(report['clips'])} clips in `{report['out_dir']}`; "
+                                                 f"mean stats {json.dumps(report['summary'])}")
+        return report
+
+    @flow(name="music-interpolate")
+    def music_interpolate(**kwargs) -> dict:
+        """Morph from one MIDI file into another through the model's latent space."""
+        return task(name="interpolate-music", cache_policy=NO_CACHE)(interpolate_music)(**kwargs)
+
+    @flow(name="music-stats")
+    def music_stats_flow(**kwargs) -> dict:
+        """Metrics of every MIDI file in a folder (bad files listed with a reason)."""
+        report = task(name="music-stats", cache_policy=NO_CACHE)(music_stats)(**kwargs)
+        if report["files"]:
+            table_artifact(key="music-stats", table=[{k: v for k, v in r.items() if k != "flags"} for r in report["files"]],
+                           description=f"{report['target']}: mean {json.dumps(report['mean'])}")
+        return report
+
+    _FLOWS.update(train=music_train, sample=music_sample, interpolate=music_interpolate, stats=music_stats_flow)
+    return _FLOWS

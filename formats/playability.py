@@ -1,0 +1,365 @@
+"""Playability checkers for tile-grid levels (numpy only), as specified and calibrated in
+shared/notes/levels.md §4. Each takes integer grids and a Legend and answers per level.
+
+Platformers (Mario, Kid Icarus): Summerville's VGLC jump-arc pathfinder run as a reachability search.
+Its state (x, y, arc, step, direction) collapses to the cell (x, y): a mid-jump state has every successor
+of the standing/falling state in the same cell (rules 3/4 apply at every step, so a jump can be abandoned)
+plus the next arc cell, and an arc's continuation depends only on where it was started. So "reached" is
+a fixpoint over cells, computed for a whole batch of grids at once with boolean shifts; it visits exactly
+the cells the state machine visits.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import deque
+from pathlib import Path
+
+import numpy as np
+
+from formats.levels import Legend, get_legend
+
+Arc = tuple[tuple[int, int], ...]    # (dx, dy) offsets from the take-off cell; dy < 0 is up
+
+# VGLC PlatformerPathfinding/SMB.json (Summerville et al. 2016): three near-vertical jumps 4 high and two
+# running jumps 8 columns long rising 4, all rightward (mirrored for leftward jumps).
+MARIO_ARCS: tuple[Arc, ...] = (
+    ((0, -1), (0, -2), (1, -3), (1, -4), (0, -4)),
+    ((0, -1), (0, -2), (0, -3), (0, -4), (1, -4)),
+    ((1, -1), (1, -2), (1, -3), (1, -4), (2, -4)),
+    ((1, -1), (1, -2), (2, -2), (2, -3), (3, -3), (3, -4), (4, -4), (5, -3), (6, -3), (7, -3), (8, -2), (8, -1)),
+    ((1, -1), (1, -2), (2, -2), (2, -3), (3, -3), (3, -4), (4, -4), (5, -4), (6, -3), (7, -3), (8, -2), (8, -1)),
+)
+MARIO_SOLID = "XQS?Bb[]<>"           # the pathfinding file's solid set: enemies `E` and coins `o` are passable
+
+
+def load_arcs(path: Path, mirror: bool = False) -> tuple[Arc, ...]:
+    """Jump arcs from a VGLC jumps file ({"jumps": [[[dx, dy], ...], ...]}); `mirror` adds leftward copies
+    (the 5-arc SMB file is rightward only; the `*_estimated_jumps.json` files hold both directions)."""
+    arcs = tuple(tuple((int(dx), int(dy)) for dx, dy in a) for a in json.loads(Path(path).read_text())["jumps"])
+    return arcs + tuple(tuple((-dx, dy) for dx, dy in a) for a in arcs) if mirror else arcs
+
+
+def _shift(a: np.ndarray, dx: int, dy: int, wrap: bool) -> np.ndarray:
+    """Move every True cell of (N, H, W) by (dx, dy). Off the bottom or the sides: dropped (or wrapped in x);
+    above the top: clamped onto row 0 (the pathfinder's rule for jumps out of the screen)."""
+    n, h, w = a.shape
+    out = np.zeros_like(a)
+    if dy >= 0:
+        out[:, dy:] = a[:, :h - dy]
+    else:
+        out[:, :h + dy] = a[:, -dy:]
+        out[:, 0] |= a[:, :-dy].any(1)
+    if dx and wrap:
+        return np.roll(out, dx, axis=2)
+    res = np.zeros_like(out)
+    if dx >= 0:
+        res[:, :, dx:] = out[:, :, :w - dx]
+    else:
+        res[:, :, :w + dx] = out[:, :, -dx:]
+    return res
+
+
+def _arc_plan(arcs: tuple[Arc, ...]) -> list[list[tuple[tuple[int, int], np.ndarray]]]:
+    """Per step k: [((dx, dy), arc indices)] grouping the arcs by their move at that step (the first offset
+    at k = 0, then step differences); arcs shorter than k + 1 steps are absent."""
+    plan = []
+    for k in range(max(len(a) for a in arcs)):
+        groups: dict[tuple[int, int], list[int]] = {}
+        for i, a in enumerate(arcs):
+            if k < len(a):
+                d = a[0] if k == 0 else (a[k][0] - a[k - 1][0], a[k][1] - a[k - 1][1])
+                groups.setdefault(d, []).append(i)
+        plan.append([(d, np.array(idx)) for d, idx in groups.items()])
+    return plan
+
+
+def _arc_cells(s: np.ndarray, free: np.ndarray, alive: np.ndarray, steps, plan, wrap: bool) -> np.ndarray:
+    """Cells visited by jumps taken off from the standing cells `s` (N, H, W)."""
+    n, h, w = s.shape
+    new = np.zeros_like(s)
+    if len(steps) <= 20:                     # few arcs (the 5-arc file): one arc at a time
+        for first, deltas in steps:
+            cur = _shift(s, *first, wrap) & free
+            for dx, dy in deltas:
+                if not cur.any():
+                    break
+                new |= cur
+                cur = _shift(cur & alive, dx, dy, wrap) & free
+            new |= cur
+        return new
+    # many arcs (the estimated-jumps files, 120-140): all at once, (n_arcs, N, H, W), the arcs that share a
+    # step's (dx, dy) shifted together
+    cur = np.zeros((len(steps), n, h, w), dtype=bool)
+    for k, groups in enumerate(plan):
+        src = s[None] if k == 0 else cur & alive
+        nxt = np.zeros_like(cur)
+        for (dx, dy), idx in groups:
+            part = src[0] if k == 0 else src[idx].reshape(-1, h, w)
+            nxt[idx] = _shift(part, dx, dy, wrap).reshape(-1, n, h, w) & free
+        cur = nxt
+        if not cur.any():
+            break
+        new |= cur.any(0)
+    return new
+
+
+def platformer_reach(block: np.ndarray, support: np.ndarray, start: np.ndarray, arcs: tuple[Arc, ...],
+                     wrap: bool = False, max_iter: int = 100_000) -> np.ndarray:
+    """Cells reached by the VGLC pathfinder's moves (notes §4.1) from `start`.
+
+    block: (N, H, W) cells the player cannot enter; support: cells the player can stand on (block plus
+    one-way platforms); start: (N, H, W) start cells. Arcs are used as given (both directions must be in
+    the list). Returns (N, H, W) bool. Moves: standing (support below) -> walk one cell sideways or start
+    any arc whose first cell is free; in the air -> fall one cell, or drift one sideways while falling one
+    or two; a jump follows its arc cell by cell (step differences) while the cells are free and may be
+    abandoned at any step. A cell in the bottom row has no successors (falling out = death).
+    """
+    free = ~block
+    n, h, w = block.shape
+    alive = np.zeros((1, h, 1), dtype=bool)
+    alive[:, :h - 1] = True                                   # rule 1: y + 1 > H - 1 -> no successors
+    below = np.zeros_like(support)
+    below[:, :h - 1] = support[:, 1:]
+    stand = free & below & alive
+    plan = _arc_plan(arcs)
+    steps = [(a[0], [(b[0] - p[0], b[1] - p[1]) for p, b in zip(a[:-1], a[1:])]) for a in arcs]
+    offsets = np.array([d for a in arcs for d in a])
+    up, down, side = max(0, -offsets[:, 1].min()), max(0, offsets[:, 1].max()), np.abs(offsets[:, 0]).max()
+    reach = start & free
+    frontier = reach
+    for _ in range(max_iter):
+        s, air = frontier & stand, frontier & ~stand & alive
+        new = _shift(s, 1, 0, wrap) | _shift(s, -1, 0, wrap) | _shift(air, 0, 1, wrap)
+        for dx in (-1, 1):
+            new |= _shift(air, dx, 1, wrap) | _shift(air, dx, 2, wrap)
+        if s.any():
+            # arcs only near the standing frontier: a box around it with the arcs' reach as margin, so no arc
+            # can leave it except through the level's own edges (the same cells as on the whole grid)
+            ys = np.flatnonzero(s.any((0, 2)))
+            y0, y1 = max(0, ys[0] - up), min(h, ys[-1] + down + 1)
+            xs = np.flatnonzero(s.any((0, 1)))
+            x0, x1 = (0, w) if wrap else (max(0, xs[0] - side), min(w, xs[-1] + side + 1))
+            box = np.s_[:, y0:y1, x0:x1]
+            new[box] |= _arc_cells(s[box], free[box], alive[:, y0:y1], steps, plan, wrap)
+        frontier = new & free & ~reach                      # only new cells need expanding again
+        if not frontier.any():
+            break
+        reach |= frontier
+    return reach
+
+
+def _as_batch(grids) -> tuple[np.ndarray, bool]:
+    g = np.asarray(grids)
+    return (g[None], True) if g.ndim == 2 else (g, False)
+
+
+def mario_reach(grids, legend: Legend | str = "mario", mode: str = "level",
+                arcs: tuple[Arc, ...] | None = None) -> np.ndarray:
+    """Cells the Mario pathfinder reaches: (N, H, W) bool (or (H, W) for one grid).
+
+    mode "level": start at (x 2, y 2), as in the VGLC annotator; "window": start on every standable cell
+    (free, solid below) of the first 3 columns. Arcs default to MARIO_ARCS mirrored.
+    """
+    legend = get_legend(legend)
+    g, single = _as_batch(grids)
+    block = legend.mask(MARIO_SOLID)[g]
+    arcs = arcs or MARIO_ARCS + tuple(tuple((-dx, dy) for dx, dy in a) for a in MARIO_ARCS)
+    start = np.zeros_like(block)
+    if mode == "level":
+        start[:, 2, 2] = True
+    elif mode == "window":
+        start[:, :-1, :3] = ~block[:, :-1, :3] & block[:, 1:, :3]
+    else:
+        raise ValueError(f"mode must be 'level' or 'window', got {mode!r}")
+    reach = platformer_reach(block, block, start, arcs)
+    return reach[0] if single else reach
+
+
+def mario_playable(grids, legend: Legend | str = "mario", mode: str = "level") -> np.ndarray | bool:
+    """Mario jump-arc playability (notes §4.1): the last column is reached. Originals: 15 / 15 full levels,
+    98.2 % of 14 x 16 and 14 x 28 windows (mode "window"). Enemies are ignored; the check is lenient
+    (no lifts, falling drift bridges some gaps), so it is an upper bound on what the A* player finishes."""
+    reach = np.asarray(mario_reach(grids, legend, mode))
+    ok = reach[..., -1].any(-1)
+    return bool(ok) if ok.ndim == 0 else ok
+
+
+def mario_pipes_ok(grids, legend: Legend | str = "mario") -> np.ndarray | bool:
+    """Structural validity of Mario pipes (notes §3): `<` `>` and `[` `]` come in left-right pairs, a pipe
+    top or body has body or something solid below it (down to the ground or another pipe), and a body has
+    body or a top above it. Cells past the grid's edges count as fine (a window may cut a pipe)."""
+    legend = get_legend(legend)
+    g, single = _as_batch(grids)
+    t = {c: g == legend.index(c) for c in "<>[]"}
+    solid = legend.mask(MARIO_SOLID)[g]
+
+    def at(a, dy, dx, fill=True):                       # a shifted so that out[y, x] = a[y + dy, x + dx]
+        out = np.full_like(a, fill)
+        h, w = a.shape[1:]
+        out[:, max(0, -dy):h - max(0, dy), max(0, -dx):w - max(0, dx)] = \
+            a[:, max(0, dy):h + min(0, dy), max(0, dx):w + min(0, dx)]
+        return out
+
+    left, right = t["<"] | t["["], t[">"] | t["]"]
+    bad = (t["<"] & ~at(t[">"], 0, 1)) | (t["["] & ~at(t["]"], 0, 1))        # left halves need their right
+    bad |= (t[">"] & ~at(t["<"], 0, -1)) | (t["]"] & ~at(t["["], 0, -1))    # and the other way round
+    bad |= (left | right) & ~at(solid, 1, 0)                                # something solid below
+    bad |= (t["["] | t["]"]) & ~at(left | right, -1, 0)                     # body under body or a top
+    ok = ~bad.any((1, 2))
+    return bool(ok[0]) if single else ok
+
+
+KI_BLOCK, KI_SUPPORT = "#DH", "#DHTM"    # T, M: one-way platforms, stood on but passed through from below
+
+
+def kid_icarus_playable(grids, legend: Legend | str = "kid_icarus", arcs: tuple[Arc, ...] | None = None,
+                        goal_row: int | None = None, start_rows: int = 3) -> np.ndarray | bool:
+    """Kid Icarus (notes §4.5): Mario's rules with its own arcs (pass `load_arcs("Kid Icarus_estimated_jumps.json")`;
+    default: Mario's arcs), one-way platforms and horizontal wrap-around. Start: standable cells in the
+    lowest `start_rows` rows that have any; goal: a cell in `goal_row` or above (default: the top row).
+    Uncalibrated for generated 16 x 16 windows (the notes' variant); full levels pass the annotations."""
+    legend = get_legend(legend)
+    g, single = _as_batch(grids)
+    block, support = legend.mask(KI_BLOCK)[g], legend.mask(KI_SUPPORT)[g]
+    below = np.zeros_like(support)
+    below[:, :-1] = support[:, 1:]
+    standable = ~block & below
+    rows = np.arange(g.shape[1])[None, :, None]
+    lowest = np.where(standable.any(2), np.arange(g.shape[1])[None], -1).max(1)     # (N,) lowest row with a start
+    start = standable & (rows > (lowest - start_rows)[:, None, None])
+    arcs = arcs or MARIO_ARCS + tuple(tuple((-dx, dy) for dx, dy in a) for a in MARIO_ARCS)
+    reach = platformer_reach(block, support, start, arcs, wrap=True)
+    ok = reach[:, :(goal_row or 0) + 1].any((1, 2)) & (lowest >= 0)
+    return bool(ok[0]) if single else ok
+
+
+# ---------------------------------------------------------------- Lode Runner (notes §4.3)
+
+LR_PASSABLE = ".GEM#-"
+
+
+def lode_runner_graph(grid: np.ndarray, legend: Legend | str = "lode_runner", dig: bool = True) -> list[list[int]]:
+    """Successor lists over cells (index y * W + x) of the MM-NEAT LodeRunnerState move model: sideways
+    only when on a ladder/rope, on B/b/# or on the bottom row; up a ladder; down into anything but B
+    (into diggable b only when a neighbour of the target is not empty: one-step digging)."""
+    legend = get_legend(legend)
+    t = np.array(list(legend.tiles))[np.asarray(grid, dtype=np.intp)]      # (H, W) characters
+    h, w = t.shape
+    succ: list[list[int]] = [[] for _ in range(h * w)]
+    for y in range(h):
+        for x in range(w):
+            c = t[y, x]
+            if c not in LR_PASSABLE + "b":
+                continue                                   # never inside B; inside b only after digging it (a hole)
+            out = succ[y * w + x]
+            held = c in "#-" or y == h - 1 or t[y + 1, x] in "Bb#"
+            for nx in (x - 1, x + 1):
+                if held and 0 <= nx < w and t[y, nx] in LR_PASSABLE:
+                    out.append(y * w + nx)
+            if c == "#" and y > 0 and t[y - 1, x] in LR_PASSABLE:
+                out.append((y - 1) * w + x)
+            if y + 1 < h:
+                below = t[y + 1, x]
+                if below in LR_PASSABLE:
+                    out.append((y + 1) * w + x)
+                elif below == "b" and dig:
+                    beside = [t[y + 1, nx] for nx in (x - 1, x + 1) if 0 <= nx < w]
+                    if any(c != "." for c in beside):
+                        out.append((y + 1) * w + x)
+    return succ
+
+
+def _closure(succ: list[list[int]], start: int) -> set[int]:
+    seen, todo = {start}, deque([start])
+    while todo:
+        for v in succ[todo.popleft()]:
+            if v not in seen:
+                seen.add(v)
+                todo.append(v)
+    return seen
+
+
+def lode_runner_check(grid: np.ndarray, legend: Legend | str = "lode_runner", dig: bool = True) -> dict:
+    """{"each_gold": every G reachable from the single M; "all_gold": all gold in one run (the components
+    holding M and each G are totally ordered by reachability: exact for this move graph); "gold",
+    "reached"}. No spawn or several: unplayable. Originals: each 140 / 149, all 131 / 149; with dig=False
+    (strict, pcg_benchmark rule) 34 / 149."""
+    legend = get_legend(legend)
+    g = np.asarray(grid)
+    w = g.shape[1]
+    spawn = np.flatnonzero(g.ravel() == legend.index("M"))
+    gold = [int(i) for i in np.flatnonzero(g.ravel() == legend.index("G"))]
+    if len(spawn) != 1:
+        return {"each_gold": False, "all_gold": False, "gold": len(gold), "reached": 0,
+                "reason": f"{len(spawn)} spawns (need exactly one)"}
+    succ = lode_runner_graph(g, legend, dig)
+    reach = {int(spawn[0]): _closure(succ, int(spawn[0]))}
+    reached = [v for v in gold if v in reach[int(spawn[0])]]
+    each = len(reached) == len(gold)
+    chain = each
+    if each and len(gold) > 1:
+        # all in one run <=> for every pair, one reaches the other (then a topological walk collects all)
+        for v in gold:
+            reach[v] = _closure(succ, v)
+        chain = all(b in reach[a] or a in reach[b] for i, a in enumerate(gold) for b in gold[i + 1:])
+    return {"each_gold": each, "all_gold": chain, "gold": len(gold), "reached": len(reached),
+            "spawn": [int(spawn[0]) // w, int(spawn[0]) % w]}
+
+
+def lode_runner_playable(grids, legend: Legend | str = "lode_runner", dig: bool = True) -> np.ndarray | bool:
+    """All gold collectable in one run (criterion 2 of notes §4.3), per grid."""
+    g, single = _as_batch(grids)
+    ok = np.array([lode_runner_check(x, legend, dig)["all_gold"] for x in g])
+    return bool(ok[0]) if single else ok
+
+
+# ---------------------------------------------------------------- Zelda rooms (notes §4.4)
+
+ZELDA_DOORS = {"top": ((1, 4), (1, 5), (1, 6)), "bottom": ((14, 4), (14, 5), (14, 6)),
+               "left": ((7, 1), (8, 1)), "right": ((7, 9), (8, 9))}
+ZELDA_WALK = "FMODS"
+
+
+def zelda_check(room: np.ndarray, legend: Legend | str = "zelda", walk: str = ZELDA_WALK) -> dict:
+    """One 16 x 11 room block: {"playable", "doors": sides with a `D`, "stairs", "frame"}. Playable iff the
+    outer `W` frame is intact, there is a door or a stair, and a 4-connected walk over `walk` tiles from a
+    door (or stair) reaches every door side and every stair. `walk` + "P" (+ "B") gives the lenient variants
+    (water crossed with the ladder, push-blocks). Originals: 358 / 407 strict, 387 with P, 405 with P and B."""
+    legend = get_legend(legend)
+    t = np.array(list(legend.tiles))[np.asarray(room, dtype=np.intp)]
+    h, w = t.shape
+    frame = (t[0] == "W").all() and (t[-1] == "W").all() and (t[:, 0] == "W").all() and (t[:, -1] == "W").all()
+    doors = {side: [c for c in cells if t[c] == "D"] for side, cells in ZELDA_DOORS.items()}
+    doors = {k: v for k, v in doors.items() if v}
+    stairs = [tuple(map(int, c)) for c in zip(*np.nonzero(t == "S"))]
+    info = {"doors": sorted(doors), "stairs": len(stairs), "frame": bool(frame)}
+    targets = [v for v in doors.values()] + [[s] for s in stairs]
+    if not frame or (h, w) != (16, 11) or not targets:
+        return {**info, "playable": False}
+    ok = np.isin(t, list(walk))
+    seen, todo = {targets[0][0]}, deque([targets[0][0]])
+    while todo:
+        y, x = todo.popleft()
+        for ny, nx in ((y - 1, x), (y + 1, x), (y, x - 1), (y, x + 1)):
+            if 0 <= ny < h and 0 <= nx < w and ok[ny, nx] and (ny, nx) not in seen:
+                seen.add((ny, nx))
+                todo.append((ny, nx))
+    return {**info, "playable": all(any(c in seen for c in cells) for cells in targets)}
+
+
+def zelda_playable(grids, legend: Legend | str = "zelda", walk: str = ZELDA_WALK) -> np.ndarray | bool:
+    g, single = _as_batch(grids)
+    ok = np.array([zelda_check(x, legend, walk)["playable"] for x in g])
+    return bool(ok[0]) if single else ok
+
+
+CHECKERS = {"mario": mario_playable, "kid_icarus": kid_icarus_playable, "lode_runner": lode_runner_playable,
+            "zelda": zelda_playable}
+
+
+def playable(grids, game: str, **kw) -> np.ndarray | bool:
+    """The game's primary checker (see CHECKERS)."""
+    if game not in CHECKERS:
+        raise ValueError(f"no playability checker for {game!r}; have: {', '.join(CHECKERS)}")
+    return CHECKERS[game](grids, **kw)

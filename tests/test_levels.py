@@ -1,0 +1,209 @@
+"""Level codecs, readers (bad files), unit cutting, rendering, metrics, and the levels flows end to end
+on a tiny model (2 training steps)."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from formats.levels import (LEGENDS, BadLevel, contact_sheet, cut_units, diversity, get_legend, grid_to_level,
+                            grid_to_onehot, legend_from_json, level_files, level_to_grid, mario_gpt_levels,
+                            novelty, onehot_to_grid, read_level, render_level, tpkl, wilson, windows, zelda_rooms)
+
+VGLC = Path(__file__).resolve().parents[2] / "shared" / "data" / "vglc"
+needs_vglc = pytest.mark.skipif(not VGLC.is_dir(), reason=f"VGLC data not found at {VGLC}")
+TINY = {"widths": [8, 16], "latent": 4}
+TINY_TRAINING = {"steps": 2, "epoch_steps": 1, "batch_size": 4}
+
+
+def test_codecs_round_trip_for_every_game():
+    rng = np.random.default_rng(0)
+    for name, legend in LEGENDS.items():
+        g = rng.integers(0, legend.vocab, (7, 9)).astype(np.uint8)
+        text = grid_to_level(g, legend)
+        assert text.count("\n") == 7 and set(text) <= set(legend.tiles + "\n")
+        assert np.array_equal(level_to_grid(text, legend), g)
+        onehot = grid_to_onehot(g, legend.vocab)
+        assert onehot.shape == (legend.vocab, 7, 9) and np.array_equal(onehot.sum(0), np.ones((7, 9)))
+        assert np.array_equal(onehot_to_grid(onehot), g)
+        batch = grid_to_onehot(np.stack([g, g]), legend.vocab)
+        assert batch.shape == (2, legend.vocab, 7, 9)
+
+
+def test_line_end_quirks_are_accepted_and_path_marks_read_as_empty():
+    g = level_to_grid("--X\n-EX\n", "mario")
+    for variant in ("--X\r\n-EX\r\n", "\ufeff--X\n-EX", "--X\r-EX\r", "--X\n-EX\n\n\n"):
+        assert np.array_equal(level_to_grid(variant, "mario"), g)
+    assert np.array_equal(level_to_grid("x-X\n-EX", "mario"), g)
+
+
+@pytest.mark.parametrize("data, where, words", [
+    (b"--X\n-QZ\n", ":2:3", "'Z' is not in the mario legend"),
+    (b"--X\n-X\n", ":2:3", "ragged rows"),
+    (b"--X\n-\x00X\n", ":2", "binary data"),
+    (b"", "", "empty level"),
+    (b"--X\n\xff-X\n", ":2:1", "not in the mario legend"),
+])
+def test_bad_level_files_name_file_line_and_column(tmp_path, data, where, words):
+    path = tmp_path / "Level 3.txt"
+    path.write_bytes(data)
+    with pytest.raises(BadLevel) as e:
+        read_level(path, "mario")
+    assert str(e.value).startswith(f"{path}{where}: ") and words in str(e.value)
+    with pytest.raises(BadLevel, match="no such file"):
+        read_level(tmp_path / "missing.txt", "mario")
+
+
+def test_natural_order_windows_rooms_and_legend_json(tmp_path):
+    for name in ("Level 10.txt", "Level 2.txt", "README.txt", "Level 1.txt"):
+        (tmp_path / name).write_text("..\n")
+    assert [p.name for p in level_files(tmp_path)] == ["Level 1.txt", "Level 2.txt", "Level 10.txt"]
+    g = np.arange(3 * 40).reshape(3, 40).astype(np.uint8)
+    w = windows(g, 28)
+    assert w.shape == (13, 3, 28) and np.array_equal(w[5], g[:, 5:33])
+    assert windows(g, 16, 16).shape == (2, 3, 16)
+    v = windows(g.T, 16, axis=0)                                   # vertical: (N, 16, cols)
+    assert v.shape == (25, 16, 3) and np.array_equal(v[2], g.T[2:18])
+    legend = get_legend("zelda")
+    room = np.full((16, 11), legend.index("W"), np.uint8)
+    room[2:14, 2:9] = legend.index("F")
+    dark = np.full((16, 11), legend.index("W"), np.uint8)
+    dark[2:14, 2:9] = legend.index("-")
+    assert len(zelda_rooms(np.concatenate([np.concatenate([room, dark], 1), np.concatenate([dark, room], 1)]))) == 2
+    (tmp_path / "legend.json").write_text(json.dumps({"tiles": {"#": ["solid"], ".": ["passable", "empty"]}}))
+    lg = legend_from_json(tmp_path / "legend.json", "toy")
+    assert lg.tiles == ".#" and np.array_equal(level_to_grid("#.\n..", lg), [[1, 0], [0, 0]])
+    (tmp_path / "bad.json").write_text('{"tiles": {"ab": []}}')
+    with pytest.raises(BadLevel, match="single printable"):
+        legend_from_json(tmp_path / "bad.json")
+
+
+def test_rendering_and_contact_sheet_are_real_pngs():
+    from PIL import Image
+    import io
+
+    g = level_to_grid("-" * 6 + "\n" + "-?S<>-\n" + "XXX[]X", "mario")
+    pic = render_level(g, "mario")
+    assert pic.shape == (24, 48, 3) and pic.dtype == np.uint8
+    assert len({tuple(pic[12, x * 8 + 4]) for x in range(6)}) >= 4                 # tiles differ at a glance
+    sheet = Image.open(io.BytesIO(contact_sheet([g, g, g], "mario", ["a", "b", "c"])))
+    assert sheet.format == "PNG" and sheet.size[0] > 48
+
+
+def test_metrics_on_known_sets():
+    a = np.zeros((4, 2, 3), np.uint8)
+    a[1, 0, 0] = a[2, 1, 1] = a[3] = 1
+    nov = novelty(a, a[:2])
+    assert nov["novel"] == 0.5 and np.isclose(nov["nn_hamming"], (0 + 0 + 1 / 6 + 5 / 6) / 4)
+    div = diversity(a[:2])
+    assert div["distinct"] == 1.0 and np.isclose(div["pairwise_hamming"], 1 / 6)
+    assert tpkl(a, a, 2) < 1e-6 < tpkl(a, a[:1], 2)
+    lo, hi = wilson(98, 100)
+    assert 0.92 < lo < 0.98 < hi < 1.0
+
+
+def test_mario_gpt_corpus_equals_the_vglc_paths():
+    pytest.importorskip("importlib.util").find_spec("mario_gpt") or pytest.skip("mario-gpt is not installed")
+    levels = mario_gpt_levels()
+    assert [n for n, _ in levels][:2] == ["mario-1-1", "mario-1-2"] and len(levels) == 15
+    assert sum(g.shape[1] for _, g in levels) == 2923 - 15 * 4
+    if VGLC.is_dir():
+        p = read_level(VGLC / "super_mario_bros" / "paths" / "mario-1-1_Annotated_Path.txt", "mario")
+        assert np.array_equal(levels[0][1], p[:, 4:])               # `x` read as empty on both sides
+
+
+@needs_vglc
+def test_vglc_unit_counts():
+    smb = [read_level(f, "mario") for f in level_files(VGLC / "super_mario_bros" / "processed")]
+    assert sum(len(cut_units("mario", g)) for g in smb) == 2518
+    assert sum(len(cut_units("mario", g, 16)) for g in smb) == 2698
+    ki = [read_level(f, "kid_icarus") for f in level_files(VGLC / "kid_icarus" / "processed")]
+    assert sum(len(cut_units("kid_icarus", g)) for g in ki) == 1165
+
+
+def tiny_corpus(root: Path) -> Path:
+    """Three 14 x 60 Mario levels: flat ground with a gap, a few blocks, an enemy; plus a README to skip."""
+    data = root / "smb"
+    data.mkdir()
+    for i in range(3):
+        rows = [["-"] * 60 for _ in range(12)] + [["X"] * 60 for _ in range(2)]
+        for x in range(20 + i, 23 + i):
+            rows[12][x] = rows[13][x] = "-"
+        rows[8][30 + i], rows[11][40 - i] = "?", "E"
+        (data / f"level {i}.txt").write_text("\n".join("".join(r) for r in rows))
+    (data / "README.txt").write_text("not a level")
+    return data
+
+
+def test_cvae_conditions_round_trip(tmp_path):
+    """A cvae trains on bucketed window features and samples under a --cond (plain functions, no Prefect)."""
+    from flows.levels import mario_conditions, parse_cond, sample_levels, train_levels
+
+    data = tiny_corpus(tmp_path)
+    model = train_levels("mario", str(data), kind="cvae", model=TINY, training=TINY_TRAINING, progress=False)
+    cfg = json.loads((Path(model) / "config.json").read_text())
+    assert cfg["model"]["kind"] == "cvae" and cfg["model"]["cond"] == [4, 4, 4]
+    report = sample_levels(str(tmp_path / "out"), model=model, n=2, cond="enemies=many,gaps=none", raw=True)
+    assert set(report["cond_match"]) == {"enemies", "pipes", "gaps"} and len(report["files"]) == 2
+    assert parse_cond("pipes=some").tolist() == [[1, 2, 1]]
+    with pytest.raises(ValueError, match="NAME=LEVEL"):
+        parse_cond("coins=many")
+    with pytest.raises(ValueError, match="--cond is required"):
+        sample_levels(str(tmp_path / "x"), model=model, n=1)
+    g = level_to_grid("-" * 28 + "\n" + "-" * 5 + "EEEE" + "-" * 19 + "\n" + "X" * 10 + "-" * 9 + "X" * 9, "mario")
+    assert mario_conditions(g[None]).tolist() == [[3, 0, 3]]             # 4 enemies, no pipe, 9 gap columns
+
+
+def test_any_game_through_a_vglc_legend_json(tmp_path):
+    from flows.levels import sample_levels, train_levels
+
+    data = tmp_path / "toy"
+    data.mkdir()
+    legend = tmp_path / "toy.json"
+    legend.write_text(json.dumps({"tiles": {"#": ["solid"], ".": ["passable", "empty"], "k": ["key"]}}))
+    for i in range(4):
+        (data / f"room{i}.txt").write_text("######\n#." + "." * i + "k" * (3 - i) + "#\n######\n")
+    (data / "bad.txt").write_text("######\n#..?.#\n")
+    model = train_levels(str(legend), str(data), model=TINY, training=TINY_TRAINING, progress=False)
+    cfg = json.loads((Path(model) / "config.json").read_text())
+    assert cfg["model"]["vocab"] == 3 and cfg["model"]["shape"] == [3, 6] and cfg["data"]["train_windows"] >= 2
+    report = sample_levels(str(tmp_path / "out"), model=model, n=2, raw=True)
+    assert [read_level(tmp_path / "out" / f"{f}.txt", str(legend)).shape for f in report["files"]] == [(3, 6)] * 2
+
+
+@pytest.mark.prefect
+def test_levels_flows_end_to_end(tmp_path):
+    """Train two steps, sample, check (Prefect flows), then a full level and an interpolation (the same
+    functions without Prefect): files written and read back."""
+    from flows.levels import interpolate_levels, levels_check_flow, levels_sample_flow, levels_train_flow, sample_levels
+
+    data = tiny_corpus(tmp_path)
+    model = levels_train_flow(game="mario", data=str(data), model=TINY, training=TINY_TRAINING, progress=False)
+    cfg = json.loads((Path(model) / "config.json").read_text())
+    assert cfg["steps"] == 2 and cfg["model"]["vocab"] == 13 and cfg["model"]["shape"] == [14, 28]
+
+    out = tmp_path / "windows"
+    report = levels_sample_flow(out_dir=str(out), model=model, n=3, seed=1, raw=True)
+    on_disk = json.loads((out / "report.json").read_text())
+    assert on_disk["n"] == 3 and on_disk["raw"] is True and "originals" in on_disk
+    assert report["files"] == ["level-000", "level-001", "level-002"]
+    grids = [read_level(out / f"{f}.txt", "mario") for f in report["files"]]
+    assert all(g.shape == (14, 28) for g in grids) and (out / "contact_sheet.png").stat().st_size > 0
+    assert 0 <= report["novelty"]["novel"] <= 1 and "k2" in report["tpkl"]
+
+    full = sample_levels(str(tmp_path / "full"), model=model, n=1, length=60, seed=2, max_tries=3)   # no Prefect
+    if full["delivered"]["of"]:                         # delivered levels pass the full-level checker
+        assert full["delivered"]["rate"] == 1.0
+        assert read_level(tmp_path / "full" / "level-000.txt", "mario").shape == (14, 60)
+
+    (out / "broken.txt").write_text("--Z\n")
+    checked = levels_check_flow(path=str(out), game="mario")
+    assert checked["checked"] == 3 and len(checked["bad"]) == 1 and "broken.txt:1:3" in checked["bad"][0]["reason"]
+    assert checked["playable"] == sum(
+        bool(__import__("formats.playability", fromlist=["x"]).mario_playable(g, mode="window")) for g in grids)
+
+    first = data / "level 0.txt"
+    r = interpolate_levels(str(first), str(first), str(tmp_path / "interp"), steps=3, model=model)
+    steps = [read_level(tmp_path / "interp" / f"{f}.txt", "mario") for f in r["files"]]
+    assert len(steps) == 3 and np.array_equal(steps[0], steps[-1])      # same level at both ends

@@ -1,0 +1,327 @@
+"""Music: token rolls <-> MIDI files read back by mido, bad MIDI reported, metrics with known answers, and a tiny
+end-to-end flow (ingest a few corpus pieces, train two steps, sample, read the MIDI back)."""
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import mido
+import numpy as np
+import pytest
+
+from formats import music_metrics as mm
+from formats.music import (CHORALE, HOLD, MELODY, OFFSET, REST, BadMidi, canonical, cut, midi_to_roll, notes_to_roll,
+                           roll_to_midi, roll_to_notes, roll_to_png, transpose)
+
+
+def tok(pitch: int, enc=MELODY) -> int:
+    return OFFSET + pitch - enc.lo
+
+
+def melody() -> np.ndarray:
+    """Two bars: C4 quarter, C4 8th (a repeat, not a hold), 8th rest, E4 G4 16ths, C5 quarter; a bar of 8ths."""
+    C, E, G, C5 = (tok(p) for p in (60, 64, 67, 72))
+    bar1 = [C, HOLD, HOLD, HOLD, C, HOLD, REST, REST, E, G, REST, REST, C5, HOLD, HOLD, HOLD]
+    bar2 = [t for p in (60, 62, 64, 65, 67, 65, 64, 62) for t in (tok(p), HOLD)]
+    return np.array([bar1 + bar2])
+
+
+def test_melody_round_trip_through_a_real_file(tmp_path):
+    roll = melody()
+    path = tmp_path / "m.mid"
+    path.write_bytes(roll_to_midi(roll, MELODY, tempo=100, programs=(73,), time_signature=(4, 4)))
+    mid = mido.MidiFile(path)                                  # mido itself reads what we wrote
+    assert mid.type == 1 and len(mid.tracks) == 2 and mid.ticks_per_beat == 480
+    meta = {m.type: m for m in mid.tracks[0]}
+    ts = meta["time_signature"]
+    assert meta["set_tempo"].tempo == 600_000 and (ts.numerator, ts.denominator) == (4, 4)
+    msgs = [m for m in mid.tracks[1] if not m.is_meta]
+    assert msgs[0].type == "program_change" and msgs[0].program == 73
+    ons = [m for m in msgs if m.type == "note_on"]
+    assert len(ons) == 13 and all(60 <= m.velocity <= 100 for m in ons) and ons[0].velocity > ons[1].velocity
+    # the repeated C4 at step 4: its note_off comes before the new note_on, at the same tick
+    t, seq = 0, []
+    for m in mid.tracks[1]:
+        t += m.time
+        if m.type in ("note_on", "note_off"):
+            seq.append((t, m.type, m.note))
+    assert seq[1:3] == [(480, "note_off", 60), (480, "note_on", 60)]
+    assert mid.length == pytest.approx(32 * 0.15)              # 32 16ths at 100 bpm
+    clip = midi_to_roll(path, MELODY)
+    assert np.array_equal(clip.roll, roll) and clip.tempo == 100 and clip.programs == (73,) and not clip.flags
+
+
+def test_chorale_round_trip_one_track_per_voice(tmp_path):
+    rng = np.random.default_rng(0)
+    notes = [(v, s, 2 * (1 + rng.integers(0, 3)), base + rng.integers(-3, 4))
+             for v, base in enumerate((72, 65, 57, 45)) for s in range(0, 64, 6)]
+    roll = notes_to_roll(np.array(notes), 64, CHORALE)
+    path = tmp_path / "c.mid"
+    path.write_bytes(roll_to_midi(roll, CHORALE, tempo=72, programs=(52, 52, 52, 32)))
+    mid = mido.MidiFile(path)
+    assert len(mid.tracks) == 5
+    channels = [{m.channel for m in t if not m.is_meta} for t in mid.tracks[1:]]
+    assert channels == [{0}, {1}, {2}, {3}]
+    clip = midi_to_roll(path, CHORALE)
+    assert np.array_equal(clip.roll, roll) and clip.programs == (52, 52, 52, 32)
+    assert clip.tempo == pytest.approx(72, abs=1e-3)
+    assert np.array_equal(roll_to_notes(roll, CHORALE.lo)[:, 3].min(), min(n[3] for n in notes))
+    png = roll_to_png(roll, CHORALE)
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    from PIL import Image
+    import io
+    assert Image.open(io.BytesIO(png)).size[0] == 64 * 4 + 1
+
+
+def test_other_writers_velocity_zero_and_type_0(tmp_path):
+    """A type-0 file from another tool: 960 ticks per beat, note_on velocity 0 as note-off, two channels,
+    a hanging note and a drum hit (ignored)."""
+    mid = mido.MidiFile(type=0, ticks_per_beat=960)
+    mid.tracks.append(mido.MidiTrack([
+        mido.Message("note_on", channel=0, note=67, velocity=90, time=0),
+        mido.Message("note_on", channel=1, note=48, velocity=90, time=0),
+        mido.Message("note_on", channel=9, note=36, velocity=90, time=0),
+        mido.Message("note_on", channel=0, note=67, velocity=0, time=960),
+        mido.Message("note_on", channel=0, note=69, velocity=90, time=0),
+        mido.Message("note_on", channel=0, note=69, velocity=0, time=480)]))   # channel 1 never switched off
+    path = tmp_path / "other.mid"
+    mid.save(path)
+    mel = midi_to_roll(path, MELODY)                   # skyline: the top line, 67 then 69
+    assert mel.roll[0, :6].tolist() == [tok(67), HOLD, HOLD, HOLD, tok(69), HOLD]
+    assert mel.tempo == 120.0 and any("never switched off" in f for f in mel.flags)
+    ch = midi_to_roll(path, CHORALE)
+    assert ch.tracks == 2 and ch.roll[1, 0] == tok(48, CHORALE) and (ch.roll[2:] == REST).all()
+
+
+def valid_bytes() -> bytes:
+    return roll_to_midi(melody(), MELODY)
+
+
+def bad_files(folder: Path) -> dict[str, str]:
+    """name -> a word the reason must contain."""
+    good = valid_bytes()
+    cases = {"empty.mid": (b"", "empty"), "text.mid": (b"hello, not midi\n" * 4, "not a MIDI file"),
+             "truncated.mid": (good[:-20], "truncated"), "head.mid": (good[:10], "truncated"),
+             "format3.mid": (good[:8] + b"\x00\x03" + good[10:], "format 3"),
+             "division0.mid": (good[:12] + b"\x00\x00" + good[14:], "division 0"),
+             "smpte.mid": (good[:12] + b"\xe7\x28" + good[14:], "SMPTE")}
+    i = good.index(b"\x00\xc0\x49") + 1                        # program change status -> undefined 0xF4
+    cases["status.mid"] = (good[:i] + b"\xf4" + good[i + 1:], "not a valid MIDI")
+    for name, (data, _) in cases.items():
+        (folder / name).write_bytes(data)
+    t0 = mido.MidiFile()
+    t0.tracks.append(mido.MidiTrack([mido.MetaMessage("set_tempo", tempo=0), mido.Message("note_on", note=60, time=10),
+                                     mido.Message("note_off", note=60, time=10)]))
+    t0.save(folder / "tempo0.mid")
+    far = mido.MidiFile()
+    far.tracks.append(mido.MidiTrack([m for _ in range(50) for m in (mido.Message("note_on", note=60, time=0x0FFFFFFF),
+                                                                     mido.Message("note_off", note=60, time=1))]))
+    far.save(folder / "far.mid")
+    silent = mido.MidiFile()
+    silent.tracks.append(mido.MidiTrack([mido.MetaMessage("set_tempo", tempo=500000)]))
+    silent.save(folder / "silent.mid")
+    (folder / "huge.mid").write_bytes(good + b"\0" * (1 << 20))
+    return {**{k: v[1] for k, v in cases.items()}, "tempo0.mid": "tempo 0", "far.mid": "absurd duration",
+            "silent.mid": "no notes", "huge.mid": "cap"}
+
+
+def test_bad_midi_files_give_one_line_reasons(tmp_path):
+    expected = bad_files(tmp_path)
+    for name, word in expected.items():
+        with pytest.raises(BadMidi) as err:
+            midi_to_roll(tmp_path / name, MELODY)
+        msg = str(err.value)
+        assert msg.startswith(str(tmp_path / name) + ": ") and word in msg and "\n" not in msg, (name, msg)
+
+
+# ---------------------------------------------------------------- metrics with known answers
+
+def test_metrics_on_hand_made_rolls():
+    roll = melody()
+    assert mm.pitch_class_histogram(roll, MELODY.lo)[0] == pytest.approx(4 / 13)          # C: 3 C4 + 1 C5 of 13 notes
+    lengths = mm.note_length_histogram(roll, MELODY.lo)
+    # quarter x 2 (C4, C5), 8th x 9 (C4 + 8 eighths), 16th x 2 (E, G), no half ... of 13 notes
+    assert lengths[[2, 3, 4, 1]].tolist() == pytest.approx([2 / 13, 9 / 13, 2 / 13, 0])
+    assert mm.pitch_range(roll, MELODY.lo) == 12
+    assert mm.qualified_note_rate(roll, MELODY.lo) == pytest.approx(11 / 13)
+    assert mm.in_scale_rate(roll, MELODY.lo) == 1.0 and mm.best_major_scale(roll, MELODY.lo) in (0, 7, 5)
+    assert mm.estimate_key(roll, MELODY.lo) == (0, 0)                                     # C major
+    # intervals: 0, 4, 3, 5, -12, 2, 2, 1, 2, -2, -1, -2 -> mean |.| = 36 / 12
+    assert mm.mean_interval(roll, MELODY.lo) == pytest.approx(36 / 12)
+    two = np.concatenate([roll, np.full((1, 16), REST)], 1)                               # a silent 3rd bar
+    assert mm.empty_bar_rate(two) == pytest.approx(1 / 3)
+    assert mm.used_pitch_classes(two, MELODY.lo) == pytest.approx((3 + 5) / 2)           # {C,E,G}, {C,D,E,F,G}
+    # chorale: C major triad + octave in all four beats -> 4 pitches sounding, TD(C, C) = 0, TD(C, F#) > TD(C, G)
+    def chord(pitches):
+        return notes_to_roll(np.array([(v, 0, 16, p) for v, p in enumerate(pitches)]), 16, CHORALE)
+    c = chord((72, 67, 64, 48))
+    assert mm.polyphonicity(c, CHORALE.lo) == 1.0 and mm.used_pitch_classes(c, CHORALE.lo) == 3
+    assert mm.tonal_distance(c[:1], c[3:], CHORALE.lo) == pytest.approx(0)
+    g, fs = chord((79, 0, 0, 0))[:1], chord((78, 0, 0, 0))[:1]
+    assert mm.tonal_distance(c[:1], fs, CHORALE.lo) > mm.tonal_distance(c[:1], g, CHORALE.lo) > 0
+    assert mm.reconstruction_accuracy(roll, np.where(np.arange(32) < 8, roll, REST)) == pytest.approx(
+        (8 + (roll[0, 8:] == REST).sum()) / 32)
+    assert mm.copy_rate(np.stack([roll, two[:, 16:48]]), np.stack([roll])) == 0.5
+
+
+def test_overlap_same_set_high_and_different_set_low():
+    rng = np.random.default_rng(0)
+    scale = [60, 62, 64, 65, 67, 69, 71, 72]
+
+    def tune(pitches, long: bool):
+        d = 4 if long else 1
+        notes = [(0, s, d, pitches[rng.integers(len(pitches))]) for s in range(0, 32, d)]
+        return notes_to_roll(np.array(notes), 32, MELODY)
+
+    real = [tune(scale, True) for _ in range(60)]
+    same = [tune(scale, True) for _ in range(60)]
+    other = [tune(list(range(48, 84)), False) for _ in range(60)]
+    a, b = mm.overlap(real, same, MELODY.lo), mm.overlap(real, other, MELODY.lo)
+    for name in mm.FEATURES:
+        assert a[name]["oa"] > 0.8 and a[name]["oa"] > b[name]["oa"], name
+    assert b["note_lengths"]["oa"] < 0.2 and b["note_lengths"]["kld"] > a["note_lengths"]["kld"]
+
+
+def test_windows_cut_and_transpose():
+    roll = melody()
+    w = cut(roll, 1, 17, MELODY.lo)                            # starts inside the held C4
+    assert w[0, 0] == tok(60) and np.array_equal(w[0, 1:], roll[0, 2:17])
+    assert transpose(roll, 5, MELODY)[0, 0] == tok(65)
+    assert transpose(roll, 12, MELODY) is None                 # C5 + 12 = C6 leaves MIDI 48-83
+    orphan = np.array([[HOLD, tok(60), HOLD, REST, HOLD]])
+    assert canonical(orphan).tolist() == [[REST, tok(60), HOLD, REST, REST]]
+
+
+# ---------------------------------------------------------------- stages, flows, CLI
+
+TINY = {"widths": [8, 16], "latent": 4}
+TINY_TRAINING = {"steps": 2, "epoch_steps": 1, "batch_size": 4}
+
+
+def melody_folder(folder: Path, n: int = 4) -> Path:
+    """n 4-bar melodies written as MIDI files, plus broken files that the ingest must report and skip."""
+    rng = np.random.default_rng(1)
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        notes = [(0, s, 2 * rng.integers(1, 3), 60 + rng.choice([0, 2, 4, 5, 7, 9])) for s in range(0, 64, 4)]
+        (folder / f"tune{i}.mid").write_bytes(roll_to_midi(notes_to_roll(np.array(notes), 64, MELODY), MELODY))
+    good = (folder / "tune0.mid").read_bytes()
+    (folder / "broken.mid").write_bytes(good[:-20])
+    (folder / "notes.mid").write_text("not midi")
+    os.mkfifo(folder / "pipe.mid")                            # would block a naive open()
+    return folder
+
+
+def read_back(path: Path, enc) -> np.ndarray:
+    mid = mido.MidiFile(path)
+    assert len(mid.tracks) == enc.voices + 1 and any(m.type == "set_tempo" for m in mid.tracks[0])
+    return midi_to_roll(path, enc).roll
+
+
+def test_midi_folder_ingest_train_sample_interpolate_stats(tmp_path):
+    from flows.music import (interpolate_music, ingest_music, music_stats, sample_music, train_music,
+                             window_split)
+
+    src = melody_folder(tmp_path / "midi")
+    ingest = Path(ingest_music(str(src), "melody"))
+    manifest = json.loads((ingest / "manifest.json").read_text())
+    assert manifest["counts"] == {"units": 7, "pieces": 4, "failed": 3, "steps": 256}
+    reasons = {Path(f["file"]).name: f["reason"] for f in manifest["failed"]}
+    assert "truncated" in reasons["broken.mid"] and "not a MIDI file" in reasons["notes.mid"]
+    assert reasons["pipe.mid"] == "not a regular file"
+    assert Path(ingest_music(str(src), "melody")) == ingest                  # cached by content
+    (xt, lt), (xv, lv), enc, info = window_split(str(ingest), 2)
+    assert info["windows"] == 4 * 3 and xt.shape[1:] == (1, 32) and len(xt) > 3 * len(xv)   # transposed copies
+    assert lt[:, 1].max() < 12 and set(lt[:, 2]) <= {0, 1} and (lt[:, 0] == 0).all()   # key, mode, meter 4/4
+
+    model = Path(train_music(str(ingest), 2, TINY, TINY_TRAINING, progress=False))
+    cfg = json.loads((model / "config.json").read_text())
+    assert cfg["steps"] == 2 and cfg["model"]["vocab"] == MELODY.vocab and cfg["model"]["shape"] == [1, 32]
+    assert "val_acc" in cfg["metrics"] and cfg["data"]["mode"] == "melody"
+
+    report = sample_music(str(tmp_path / "clips"), str(model), n=2, bars=5, tempo=90, program=0, key="D", seed=3)
+    for clip in report["clips"]:
+        roll = read_back(tmp_path / "clips" / clip["midi"], MELODY)
+        assert roll.shape == (1, 80) and (tmp_path / "clips" / clip["png"]).stat().st_size > 100
+        assert mido.MidiFile(tmp_path / "clips" / clip["midi"]).length == pytest.approx(80 * 60 / 90 / 4)
+    again = sample_music(str(tmp_path / "again"), str(model), n=2, bars=5, tempo=90, program=0, key="D", seed=3)
+    assert [(tmp_path / "again" / c["midi"]).read_bytes() for c in again["clips"]] == \
+        [(tmp_path / "clips" / c["midi"]).read_bytes() for c in report["clips"]]        # seeded
+
+    morph = interpolate_music(str(src / "tune0.mid"), str(src / "tune1.mid"), str(tmp_path / "morph"), str(model), steps=3)
+    assert read_back(tmp_path / "morph" / "morph.mid", MELODY).shape == (1, 96)
+    stats = music_stats(str(src))
+    assert stats["counts"] == {"files": 7, "read": 4, "failed": 3} and stats["mean"]["in_scale"] == 1.0
+    if not shutil.which("fluidsynth"):                      # without it, --wav says what to install
+        with pytest.raises(RuntimeError, match="fluid-soundfont-gm"):
+            sample_music(str(tmp_path / "wav"), str(model), n=1, wav=True)
+
+
+@pytest.mark.prefect
+def test_chorale_flows_and_cli_end_to_end(tmp_path):
+    """Three music21 chorales ingested, a tiny key-conditioned cvae, clips and stats through the Prefect flows
+    and the CLI."""
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+    from flows.music import music_flows
+
+    flows = music_flows()
+    model = Path(flows["train"](source="bach", mode="chorale", bars=2, limit=3, model=TINY, training=TINY_TRAINING,
+                                condition="key", progress=False))   # 3 pieces parse in-process (4+: worker processes)
+    cfg = json.loads((model / "config.json").read_text())
+    assert cfg["model"]["kind"] == "cvae" and cfg["model"]["cond"] == [12, 2] and cfg["model"]["shape"] == [4, 32]
+    ingest = json.loads((next((model.parents[1] / "ingest-music").glob("bach-chorale-*")) / "manifest.json").read_text())
+    assert ingest["counts"]["pieces"] == 3 and ingest["counts"]["failed"] == 0 and ingest["off_grid_notes"] < 0.01
+    report = flows["sample"](out_dir=str(tmp_path / "ch"), model=str(model), n=2, bars=4, key="Bb")
+    for clip in report["clips"]:
+        assert read_back(tmp_path / "ch" / clip["midi"], CHORALE).shape == (4, 64)
+    result = CliRunner().invoke(app, ["music", "stats", "--mode", "chorale", str(tmp_path / "ch")], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    assert "2 read, 0 failed of 2 files" in result.output and "mean" in result.output
+
+
+def test_shipped_model_demo_writes_clips_that_read_back(tmp_path):
+    from flows.catalog import PRETRAINED
+    from flows.music import PRETRAINED_MELODY, demo_music
+
+    folder = PRETRAINED / PRETRAINED_MELODY
+    assert all(f.stat().st_size < 2 << 20 for f in folder.iterdir()) and (folder / "MODEL_CARD.md").is_file()
+    report = demo_music(str(tmp_path))
+    assert len(report["clips"]) == 4 and report["bars"] == 8 and report["window_bars"] == 2
+    for clip in report["clips"]:
+        roll = read_back(tmp_path / clip["midi"], MELODY)
+        assert roll.shape == (1, 128) and clip["notes"] >= 8 and clip["empty_bars"] <= 0.25
+        assert (tmp_path / clip["png"]).read_bytes()[:4] == b"\x89PNG"
+    assert report["summary"]["in_scale"] > 0.8           # a trained model, not noise (random tokens: ~0.6)
+
+
+def test_key_with_the_auto_model_uses_the_key_conditioned_model(tmp_path):
+    from flows.music import PRETRAINED_KEY, sample_music
+
+    report = sample_music(str(tmp_path), "auto", n=6, bars=4, key="E", seed=0)
+    assert Path(report["model"]).name == PRETRAINED_KEY
+    chroma = sum(mm.chroma(read_back(tmp_path / c["midi"], MELODY), MELODY.lo) for c in report["clips"])
+    e_major = np.roll(mm.MAJOR, 4)
+    assert chroma[e_major].sum() / chroma.sum() > 0.85          # E major's scale, not C's
+
+
+@pytest.mark.parametrize("args", [["music"], ["music", "train"], ["music", "sample"], ["music", "interpolate"],
+                                  ["music", "stats"]])
+def test_music_commands_have_help(args):
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    result = CliRunner().invoke(app, args + ["--help"])
+    assert result.exit_code == 0 and "Usage" in result.output and len(result.output.splitlines()) > 6
+
+
+def test_unknown_corpus_is_a_clear_error():
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    result = CliRunner().invoke(app, ["music", "train", "--corpus", "nottingham"], terminal_width=200)
+    assert result.exit_code != 0 and "folder of MIDI files" in result.output and "essen" in result.output
