@@ -23,13 +23,14 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from flows.levels import (_training_units, check_units, full_level, latent_walk, resolve_level_model,  # noqa: E402
+from flows.levels import (_training_units, check_units, full_level, resolve_level_model,  # noqa: E402
                           sample_windows, train_levels)
 from flows.settings import outputs_root  # noqa: E402
 from formats.levels import diversity, novelty, tpkl, wilson, windows  # noqa: E402
 from formats.playability import mario_pipes_ok, mario_playable  # noqa: E402
 from models.checkpoints import read_config  # noqa: E402
 from models.registry import load_model  # noqa: E402
+from models.vaes import latent_walk  # noqa: E402
 
 VGLC = ROOT.parent / "shared" / "data" / "vglc"
 

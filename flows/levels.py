@@ -242,17 +242,6 @@ def _generator(seed: int):
     return torch.Generator().manual_seed(seed)
 
 
-def latent_walk(n_windows: int, latent: int, gen, rho: float = 0.7):
-    """A smooth walk: z_0 ~ N(0, I), z_k = rho z_{k-1} + sqrt(1 - rho^2) eps (stationary AR(1): every z_k is
-    N(0, I), so each window looks like a sample, and neighbours are correlated). (n_windows, latent)."""
-    import torch
-
-    z = [torch.randn(latent, generator=gen)]
-    for _ in range(n_windows - 1):
-        z.append(rho * z[-1] + (1 - rho ** 2) ** 0.5 * torch.randn(latent, generator=gen))
-    return torch.stack(z)
-
-
 def _cond_tensor(cond: np.ndarray | None, n: int):
     import torch
 
@@ -306,6 +295,8 @@ def _full_levels(net, n: int, length: int, gen, cond, raw: bool, temperature: fl
     (window after window, nothing chosen; these are the levels when `raw`), else levels are built with
     `full_level`, seams checked."""
     import torch
+
+    from models.vaes import latent_walk
 
     cols = net.cfg.shape[1]
     levels, raw_ok, rejected, restarts = [], [], 0, 0

@@ -356,17 +356,6 @@ def load_music_model(folder: Path):
 
 # ---------------------------------------------------------------- sample
 
-def latent_walk(n_windows: int, latent: int, gen, angle: float = 0.35):
-    """z_0 ~ N(0, I), z_{i+1} = cos(a) z_i + sin(a) e_i: every step is again N(0, I) (a prior sample) and
-    neighbours are close, so the windows of a long clip belong together. (n_windows, latent)."""
-    import torch
-
-    z = [torch.randn(latent, generator=gen)]
-    for _ in range(n_windows - 1):
-        z.append(math.cos(angle) * z[-1] + math.sin(angle) * torch.randn(latent, generator=gen))
-    return torch.stack(z)
-
-
 def generate_rolls(model, enc: Encoding, window_bars: int, n: int, bars: int, seed: int = 0, key: str | None = None,
                    cond_cols: list[int] = (), angle: float = 0.35, temperature: float = 0.7) -> list[np.ndarray]:
     """n rolls (voices, bars*16) of canonical tokens: each a latent walk over ceil(bars / window) windows, decoded
@@ -375,12 +364,14 @@ def generate_rolls(model, enc: Encoding, window_bars: int, n: int, bars: int, se
     the range) from its estimated key to it."""
     import torch
 
+    from models.vaes import latent_walk
+
     gen = torch.Generator().manual_seed(seed)
     k = -(-bars // window_bars)
     target = parse_key(key) if key else None
     out = []
     for _ in range(n):
-        z = latent_walk(k, model.cfg.latent, gen, angle)
+        z = latent_walk(k, model.cfg.latent, gen, rho=math.cos(angle))   # a step of `angle` radians
         cond = None
         if cond_cols:
             if target:

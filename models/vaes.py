@@ -190,3 +190,13 @@ class CVAE(VAE):
         if len(c) == 1 and len(z) > 1:
             c = c.expand(len(z), -1)                               # one condition for the whole batch
         return self._decode(z, c)
+
+
+def latent_walk(n_windows: int, latent: int, gen: torch.Generator, rho: float = 0.7) -> torch.Tensor:
+    """A smooth walk through the prior for content longer than one window: z_0 ~ N(0, I),
+    z_k = rho z_{k-1} + sqrt(1 - rho^2) eps (a stationary AR(1): every z_k is again N(0, I), so each window
+    looks like a sample, and neighbours are correlated). (n_windows, latent), drawn from `gen`."""
+    z = [torch.randn(latent, generator=gen)]
+    for _ in range(n_windows - 1):
+        z.append(rho * z[-1] + math.sqrt(1 - rho ** 2) * torch.randn(latent, generator=gen))
+    return torch.stack(z)

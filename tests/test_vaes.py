@@ -96,3 +96,14 @@ def test_train_windows_stage_is_cached_by_content():
     assert (folder / "manifest.json").stat().st_mtime_ns == stamp
     changed = dict(args, train=(np.where(xs == 0, 1, xs), cs))          # other content, same shapes and names
     assert Path(train_windows(**changed)) != folder
+
+
+def test_latent_walk_stays_on_the_prior_with_the_asked_correlation():
+    from models.vaes import latent_walk
+
+    z = latent_walk(4000, 8, torch.Generator().manual_seed(0), rho=0.7)
+    assert z.shape == (4000, 8)
+    assert abs(z.std().item() - 1) < 0.05                          # every step is again N(0, I)
+    lag1 = (z[1:] * z[:-1]).mean().item() / z.var().item()
+    assert abs(lag1 - 0.7) < 0.05
+    assert torch.equal(z, latent_walk(4000, 8, torch.Generator().manual_seed(0), rho=0.7))
