@@ -165,6 +165,15 @@ def _load_index(book: Path) -> dict:
     return index
 
 
+def sweep_temporaries(out_dir: Path) -> int:
+    """Remove the temporary files (`.NAME.XXXX.tmp`, models.checkpoints.atomic_write) that a killed run left
+    half-written in OUT_DIR; called under the folder's lock, so no live writer owns them."""
+    stale = [p for p in out_dir.rglob(".*.tmp") if p.is_file()] if out_dir.is_dir() else []
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return len(stale)
+
+
 def plan_job(in_dir: str, out_dir: str, model: str = "auto", sigma: float | None = None,
              ensemble: bool = False, settle: float = 1.0) -> dict:
     """What a run has to do: images new or changed since the last run with the same model ("todo"),
@@ -174,6 +183,7 @@ def plan_job(in_dir: str, out_dir: str, model: str = "auto", sigma: float | None
     src, dst = Path(in_dir).expanduser().resolve(), Path(out_dir).expanduser().resolve()
     check_folders(src, dst)
     identity = Models(model, sigma, torch.device("cpu"), ensemble).identity()
+    sweep_temporaries(dst)
     index = _load_index(dst / BOOKKEEPING)
     files = find_images(src)
     looks = {f: _look(f) for f in files}

@@ -31,8 +31,9 @@ FILE_MODE = 0o666 & ~_umask()     # what open() would give; mkstemp alone makes 
 def atomic_write(final: Path, write: Callable[[Path], None]) -> None:
     """Call `write(tmp)` on a temporary file beside `final`, fsync it, then rename it into place.
 
-    A crash or a full disk leaves the previous `final` intact and no temporary file behind
-    (cross-filesystem renames are copies, so the temp lives in the same directory).
+    A crash or a full disk leaves the previous `final` intact and no temporary file behind; a killed
+    process (SIGKILL) can leave the hidden `.NAME.XXXX.tmp`, which the next run's sweep removes
+    (flows.denoise.sweep_temporaries). The temp lives beside `final`: cross-filesystem renames are copies.
     """
     final = Path(final)
     fd, tmp = tempfile.mkstemp(dir=final.parent, prefix=f".{final.name}.", suffix=".tmp")

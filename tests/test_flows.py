@@ -132,13 +132,15 @@ def test_killed_denoise_job_loses_nothing_and_resumes(tmp_path):
     victim.send_signal(signal.SIGKILL)
     victim.wait()
     done_before = len(list(out.glob("*.png")))
-    assert not [p for p in out.iterdir() if p.name.startswith(".") and p.name != ".aeflow"]   # no partial files
+    leftovers = [p.name for p in out.iterdir() if p.name.startswith(".") and p.name != ".aeflow"]
+    assert all(n.endswith(".tmp") for n in leftovers), leftovers     # at most a hidden temp, never a partial image
     for p in out.glob("*.png"):
         read_image(p)                                            # every file present decodes
     finished = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     processed, skipped = map(int, finished.stdout.split())
     assert processed + skipped == 24 and processed >= 24 - done_before and processed > 0
     assert sorted(p.name for p in out.glob("*.png")) == [f"{i:02d}.png" for i in range(24)]
+    assert not list(out.rglob(".*.tmp"))                         # the resumed run swept what the kill left
 
 
 @pytest.mark.prefect
@@ -162,3 +164,15 @@ def test_batches_fan_out_to_a_named_dask_cluster(folders, tmp_path):
     denoise_run_flow(str(noisy), str(tmp_path / "one"), model=model, progress=False)
     a, b = ({k: v[0] for k, v in tree_hashes(tmp_path / d).items() if not k.startswith(".aeflow")} for d in ("dask", "one"))
     assert len(a) == 5 and a == b                                # same bytes, however the work was split
+
+
+def test_temporaries_of_a_killed_writer_are_swept_and_real_files_kept(tmp_path):
+    from flows.denoise import sweep_temporaries
+
+    (tmp_path / "sub").mkdir()
+    (tmp_path / ".a.png.k3j2.tmp").write_bytes(b"half")
+    (tmp_path / "sub" / ".b.jpg.x9.tmp").write_bytes(b"half")
+    (tmp_path / "a.png").write_bytes(b"done")
+    (tmp_path / "notes.tmp").write_bytes(b"the user's own")          # not hidden: not ours
+    assert sweep_temporaries(tmp_path) == 2
+    assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == ["a.png", "notes.tmp"]
