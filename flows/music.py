@@ -328,21 +328,13 @@ def train_music(ingest_dir: str, bars: int = 2, model: dict | None = None, train
 # ---------------------------------------------------------------- models
 
 def resolve_music_model(name: str, key: str | None = None) -> Path:
-    """auto (the shipped melody model; its key-conditioned sibling when a key is asked for), a model folder, a
-    shipped name, or a unique prefix of a trained music model's folder name under outputs/train/."""
-    from flows.catalog import PRETRAINED, trained_models
+    """auto (the shipped melody model; its key-conditioned sibling when a key is asked for), else what
+    flows.catalog.resolve_model takes: a model folder, a shipped name or a unique trained-model prefix."""
+    from flows.catalog import PRETRAINED, resolve_model
 
     if name == "auto":
         name = PRETRAINED_KEY if key and (PRETRAINED / PRETRAINED_KEY / "config.json").is_file() else PRETRAINED_MELODY
-    if Path(name).expanduser().is_dir():
-        return Path(name).expanduser()
-    if (PRETRAINED / name / "config.json").is_file():
-        return PRETRAINED / name
-    hits = [p for p in trained_models() if p.name.startswith(name)]
-    if len(hits) == 1:
-        return hits[0]
-    raise FileNotFoundError(f"model {name!r}: not a folder, a shipped model or a unique trained-model prefix "
-                            f"({len(hits)} matches); train one with `aeflow music train`")
+    return resolve_model(name, channels=0)
 
 
 def load_music_model(folder: Path):
@@ -351,6 +343,9 @@ def load_music_model(folder: Path):
 
     cfg = json.loads((Path(folder) / "config.json").read_text())
     data = cfg.get("data", {})
+    if cfg["model"]["kind"] not in ("vae", "cvae") or "mode" not in data:
+        raise ValueError(f"{folder}: not a music model (kind {cfg['model']['kind']}); see `aeflow models` "
+                         "or train one with `aeflow music train`")
     return load_model(folder), ENCODINGS[data["mode"]], int(data["bars"]), cond_columns(data.get("condition"))
 
 

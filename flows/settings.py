@@ -47,8 +47,6 @@ def configure() -> None:
     env.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
     env.setdefault("PREFECT_RESULTS_PERSIST_BY_DEFAULT", "false")   # tasks return paths; nothing to pickle
     env.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")  # the CLI prints its own summary
-    env.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_FLOW_RUNS_LEVEL", "WARNING")
-    env.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_TASK_RUNS_LEVEL", "WARNING")
     if "PREFECT_API_URL" not in env and (server := running_server()):
         env["PREFECT_API_URL"] = server["api_url"]
         if server.get("auth"):
