@@ -303,7 +303,7 @@ def worker_start(pool: str = typer.Option("aeflow", "--pool"), name: Optional[st
     """Run a process worker in the foreground (Ctrl-C stops it); several may run, on several hosts."""
     from flows.schedule import start_worker
 
-    raise typer.Exit(start_worker(pool, name))
+    start_worker(pool, name)
 
 
 music_app = typer.Typer(help="Music clips: train a conv VAE on melodies or chorales, sample, morph, measure.",

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import subprocess
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
@@ -113,8 +112,11 @@ def worker_command(pool: str = POOL, name: str | None = None) -> list[str]:
     return cmd + (["--name", name] if name else [])
 
 
-def start_worker(pool: str = POOL, name: str | None = None) -> int:
-    """Run a process worker in the foreground until interrupted (several may run, on several hosts)."""
+def start_worker(pool: str = POOL, name: str | None = None) -> None:
+    """Become a process worker until interrupted (several may run, on several hosts). This process is
+    replaced (exec), so Ctrl-C and SIGTERM reach the worker itself and no orphan outlives its parent."""
     require_server()
     ensure_pool(pool)
-    return subprocess.call(worker_command(pool, name), cwd=REPO)
+    cmd = worker_command(pool, name)
+    os.chdir(REPO)
+    os.execv(cmd[0], cmd)

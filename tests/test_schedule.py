@@ -83,7 +83,11 @@ def test_schedule_run_by_a_worker_is_incremental(server, tmp_path):
         try:
             worker.wait(timeout=30)
         except subprocess.TimeoutExpired:
-            os.killpg(worker.pid, signal.SIGKILL)
+            pass
+        try:
+            os.killpg(worker.pid, signal.SIGKILL)            # nothing of its group may outlive the test
+        except ProcessLookupError:
+            pass
 
 
 HOLDER = textwrap.dedent("""
