@@ -351,7 +351,8 @@ def music_train(
     refresh: bool = typer.Option(False, "--refresh", help="Re-ingest and retrain instead of reusing cached stages."),
 ):
     """Train a music VAE (cached: an unchanged second run trains nothing; a killed run resumes)."""
-    from flows.music import CORPORA, music_flows
+    from flows.music import CORPORA
+    from flows.pipelines import music_train_flow
 
     if mode not in ("melody", "chorale"):
         raise typer.BadParameter(f"{mode!r}: melody or chorale", param_hint="--mode")
@@ -365,7 +366,7 @@ def music_train(
         minutes = 5.0
     training = {k: v for k, v in dict(minutes=minutes, steps=steps, epoch_steps=epoch_steps, batch_size=batch_size,
                                       lr=lr, seed=seed, device=device).items() if v is not None}
-    folder = _run_flow(music_flows()["train"], source=corpus, mode=mode, bars=bars, limit=limit, model=model,
+    folder = _run_flow(music_train_flow, source=corpus, mode=mode, bars=bars, limit=limit, model=model,
                        training=training, condition=None if condition == "none" else condition, refresh=refresh)
     cfg = json.loads((Path(folder) / "config.json").read_text())
     d, m = cfg["data"], cfg["metrics"]
@@ -392,10 +393,10 @@ def music_sample(
     wav: bool = typer.Option(False, "--wav", help="Also render WAV with fluidsynth (needs fluidsynth and fluid-soundfont-gm)."),
 ):
     """Generate new MIDI clips (with piano-roll PNGs) from a music model."""
-    from flows.music import music_flows
+    from flows.pipelines import music_sample_flow
 
     _music_wav_check(wav)
-    report = _run_flow(music_flows()["sample"], out_dir=str(out_dir), model=model, n=n, bars=bars, tempo=tempo,
+    report = _run_flow(music_sample_flow, out_dir=str(out_dir), model=model, n=n, bars=bars, tempo=tempo,
                        program=program, key=key, seed=seed, wav=wav, angle=walk,
                        temperature=temperature)
     _print_clips(report, "clips")
@@ -413,7 +414,7 @@ def music_interpolate(
     wav: bool = typer.Option(False, "--wav", help="Also render WAV (fluidsynth)."),
 ):
     """Morph tune A into tune B through the model's latent space (spherical interpolation of their codes)."""
-    from flows.music import music_flows
+    from flows.pipelines import music_interpolate_flow
 
     from formats.music import BadMidi, read_midi
 
@@ -423,7 +424,7 @@ def music_interpolate(
             read_midi(path)                       # a clear error before Prefect starts
         except BadMidi as e:
             raise typer.BadParameter(str(e), param_hint=hint) from None
-    report = _run_flow(music_flows()["interpolate"], a=str(a), b=str(b), out_dir=str(out_dir), model=model,
+    report = _run_flow(music_interpolate_flow, a=str(a), b=str(b), out_dir=str(out_dir), model=model,
                        steps=steps, tempo=tempo, program=program, wav=wav)
     _print_clips(report, "steps")
     r = report["reconstruction_accuracy"]
@@ -439,9 +440,9 @@ def music_stats(
 ):
     """Metrics of MIDI files: empty bars, pitch classes per bar, qualified notes, in-scale rate, range, intervals, key
     (and soprano-bass tonal distance for chorales). Bad files are listed with a reason."""
-    from flows.music import music_flows
+    from flows.pipelines import music_stats_flow
 
-    report = _run_flow(music_flows()["stats"], target=str(target), mode=mode)
+    report = _run_flow(music_stats_flow, target=str(target), mode=mode)
     if as_json:
         print(json.dumps(report, indent=2))
         return
@@ -485,7 +486,7 @@ def levels_train(
     refresh: bool = typer.Option(False, "--refresh", help="Rebuild the cached ingest and training stages."),
 ):
     """Ingest a game's levels (cut into training units) and train a VAE on them; both stages are cached."""
-    from flows.levels import levels_train_flow
+    from flows.pipelines import levels_train_flow
 
     model_cfg = {"beta": beta, "latent": latent, **({"widths": _ints(widths)} if widths else {})}
     training = {"steps": steps, "batch_size": batch_size, "seed": seed, "device": device,
@@ -514,7 +515,7 @@ def levels_sample(
     model: str = typer.Option("auto", "--model", help="auto (the shipped mario-vae, or trained on first use), a model folder, or a trained model name."),
 ):
     """Sample new levels; by default only playable ones (how many were rejected is reported)."""
-    from flows.levels import levels_sample_flow
+    from flows.pipelines import levels_sample_flow
 
     r = _run_flow(levels_sample_flow, out_dir=str(out_dir), model=None if model == "auto" else model, n=n,
                   length=length, seed=seed, cond=cond, raw=raw, temperature=temperature)
@@ -542,7 +543,7 @@ def levels_interpolate(
     model: str = typer.Option("auto", "--model", help="auto (the shipped mario-vae), a model folder, or a trained model name."),
 ):
     """Blend two levels through the latent space (wide levels window by window)."""
-    from flows.levels import levels_interpolate_flow
+    from flows.pipelines import levels_interpolate_flow
 
     r = _run_flow(levels_interpolate_flow, level_a=str(level_a), level_b=str(level_b), out_dir=str(out_dir),
                   steps=steps, model=None if model == "auto" else model)
@@ -558,7 +559,7 @@ def levels_check(
     as_json: bool = typer.Option(False, "--json", help="Print the full report as JSON."),
 ):
     """Playability report for any level files (ours or not), beside the checker's pass rate on the originals."""
-    from flows.levels import levels_check_flow
+    from flows.pipelines import levels_check_flow
 
     r = _run_flow(levels_check_flow, path=str(target), game=game, mode=mode)
     if as_json:

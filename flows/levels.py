@@ -4,7 +4,7 @@ playable levels (windows, or full-length levels from a latent walk), interpolate
 Stages (content-addressed, flows/stages.py): `outputs/levels-ingest/<game>-<source>-<key12>/` holds the
 units and the originals' checker pass rates; training goes through flows.train.train_windows. Jobs
 (`sample`, `interpolate`, `check`) write into the user's folder: VGLC text + PNG per level, a contact
-sheet and report.json. The Prefect flows at the bottom are thin wrappers, one flow run per command.
+sheet and report.json. Plain functions: their Prefect flows are in flows/pipelines.py.
 """
 
 from __future__ import annotations
@@ -15,10 +15,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-
-from prefect import flow, task
-from prefect.artifacts import create_markdown_artifact
-from prefect.cache_policies import NO_CACHE
 
 from flows.stages import Stage, run_stage
 from formats.levels import (GAMES, BadLevel, contact_sheet, cut_units, diversity, game_spec, get_legend,
@@ -528,42 +524,8 @@ def demo_levels(out_dir: str, n: int = 8, seed: int = 0) -> dict:
 # ---------------------------------------------------------------- Prefect flows (one run per command)
 # Coarse tasks that pass paths and small JSON; our stages cache by content, so Prefect's cache stays off.
 
-ingest_task = task(name="levels-ingest", cache_policy=NO_CACHE)(ingest_levels)
-train_task = task(name="levels-train", cache_policy=NO_CACHE)(train_levels)
-sample_task = task(name="levels-sample", cache_policy=NO_CACHE)(sample_levels)
-interpolate_task = task(name="levels-interpolate", cache_policy=NO_CACHE)(interpolate_levels)
-check_task = task(name="levels-check", cache_policy=NO_CACHE)(check_levels)
 
-
-@flow(name="levels-train")
-def levels_train_flow(game: str = "mario", data: str | None = None, kind: str = "vae", model: dict | None = None,
-                      training: dict | None = None, width: int | None = None, refresh: bool = False,
-                      progress: bool = True) -> str:
-    """Ingest a game's levels, then train a vae/cvae on them (both stages cached)."""
-    ingest_dir = ingest_task(game, data, width, refresh)
-    return train_task(game, data, kind, model, training, width, refresh=refresh, progress=progress,
-                      ingest_dir=ingest_dir)
-
-
-@flow(name="levels-sample")
-def levels_sample_flow(out_dir: str, model: str | None = None, n: int = 50, length: int | None = None,
-                       seed: int = 0, cond: str | None = None, raw: bool = False, temperature: float = 0.0) -> dict:
-    report = sample_task(out_dir, model, n, length, seed, cond, raw, temperature)
-    create_markdown_artifact(key="levels-sample", markdown=_summary(report))
-    return report
-
-
-@flow(name="levels-interpolate")
-def levels_interpolate_flow(level_a: str, level_b: str, out_dir: str, steps: int = 8, model: str | None = None) -> dict:
-    return interpolate_task(level_a, level_b, out_dir, steps, model)
-
-
-@flow(name="levels-check")
-def levels_check_flow(path: str, game: str = "mario", mode: str = "auto", out_json: str | None = None) -> dict:
-    return check_task(path, game, mode, out_json)
-
-
-def _summary(report: dict) -> str:
+def sample_summary(report: dict) -> str:
     r, d = report["raw_playability"], report["delivered"]
     pct = lambda v: "n/a" if v is None else f"{v:.1%}"  # noqa: E731
     return (f"**{d['of']} {report['game']} {report['kind']}s**: raw playable {pct(r['rate'])} (of {r['of']} drawn), "

@@ -3,7 +3,7 @@ bar-aligned windows with meter/key labels and transposition augmentation, train 
 (flows.train.train_windows, dims=1: rows = voices, cols = 16th steps), then sample clips (a latent walk for
 clips longer than the window), interpolate between two MIDI files, and compute stats on any MIDI files.
 
-Prefect flows at the bottom: one flow run per command, a few coarse tasks (paths and small JSON in and out).
+Plain functions: their Prefect flows are in flows/pipelines.py (one flow run per command, a few coarse tasks).
 Data facts: shared/notes/music.md.
 """
 
@@ -547,65 +547,3 @@ def demo_music(out_dir: str, n: int = 4, bars: int = 8, seed: int = 0) -> dict:
     """For `make demo`: a few 8-bar flute melodies from the shipped model, MIDI + piano-roll PNG each
     (a second or two on a CPU; no training, no Prefect)."""
     return sample_music(out_dir, "auto", n=n, bars=bars, seed=seed)
-
-
-# ---------------------------------------------------------------- Prefect flows (one run per CLI command)
-
-def _prefect():
-    """Prefect is imported when a flow is first used, not at import: the parse workers import this module,
-    and `demo_music` / the tests of the plain functions need none of it."""
-    from prefect import flow, task
-    from prefect.artifacts import create_markdown_artifact, create_table_artifact
-    from prefect.cache_policies import NO_CACHE
-
-    return flow, task, NO_CACHE, create_markdown_artifact, create_table_artifact
-
-
-_FLOWS: dict = {}
-
-
-def music_flows() -> dict:
-    """{"train", "sample", "interpolate", "stats"} -> Prefect flows: thin, a few coarse tasks each (paths and
-    small JSON between them; the stages cache themselves, so Prefect's result cache stays off)."""
-    if _FLOWS:
-        return _FLOWS
-    flow, task, NO_CACHE, md_artifact, table_artifact = _prefect()
-    ingest_task = task(name="ingest-music", cache_policy=NO_CACHE)(ingest_music)
-    train_task = task(name="train-music", cache_policy=NO_CACHE)(train_music)
-
-    @flow(name="music-train")
-    def music_train(source: str = "essen", mode: str = "melody", bars: int = 2, limit: int | None = None,
-                    model: dict | None = None, training: dict | None = None, condition: str | None = None,
-                    refresh: bool = False, progress: bool = True) -> str:
-        """Ingest a corpus or MIDI folder (cached), cut windows, train a VAE (cached)."""
-        ingest_dir = ingest_task(source, mode, limit, refresh=refresh)
-        model_dir = train_task(ingest_dir, bars, model, training, condition, refresh=refresh, progress=progress)
-        cfg = json.loads((Path(model_dir) / "config.json").read_text())
-        table_artifact(key="music-train-metrics", table=cfg["history"],
-                       description=f"Validation per epoch of {Path(model_dir).name}: {cfg['metrics']}")
-        return model_dir
-
-    @flow(name="music-sample")
-    def music_sample(**kwargs) -> dict:
-        """Sample clips from a music model: MIDI + piano-roll PNG (+ WAV) per clip and report.json."""
-        report = task(name="sample-music", cache_policy=NO_CACHE)(sample_music)(**kwargs)
-        md_artifact(key="music-sample", markdown=f"{len(report['clips'])} clips in `{report['out_dir']}`; "
-                                                 f"mean stats {json.dumps(report['summary'])}")
-        return report
-
-    @flow(name="music-interpolate")
-    def music_interpolate(**kwargs) -> dict:
-        """Morph from one MIDI file into another through the model's latent space."""
-        return task(name="interpolate-music", cache_policy=NO_CACHE)(interpolate_music)(**kwargs)
-
-    @flow(name="music-stats")
-    def music_stats_flow(**kwargs) -> dict:
-        """Metrics of every MIDI file in a folder (bad files listed with a reason)."""
-        report = task(name="music-stats", cache_policy=NO_CACHE)(music_stats)(**kwargs)
-        if report["files"]:
-            table_artifact(key="music-stats", table=[{k: v for k, v in r.items() if k != "flags"} for r in report["files"]],
-                           description=f"{report['target']}: mean {json.dumps(report['mean'])}")
-        return report
-
-    _FLOWS.update(train=music_train, sample=music_sample, interpolate=music_interpolate, stats=music_stats_flow)
-    return _FLOWS

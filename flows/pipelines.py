@@ -1,6 +1,7 @@
-"""The Prefect flows: thin wrappers that run the plain stage functions as a few coarse tasks (never one
-per image: a task costs 5-9 ms and SQLite stalls under hundreds) and publish artifacts. Tasks pass
-paths and small JSON, never tensors. Everything they call works without Prefect too."""
+"""The Prefect flows of every job (denoise, levels, music): thin wrappers that run the plain stage
+functions as a few coarse tasks (never one per image: a task costs 5-9 ms and SQLite stalls under
+hundreds) and publish artifacts. Tasks pass paths and small JSON, never tensors. Everything they call
+works without Prefect too (flows/denoise.py, levels.py, music.py import no Prefect)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,9 @@ from prefect.runtime import flow_run
 from flows.demo import prepare_demo
 from flows.denoise import denoise_files, finish_job, job_lock, plan_job
 from flows.ingest import ingest_images
+from flows.levels import (check_levels, demo_levels, ingest_levels, interpolate_levels, sample_levels,
+                          sample_summary, train_levels)
+from flows.music import demo_music, ingest_music, interpolate_music, music_stats, sample_music, train_music
 from flows.train import train_model
 
 # Our stages cache themselves by content (flows/stages.py): Prefect's own result cache stays off.
@@ -116,12 +120,91 @@ scheduled_denoise_flow = denoise_run_flow.with_options(retries=3, retry_delay_se
 def demo_flow(sigma: float = 25.0) -> dict:
     """The three jobs on embedded defaults and the shipped models: noisy copies of a few bundled photos
     denoised and scored against the originals; playable Mario levels; melody clips as MIDI files."""
-    from flows.levels import demo_levels
-    from flows.music import demo_music
-
     noisy, clean, out = task(name="prepare-demo", cache_policy=NO_CACHE)(prepare_demo)(sigma)
     report = denoise_run_flow(noisy, out, reference=clean)
     root = Path(out).parent
     levels = task(name="demo-levels", cache_policy=NO_CACHE)(demo_levels)(str(root / "levels"))
     music = task(name="demo-music", cache_policy=NO_CACHE)(demo_music)(str(root / "music"))
     return {"denoise": report, "levels": levels, "music": music}
+
+
+# ---------------------------------------------------------------- levels
+
+levels_ingest_task = task(name="levels-ingest", cache_policy=NO_CACHE)(ingest_levels)
+levels_train_task = task(name="levels-train", cache_policy=NO_CACHE)(train_levels)
+levels_sample_task = task(name="levels-sample", cache_policy=NO_CACHE)(sample_levels)
+levels_interpolate_task = task(name="levels-interpolate", cache_policy=NO_CACHE)(interpolate_levels)
+levels_check_task = task(name="levels-check", cache_policy=NO_CACHE)(check_levels)
+
+
+@flow(name="levels-train")
+def levels_train_flow(game: str = "mario", data: str | None = None, kind: str = "vae", model: dict | None = None,
+                      training: dict | None = None, width: int | None = None, refresh: bool = False,
+                      progress: bool = True) -> str:
+    """Ingest a game's levels, then train a vae/cvae on them (both stages cached)."""
+    ingest_dir = levels_ingest_task(game, data, width, refresh)
+    return levels_train_task(game, data, kind, model, training, width, refresh=refresh, progress=progress,
+                             ingest_dir=ingest_dir)
+
+
+@flow(name="levels-sample")
+def levels_sample_flow(out_dir: str, model: str | None = None, n: int = 50, length: int | None = None,
+                       seed: int = 0, cond: str | None = None, raw: bool = False, temperature: float = 0.0) -> dict:
+    """Sample levels (playable only unless `raw`) into OUT_DIR; a markdown summary as the run's artifact."""
+    report = levels_sample_task(out_dir, model, n, length, seed, cond, raw, temperature)
+    create_markdown_artifact(key="levels-sample", markdown=sample_summary(report))
+    return report
+
+
+@flow(name="levels-interpolate")
+def levels_interpolate_flow(level_a: str, level_b: str, out_dir: str, steps: int = 8, model: str | None = None) -> dict:
+    return levels_interpolate_task(level_a, level_b, out_dir, steps, model)
+
+
+@flow(name="levels-check")
+def levels_check_flow(path: str, game: str = "mario", mode: str = "auto", out_json: str | None = None) -> dict:
+    return levels_check_task(path, game, mode, out_json)
+
+
+# ---------------------------------------------------------------- music
+
+music_ingest_task = task(name="ingest-music", cache_policy=NO_CACHE)(ingest_music)
+music_train_task = task(name="train-music", cache_policy=NO_CACHE)(train_music)
+
+
+@flow(name="music-train")
+def music_train_flow(source: str = "essen", mode: str = "melody", bars: int = 2, limit: int | None = None,
+                     model: dict | None = None, training: dict | None = None, condition: str | None = None,
+                     refresh: bool = False, progress: bool = True) -> str:
+    """Ingest a corpus or MIDI folder (cached), cut windows, train a VAE (cached)."""
+    ingest_dir = music_ingest_task(source, mode, limit, refresh=refresh)
+    model_dir = music_train_task(ingest_dir, bars, model, training, condition, refresh=refresh, progress=progress)
+    cfg = json.loads((Path(model_dir) / "config.json").read_text())
+    create_table_artifact(key="music-train-metrics", table=cfg["history"],
+                          description=f"Validation per epoch of {Path(model_dir).name}: {cfg['metrics']}")
+    return model_dir
+
+
+@flow(name="music-sample")
+def music_sample_flow(**kwargs) -> dict:
+    """Sample clips from a music model: MIDI + piano-roll PNG (+ WAV) per clip and report.json."""
+    report = task(name="sample-music", cache_policy=NO_CACHE)(sample_music)(**kwargs)
+    create_markdown_artifact(key="music-sample", markdown=f"{len(report['clips'])} clips in `{report['out_dir']}`; "
+                                                         f"mean stats {json.dumps(report['summary'])}")
+    return report
+
+
+@flow(name="music-interpolate")
+def music_interpolate_flow(**kwargs) -> dict:
+    """Morph from one MIDI file into another through the model's latent space."""
+    return task(name="interpolate-music", cache_policy=NO_CACHE)(interpolate_music)(**kwargs)
+
+
+@flow(name="music-stats")
+def music_stats_flow(**kwargs) -> dict:
+    """Metrics of every MIDI file in a folder (bad files listed with a reason)."""
+    report = task(name="music-stats", cache_policy=NO_CACHE)(music_stats)(**kwargs)
+    if report["files"]:
+        create_table_artifact(key="music-stats", table=[{k: v for k, v in r.items() if k != "flags"} for r in report["files"]],
+                              description=f"{report['target']}: mean {json.dumps(report['mean'])}")
+    return report

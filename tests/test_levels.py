@@ -176,7 +176,8 @@ def test_any_game_through_a_vglc_legend_json(tmp_path):
 def test_levels_flows_end_to_end(tmp_path):
     """Train two steps, sample, check (Prefect flows), then a full level and an interpolation (the same
     functions without Prefect): files written and read back."""
-    from flows.levels import interpolate_levels, levels_check_flow, levels_sample_flow, levels_train_flow, sample_levels
+    from flows.levels import interpolate_levels, sample_levels
+    from flows.pipelines import levels_check_flow, levels_sample_flow, levels_train_flow
 
     data = tiny_corpus(tmp_path)
     model = levels_train_flow(game="mario", data=str(data), model=TINY, training=TINY_TRAINING, progress=False)

@@ -265,16 +265,14 @@ def test_chorale_flows_and_cli_end_to_end(tmp_path):
     from typer.testing import CliRunner
 
     from flows.cli import app
-    from flows.music import music_flows
-
-    flows = music_flows()
-    model = Path(flows["train"](source="bach", mode="chorale", bars=2, limit=3, model=TINY, training=TINY_TRAINING,
+    from flows import pipelines
+    model = Path(pipelines.music_train_flow(source="bach", mode="chorale", bars=2, limit=3, model=TINY, training=TINY_TRAINING,
                                 condition="key", progress=False))   # 3 pieces parse in-process (4+: worker processes)
     cfg = json.loads((model / "config.json").read_text())
     assert cfg["model"]["kind"] == "cvae" and cfg["model"]["cond"] == [12, 2] and cfg["model"]["shape"] == [4, 32]
     ingest = json.loads((next((model.parents[1] / "ingest-music").glob("bach-chorale-*")) / "manifest.json").read_text())
     assert ingest["counts"]["pieces"] == 3 and ingest["counts"]["failed"] == 0 and ingest["off_grid_notes"] < 0.01
-    report = flows["sample"](out_dir=str(tmp_path / "ch"), model=str(model), n=2, bars=4, key="Bb")
+    report = pipelines.music_sample_flow(out_dir=str(tmp_path / "ch"), model=str(model), n=2, bars=4, key="Bb")
     for clip in report["clips"]:
         assert read_back(tmp_path / "ch" / clip["midi"], CHORALE).shape == (4, 64)
     result = CliRunner().invoke(app, ["music", "stats", "--mode", "chorale", str(tmp_path / "ch")], terminal_width=200)
