@@ -98,14 +98,18 @@ class Models:
 
     def __init__(self, request: str, sigma: float | None, device: torch.device, ensemble: bool = False):
         self.request, self.sigma, self.device, self.ensemble, self.loaded = request, sigma, device, ensemble, {}
+        self.folders: dict[int, Path] = {}
 
     def folder(self, channels: int) -> Path:
-        folder = resolve_model(self.request, channels, self.sigma)
-        kind = json.loads((folder / "config.json").read_text())["model"]["kind"]
-        if kind not in DENOISERS:
-            raise ValueError(f"--model {self.request}: {folder.name} is a {kind}, not an image denoiser "
-                             f"({', '.join(DENOISERS)}); see `aeflow models`")
-        return folder
+        """The model folder for images of `channels` channels, resolved and checked once (called per image)."""
+        if channels not in self.folders:
+            folder = resolve_model(self.request, channels, self.sigma)
+            kind = json.loads((folder / "config.json").read_text())["model"]["kind"]
+            if kind not in DENOISERS:
+                raise ValueError(f"--model {self.request}: {folder.name} is a {kind}, not an image denoiser "
+                                 f"({', '.join(DENOISERS)}); see `aeflow models`")
+            self.folders[channels] = folder
+        return self.folders[channels]
 
     def identity(self) -> str:
         """What decides the output of an image besides its content: the weights that would be used."""
