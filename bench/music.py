@@ -13,7 +13,10 @@ overlapped areas (OA, 1 = same distribution as held-out data) of pitch-class his
 mean interval and pitch range; MuseGAN empty-bar rate, used pitch classes per bar, qualified notes (>= an 8th);
 in-scale rate; soprano-bass tonal distance (chorales); copy rate (generated windows equal to a training window);
 clips per second (windows generated per second, CPU). The VAE decodes prior samples either greedily (argmax per
-cell) or by drawing each cell from softmax(logits / 0.7) (the `aeflow music sample` default). The data row
+cell) or by drawing each cell from softmax(logits / T). Its clips come out in all 12 keys alike (it learnt from
+copies transposed into every key); "corpus keys" rows move each clip to a tonic drawn as often as the corpus
+uses it for that mode, as `aeflow music sample` does (its default: T=1, corpus keys). 8-bar rows add the 2-bar
+model's latent walk, the way `aeflow music sample --bars 8` makes 8 bars from the shipped model. The data row
 compares one half of the held-out windows with the other. Prints one markdown table and writes it to
 outputs/bench/music.md (+ .json).
 """
@@ -33,7 +36,7 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from flows.music import BAR, augment, ingest_music, train_music, window_split  # noqa: E402
+from flows.music import BAR, augment, generate_rolls, ingest_music, key_counts, train_music, window_split  # noqa: E402
 from flows.settings import outputs_root  # noqa: E402
 from flows.train import train_windows  # noqa: E402
 from formats import music_metrics as mm  # noqa: E402
@@ -95,8 +98,12 @@ def jsb_windows(path: Path, split: str, steps: int = 64, hop: int = 16) -> np.nd
     return np.stack(out)
 
 
-def evaluate(name: str, folder: str, x_train: np.ndarray, x_held: np.ndarray, n: int, lo: int, chorale: bool) -> list[dict]:
-    """Rows: held-out data (one half vs the other), Markov chain, VAE."""
+def evaluate(name: str, folder: str, x_train: np.ndarray, x_held: np.ndarray, n: int, enc, counts,
+             walk: str | None = None) -> list[dict]:
+    """Rows: held-out data (one half vs the other), Markov chain, VAE (prior samples as drawn, in all 12 keys
+    alike; and as `aeflow music sample` gives them, each clip moved to a key drawn from `counts`, the
+    corpus's keys before transposition); `walk`: a shorter-window model's latent walk to the same length."""
+    lo, chorale = enc.lo, enc.voices > 1
     rng = np.random.default_rng(0)
     held = x_held[rng.permutation(len(x_held))]
     ref, other = held[: len(held) // 2], held[len(held) // 2:]
@@ -108,6 +115,18 @@ def evaluate(name: str, folder: str, x_train: np.ndarray, x_held: np.ndarray, n:
         t0 = time.perf_counter()
         rolls = model.sample(n, torch.Generator().manual_seed(0), temperature=temperature, greedy=greedy).numpy()
         vaes[label] = (np.stack([canonical(w) for w in rolls]), time.perf_counter() - t0)
+    bars = steps // BAR
+    for temperature in (0.7, 1.0):
+        t0 = time.perf_counter()
+        rolls = generate_rolls(model, enc, bars, n, bars, seed=0, temperature=temperature, key_counts=counts)
+        vaes[f"VAE T={temperature:g}, corpus keys"] = (np.stack(rolls), time.perf_counter() - t0)
+    if walk:
+        short = load_model(Path(walk))
+        window = short.cfg.shape[1] // BAR
+        for temperature in (0.7, 1.0):
+            t0 = time.perf_counter()
+            rolls = generate_rolls(short, enc, window, n, bars, seed=0, temperature=temperature, key_counts=counts)
+            vaes[f"{window}-bar VAE walk T={temperature:g}, corpus keys"] = (np.stack(rolls), time.perf_counter() - t0)
     chain = Markov(x_train, max(vocab, model.cfg.vocab))
     t0 = time.perf_counter()
     mk = chain.sample(n, steps, rng)
@@ -219,6 +238,9 @@ def ship(folder: Path, name: str = "music-melody-2bar") -> Path:
     dest = PRETRAINED / name
     model = load_model(folder)
     keep = {k: cfg[k] for k in ("data", "metrics", "steps", "seconds", "parameters", "device", "train") if k in cfg}
+    if "key_counts" not in keep["data"]:                  # trained before models recorded their corpus's keys
+        ingest = outputs_root() / "ingest-music" / keep["data"]["ingest"]
+        keep["data"] = {**keep["data"], "key_counts": window_split(str(ingest), keep["data"]["bars"])[3]["key_counts"]}
     save_model(model, dest, cfg["model"], dtype=torch.float16, extra={**keep, "source_folder": Path(folder).name})
     d, m, t = cfg["data"], cfg["model"], cfg["train"]
     if m["kind"] == "cvae":
@@ -280,7 +302,9 @@ def main() -> None:
             if not args.train_only:
                 (xt, _), (xv, _), enc, info = window_split(ingest, bars, max_val=10 ** 9)
                 name = f"Essen melody {bars}-bar"
-                rows += evaluate(name, folder, xt, xv, args.n, enc.lo, chorale=False)
+                walk = train_music(ingest, 2, model_cfg, {**training, "steps": args.steps or STEPS["melody2"]},
+                                   progress=False) if bars > 2 else None
+                rows += evaluate(name, folder, xt, xv, args.n, enc, info["key_counts"], walk)
                 notes.append(f"{name}: {info['windows']:,} windows ({info['unique_windows']:,} distinct) from "
                              f"{info['pieces_in_meters']:,} tunes; {info['train_windows']:,} training windows after "
                              f"transposition; held-out rows: {info['val_windows']:,} windows of 10 % of the tunes")
@@ -296,7 +320,8 @@ def main() -> None:
                                    (xt_aug, None), (xv, None), model, training, progress=False)
             if not args.train_only:
                 name = "JSB chorales 4-bar"
-                rows += evaluate(name, folder, xt_aug, xs, args.n, CHORALE.lo, chorale=True)
+                labels = np.concatenate([np.zeros((len(xt), 1), np.int64), mm.estimate_keys(xt, CHORALE.lo)], 1)
+                rows += evaluate(name, folder, xt_aug, xs, args.n, CHORALE, key_counts(labels))
                 notes.append(f"{name}: {len(xt):,} training windows ({len(xt_aug):,} after transposition), "
                              f"{len(xv):,} validation windows (model selection), {len(xs):,} test windows (held-out rows)")
         cfg = json.loads((Path(folder) / "config.json").read_text())

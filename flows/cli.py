@@ -385,11 +385,11 @@ def music_sample(
     bars: int = typer.Option(8, "--bars", help="Clip length in 4/4 bars; longer than the model's window = a smooth latent walk, window by window."),
     tempo: float = typer.Option(100.0, "--tempo", help="Beats per minute written into the MIDI files."),
     program: Optional[int] = typer.Option(None, "--program", help="General MIDI program, 0-based (73 flute, 0 piano, 52 choir); default: the model's."),
-    key: Optional[str] = typer.Option(None, "--key", help="Tonic, e.g. D, F#m, Bb: a key-conditioned model is asked for it, else clips are transposed to it."),
+    key: Optional[str] = typer.Option(None, "--key", help="Tonic, e.g. D, F#m, Bb: a key-conditioned model is asked for it, else clips are transposed to it. Default: keys as often as the training corpus uses them."),
     seed: int = typer.Option(0, "--seed"),
     model: str = typer.Option("auto", "--model", help="auto (the shipped 2-bar melody model; with --key its key-conditioned twin), a model folder, or a trained model's name prefix."),
     walk: float = typer.Option(0.35, "--walk", help="Latent step between windows in radians: 0 repeats the window, 1.57 draws each afresh."),
-    temperature: float = typer.Option(0.7, "--temperature", help="Each step's token is drawn from softmax(logits / T); 0 takes the most likely (smoother, longer notes)."),
+    temperature: float = typer.Option(1.0, "--temperature", help="Each step's token is drawn from softmax(logits / T): 1 samples the model as trained; below 1 smoother, longer notes; 0 takes the most likely."),
     wav: bool = typer.Option(False, "--wav", help="Also render WAV with fluidsynth (needs fluidsynth and fluid-soundfont-gm)."),
 ):
     """Generate new MIDI clips (with piano-roll PNGs) from a music model."""

@@ -284,6 +284,7 @@ def window_split(ingest_dir: str, bars: int, augment_train: bool = True, max_val
             val[:] = False
             val[-1] = True
     xt, lt = x[~val], lab[~val]
+    counts = key_counts(lt)
     if augment_train and len(xt):
         xt, lt = augment(xt, lt, enc)
     xv, lv = x[val], lab[val]
@@ -291,7 +292,8 @@ def window_split(ingest_dir: str, bars: int, augment_train: bool = True, max_val
         keep = np.sort(np.random.default_rng(0).choice(len(xv), max_val, replace=False))
         xv, lv = xv[keep], lv[keep]
     info = {"pieces": len(rolls), "pieces_in_meters": sum(m in METERS for m in meters), "windows": len(x),
-            "unique_windows": len({w.tobytes() for w in x}), "train_windows": len(xt), "val_windows": len(xv)}
+            "unique_windows": len({w.tobytes() for w in x}), "train_windows": len(xt), "val_windows": len(xv),
+            "key_counts": counts}
     return (xt, lt), (xv, lv), enc, info
 
 
@@ -315,6 +317,7 @@ def train_music(ingest_dir: str, bars: int = 2, model: dict | None = None, train
     if cols:
         model.setdefault("cond", [(len(METERS), 12, 2)[c] for c in cols])
     upstream = json.loads((Path(ingest_dir) / "manifest.json").read_text())
+    counts = info.pop("key_counts")                  # recorded with the model, not part of its stage key
     data = {"mode": enc.name, "bars": bars, "steps_per_bar": BAR, "source": upstream["config"]["source"],
             "condition": condition or "none", "ingest": Path(ingest_dir).name, **info}
     from flows.train import train_windows
@@ -322,7 +325,7 @@ def train_music(ingest_dir: str, bars: int = 2, model: dict | None = None, train
     return train_windows(f"music-{enc.name}-{bars}bar-{upstream['config']['source']}", (upstream["key"],), data,
                          (xt, lt[:, cols] if cols else None), (xv, lv[:, cols] if cols else None), model,
                          training or {"minutes": 5, "epoch_steps": 200, "batch_size": 64}, refresh=refresh,
-                         progress=progress)
+                         progress=progress, facts={"key_counts": counts})
 
 
 # ---------------------------------------------------------------- models
@@ -352,11 +355,15 @@ def load_music_model(folder: Path):
 # ---------------------------------------------------------------- sample
 
 def generate_rolls(model, enc: Encoding, window_bars: int, n: int, bars: int, seed: int = 0, key: str | None = None,
-                   cond_cols: list[int] = (), angle: float = 0.35, temperature: float = 0.7) -> list[np.ndarray]:
+                   cond_cols: list[int] = (), angle: float = 0.35, temperature: float = 1.0,
+                   key_counts: np.ndarray | None = None) -> list[np.ndarray]:
     """n rolls (voices, bars*16) of canonical tokens: each a latent walk over ceil(bars / window) windows, decoded
     (each cell drawn from softmax(logits / temperature); 0 = the most likely token) and joined. `key` ("D",
     "Bbm"): a key-conditioned cvae is asked for it; otherwise each clip is transposed (nearest shift that fits
-    the range) from its estimated key to it."""
+    the range) from its estimated key to it. Without `key`, `key_counts` ((2, 12) windows per mode and tonic
+    in the training corpus before transposition) gives each clip a key drawn as often as the corpus uses it:
+    the models learn all 12 keys from transposed copies, the corpus itself sits in a few. Neither: keys as
+    the model draws them (all 12 alike)."""
     import torch
 
     from models.vaes import latent_walk
@@ -364,24 +371,38 @@ def generate_rolls(model, enc: Encoding, window_bars: int, n: int, bars: int, se
     gen = torch.Generator().manual_seed(seed)
     k = -(-bars // window_bars)
     target = parse_key(key) if key else None
-    out = []
-    for _ in range(n):
-        z = latent_walk(k, model.cfg.latent, gen, rho=math.cos(angle))   # a step of `angle` radians
-        cond = None
-        if cond_cols:
-            if target:
-                tonic, mode = target
-            else:                                                          # a random key per clip
-                tonic, mode = (int(torch.randint(k_, (1,), generator=gen)) for k_ in (12, 2))
-            values = {0: 0, 1: tonic, 2: mode}
-            cond = torch.tensor([[values[c] for c in cond_cols]] * k)
-        tokens = model.sample(k, gen, cond=cond, z=z, temperature=temperature or 1.0,
-                              greedy=not temperature).numpy()                # (k, voices, window steps)
-        roll = canonical(np.concatenate(list(tokens), axis=1)[:, : bars * BAR])
-        if target and not (cond_cols and 1 in cond_cols):
-            roll = to_key(roll, enc, target)
-        out.append(roll)
-    return out
+    p = None if target or key_counts is None else torch.as_tensor(np.asarray(key_counts, float)) + 1e-9
+    keyed = bool(cond_cols) and 1 in cond_cols
+    z = torch.stack([latent_walk(k, model.cfg.latent, gen, rho=math.cos(angle)) for _ in range(n)])  # (n, k, L)
+    cond = None
+    if cond_cols:
+        if target:
+            keys = torch.tensor([target] * n)
+        elif p is not None and keyed:                                     # corpus keys, mode and tonic together
+            i = torch.multinomial(p.flatten(), n, replacement=True, generator=gen)
+            keys = torch.stack([i % 12, i // 12], 1)
+        else:                                                              # a random key per clip
+            keys = torch.stack([torch.randint(12, (n,), generator=gen), torch.randint(2, (n,), generator=gen)], 1)
+        values = torch.cat([torch.zeros(n, 1, dtype=torch.long), keys], 1)          # label columns [meter, tonic, mode]
+        cond = values[:, cond_cols].repeat_interleave(k, 0)
+    tokens = torch.cat([model.sample(len(zs), gen, cond=None if cond is None else cond[j:j + len(zs)], z=zs,
+                                     temperature=temperature or 1.0, greedy=not temperature)
+                        for j, zs in zip(range(0, n * k, 256), z.flatten(0, 1).split(256))])
+    tokens = tokens.view(n, k, *tokens.shape[1:]).movedim(1, 2).flatten(2).numpy()  # (n, voices, k * window steps)
+    rolls = [canonical(roll[:, : bars * BAR]) for roll in tokens]
+    if keyed or (target is None and p is None):
+        return rolls
+    keys = mm.estimate_keys(np.stack(rolls), enc.lo)                       # (n, 2) [tonic, mode] as generated
+    if target is None:                                                     # a corpus tonic for each clip's own mode
+        tonics = [int(torch.multinomial(p[mode], 1, generator=gen)) for mode in keys[:, 1]]
+    else:
+        tonics = [target[0]] * n
+    return [to_key(r, enc, int(have), want) for r, have, want in zip(rolls, keys[:, 0], tonics)]
+
+
+def key_counts(labels: np.ndarray) -> list[list[int]]:
+    """(2, 12) windows per [mode][tonic] of label rows [meter, tonic, mode]."""
+    return np.bincount(labels[:, 2] * 12 + labels[:, 1], minlength=24).reshape(2, 12).tolist()
 
 
 def parse_key(text: str) -> tuple[int, int]:
@@ -395,11 +416,10 @@ def parse_key(text: str) -> tuple[int, int]:
     return tonic, int(minor)
 
 
-def to_key(roll: np.ndarray, enc: Encoding, target: tuple[int, int]) -> np.ndarray:
-    """Transpose a roll from its estimated key to the target tonic (the smallest shift that fits the range;
-    the mode stays what it is: a major tune asked for in D minor comes out in D major)."""
-    tonic, _ = mm.estimate_key(roll, enc.lo)
-    base = (target[0] - tonic) % 12
+def to_key(roll: np.ndarray, enc: Encoding, tonic: int, target: int) -> np.ndarray:
+    """Transpose a roll in `tonic` to the `target` tonic by the smallest shift that fits the range (the mode
+    stays what it is: a major tune asked for in D minor comes out in D major); unchanged if none fits."""
+    base = (target - tonic) % 12
     for s in sorted({base, base - 12}, key=abs) + [base + 12, base - 24]:
         t = transpose(roll, s, enc)
         if t is not None:
@@ -420,14 +440,15 @@ def write_clip(roll: np.ndarray, out_dir: Path, name: str, enc: Encoding, tempo:
 
 def sample_music(out_dir: str, model: str = "auto", n: int = 20, bars: int = 8, tempo: float = 100.0,
                  program: int | None = None, key: str | None = None, seed: int = 0, wav: bool = False,
-                 angle: float = 0.35, temperature: float = 0.7) -> dict:
+                 angle: float = 0.35, temperature: float = 1.0) -> dict:
     """Write n clips (MIDI + piano-roll PNG each, WAV with --wav) and report.json into out_dir."""
     if wav:
         wav_tools()                                          # fail before any work if it cannot be done
     folder = resolve_music_model(model, key)
     net, enc, window_bars, cols = load_music_model(folder)
+    counts = json.loads((folder / "config.json").read_text())["data"].get("key_counts")
     t0 = time.perf_counter()
-    rolls = generate_rolls(net, enc, window_bars, n, bars, seed, key, cols, angle, temperature)
+    rolls = generate_rolls(net, enc, window_bars, n, bars, seed, key, cols, angle, temperature, counts)
     seconds = time.perf_counter() - t0
     programs = (program,) if program is not None else None
     out = Path(out_dir)

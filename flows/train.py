@@ -96,12 +96,13 @@ def train_model(ingest_dir: str, model: dict, training: dict, val_fraction: floa
 
 def train_windows(slug: str, upstream: tuple[str, ...], data: dict, train: tuple[np.ndarray, np.ndarray | None],
                   val: tuple[np.ndarray, np.ndarray | None], model: dict, training: dict,
-                  refresh: bool = False, progress: bool = True) -> str:
+                  refresh: bool = False, progress: bool = True, facts: dict | None = None) -> str:
     """Train (or find cached) a token-grid model (`vae`, `cvae`) on windows; returns the model folder.
 
     train, val: (x (N, rows, cols) integer tokens, cond (N, K) integers or None). `data` describes the slice
     (game, split, ...); the stage key also hashes the arrays themselves, so it is content-addressed.
     `model` may leave out `shape` (taken from x), `vocab` (max token + 1) and a cvae's `cond` (max + 1 each).
+    `facts` (derived from the arrays, so not hashed) are recorded beside `data` in the model's config.
     Validation keeps the weights with the best ELBO unless `training` names another `select`.
     """
     (x_tr, c_tr), (x_va, c_va) = train, val
@@ -133,7 +134,7 @@ def train_windows(slug: str, upstream: tuple[str, ...], data: dict, train: tuple
         info = {"metrics": {f"val_{k}": round(v, 4) for k, v in result.best.items()}, "steps": result.steps,
                 "seconds": result.seconds, "windows_per_s": result.samples_per_s,
                 "resumed_from_step": result.resumed_from, "parameters": count_parameters(net),
-                "device": device.type, "data": {**data, "train_windows": len(x_tr), "val_windows": len(x_va)}}
+                "device": device.type, "data": {**data, **(facts or {}), "train_windows": len(x_tr), "val_windows": len(x_va)}}
         save_model(net, tmp, config["model"], extra={"train": config["train"], "history": result.history, **info})
         plot_curve(result.history, tmp / "curve.png", title=stage.folder.name, metric=train_cfg.select)
         return info

@@ -239,6 +239,7 @@ def test_midi_folder_ingest_train_sample_interpolate_stats(tmp_path):
     cfg = json.loads((model / "config.json").read_text())
     assert cfg["steps"] == 2 and cfg["model"]["vocab"] == MELODY.vocab and cfg["model"]["shape"] == [1, 32]
     assert "val_acc" in cfg["metrics"] and cfg["data"]["mode"] == "melody"
+    assert sum(map(sum, cfg["data"]["key_counts"])) == info["windows"] - len(xv)   # the corpus's keys, untransposed
 
     report = sample_music(str(tmp_path / "clips"), str(model), n=2, bars=5, tempo=90, program=0, key="D", seed=3)
     for clip in report["clips"]:
@@ -303,6 +304,22 @@ def test_key_with_the_auto_model_uses_the_key_conditioned_model(tmp_path):
     chroma = sum(mm.chroma(read_back(tmp_path / c["midi"], MELODY), MELODY.lo) for c in report["clips"])
     e_major = np.roll(mm.MAJOR, 4)
     assert chroma[e_major].sum() / chroma.sum() > 0.85          # E major's scale, not C's
+
+
+def test_clips_take_the_corpus_keys_and_all_keys_without_them():
+    from flows.catalog import PRETRAINED
+    from flows.music import PRETRAINED_MELODY, generate_rolls, load_music_model
+
+    folder = PRETRAINED / PRETRAINED_MELODY
+    counts = json.loads((folder / "config.json").read_text())["data"]["key_counts"]
+    assert np.argmax(counts[0]) in (0, 2, 5, 7) and sum(map(sum, counts)) > 30_000   # Essen: mostly C D F G major
+    net, enc, window_bars, cols = load_music_model(folder)
+    only = np.zeros((2, 12))
+    only[0, 2] = only[1, 11] = 1                                   # D major and B minor only
+    keys = mm.estimate_keys(np.stack(generate_rolls(net, enc, window_bars, 40, 4, key_counts=only)), enc.lo)
+    assert np.mean([(t, m) in ((2, 0), (11, 1)) for t, m in keys]) >= 0.9
+    free = mm.estimate_keys(np.stack(generate_rolls(net, enc, window_bars, 40, 4)), enc.lo)
+    assert len(set(free[:, 0])) >= 6                              # trained on all 12 transpositions
 
 
 @pytest.mark.parametrize("args", [["music"], ["music", "train"], ["music", "sample"], ["music", "interpolate"],
