@@ -333,7 +333,7 @@ def _print_clips(report: dict, what: str) -> None:
 
 @music_app.command("train")
 def music_train(
-    corpus: str = typer.Option("essen", "--corpus", help="bach (371 chorales), essen (Essen folk songs), oneills, ryans, airds, folk (music21's corpus, parsed once and cached), or a folder of MIDI files."),
+    corpus: str = typer.Option("essen", "--corpus", help="bach (371 chorales), essen (Essen folk songs), oneills, ryans, airds, folk (music21's corpus, parsed once and cached); nottingham (Nottingham.mat in data/nottingham/, or its path); or a folder of MIDI files."),
     mode: str = typer.Option("melody", "--mode", help="melody (one voice; the soprano of a chorale) or chorale (four voices, S A T B)."),
     bars: int = typer.Option(2, "--bars", help="Window length in 4/4 bars of 16 steps (2, 4, 8 ...)."),
     condition: str = typer.Option("none", "--condition", help="none (vae), or a conditional VAE on key (tonic + mode), mode (major/minor) or meter."),
@@ -356,11 +356,10 @@ def music_train(
 
     if mode not in ("melody", "chorale"):
         raise typer.BadParameter(f"{mode!r}: melody or chorale", param_hint="--mode")
-    if corpus not in CORPORA and not Path(corpus).expanduser().is_dir():
-        hint = (" (music21 ships only 2 Nottingham tunes: pass a folder of Nottingham MIDI files instead)"
-                if corpus == "nottingham" else "")
-        raise typer.BadParameter(f"{corpus!r} is neither a corpus ({', '.join(CORPORA)}) nor a folder of MIDI "
-                                 f"files{hint}", param_hint="--corpus")
+    known = corpus in CORPORA or corpus == "nottingham" or Path(corpus).suffix == ".mat"
+    if not known and not Path(corpus).expanduser().is_dir():
+        raise typer.BadParameter(f"{corpus!r} is neither a corpus ({', '.join(CORPORA)}, nottingham) nor a folder "
+                                 "of MIDI files", param_hint="--corpus")
     model = {"latent": latent, "beta": beta, **({"widths": _ints(widths)} if widths else {})}
     if minutes is None and steps is None:
         minutes = 5.0

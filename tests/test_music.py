@@ -338,5 +338,47 @@ def test_unknown_corpus_is_a_clear_error():
 
     from flows.cli import app
 
-    result = CliRunner().invoke(app, ["music", "train", "--corpus", "nottingham"], terminal_width=200)
-    assert result.exit_code != 0 and "folder of MIDI files" in result.output and "essen" in result.output
+    result = CliRunner().invoke(app, ["music", "train", "--corpus", "nonesuch"], terminal_width=200)
+    assert result.exit_code != 0 and "folder of MIDI files" in result.output and "nottingham" in result.output
+
+
+def nottingham_mat(path: Path) -> Path:
+    """A Nottingham.mat in Boulanger-Lewandowski's layout: a 4/4 tune (a 3-eighth pickup, chords every 8 frames)
+    and a jig (chords every 6 frames), one frame per eighth, column 0 = MIDI 21."""
+    from scipy.io import savemat
+
+    def roll(melody, bass):
+        r = np.zeros((len(melody), 88), np.uint8)
+        r[np.arange(len(melody)), np.array(melody) - 21] = 1
+        r[np.arange(len(bass)), np.array(bass) - 21] = 1
+        return r
+
+    scale = [60, 62, 64, 65, 67, 69, 71, 72]
+    reel = roll([67] * 3 + scale * 4, [48] * 3 + [55] * 8 + [48] * 8 + [55] * 8 + [48] * 8)
+    jig = roll([64, 64, 67, 65, 65, 69] * 4, ([48] * 6 + [55] * 6) * 2)
+    cells = {}
+    for split, seqs in (("train", [reel, jig]), ("valid", [reel]), ("test", [jig])):
+        cells[f"{split}data"] = np.empty((1, len(seqs)), dtype=object)
+        for i, q in enumerate(seqs):
+            cells[f"{split}data"][0, i] = q
+    savemat(path, cells)
+    return path
+
+
+def test_nottingham_mat_frames_are_eighths_with_bar_lines_from_the_chords(tmp_path):
+    from flows.music import ingest_music, load_pieces
+
+    folder = ingest_music(str(nottingham_mat(tmp_path / "Nottingham.mat")), "melody")
+    manifest = json.loads((Path(folder) / "manifest.json").read_text())
+    assert manifest["counts"]["pieces"] == 4 and manifest["meters"] == {"4/4": 2, "6/8": 2}
+    rolls, meters, names, enc = load_pieces(folder)
+    reel = rolls[names.index("train/000")][0]
+    assert meters[names.index("train/000")] == "4/4"
+    assert reel[10] == tok(67) and (reel[11:16] == HOLD).all()        # the pickup ends at the first bar line
+    assert reel[16] == tok(60) and reel[17] == HOLD and reel[18] == tok(62)   # eighths on the downbeat
+    assert list(roll_to_notes(reel[None], enc.lo)[:, 2][:3]) == [6, 2, 2]
+    (tmp_path / "junk.mat").write_bytes(b"MATLAB 5.0 but not really")
+    with pytest.raises(ValueError, match="junk.mat: not a Nottingham.mat"):
+        ingest_music(str(tmp_path / "junk.mat"), "melody")
+    with pytest.raises(ValueError, match="--mode melody"):
+        ingest_music(str(tmp_path / "Nottingham.mat"), "chorale")
