@@ -5,6 +5,9 @@ written to outputs/bench/levels.md (+ levels.json).
     python bench/levels.py                                  # Mario windows + full levels, 1000 samples
     python bench/levels.py --games mario,lode_runner,zelda  # + Lode Runner and Zelda (trains small models, cached)
 
+Lode Runner models place exactly one spawn and train on mirrored copies too (flows/levels.py UNIQUE_TILES,
+MIRROR); the Lode Runner rows end with the checker outcome per source (which condition fails, gold per level).
+
 Mario uses the shipped models/pretrained/mario-vae (or --mario-model FOLDER) and the mario-gpt corpus it was
 trained on; Lode Runner and Zelda train a model on ../shared/data/vglc (a cached stage).
 """
@@ -27,7 +30,7 @@ from flows.levels import (_training_units, check_units, full_level, resolve_leve
                           sample_windows, train_levels)
 from flows.settings import outputs_root  # noqa: E402
 from formats.levels import diversity, novelty, tpkl, wilson, windows  # noqa: E402
-from formats.playability import mario_pipes_ok, mario_playable  # noqa: E402
+from formats.playability import lode_runner_check, mario_pipes_ok, mario_playable  # noqa: E402
 from models.checkpoints import read_config  # noqa: E402
 from models.registry import load_model  # noqa: E402
 from models.vaes import latent_walk  # noqa: E402
@@ -78,7 +81,20 @@ def row(name: str, grids: np.ndarray, ok: np.ndarray, train: np.ndarray, seconds
             "novel": nov["novel"], "nn_hamming": nov["nn_hamming"], "pairwise": div["pairwise_hamming"],
             "distinct": div["distinct"], "tpkl2": tpkl(train, grids, 2), "tpkl3": tpkl(train, grids, 3),
             "pipes_ok": float(np.mean(mario_pipes_ok(grids))) if game == "mario" else None,
-            "per_s": None if seconds is None else len(grids) / seconds}
+            "per_s": None if seconds is None else len(grids) / seconds,
+            "why": lode_runner_failures(grids) if game == "lode_runner" else None}
+
+
+def lode_runner_failures(grids: np.ndarray) -> dict:
+    """Which condition of the Lode Runner checker (notes §4.3) each grid fails, and the gold per grid (a grid
+    with little gold passes more easily; the originals hold 4 to 131, median 16)."""
+    from collections import Counter
+
+    checks = [lode_runner_check(g) for g in grids]
+    why = Counter(c.get("reason") or ("playable" if c["all_gold"] else "gold reachable, not in one run"
+                                      if c["each_gold"] else "some gold unreachable") for c in checks)
+    return {"reasons": dict(why.most_common()), "gold_mean": float(np.mean([c["gold"] for c in checks])),
+            "playable_with_4_gold": float(np.mean([c["all_gold"] and c["gold"] >= 4 for c in checks]))}
 
 
 def windows_rows(game: str, net, train: np.ndarray, n: int, seed: int) -> list[dict]:
@@ -251,6 +267,9 @@ def main() -> None:
                                           else ingest_levels("mario"))
             rows += full_rows(net, train, [g for _, g in levels], args.full, args.length, args.seed)
     md = table(rows)
+    why = [f"- {r['game']} {r['source']}: {r['why']}" for r in rows if r.get("why")]
+    if why:
+        md += "\n\nLode Runner checker outcomes (reason, gold per level, playable with >= 4 gold):\n" + "\n".join(why)
     print(md)
     out = outputs_root() / "bench"
     out.mkdir(parents=True, exist_ok=True)

@@ -164,6 +164,12 @@ def split_levels(names: list[str], fraction: float = 0.08) -> set[int]:
 # ---------------------------------------------------------------- train
 
 DEFAULT_MODEL = {"widths": [16, 32, 64], "latent": 32, "beta": 0.5}   # (32, 64, 128) trains 6x slower on CPU
+# Per game: tokens that occur exactly once per unit (decoded as one position, models/vaes.py VAE.nll), and
+# whether mirrored copies of the training units are added. Lode Runner: one spawn `M` per level (a per-cell
+# softmax decodes none or several: 0 % playable); gravity is vertical, so a level mirrored left-right is
+# as playable (the checker gives all 150 originals the same verdict mirrored) and doubles 138 training levels.
+UNIQUE_TILES = {"lode_runner": "M"}
+MIRROR = {"lode_runner"}
 DEFAULT_TRAINING = {"steps": 6000, "epoch_steps": 500, "batch_size": 64, "lr": 2e-3, "warmup_steps": 100}
 
 
@@ -186,15 +192,23 @@ def train_levels(game: str = "mario", data: str | None = None, kind: str = "vae"
         val_mask = np.arange(len(x)) % 10 == 9
     cond = mario_conditions(x) if kind == "cvae" else None
     pick = lambda m: (x[m], None if cond is None else cond[m])  # noqa: E731
-    model_cfg = {**DEFAULT_MODEL, **(model or {}), "kind": kind, "vocab": get_legend(game).vocab}
+    train = pick(~val_mask)
+    if game in MIRROR:                                        # (N, rows, cols) -> (2N, rows, cols), x reversed
+        train = (np.concatenate([train[0], train[0][:, :, ::-1]]),
+                 None if train[1] is None else np.concatenate([train[1], train[1]]))
+    legend = get_legend(game)
+    unique = [legend.index(t) for t in UNIQUE_TILES.get(game, "")]
+    model_cfg = {**DEFAULT_MODEL, **({"unique": unique} if unique else {}), **(model or {}), "kind": kind,
+                 "vocab": legend.vocab}
     if kind == "cvae":
         model_cfg["cond"] = [len(COND_LEVELS)] * len(COND_NAMES)
     desc = {"game": game, "source": manifest["source"], "data": manifest["data"], "width": width,
             "ingest": Path(ingest_dir).name, "held_out": sorted(levels[i][0] for i in held),
             "cond": list(COND_NAMES) if kind == "cvae" else None, "originals": manifest["originals"]}
-    return train_windows(f"{get_legend(game).game}-{manifest['source']}", (manifest["key"],), desc, pick(~val_mask),
-                         pick(val_mask), model_cfg, {**DEFAULT_TRAINING, **(training or {})}, refresh=refresh,
-                         progress=progress)
+    if game in MIRROR:
+        desc["augment"] = "mirror"
+    return train_windows(f"{legend.game}-{manifest['source']}", (manifest["key"],), desc, train, pick(val_mask),
+                         model_cfg, {**DEFAULT_TRAINING, **(training or {})}, refresh=refresh, progress=progress)
 
 
 def resolve_level_model(model: str | None) -> Path:
@@ -434,7 +448,7 @@ def interpolate_levels(level_a: str, level_b: str, out_dir: str, steps: int = 8,
         mu = [net.encode(torch.from_numpy(p[:k].astype(np.int64)))[0] for p in parts]    # (K, latent) each
         grids = []
         for t in np.linspace(0, 1, steps):
-            wins = net.decode((1 - t) * mu[0] + t * mu[1]).argmax(1).numpy().astype(np.uint8)   # (K, rows, cols)
+            wins = net.tokens(net.decode((1 - t) * mu[0] + t * mu[1])).numpy().astype(np.uint8)   # (K, rows, cols)
             grids.append(np.concatenate(list(wins), 1))
     ok = mario_playable(np.stack(grids), mode="level" if k > 1 else "window") if game == "mario" \
         else check_units(game, np.stack(grids))

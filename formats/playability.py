@@ -283,7 +283,7 @@ def _closure(succ: list[list[int]], start: int) -> set[int]:
 def lode_runner_check(grid: np.ndarray, legend: Legend | str = "lode_runner", dig: bool = True) -> dict:
     """{"each_gold": every G reachable from the single M; "all_gold": all gold in one run (the components
     holding M and each G are totally ordered by reachability: exact for this move graph); "gold",
-    "reached"}. No spawn or several: unplayable. Originals: each 140 / 149, all 131 / 149; with dig=False
+    "reached"}. No spawn or several, or no gold: unplayable. Originals: each 140 / 149, all 131 / 149; with dig=False
     (strict, pcg_benchmark rule) 34 / 149."""
     legend = get_legend(legend)
     g = np.asarray(grid)
@@ -293,6 +293,9 @@ def lode_runner_check(grid: np.ndarray, legend: Legend | str = "lode_runner", di
     if len(spawn) != 1:
         return {"each_gold": False, "all_gold": False, "gold": len(gold), "reached": 0,
                 "reason": f"{len(spawn)} spawns (need exactly one)"}
+    if not gold:                 # nothing to collect is no level (notes §3: one M and at least one G); every
+        return {"each_gold": False, "all_gold": False, "gold": 0, "reached": 0,   # original has >= 4
+                "reason": "no gold"}
     succ = lode_runner_graph(g, legend, dig)
     reach = {int(spawn[0]): _closure(succ, int(spawn[0]))}
     reached = [v for v in gold if v in reach[int(spawn[0])]]

@@ -15,7 +15,7 @@ from typing import Literal
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, field_validator
+from pydantic import BaseModel, ConfigDict, field_validator, model_serializer
 
 
 class VAEConfig(BaseModel):
@@ -28,6 +28,7 @@ class VAEConfig(BaseModel):
     widths: tuple[int, ...] = (64, 128, 256)     # first at full size, then each halves the conv axes
     latent: int = 32
     beta: float = 1.0                            # weight of the KL term; 1 = the plain VAE
+    unique: tuple[int, ...] = ()                 # tokens that occur once per grid (Lode Runner's spawn): see VAE.nll
 
     @field_validator("vocab", "latent")
     @classmethod
@@ -35,6 +36,14 @@ class VAEConfig(BaseModel):
         if v < 1:
             raise ValueError(f"must be >= 1, got {v}")
         return v
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler):
+        # `unique` is left out while empty, so configs (and stage keys) from before it existed stay the same
+        out = handler(self)
+        if not self.unique:
+            out.pop("unique", None)
+        return out
 
 
 class CVAEConfig(VAEConfig):
@@ -71,6 +80,12 @@ class VAE(nn.Module):
         for a, b in zip(w[::-1][:-1], w[::-1][1:]):
             dec += [nn.GELU(), deconv(a, b, 4, stride=2, padding=1)]
         self.decoder = nn.Sequential(*dec, nn.GELU(), conv(w[0], c_in, 3, padding=1))
+        if any(not 0 <= u < cfg.vocab for u in cfg.unique) or len(cfg.unique) >= cfg.vocab:
+            raise ValueError(f"unique tokens {cfg.unique} must be distinct from at least one other token in "
+                             f"0..{cfg.vocab - 1}")
+        unique = torch.zeros(cfg.vocab, dtype=torch.bool)
+        unique[list(cfg.unique)] = True
+        self.register_buffer("is_unique", unique, persistent=False)            # (V,)
 
     def cond_dim(self) -> int:
         return 0
@@ -119,9 +134,51 @@ class VAE(nn.Module):
         mu, logvar = mu.float(), logvar.float()
         z = mu if gen is None else mu + (0.5 * logvar).exp() * torch.randn(mu.shape, generator=gen, device=mu.device)
         logits = self.decode(z, cond).float()
-        recon = F.cross_entropy(logits, x.long(), reduction="none").flatten(1).sum(1)
+        recon = self.nll(logits, x.long())
         kl = -0.5 * (1 + logvar - mu.pow(2) - logvar.exp()).sum(1)   # KL(q(z|x) || N(0, I)), Kingma & Welling App. B
         return recon, kl, logits
+
+    def nll(self, logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Per-sample negative log-likelihood in nats of tokens x (B, rows, cols) under logits (B, V, rows, cols).
+        Plain: a softmax over tokens per cell. With `unique` tokens, a grid holds each exactly once: its logit
+        map is a softmax over the cells (where it is; a grid without it adds nothing), and every other cell is
+        a softmax over the remaining tokens. So every decoded grid has exactly one of each (Lode Runner: one
+        spawn), which a per-cell softmax almost never gives (argmax: none; drawn: several)."""
+        if not self.cfg.unique:
+            return F.cross_entropy(logits, x, reduction="none").flatten(1).sum(1)
+        hit = self.is_unique[x]                                                 # (B, rows, cols)
+        other = logits.masked_fill(self.is_unique[None, :, None, None], -1e9)  # the unique tokens left out
+        free = int(torch.nonzero(~self.is_unique)[0])                           # any allowed target; masked below
+        cells = F.cross_entropy(other, torch.where(hit, free, x), reduction="none") * ~hit
+        out = cells.flatten(1).sum(1)
+        for u in self.cfg.unique:
+            where = (x == u).flatten(1)                                         # (B, rows * cols)
+            here = where.any(1)
+            pos = F.cross_entropy(logits[:, u].flatten(1), where.float().argmax(1), reduction="none")
+            out = out + pos * here
+        return out
+
+    def tokens(self, logits: torch.Tensor, gen: torch.Generator | None = None, temperature: float = 0.0
+               ) -> torch.Tensor:
+        """Logits (B, V, rows, cols) -> tokens (B, rows, cols): the most likely token per cell (temperature 0) or
+        each drawn from softmax(logits / temperature) (from `gen`); `unique` tokens are placed once each, at
+        their most likely (or a drawn) cell."""
+        logits = logits.float()
+        other = logits.masked_fill(self.is_unique[None, :, None, None], -1e9) if self.cfg.unique else logits
+        if temperature <= 0:
+            out = other.argmax(1)
+        else:
+            probs = F.softmax(other / temperature, dim=1).movedim(1, -1)         # (B, rows, cols, V)
+            out = torch.multinomial(probs.reshape(-1, self.cfg.vocab), 1, generator=gen).view(probs.shape[:-1])
+        flat = out.flatten(1)                                                   # (B, rows * cols), a view
+        for u in self.cfg.unique:
+            where = logits[:, u].flatten(1)                                     # (B, rows * cols)
+            if temperature <= 0:
+                idx = where.argmax(1, keepdim=True)
+            else:
+                idx = torch.multinomial(F.softmax(where / temperature, dim=1), 1, generator=gen)
+            flat.scatter_(1, idx, u)
+        return out
 
     def loss(self, batch, gen: torch.Generator) -> torch.Tensor:
         x, cond = self._split(batch)
@@ -141,7 +198,7 @@ class VAE(nn.Module):
             sums["loss"] += (recon + self.cfg.beta * kl).sum().item()
             sums["elbo"] -= (recon + kl).sum().item()
             sums["kl"] += kl.sum().item()
-            sums["acc"] += (logits.argmax(1) == xb).float().flatten(1).mean(1).sum().item()
+            sums["acc"] += (self.tokens(logits) == xb).float().flatten(1).mean(1).sum().item()
         return {k: v / len(x) for k, v in sums.items()}
 
     # ---- use
@@ -149,7 +206,7 @@ class VAE(nn.Module):
     def reconstruct(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
         """Tokens (B, rows, cols) -> the argmax of decode(mu)."""
         mu, _ = self.encode(x, cond)
-        return self.decode(mu, cond).argmax(1)
+        return self.tokens(self.decode(mu, cond))
 
     @torch.no_grad()
     def sample(self, n: int, gen: torch.Generator, cond: torch.Tensor | None = None, z: torch.Tensor | None = None,
@@ -160,11 +217,7 @@ class VAE(nn.Module):
         if z is None:
             z = torch.randn(n, self.cfg.latent, generator=gen, device=device)
         logits = self.decode(z.to(device), cond).float()           # (n, V, rows, cols)
-        if greedy:
-            return logits.argmax(1)
-        probs = F.softmax(logits / temperature, dim=1).movedim(1, -1)   # (n, rows, cols, V)
-        flat = torch.multinomial(probs.reshape(-1, self.cfg.vocab), 1, generator=gen)
-        return flat.view(logits.shape[0], *self.cfg.shape)
+        return self.tokens(logits, gen, 0.0 if greedy else temperature)
 
 
 class CVAE(VAE):

@@ -208,3 +208,37 @@ def test_levels_flows_end_to_end(tmp_path):
     r = interpolate_levels(str(first), str(first), str(tmp_path / "interp"), steps=3, model=model)
     steps = [read_level(tmp_path / "interp" / f"{f}.txt", "mario") for f in r["files"]]
     assert len(steps) == 3 and np.array_equal(steps[0], steps[-1])      # same level at both ends
+
+
+def test_lode_runner_model_places_one_spawn_and_trains_on_mirrored_levels(tmp_path):
+    """Lode Runner's spawn `M` is a unique token: decoded as one position, so every sample (most likely or
+    drawn tiles) holds exactly one; the training levels are doubled by mirrored copies."""
+    import torch
+
+    from flows.levels import sample_windows, train_levels
+    from formats.playability import lode_runner_check
+    from models.registry import load_model
+    from models.vaes import VAEConfig
+
+    data = tmp_path / "lr"
+    data.mkdir()
+    for i in range(4):
+        rows = [["."] * 32 for _ in range(22)]
+        rows[20] = ["b"] * 32
+        rows[21] = ["B"] * 32
+        rows[19][3 + i], rows[19][20 + i] = "M", "G"
+        (data / f"Level {i + 1}.txt").write_text("\n".join("".join(r) for r in rows))
+    model = train_levels("lode_runner", str(data), model=TINY, training=TINY_TRAINING, progress=False)
+    cfg = json.loads((Path(model) / "config.json").read_text())
+    spawn = get_legend("lode_runner").index("M")
+    assert cfg["model"]["unique"] == [spawn] and cfg["data"]["augment"] == "mirror"
+    assert cfg["data"]["train_windows"] == 2 * 3                       # 3 training levels + their mirrors
+    net = load_model(Path(model))
+    for temperature in (0.0, 1.0):
+        grids = sample_windows(net, 5, torch.Generator().manual_seed(0), temperature=temperature)
+        assert ((grids == spawn).sum((1, 2)) == 1).all()
+    # a level with one spawn and no gold has nothing to play (notes §3: one M and at least one G)
+    empty = level_to_grid("....\nM...\nBBBB", "lode_runner")
+    assert lode_runner_check(empty)["reason"] == "no gold" and not lode_runner_check(empty)["all_gold"]
+    # without unique tokens the config (and so every stage key) is what it was before the field existed
+    assert "unique" not in VAEConfig(vocab=3, shape=(4, 4)).model_dump()
