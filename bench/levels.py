@@ -4,6 +4,7 @@ written to outputs/bench/levels.md (+ levels.json).
 
     python bench/levels.py                                  # Mario windows + full levels, 1000 samples
     python bench/levels.py --games mario,lode_runner,zelda  # + Lode Runner and Zelda (trains small models, cached)
+    python bench/levels.py --cond-model outputs/train/cvae-mario-...  # does a Mario cvae give what --cond asks?
 
 Lode Runner models place exactly one spawn and train on mirrored copies too (flows/levels.py UNIQUE_TILES,
 MIRROR); the Lode Runner rows end with the checker outcome per source (which condition fails, gold per level).
@@ -232,6 +233,39 @@ def ship(src: Path, name: str = "mario-vae") -> Path:
     return dst
 
 
+def cond_table(folder: Path, n: int, seed: int) -> str:
+    """How well a feature-conditioned Mario cvae does what it is asked: per variable and bucket, `n` windows
+    sampled with that bucket asked (the other variables drawn as in the corpus, as `levels sample --cond`
+    does): the share that lands in the asked bucket (raw, most likely tile and tiles drawn at T=1), beside
+    the share of that bucket among the plain VAE's samples and among the training windows; then what delivery
+    keeps (playable, pipes well formed, as asked) and how many draws one delivered window costs."""
+    from flows.levels import COND_LEVELS, COND_NAMES, cond_ok, fill_cond, mario_conditions
+
+    net, cfg = load_model(folder), read_config(folder)
+    plain = load_model(resolve_level_model(None))
+    train, _ = _training_units(cfg)
+    known = mario_conditions(train)
+    gen = torch.Generator().manual_seed(seed)
+    free = mario_conditions(sample_windows(plain, n, gen))
+    lines = ["| variable | asked | in asked bucket, raw (most likely) | raw (T=1) | plain VAE | training windows "
+             "| delivered: playable + as asked of drawn (most likely) | draws per delivered |", "|---" * 8 + "|"]
+    for j, name in enumerate(COND_NAMES):
+        for level, label in enumerate(COND_LEVELS):
+            asked = np.full((1, len(COND_NAMES)), -1)
+            asked[0, j] = level
+            got = {}
+            for t in (0.0, 1.0):
+                g = sample_windows(net, n, gen, fill_cond(asked, n, known, gen), t)
+                got[t] = (g, mario_conditions(g)[:, j] == level)
+            g = got[0.0][0]
+            keep = check_units("mario", g) & mario_pipes_ok(g) & cond_ok(g, asked)
+            lines.append(f"| {name} | {label} | {pct(got[0.0][1].mean())} | {pct(got[1.0][1].mean())} | "
+                         f"{pct(np.mean(free[:, j] == level))} | {pct(np.mean(known[:, j] == level))} | "
+                         f"{pct(keep.mean())} | {1 / keep.mean() if keep.any() else float('inf'):.1f} |")
+    return "\n".join(lines) + (f"\n\n{folder.name}: {cfg.get('steps')} steps, {cfg.get('seconds', 0):.0f} s on "
+                               f"{cfg.get('device')}; {n} windows per row, seed {seed}; plain VAE: the shipped mario-vae")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--games", default="mario")
@@ -241,6 +275,8 @@ def main() -> None:
     ap.add_argument("--mario-model", default=None, help="Mario model folder (default: the shipped mario-vae)")
     ap.add_argument("--steps", type=int, default=1000, help="training steps for the Lode Runner / Zelda models")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--cond-model", type=Path, default=None,
+                    help="only the condition table of this Mario cvae (aeflow levels train --model cvae) -> levels-cond.md")
     ap.add_argument("--ship", type=Path, default=None,
                     help="copy this trained model to models/pretrained/mario-vae and stop")
     args = ap.parse_args()
@@ -248,6 +284,12 @@ def main() -> None:
         print(ship(args.ship))
         return
     torch.set_num_threads(2)
+    if args.cond_model:
+        md = cond_table(args.cond_model, args.n, args.seed)
+        print(md)
+        (outputs_root() / "bench").mkdir(parents=True, exist_ok=True)
+        (outputs_root() / "bench" / "levels-cond.md").write_text(md + "\n")
+        return
     rows, info = [], {}
     for game in args.games.split(","):
         if game == "mario":

@@ -49,10 +49,10 @@ def mario_conditions(grids: np.ndarray) -> np.ndarray:
 
 
 def parse_cond(text: str | None) -> np.ndarray | None:
-    """"enemies=many,pipes=some" -> (1, 3) bucket indices; unnamed variables default to "few"."""
+    """"enemies=many,pipes=some" -> (1, 3) bucket indices; -1 for a variable not named (fill_cond draws it)."""
     if not text:
         return None
-    cond = {k: 1 for k in COND_NAMES}
+    cond = {k: -1 for k in COND_NAMES}
     for part in text.split(","):
         key, _, value = part.partition("=")
         key, value = key.strip(), value.strip()
@@ -252,10 +252,30 @@ def _generator(seed: int):
     return torch.Generator().manual_seed(seed)
 
 
+def fill_cond(cond: np.ndarray | None, n: int, known: np.ndarray, gen) -> np.ndarray | None:
+    """(1, K) asked buckets with -1 for "any" -> (n, K): each row's unnamed variables copied from a training
+    window drawn at random (`known`, (N, K)), so they come as often, and together, as in the corpus (asking
+    for many enemies says nothing about pipes)."""
+    import torch
+
+    if cond is None:
+        return None
+    rows = known[torch.randint(len(known), (n,), generator=gen).numpy()]
+    return np.where(cond >= 0, cond, rows).astype(np.int64)
+
+
+def cond_ok(grids: np.ndarray, cond: np.ndarray | None) -> np.ndarray:
+    """(N,) bool: each grid's measured buckets equal the asked ones (variables asked for, not -1)."""
+    if cond is None:
+        return np.ones(len(grids), bool)
+    asked = cond[0] >= 0
+    return (mario_conditions(grids)[:, asked] == cond[0, asked]).all(1)
+
+
 def _cond_tensor(cond: np.ndarray | None, n: int):
     import torch
 
-    return None if cond is None else torch.from_numpy(np.repeat(cond, n, 0))
+    return None if cond is None else torch.from_numpy(np.repeat(cond, n // len(cond), 0))
 
 
 def sample_windows(net, n: int, gen, cond: np.ndarray | None = None, temperature: float = 0.0) -> np.ndarray:
@@ -300,10 +320,11 @@ def full_level(net, length: int, gen, cond: np.ndarray | None = None, candidates
     return level[:, :length], rejected
 
 
-def _full_levels(net, n: int, length: int, gen, cond, raw: bool, temperature: float, max_tries: int):
+def _full_levels(net, n: int, length: int, gen, cond, raw: bool, temperature: float, max_tries: int,
+                 known: np.ndarray | None = None):
     """(levels, raw_ok, rejected windows, restarts): `n` levels from latent walks. raw_ok scores plain walks
     (window after window, nothing chosen; these are the levels when `raw`), else levels are built with
-    `full_level`, seams checked."""
+    `full_level`, seams checked. A cvae's unnamed condition variables are drawn per level (fill_cond)."""
     import torch
 
     from models.vaes import latent_walk
@@ -313,12 +334,13 @@ def _full_levels(net, n: int, length: int, gen, cond, raw: bool, temperature: fl
     with torch.no_grad():
         for _ in range(n if raw else min(n, 100)):
             z = latent_walk(-(-length // cols), net.cfg.latent, gen)                    # (windows, latent)
-            grid = np.concatenate(list(_tiles(net.decode(z, _cond_tensor(cond, len(z))), gen, temperature)), 1)
+            c = _cond_tensor(fill_cond(cond, 1, known, gen), len(z))
+            grid = np.concatenate(list(_tiles(net.decode(z, c), gen, temperature)), 1)
             raw_ok.append(bool(mario_playable(grid[:, :length], mode="level")))
             if raw:
                 levels.append(grid[:, :length])
         while not raw and len(levels) < n and restarts < max_tries * n:
-            grid, rej = full_level(net, length, gen, cond, temperature=temperature)
+            grid, rej = full_level(net, length, gen, fill_cond(cond, 1, known, gen), temperature=temperature)
             rejected += rej
             if grid is None:
                 restarts += 1
@@ -373,8 +395,10 @@ def sample_levels(out_dir: str, model: str | None = None, n: int = 50, length: i
               "temperature": temperature,
               "kind": "level" if full else "window", "shape": [rows, length if full else cols],
               "originals": originals}
+    known = mario_conditions(train_units) if c is not None else None
     if full:
-        levels, raw_ok, rejected_windows, restarts = _full_levels(net, n, length, gen, c, raw, temperature, max_tries)
+        levels, raw_ok, rejected_windows, restarts = _full_levels(net, n, length, gen, c, raw, temperature, max_tries,
+                                                                  known)
         ok = mario_playable(np.stack(levels), mode="level") if levels else np.zeros(0, bool)
         report.update(raw_playability=_rate(np.array(raw_ok)), delivered=_rate(ok),
                       rejected={"windows": rejected_windows, "restarts": restarts},
@@ -383,20 +407,24 @@ def sample_levels(out_dir: str, model: str | None = None, n: int = 50, length: i
             report["shortfall"] = f"only {len(levels)} of {n} levels after {restarts} restarts (max_tries {max_tries})"
         grids = levels
     else:
-        drawn, grids, raw_ok, pipes_ok = 0, [], [], []
+        drawn, grids, raw_ok, pipes_ok, off_cond = 0, [], [], [], 0
         while len(grids) < n and drawn < max_tries * n:
-            batch = sample_windows(net, max(n - len(grids), 64) if not raw else n, gen, c, temperature)
+            m = max(n - len(grids), 64) if not raw else n
+            batch = sample_windows(net, m, gen, fill_cond(c, m, known, gen), temperature)
             ok = check_units(game, batch)
             pipes = mario_pipes_ok(batch) if game == "mario" else np.ones(len(batch), bool)   # well-formed pipes
+            asked = cond_ok(batch, c)                         # delivered windows have what was asked for
             drawn += len(batch)
             raw_ok.append(ok)
             pipes_ok.append(pipes)
-            grids += list(batch if raw else batch[ok & pipes])
+            off_cond += int((ok & pipes & ~asked).sum())
+            grids += list(batch if raw else batch[ok & pipes & asked])
         grids = grids[:n]
         raw_ok, pipes_ok = np.concatenate(raw_ok), np.concatenate(pipes_ok)
         ok = check_units(game, np.stack(grids)) if grids else np.zeros(0, bool)
         report.update(raw_playability=_rate(raw_ok), delivered=_rate(ok),
-                      rejected={"unplayable": int((~raw_ok).sum()), "broken_pipes": int((raw_ok & ~pipes_ok).sum())},
+                      rejected={"unplayable": int((~raw_ok).sum()), "broken_pipes": int((raw_ok & ~pipes_ok).sum()),
+                                **({"not_as_asked": off_cond} if c is not None else {})},
                       originals_rate=f"{originals['units_playable']} / {originals['units']} training units")
         if game == "mario":
             report["raw_pipes_ok"] = round(float(pipes_ok.mean()), 4)
@@ -412,7 +440,8 @@ def sample_levels(out_dir: str, model: str | None = None, n: int = 50, length: i
     if cond and game == "mario" and grids:
         units = np.stack(grids) if not full else np.concatenate([windows(g, cols, cols) for g in grids])
         feats = mario_conditions(units)
-        report["cond_match"] = {k: round(float((feats[:, i] == c[0, i]).mean()), 3) for i, k in enumerate(COND_NAMES)}
+        report["cond_match"] = {k: round(float((feats[:, i] == c[0, i]).mean()), 3) for i, k in enumerate(COND_NAMES)
+                                if c[0, i] >= 0}
     out = Path(out_dir)
     names = _write_levels(out, grids, legend)
     if grids:

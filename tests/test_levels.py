@@ -145,14 +145,30 @@ def test_cvae_conditions_round_trip(tmp_path):
     cfg = json.loads((Path(model) / "config.json").read_text())
     assert cfg["model"]["kind"] == "cvae" and cfg["model"]["cond"] == [4, 4, 4]
     report = sample_levels(str(tmp_path / "out"), model=model, n=2, cond="enemies=many,gaps=none", raw=True)
-    assert set(report["cond_match"]) == {"enemies", "pipes", "gaps"} and len(report["files"]) == 2
-    assert parse_cond("pipes=some").tolist() == [[1, 2, 1]]
+    assert set(report["cond_match"]) == {"enemies", "gaps"} and len(report["files"]) == 2   # only what was asked
+    assert parse_cond("pipes=some").tolist() == [[-1, 2, -1]]
     with pytest.raises(ValueError, match="NAME=LEVEL"):
         parse_cond("coins=many")
     with pytest.raises(ValueError, match="--cond is required"):
         sample_levels(str(tmp_path / "x"), model=model, n=1)
     g = level_to_grid("-" * 28 + "\n" + "-" * 5 + "EEEE" + "-" * 19 + "\n" + "X" * 10 + "-" * 9 + "X" * 9, "mario")
     assert mario_conditions(g[None]).tolist() == [[3, 0, 3]]             # 4 enemies, no pipe, 9 gap columns
+
+
+def test_unnamed_conditions_follow_the_corpus_and_delivery_checks_the_named_ones():
+    import torch
+
+    from flows.levels import cond_ok, fill_cond, mario_conditions, parse_cond
+
+    known = np.array([[0, 3, 1]] * 3 + [[2, 0, 2]])                    # the training windows' buckets
+    filled = fill_cond(parse_cond("enemies=many"), 400, known, torch.Generator().manual_seed(0))
+    assert (filled[:, 0] == 3).all()                                    # asked
+    pairs = {tuple(r) for r in filled[:, 1:]}
+    assert pairs == {(3, 1), (0, 2)} and 0.65 < np.mean(filled[:, 1] == 3) < 0.85   # drawn together, ~3:1
+    g = level_to_grid("-" * 28 + "\n" + "-" * 5 + "EEEE" + "-" * 19 + "\n" + "X" * 28, "mario")
+    assert cond_ok(g[None], parse_cond("enemies=many")).tolist() == [True]
+    assert cond_ok(g[None], parse_cond("enemies=many,gaps=some")).tolist() == [False]   # no gap in it
+    assert mario_conditions(g[None])[0, 2] == 0
 
 
 def test_any_game_through_a_vglc_legend_json(tmp_path):
