@@ -266,6 +266,50 @@ def cond_table(folder: Path, n: int, seed: int) -> str:
                                f"{cfg.get('device')}; {n} windows per row, seed {seed}; plain VAE: the shipped mario-vae")
 
 
+BLEND_WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)
+
+
+def blend_table(n: int, steps: int, seed: int, model: Path | None = None) -> str:
+    """Game blending (Sarkar et al.): a cvae on Mario + Kid Icarus 16 x 16 units (union legend) conditioned on
+    the game, decoded under the soft condition (1 - W, W) for W = weight of Kid Icarus. Per row: share of
+    Mario-only / Kid-Icarus-only tiles among non-empty cells, each game's rule (Mario left to right, Kid Icarus
+    bottom to top with wrap-around; flows/levels.py blend_playable), either, novelty vs the training units."""
+    from flows.levels import blend_condition, ingest_levels, load_ingest
+    from formats.levels import game_tile_shares
+    from formats.playability import blend_playable
+
+    game = "mario+kid_icarus"
+    t0 = time.perf_counter()
+    folder = model or Path(train_levels(game, str(VGLC / "kid_icarus"), kind="cvae", training={"steps": steps},
+                                        progress=False))
+    cfg, net = read_config(folder), load_model(folder)
+    ingest = ingest_levels(game, cfg["data"]["data"])                    # the cached blend stage
+    units, label = load_ingest(ingest)[0], np.load(Path(ingest) / "unit_game.npy")     # (N, 16, 16), (N,)
+    gen = torch.Generator().manual_seed(seed)
+    head = ("| source | n | Mario-only tiles % | KI-only tiles % | Mario rule % | KI rule % | either % | novel % | "
+            "NN Hamming |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+
+    def line(name, g, novel=True):
+        share, rules = game_tile_shares(g, game), blend_playable(g, game)
+        nov = novelty(g, units) if novel else {"novel": None, "nn_hamming": None}
+        nn = "—" if nov["nn_hamming"] is None else f"{nov['nn_hamming']:.3f}"
+        lines.append(f"| {name} | {len(g)} | {pct(share['mario'])} | {pct(share['kid_icarus'])} | "
+                     f"{pct(rules['mario'].mean())} | {pct(rules['kid_icarus'].mean())} | "
+                     f"{pct((rules['mario'] | rules['kid_icarus']).mean())} | {pct(nov['novel'])} | "
+                     f"{nn} |")
+
+    for i, name in enumerate(("Mario originals (16x16, 2 sky rows)", "Kid Icarus originals (16x16)")):
+        line(name, units[label == i], novel=False)
+    for w in BLEND_WEIGHTS:
+        with torch.no_grad():
+            g = net.sample(n, gen, cond=torch.from_numpy(blend_condition(w))).numpy().astype(np.uint8)
+        line(f"cvae W={w:g} (raw, most likely tile)", g)
+    return "\n".join(lines) + (f"\n\n{folder.name}: {cfg.get('steps')} steps, {cfg.get('seconds', 0):.0f} s on "
+                               f"{cfg.get('device')} (bench total {time.perf_counter() - t0:.0f} s); W = weight of Kid "
+                               f"Icarus in the decoder's condition; {n} samples per row, seed {seed}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--games", default="mario")
@@ -277,6 +321,9 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--cond-model", type=Path, default=None,
                     help="only the condition table of this Mario cvae (aeflow levels train --model cvae) -> levels-cond.md")
+    ap.add_argument("--blend", action="store_true",
+                    help="only the Mario + Kid Icarus blend table (trains a game cvae for --steps) -> levels-blend.md")
+    ap.add_argument("--blend-model", type=Path, default=None, help="use this blend cvae instead of training one")
     ap.add_argument("--ship", type=Path, default=None,
                     help="copy this trained model to models/pretrained/mario-vae and stop")
     args = ap.parse_args()
@@ -284,6 +331,12 @@ def main() -> None:
         print(ship(args.ship))
         return
     torch.set_num_threads(2)
+    if args.blend:
+        md = blend_table(args.n, args.steps, args.seed, args.blend_model)
+        print(md)
+        (outputs_root() / "bench").mkdir(parents=True, exist_ok=True)
+        (outputs_root() / "bench" / "levels-blend.md").write_text(md + "\n")
+        return
     if args.cond_model:
         md = cond_table(args.cond_model, args.n, args.seed)
         print(md)

@@ -466,14 +466,15 @@ def music_stats(
 levels_app = typer.Typer(help="Game levels: train a VAE on tile grids, sample playable levels, interpolate, check.",
                          no_args_is_help=True)
 app.add_typer(levels_app, name="levels")
-GAMES_HELP = "mario, kid_icarus, lode_runner or zelda"
+GAMES_HELP = ("mario, kid_icarus, lode_runner or zelda; or the blend mario+kid_icarus (--data: the Kid Icarus "
+              "folder, Mario from mario-gpt; or MARIO_DIR,KI_DIR)")
 
 
 @levels_app.command("train")
 def levels_train(
     game: str = typer.Option("mario", "--game", help=f"Game: {GAMES_HELP}; or a VGLC legend .json for any other game (whole levels, or --width windows; no playability checker)."),
     data: Optional[Path] = typer.Option(None, "--data", help="VGLC game folder (its processed/ subfolder is used when present). Default for mario: the levels in the mario-gpt package."),
-    model: str = typer.Option("vae", "--model", help="vae, or cvae (Mario: conditioned on enemies/pipes/gaps buckets)."),
+    model: str = typer.Option("vae", "--model", help="vae, or cvae (Mario: conditioned on enemies/pipes/gaps buckets; mario+kid_icarus: on the game, for --blend)."),
     beta: float = typer.Option(0.5, "--beta", help="Weight of the KL term (1 = plain VAE; smaller: sharper, less regular latent space)."),
     latent: int = typer.Option(32, "--latent", help="Latent dimensions."),
     widths: Optional[str] = typer.Option(None, "--widths", help="Conv features per level, e.g. 16,32,64 (the default)."),
@@ -512,12 +513,13 @@ def levels_sample(
     raw: bool = typer.Option(False, "--raw", help="Keep the raw decoder output, playable or not (default: playable only, resampled)."),
     temperature: float = typer.Option(0.0, "--temperature", help="0: the most likely tile per cell (clean, few enemies/pipes); 0.5-1: tiles drawn from the decoder (richer, noisier)."),
     model: str = typer.Option("auto", "--model", help="auto (the shipped mario-vae, or trained on first use), a model folder, or a trained model name."),
+    blend: Optional[float] = typer.Option(None, "--blend", help="Game-blend cvae (--game mario+kid_icarus) only: weight of Kid Icarus in [0, 1]; 0 = pure Mario, 1 = pure Kid Icarus."),
 ):
     """Sample new levels; by default only playable ones (how many were rejected is reported)."""
     from flows.pipelines import levels_sample_flow
 
     r = _run_flow(levels_sample_flow, out_dir=str(out_dir), model=None if model == "auto" else model, n=n,
-                  length=length, seed=seed, cond=cond, raw=raw, temperature=temperature)
+                  length=length, seed=seed, cond=cond, raw=raw, temperature=temperature, blend=blend)
     raw_p, d = r["raw_playability"], r["delivered"]
     out.print(f"[bold]{d['of']} {r['game']} {r['kind']}s[/] {tuple(r['shape'])} in {r['seconds']:.1f} s -> {out_dir}")
     pct = lambda v: "n/a" if v is None else f"{v:.1%}"  # noqa: E731
@@ -528,6 +530,9 @@ def levels_sample(
     if "novelty" in r:
         out.print(f"  novel {r['novelty']['novel']:.1%} (nearest training window differs in {r['novelty']['nn_hamming']:.1%} "
                   f"of tiles), distinct {r['diversity']['distinct']:.1%}, TPKL 2x2 {r['tpkl']['k2']:.3f}")
+    if "raw_rules" in r:                     # a blend: each game's rule on the raw samples
+        out.print("  rules (raw): " + ", ".join(f"{g} {pct(v['rate'])}" for g, v in r["raw_rules"].items())
+                  + "; tile shares: " + ", ".join(f"{g}-only {v:.1%}" for g, v in r.get("tile_shares", {}).items()))
     if r.get("shortfall"):
         out.print(f"  [red]{r['shortfall']}[/]")
     out.print(f"  contact sheet: {Path(out_dir) / 'contact_sheet.png'}; report: {Path(out_dir) / 'report.json'}")

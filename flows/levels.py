@@ -17,10 +17,12 @@ from pathlib import Path
 import numpy as np
 
 from flows.stages import Stage, run_stage
-from formats.levels import (GAMES, BadLevel, contact_sheet, cut_units, diversity, game_spec, get_legend,
-                            grid_to_level, level_files, mario_gpt_file, mario_gpt_levels, novelty, png_bytes,
-                            read_level, render_level, tpkl, wilson, windows, zelda_rooms)
-from formats.playability import CHECKERS, MARIO_SOLID, mario_pipes_ok, mario_playable, playable, zelda_check
+from formats.levels import (BLEND_SHAPE, BLENDS, GAMES, BadLevel, contact_sheet, cut_units, diversity, game_spec,
+                            game_tile_shares, get_legend, grid_to_level, level_files, mario_gpt_file, mario_gpt_levels,
+                            novelty, pad_top, png_bytes, read_level, remap, render_level, tpkl, wilson, windows,
+                            zelda_rooms)
+from formats.playability import (AS_MARIO, CHECKERS, MARIO_SOLID, as_game, blend_playable, mario_pipes_ok,
+                                 mario_playable, playable, zelda_check)
 from models.checkpoints import sha256_file, write_bytes_atomic, write_json_atomic
 
 VERSION = 1
@@ -86,6 +88,8 @@ def ingest_levels(game: str = "mario", data: str | None = None, width: int | Non
                   refresh: bool = False) -> str:
     """Read every level, cut units, score the originals with the game's checker; returns the stage folder.
     Bad files are listed in the manifest's `bad` with file, line and column; they never stop the stage."""
+    if game in BLENDS:
+        return ingest_blend(game, data, refresh)
     legend = get_legend(game)
     files, source = _sources(game, data)
     contents = tuple(sha256_file(f) for f in files)
@@ -137,6 +141,69 @@ def ingest_levels(game: str = "mario", data: str | None = None, width: int | Non
     return str(folder)
 
 
+def _blend_sources(game: str, data: str | None) -> tuple[str | None, str]:
+    """--data of a blend: "FIRST_DIR,SECOND_DIR", or only the second game's folder (Mario then comes from its
+    default corpus, the mario-gpt package)."""
+    a, b = BLENDS[game]
+    parts = [p.strip() for p in (data or "").split(",")]
+    if not data or len(parts) > 2 or not all(parts):
+        raise ValueError(f"--data for {game}: the {b} VGLC folder (e.g. ../shared/data/vglc/{b}; {a} from its "
+                         f"default corpus), or two folders {a.upper()}_DIR,{b.upper()}_DIR")
+    return (None, parts[0]) if len(parts) == 1 else (parts[0], parts[1])
+
+
+def ingest_blend(game: str, data: str | None, refresh: bool = False) -> str:
+    """Two games' units in one stage, for a cvae conditioned on the game (Sarkar et al. 2019/2020): each game
+    ingested as usual (cached stages; Mario as 16-column windows), units remapped to the union legend and
+    padded to 16 x 16 (Mario's 14 rows get 2 rows of sky on top). Writes what `load_ingest` reads, plus
+    unit_game.npy: (N,) int64 game index (0: the first game). Levels are named "GAME/NAME"."""
+    games, sources = BLENDS[game], _blend_sources(game, data)
+    widths = {"mario": BLEND_SHAPE[1]}                        # Kid Icarus: its own 16 x 16 vertical windows
+    parts = [ingest_levels(g, d, widths.get(g), refresh) for g, d in zip(games, sources)]
+    ups = [json.loads((Path(f) / "manifest.json").read_text()) for f in parts]
+    stage = Stage("levels-ingest", VERSION, f"{game}-{'+'.join(m['source'] for m in ups)}",
+                  {"game": game, "unit": "blend", "shape": list(BLEND_SHAPE)}, upstream=tuple(m["key"] for m in ups))
+
+    def fill(tmp: Path) -> dict:
+        units, owner, label, levels, originals = [], [], [], [], {}
+        for i, (g, folder) in enumerate(zip(games, parts)):
+            x, own, lv, _ = load_ingest(folder)
+            u = remap(x, g, game)                                             # (N, rows, 16) union indices
+            if u.shape[1:] != BLEND_SHAPE:
+                u = pad_top(u, BLEND_SHAPE[0])                                # (N, 16, 16)
+            rules = blend_playable(u, game)
+            originals[g] = {"units": len(u), **{f"{k}_rule": int(v.sum()) for k, v in rules.items()},
+                            "either": int((rules["mario"] | rules["kid_icarus"]).sum())}
+            units.append(u)
+            owner.append(own + len(levels))
+            label.append(np.full(len(u), i, dtype=np.int64))
+            levels += [(f"{g}/{name}", remap(grid, g, game)) for name, grid in lv]
+        x = np.concatenate(units)
+        np.save(tmp / "units.npy", x)
+        np.save(tmp / "unit_level.npy", np.concatenate(owner).astype(np.int32))
+        np.save(tmp / "unit_game.npy", np.concatenate(label))
+        np.savez_compressed(tmp / "levels.npz", **{f"l{i:04d}": g for i, (_, g) in enumerate(levels)})
+        write_json_atomic(tmp / "levels.json", [name for name, _ in levels])
+        either = sum(o["either"] for o in originals.values())
+        originals.update(units=len(x), units_playable=either, units_rate=round(either / len(x), 4))
+        return {"source": "+".join(m["source"] for m in ups), "games": list(games),
+                "data": ",".join(m["data"] for m in ups) if ups[0]["data"] else ups[1]["data"], "levels": len(levels), "units": len(x),
+                "distinct_units": len({u.tobytes() for u in x}), "shape": list(x.shape[1:]), "bad": [],
+                "originals": originals}
+
+    folder, _, _ = run_stage(stage, fill, refresh)
+    return str(folder)
+
+
+def blend_split(names: list[str], games: tuple[str, ...]) -> set[int]:
+    """Held-out levels of a blend: split_levels within each game, so both games are validated on."""
+    held = set()
+    for g in games:
+        idx = [i for i, n in enumerate(names) if n.startswith(f"{g}/")]
+        held |= {idx[j] for j in split_levels([names[i] for i in idx])}
+    return held
+
+
 def load_ingest(folder: str | Path) -> tuple[np.ndarray, np.ndarray, list[tuple[str, np.ndarray]], dict]:
     """(units, unit_level, [(name, grid)], manifest) of an ingest stage."""
     folder = Path(folder)
@@ -149,7 +216,10 @@ def load_ingest(folder: str | Path) -> tuple[np.ndarray, np.ndarray, list[tuple[
 
 def check_units(game: str, units: np.ndarray) -> np.ndarray:
     """The game's checker on training-unit-shaped grids (Mario: window mode). A game without a checker
-    (a legend-file game) passes everything: its reports say so."""
+    (a legend-file game) passes everything: its reports say so. A blend: either game's rule."""
+    if game in BLENDS:
+        rules = blend_playable(units, game) if len(units) else {"none": np.zeros(0, bool)}
+        return np.logical_or.reduce(list(rules.values()))
     if len(units) == 0 or game not in CHECKERS:
         return np.full(len(units), game not in CHECKERS, dtype=bool)
     return np.asarray(playable(units, game, mode="window") if game == "mario" else playable(units, game))
@@ -177,20 +247,26 @@ def train_levels(game: str = "mario", data: str | None = None, kind: str = "vae"
                  training: dict | None = None, width: int | None = None, refresh: bool = False,
                  progress: bool = True, ingest_dir: str | None = None) -> str:
     """Ingest (cached; or use `ingest_dir`) and train a vae/cvae on the game's units; returns the model folder.
-    A cvae is conditioned on Mario window features (enemies/pipes/gaps buckets)."""
+    A cvae is conditioned on Mario window features (enemies/pipes/gaps buckets), or for a blend
+    (game "mario+kid_icarus") on the game: 0 = mario, 1 = kid_icarus."""
     from flows.train import train_windows
 
-    if kind == "cvae" and game != "mario":
-        raise ValueError("cvae conditions are Mario window features (enemies/pipes/gaps); use --model vae")
+    if kind == "cvae" and game != "mario" and game not in BLENDS:
+        raise ValueError("cvae conditions are Mario window features (enemies/pipes/gaps) or the game of a blend "
+                         f"({', '.join(BLENDS)}); use --model vae")
     ingest_dir = ingest_dir or ingest_levels(game, data, width, refresh)
     x, owner, levels, manifest = load_ingest(ingest_dir)
     if len(x) < 2:
         raise ValueError(f"{ingest_dir}: {len(x)} training units; need at least 2 ({manifest['bad'][:3]})")
-    held = split_levels([n for n, _ in levels])
+    names = [n for n, _ in levels]
+    held = blend_split(names, BLENDS[game]) if game in BLENDS else split_levels(names)
     val_mask = np.isin(owner, list(held))
     if val_mask.all() or not val_mask.any():                  # a single level: validate on every 10th unit
         val_mask = np.arange(len(x)) % 10 == 9
-    cond = mario_conditions(x) if kind == "cvae" else None
+    if kind == "cvae":                                        # (N, 1) game index, or (N, 3) feature buckets
+        cond = np.load(Path(ingest_dir) / "unit_game.npy")[:, None] if game in BLENDS else mario_conditions(x)
+    else:
+        cond = None
     pick = lambda m: (x[m], None if cond is None else cond[m])  # noqa: E731
     train = pick(~val_mask)
     if game in MIRROR:                                        # (N, rows, cols) -> (2N, rows, cols), x reversed
@@ -201,10 +277,13 @@ def train_levels(game: str = "mario", data: str | None = None, kind: str = "vae"
     model_cfg = {**DEFAULT_MODEL, **({"unique": unique} if unique else {}), **(model or {}), "kind": kind,
                  "vocab": legend.vocab}
     if kind == "cvae":
-        model_cfg["cond"] = [len(COND_LEVELS)] * len(COND_NAMES)
+        model_cfg["cond"] = [len(BLENDS[game])] if game in BLENDS else [len(COND_LEVELS)] * len(COND_NAMES)
     desc = {"game": game, "source": manifest["source"], "data": manifest["data"], "width": width,
             "ingest": Path(ingest_dir).name, "held_out": sorted(levels[i][0] for i in held),
-            "cond": list(COND_NAMES) if kind == "cvae" else None, "originals": manifest["originals"]}
+            "cond": (["game"] if game in BLENDS else list(COND_NAMES)) if kind == "cvae" else None,
+            "originals": manifest["originals"]}
+    if game in BLENDS:
+        desc["games"] = list(BLENDS[game])
     if game in MIRROR:
         desc["augment"] = "mirror"
     return train_windows(f"{legend.game}-{manifest['source']}", (manifest["key"],), desc, train, pick(val_mask),
@@ -367,13 +446,18 @@ def _rate(ok: np.ndarray) -> dict:
 
 
 def sample_levels(out_dir: str, model: str | None = None, n: int = 50, length: int | None = None, seed: int = 0,
-                  cond: str | None = None, raw: bool = False, temperature: float = 0.0, max_tries: int = 50) -> dict:
+                  cond: str | None = None, raw: bool = False, temperature: float = 0.0, max_tries: int = 50,
+                  blend: float | None = None) -> dict:
     """Write `n` levels into out_dir: windows of the model's shape, or `length`-column levels from a latent
-    walk (Mario). Playable only, and for Mario with well-formed pipes (resampled; `raw` keeps the decoder
-    output as is). Tiles: the decoder's most
-    likely tile (temperature 0: clean, few enemies and pipes) or drawn from it (1: richer, noisier).
+    walk (Mario); a blend model (or `blend` given) goes to sample_blend. Playable only, and for Mario with
+    well-formed pipes (resampled; `raw` keeps the decoder output as is). Tiles: the decoder's most likely tile
+    (temperature 0: clean, few enemies and pipes) or drawn from it (1: richer, noisier).
     report.json holds raw and delivered playability beside the originals' rate, rejections, novelty,
     diversity and TPKL."""
+    if blend is not None or _is_blend_model(model):
+        if cond or length is not None:
+            raise ValueError("a blend model takes --blend W only (no --cond, no --length)")
+        return sample_blend(out_dir, model, n, blend, seed, raw, temperature, max_tries)
     t0 = time.perf_counter()
     net, cfg, folder = _load(model)
     game = cfg["data"]["game"]
@@ -447,6 +531,86 @@ def sample_levels(out_dir: str, model: str | None = None, n: int = 50, length: i
     if grids:
         write_bytes_atomic(out / "contact_sheet.png", contact_sheet(grids[:64], legend, names[:64]))
     report["files"] = names
+    report["seconds"] = round(time.perf_counter() - t0, 2)
+    write_json_atomic(out / "report.json", report)
+    return report
+
+
+# ---------------------------------------------------------------- blend
+
+def _is_blend_model(model: str | None) -> bool:
+    from models.checkpoints import read_config
+
+    return model not in (None, "auto") and read_config(resolve_level_model(model)).get("data", {}).get("game") in BLENDS
+
+
+def blend_condition(w: float) -> np.ndarray:
+    """Weight of the second game w in [0, 1] -> the (1, 2) soft condition (1 - w, w) the cvae's decoder
+    takes in place of a one-hot game (models/vaes.py CVAE.one_hot); w = 0 / 1 are the pure games."""
+    if not 0.0 <= w <= 1.0:
+        raise ValueError(f"--blend {w}: the second game's weight must be in [0, 1]")
+    return np.array([[1.0 - w, w]], dtype=np.float32)
+
+
+def sample_blend(out_dir: str, model: str | None, n: int = 50, blend: float | None = None, seed: int = 0,
+                 raw: bool = False, temperature: float = 0.0, max_tries: int = 50) -> dict:
+    """Sample `n` 16 x 16 segments of a blend cvae decoded under the soft game condition (1 - blend, blend).
+    Each is scored by both games' rules (formats/playability.py blend_playable); delivered segments pass at
+    least one (and have well-formed Mario pipes); report.json names the rules each file passes."""
+    import torch
+
+    t0 = time.perf_counter()
+    net, cfg, folder = _load(model)
+    game, kind = cfg["data"]["game"], cfg["model"]["kind"]
+    if game not in BLENDS or kind != "cvae":
+        raise ValueError(f"{folder.name}: --blend needs a game-conditioned cvae (aeflow levels train --game "
+                         f"{next(iter(BLENDS))} --model cvae); this is a {kind} on {game}")
+    a, b = BLENDS[game]
+    if blend is None:
+        raise ValueError(f"{folder.name} blends {a} and {b}: give --blend W in [0, 1] (0: {a}, 1: {b})")
+    legend = get_legend(game)
+    c = torch.from_numpy(blend_condition(blend))                 # (1, 2): decode expands it to the batch
+    gen = _generator(seed)
+    train_units, originals = _training_units(cfg)
+    drawn, grids, rules, raw_rules, pipes_ok = 0, [], [], [], []
+    while len(grids) < n and drawn < max_tries * n:
+        k = n if raw else max(n - len(grids), 64)
+        batch = net.sample(k, gen, cond=c, greedy=temperature <= 0, temperature=max(temperature, 1e-6))
+        batch = batch.numpy().astype(np.uint8)                   # (k, 16, 16) union tiles
+        r = blend_playable(batch, game)
+        pipes = np.asarray(mario_pipes_ok(as_game(batch, game, "mario", AS_MARIO)))
+        keep = np.ones(k, bool) if raw else (r[a] | r[b]) & pipes
+        drawn += k
+        raw_rules.append(r)
+        pipes_ok.append(pipes)
+        grids += list(batch[keep])
+        rules += [{a: bool(r[a][i]), b: bool(r[b][i])} for i in np.flatnonzero(keep)]
+    grids, rules = grids[:n], rules[:n]
+    rr = {g: np.concatenate([r[g] for r in raw_rules]) for g in (a, b)}
+    pipes_ok = np.concatenate(pipes_ok)
+    either = rr[a] | rr[b]
+    ok = np.array([r[a] or r[b] for r in rules], dtype=bool)
+    report = {"model": str(folder), "game": game, "blend": blend, "condition": {a: 1 - blend, b: blend},
+              "seed": seed, "n": n, "raw": raw, "temperature": temperature, "kind": "window",
+              "shape": list(net.cfg.shape), "originals": originals,
+              "raw_playability": _rate(either), "raw_rules": {g: _rate(rr[g]) for g in (a, b)},
+              "delivered": _rate(ok), "delivered_rules": {g: _rate(np.array([r[g] for r in rules], bool))
+                                                         for g in (a, b)},
+              "rejected": {"unplayable": int((~either).sum()), "broken_pipes": int((either & ~pipes_ok).sum())}
+              if not raw else {"unplayable": 0, "broken_pipes": 0},
+              "originals_rate": f"{originals['units_playable']} / {originals['units']} training units pass either rule"}
+    if len(grids) < n:
+        report["shortfall"] = f"only {len(grids)} acceptable of {drawn} drawn (max_tries {max_tries})"
+    if grids:
+        g = np.stack(grids)
+        report.update(tile_shares=game_tile_shares(g, game), novelty=novelty(g, train_units), diversity=diversity(g),
+                      tpkl={"k2": round(tpkl(train_units, g, 2), 4), "k3": round(tpkl(train_units, g, 3), 4)})
+    out = Path(out_dir)
+    names = _write_levels(out, grids, legend)
+    if grids:
+        write_bytes_atomic(out / "contact_sheet.png", contact_sheet(grids[:64], legend, names[:64]))
+    report["files"] = names
+    report["rules"] = [{"file": f, **r} for f, r in zip(names, rules)]
     report["seconds"] = round(time.perf_counter() - t0, 2)
     write_json_atomic(out / "report.json", report)
     return report

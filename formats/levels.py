@@ -83,6 +83,41 @@ LEGENDS: dict[str, Legend] = {
 }
 
 
+def union_legend(a: Legend, b: Legend) -> Legend:
+    """Two games' tiles as one alphabet (for blending, Sarkar et al. 2019): all of `a`'s tiles in their order
+    (so `a`'s grids are already union grids), then `b`'s that `a` lacks. The background is shared."""
+    if a.tiles[0] != b.tiles[0]:
+        raise ValueError(f"{a.game} and {b.game} have different background tiles ({a.tiles[0]!r}, {b.tiles[0]!r})")
+    extra = [(t, n) for t, n in zip(b.tiles, b.names) if t not in a.tiles]
+    return Legend(f"{a.game}+{b.game}", a.tiles + "".join(t for t, _ in extra), a.names + tuple(n for _, n in extra),
+                  a.aliases + b.aliases)
+
+
+# Blends: union legend name -> its games, in condition order (cvae label 0, 1). Tiles keep their meaning
+# per game; a character both games use would need one meaning, so only the background may be shared.
+BLENDS: dict[str, tuple[str, str]] = {"mario+kid_icarus": ("mario", "kid_icarus")}
+for _name, (_a, _b) in BLENDS.items():
+    LEGENDS[_name] = union_legend(LEGENDS[_a], LEGENDS[_b])
+    assert not set(LEGENDS[_a].tiles[1:]) & set(LEGENDS[_b].tiles[1:]), f"{_name}: a tile character in both games"
+
+
+def remap(grid: np.ndarray, src: Legend | str, dst: Legend | str) -> np.ndarray:
+    """A grid in `src`'s indices -> the same characters as `dst`'s indices (every src tile must be in dst)."""
+    src, dst = get_legend(src), get_legend(dst)
+    missing = [t for t in src.tiles if t not in dst.tiles]
+    if missing:
+        raise ValueError(f"tiles {''.join(missing)!r} of {src.game} are not in {dst.game} ({dst.tiles})")
+    table = np.array([dst.index(t) for t in src.tiles], dtype=np.uint8)
+    return table[np.asarray(grid, dtype=np.intp)]
+
+
+def pad_top(grids: np.ndarray, rows: int) -> np.ndarray:
+    """(..., h, w) -> (..., rows, w): empty (background, index 0) rows added on top. Mario's 14-row windows
+    become 16 x 16 blend units; the screen above them is sky."""
+    g = np.asarray(grids)
+    return np.pad(g, [(0, 0)] * (g.ndim - 2) + [(rows - g.shape[-2], 0), (0, 0)])
+
+
 def legend_from_json(path: Path, game: str | None = None) -> Legend:
     """A VGLC legend file ({"tiles": {char: [properties...]}}) -> Legend; the first passable/empty tile
     becomes the background."""
@@ -228,6 +263,7 @@ GAMES = {
     "lode_runner": GameSpec("level", (22, 32)),            # whole levels
     "zelda": GameSpec("room", (16, 11), "tloz*.txt"),      # room blocks, dark rooms dropped
 }
+BLEND_SHAPE = (16, 16)          # blend units: Mario 16-column windows with 2 sky rows on top, Kid Icarus 16 x 16
 
 
 def game_spec(game: str, width: int | None = None) -> GameSpec:
@@ -321,6 +357,9 @@ STYLES: dict[str, dict[str, tuple]] = {
               "M": ((70, 110, 160), (220, 40, 40), "enemy"), "I": ((30, 60, 200), (30, 50, 80), "frame"),
               "S": ((70, 110, 160), (240, 240, 240), "stairs"), "-": ((0, 0, 0), (0, 0, 0), "fill")},
 }
+# A blend draws each tile as its own game does; the shared background as the first game's (Mario's sky).
+for _name, (_a, _b) in BLENDS.items():
+    STYLES[_name] = {**STYLES[_b], **STYLES[_a]}
 
 
 def _glyph(draw: ImageDraw.ImageDraw, kind: str, fg, s: int) -> None:
@@ -455,6 +494,17 @@ def diversity(samples: np.ndarray, chunk: int = 256) -> dict:
     total = sum(float((s[i:i + chunk, None, :] != s[None]).mean(2).sum()) for i in range(0, n, chunk))
     pairs = n * (n - 1)
     return {"pairwise_hamming": total / pairs if pairs else 0.0, "distinct": len({r.tobytes() for r in s}) / n}
+
+
+def game_tile_shares(grids: np.ndarray, blend: str) -> dict[str, float]:
+    """Union-legend grids of a blend: per game, the share of non-background cells holding a tile only that
+    game has (Mario: X S ? ... ; Kid Icarus: # T M H D). Shows which game a blended sample looks like."""
+    legend = get_legend(blend)
+    a, b = (get_legend(g) for g in BLENDS[blend])
+    g = np.asarray(grids, dtype=np.intp)
+    filled = max(int((g != 0).sum()), 1)
+    return {x.game: float(legend.mask("".join(t for t in x.tiles if t not in y.tiles))[g].sum() / filled)
+            for x, y in ((a, b), (b, a))}
 
 
 TPKL_EPS = 1e-5     # added to every pattern count of Q before normalising (project choice, notes §3)

@@ -234,6 +234,34 @@ def kid_icarus_playable(grids, legend: Legend | str = "kid_icarus", arcs: tuple[
     return bool(ok[0]) if single else ok
 
 
+# ---------------------------------------------------------------- blends (Mario + Kid Icarus)
+
+# A blended segment is scored by both games' checkers, each on the segment seen in its own tiles: the other
+# game's solids become ground, its passable extras (Mario's enemies and coins) empty. Kid Icarus's one-way
+# platforms T, M and its hazards H and doors D are blocks to Mario's rule (it has no one-way tiles; the
+# Kid Icarus checker blocks H and D too); Mario's solids are ground `#` to Kid Icarus's rule.
+AS_MARIO = {"#": "X", "T": "X", "M": "X", "H": "X", "D": "X"}
+AS_KID_ICARUS = {**{t: "#" for t in MARIO_SOLID}, "E": "-", "o": "-"}
+
+
+def as_game(grids, legend: Legend | str, game: str, mapping: dict[str, str]) -> np.ndarray:
+    """Union-legend grids -> `game`'s indices, characters outside `game` replaced by `mapping`."""
+    legend, target = get_legend(legend), get_legend(game)
+    chars = [mapping.get(t, t) for t in legend.tiles]
+    unknown = [c for c in chars if c not in target.tiles]
+    if unknown:
+        raise ValueError(f"tiles {''.join(unknown)!r} of {legend.game} have no mapping to {target.game}")
+    return np.array([target.index(c) for c in chars], dtype=np.uint8)[np.asarray(grids, dtype=np.intp)]
+
+
+def blend_playable(grids, legend: Legend | str = "mario+kid_icarus") -> dict[str, np.ndarray]:
+    """{"mario": Mario's window rule (left to right, start in the first 3 columns, reach the last),
+    "kid_icarus": Kid Icarus's rule (bottom to top, wrap-around, one-way platforms)}: (N,) bool each."""
+    g, _ = _as_batch(grids)
+    return {"mario": np.asarray(mario_playable(as_game(g, legend, "mario", AS_MARIO), "mario", "window")).reshape(-1),
+            "kid_icarus": np.asarray(kid_icarus_playable(as_game(g, legend, "kid_icarus", AS_KID_ICARUS))).reshape(-1)}
+
+
 # ---------------------------------------------------------------- Lode Runner (notes §4.3)
 
 LR_PASSABLE = ".GEM#-"

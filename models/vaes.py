@@ -229,9 +229,16 @@ class CVAE(VAE):
         return sum(self.cfg.cond)
 
     def one_hot(self, cond: torch.Tensor) -> torch.Tensor:
-        """(B, K) category indices -> (B, sum(cond)) concatenated one-hots."""
+        """(B, K) category indices -> (B, sum(cond)) concatenated one-hots. A floating-point (B, sum(cond))
+        tensor is taken as already given weights per variable, a soft condition: (1 - w, w) decodes between
+        two categories (game blending); a one-hot row gives exactly what its index gives."""
         if cond is None:
             raise ValueError(f"a cvae needs a condition: {len(self.cfg.cond)} values with sizes {self.cfg.cond}")
+        if torch.is_tensor(cond) and cond.is_floating_point():
+            if cond.dim() != 2 or cond.shape[1] != sum(self.cfg.cond):
+                raise ValueError(f"a soft condition is (B, {sum(self.cfg.cond)}) weights (one block per variable of "
+                                 f"sizes {self.cfg.cond}); got {tuple(cond.shape)}")
+            return cond.to(next(self.parameters()).device, torch.float32)
         cond = torch.as_tensor(cond, device=next(self.parameters()).device).long().view(-1, len(self.cfg.cond))
         return torch.cat([F.one_hot(cond[:, k], n) for k, n in enumerate(self.cfg.cond)], 1).float()
 

@@ -258,3 +258,84 @@ def test_lode_runner_model_places_one_spawn_and_trains_on_mirrored_levels(tmp_pa
     assert lode_runner_check(empty)["reason"] == "no gold" and not lode_runner_check(empty)["all_gold"]
     # without unique tokens the config (and so every stage key) is what it was before the field existed
     assert "unique" not in VAEConfig(vocab=3, shape=(4, 4)).model_dump()
+
+
+def test_union_legend_reads_back_a_padded_mario_window_and_both_games():
+    from formats.levels import BLENDS, STYLES, game_tile_shares, pad_top, remap
+
+    union = get_legend("mario+kid_icarus")
+    assert BLENDS["mario+kid_icarus"] == ("mario", "kid_icarus")
+    assert union.tiles == LEGENDS["mario"].tiles + "#TMHD" and union.tiles[0] == "-"
+    window = cut_units("mario", tiny_level(), 16)[0]                         # (14, 16) Mario indices
+    unit = pad_top(window, 16)                                               # (16, 16) union indices
+    text = grid_to_level(unit, union)
+    assert text.startswith("-" * 16 + "\n" + "-" * 16 + "\n") and text.split("\n")[2:-1] == \
+        grid_to_level(window, "mario").split("\n")[:-1]
+    assert np.array_equal(level_to_grid(text, union), unit)
+    ki = level_to_grid("-T-\nH#D\n", "kid_icarus")
+    assert grid_to_level(remap(ki, "kid_icarus", union), union) == "-T-\nH#D\n"
+    assert set(STYLES["mario+kid_icarus"]) == set(union.tiles)
+    assert render_level(unit, union).shape == (128, 128, 3)
+    mixed = level_to_grid("-X#\n-T?\n", union)                               # 2 Mario-only, 2 KI-only tiles
+    assert game_tile_shares(mixed[None], "mario+kid_icarus") == {"mario": 0.5, "kid_icarus": 0.5}
+
+
+def tiny_level() -> np.ndarray:
+    rows = [["-"] * 30 for _ in range(12)] + [["X"] * 30 for _ in range(2)]
+    rows[8][10] = "?"
+    return level_to_grid("\n".join("".join(r) for r in rows), "mario")
+
+
+def tiny_kid_icarus(root: Path) -> Path:
+    """Three 20 x 16 Kid Icarus levels: ground at the bottom, one-way platforms every 3 rows up."""
+    data = root / "ki"
+    data.mkdir()
+    for i in range(3):
+        rows = [["-"] * 16 for _ in range(19)] + [["#"] * 16]
+        for y in range(16, 0, -3):
+            for x in range(2 + i + y % 5, 8 + i + y % 5):
+                rows[y][x] = "T"
+        (data / f"kidicarus_{i + 1}.txt").write_text("\n".join("".join(r) for r in rows) + "\n")
+    return data
+
+
+def test_blend_cvae_trains_on_both_games_and_samples_a_soft_condition(tmp_path):
+    """A cvae on Mario + Kid Icarus units (16 x 16, union legend), conditioned on the game; sampled at
+    --blend 0.5 (the soft condition (0.5, 0.5)); files read back with the union legend."""
+    import torch
+
+    from flows.levels import blend_condition, sample_levels, train_levels
+    from formats.playability import blend_playable
+    from models.registry import load_model
+
+    data = f"{tiny_corpus(tmp_path)},{tiny_kid_icarus(tmp_path)}"
+    model = train_levels("mario+kid_icarus", data, kind="cvae", model=TINY, training=TINY_TRAINING, progress=False)
+    cfg = json.loads((Path(model) / "config.json").read_text())
+    assert cfg["model"]["cond"] == [2] and cfg["model"]["vocab"] == 18 and cfg["model"]["shape"] == [16, 16]
+    assert cfg["data"]["cond"] == ["game"] and cfg["data"]["games"] == ["mario", "kid_icarus"]
+    assert {h.split("/")[0] for h in cfg["data"]["held_out"]} == {"mario", "kid_icarus"}   # one level of each
+    out = tmp_path / "blend"
+    report = sample_levels(str(out), model=model, n=3, blend=0.5, raw=True)
+    assert report["condition"] == {"mario": 0.5, "kid_icarus": 0.5} and len(report["files"]) == 3
+    grids = np.stack([read_level(out / f"{f}.txt", "mario+kid_icarus") for f in report["files"]])
+    assert grids.shape == (3, 16, 16) and (out / "contact_sheet.png").stat().st_size > 0
+    rules = blend_playable(grids)
+    assert [{"mario": r["mario"], "kid_icarus": r["kid_icarus"]} for r in report["rules"]] == \
+        [{"mario": bool(m), "kid_icarus": bool(k)} for m, k in zip(rules["mario"], rules["kid_icarus"])]
+    assert set(report["tile_shares"]) == {"mario", "kid_icarus"} and "either" not in report["raw_rules"]
+    delivered = sample_levels(str(tmp_path / "kept"), model=model, n=2, blend=0.5, max_tries=3)
+    assert all(r["mario"] or r["kid_icarus"] for r in delivered["rules"])     # non-raw: at least one rule passes
+    with pytest.raises(ValueError, match="--blend W"):
+        sample_levels(str(tmp_path / "x"), model=model, n=1)
+
+    # the soft condition (1 - w, w) is the one-hot of game 0 / 1 at w = 0 / 1: identical decoder output
+    net = load_model(Path(model))
+    z = torch.randn(5, net.cfg.latent, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        for w, label in ((0.0, 0), (1.0, 1)):
+            soft = net.decode(z, torch.from_numpy(blend_condition(w)))
+            hard = net.decode(z, torch.full((5, 1), label))
+            assert torch.equal(soft, hard)
+        assert not torch.equal(net.decode(z, torch.from_numpy(blend_condition(0.5))), hard)
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        blend_condition(1.5)
