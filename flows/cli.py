@@ -351,7 +351,7 @@ def music_train(
     refresh: bool = typer.Option(False, "--refresh", help="Re-ingest and retrain instead of reusing cached stages."),
 ):
     """Train a music VAE (cached: an unchanged second run trains nothing; a killed run resumes)."""
-    from flows.music import CORPORA
+    from flows.music import CORPORA, nottingham_file
     from flows.pipelines import music_train_flow
 
     if mode not in ("melody", "chorale"):
@@ -360,6 +360,8 @@ def music_train(
     if not known and not Path(corpus).expanduser().is_dir():
         raise typer.BadParameter(f"{corpus!r} is neither a corpus ({', '.join(CORPORA)}, nottingham) nor a folder "
                                  "of MIDI files", param_hint="--corpus")
+    if corpus == "nottingham":
+        nottingham_file()                                 # a missing file says where to put it, before Prefect starts
     model = {"latent": latent, "beta": beta, **({"widths": _ints(widths)} if widths else {})}
     if minutes is None and steps is None:
         minutes = 5.0

@@ -342,6 +342,17 @@ def test_unknown_corpus_is_a_clear_error():
     assert result.exit_code != 0 and "folder of MIDI files" in result.output and "nottingham" in result.output
 
 
+def test_missing_nottingham_file_says_where_to_put_it_before_any_work(monkeypatch):
+    from typer.testing import CliRunner
+
+    import flows.music
+    from flows.cli import app
+
+    monkeypatch.setattr(flows.music, "NOTTINGHAM", ("data/nowhere/Nottingham.mat",))
+    result = CliRunner().invoke(app, ["music", "train", "--corpus", "nottingham"])
+    assert isinstance(result.exception, FileNotFoundError) and "data/nowhere/Nottingham.mat" in str(result.exception)
+
+
 def nottingham_mat(path: Path) -> Path:
     """A Nottingham.mat in Boulanger-Lewandowski's layout: a 4/4 tune (a 3-eighth pickup, chords every 8 frames)
     and a jig (chords every 6 frames), one frame per eighth, column 0 = MIDI 21."""
