@@ -488,7 +488,11 @@ def levels_train(
     refresh: bool = typer.Option(False, "--refresh", help="Rebuild the cached ingest and training stages."),
 ):
     """Ingest a game's levels (cut into training units) and train a VAE on them; both stages are cached."""
+    from flows.levels import BLENDS, blend_sources
     from flows.pipelines import levels_train_flow
+
+    if game in BLENDS:
+        blend_sources(game, str(data) if data else None)     # a blend without its folders: say so before Prefect
 
     model_cfg = {"beta": beta, "latent": latent, **({"widths": _ints(widths)} if widths else {})}
     training = {"steps": steps, "batch_size": batch_size, "seed": seed, "device": device,

@@ -141,7 +141,7 @@ def ingest_levels(game: str = "mario", data: str | None = None, width: int | Non
     return str(folder)
 
 
-def _blend_sources(game: str, data: str | None) -> tuple[str | None, str]:
+def blend_sources(game: str, data: str | None) -> tuple[str | None, str]:
     """--data of a blend: "FIRST_DIR,SECOND_DIR", or only the second game's folder (Mario then comes from its
     default corpus, the mario-gpt package)."""
     a, b = BLENDS[game]
@@ -157,7 +157,7 @@ def ingest_blend(game: str, data: str | None, refresh: bool = False) -> str:
     ingested as usual (cached stages; Mario as 16-column windows), units remapped to the union legend and
     padded to 16 x 16 (Mario's 14 rows get 2 rows of sky on top). Writes what `load_ingest` reads, plus
     unit_game.npy: (N,) int64 game index (0: the first game). Levels are named "GAME/NAME"."""
-    games, sources = BLENDS[game], _blend_sources(game, data)
+    games, sources = BLENDS[game], blend_sources(game, data)
     widths = {"mario": BLEND_SHAPE[1]}                        # Kid Icarus: its own 16 x 16 vertical windows
     parts = [ingest_levels(g, d, widths.get(g), refresh) for g, d in zip(games, sources)]
     ups = [json.loads((Path(f) / "manifest.json").read_text()) for f in parts]
