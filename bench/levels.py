@@ -331,17 +331,12 @@ def main() -> None:
         print(ship(args.ship))
         return
     torch.set_num_threads(2)
-    if args.blend:
-        md = blend_table(args.n, args.steps, args.seed, args.blend_model)
+    if args.blend or args.cond_model:                    # a table of its own, instead of the main one
+        md, name = ((blend_table(args.n, args.steps, args.seed, args.blend_model), "levels-blend.md") if args.blend
+                    else (cond_table(args.cond_model, args.n, args.seed), "levels-cond.md"))
         print(md)
         (outputs_root() / "bench").mkdir(parents=True, exist_ok=True)
-        (outputs_root() / "bench" / "levels-blend.md").write_text(md + "\n")
-        return
-    if args.cond_model:
-        md = cond_table(args.cond_model, args.n, args.seed)
-        print(md)
-        (outputs_root() / "bench").mkdir(parents=True, exist_ok=True)
-        (outputs_root() / "bench" / "levels-cond.md").write_text(md + "\n")
+        (outputs_root() / "bench" / name).write_text(md + "\n")
         return
     rows, info = [], {}
     for game in args.games.split(","):
