@@ -16,7 +16,8 @@ clips per second (windows generated per second, CPU). The VAE decodes prior samp
 cell) or by drawing each cell from softmax(logits / T). Its clips come out in all 12 keys alike (it learnt from
 copies transposed into every key); "corpus keys" rows move each clip to a tonic drawn as often as the corpus
 uses it for that mode, as `aeflow music sample` does (its default: T=1, corpus keys). 8-bar rows add the 2-bar
-model's latent walk, the way `aeflow music sample --bars 8` makes 8 bars from the shipped model. The data row
+model's latent walk, the way `aeflow music sample --bars 8` makes 8 bars from the shipped model; chorale rows
+add a key-conditioned cvae (`--condition key`) asked for keys drawn from the corpus. The data row
 compares one half of the held-out windows with the other. Prints one markdown table and writes it to
 outputs/bench/music.md (+ .json).
 """
@@ -98,11 +99,21 @@ def jsb_windows(path: Path, split: str, steps: int = 64, hop: int = 16) -> np.nd
     return np.stack(out)
 
 
+def recon_accuracy(model, x: torch.Tensor, cond: torch.Tensor | None = None) -> tuple[float, float]:
+    """Held-out reconstruction accuracy from the posterior mean and from a posterior sample."""
+    with torch.no_grad():
+        acc_mean = mm.reconstruction_accuracy(x.numpy(), model.reconstruct(x, cond).numpy())
+        mu, logvar = model.encode(x, cond)
+        z = mu + (0.5 * logvar).exp() * torch.randn(mu.shape, generator=torch.Generator().manual_seed(1))
+        return acc_mean, mm.reconstruction_accuracy(x.numpy(), model.decode(z, cond).argmax(1).numpy())
+
+
 def evaluate(name: str, folder: str, x_train: np.ndarray, x_held: np.ndarray, n: int, enc, counts,
-             walk: str | None = None) -> list[dict]:
+             walk: str | None = None, keyed: str | None = None) -> list[dict]:
     """Rows: held-out data (one half vs the other), Markov chain, VAE (prior samples as drawn, in all 12 keys
     alike; and as `aeflow music sample` gives them, each clip moved to a key drawn from `counts`, the
-    corpus's keys before transposition); `walk`: a shorter-window model's latent walk to the same length."""
+    corpus's keys before transposition); `walk`: a shorter-window model's latent walk to the same length;
+    `keyed`: a key-conditioned cvae asked for keys drawn from `counts`."""
     lo, chorale = enc.lo, enc.voices > 1
     rng = np.random.default_rng(0)
     held = x_held[rng.permutation(len(x_held))]
@@ -127,19 +138,22 @@ def evaluate(name: str, folder: str, x_train: np.ndarray, x_held: np.ndarray, n:
             t0 = time.perf_counter()
             rolls = generate_rolls(short, enc, window, n, bars, seed=0, temperature=temperature, key_counts=counts)
             vaes[f"{window}-bar VAE walk T={temperature:g}, corpus keys"] = (np.stack(rolls), time.perf_counter() - t0)
+    x = torch.from_numpy(held[: min(len(held), 2000)])
+    accs = {"VAE": recon_accuracy(model, x)}
+    if keyed:
+        cvae = load_model(Path(keyed))
+        for temperature in (0.7, 1.0):
+            t0 = time.perf_counter()
+            rolls = generate_rolls(cvae, enc, bars, n, bars, seed=0, temperature=temperature, key_counts=counts,
+                                   cond_cols=[1, 2])
+            vaes[f"key cvae T={temperature:g}, corpus keys"] = (np.stack(rolls), time.perf_counter() - t0)
+        accs["key cvae"] = recon_accuracy(cvae, x, torch.from_numpy(mm.estimate_keys(x.numpy(), lo)))
     chain = Markov(x_train, max(vocab, model.cfg.vocab))
     t0 = time.perf_counter()
     mk = chain.sample(n, steps, rng)
     mk_s = time.perf_counter() - t0
     mk = np.stack([canonical(w) for w in mk])
 
-    x = torch.from_numpy(held[: min(len(held), 2000)])
-    gen = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        acc_mean = mm.reconstruction_accuracy(x.numpy(), model.reconstruct(x).numpy())
-        mu, logvar = model.encode(x)
-        z = mu + (0.5 * logvar).exp() * torch.randn(mu.shape, generator=gen)
-        acc_sample = mm.reconstruction_accuracy(x.numpy(), model.decode(z).argmax(1).numpy())
 
     rows = []
     sets = [("held-out data", other[:n], None), ("Markov chain", mk, mk_s)] + [(k, *v) for k, v in vaes.items()]
@@ -151,8 +165,9 @@ def evaluate(name: str, folder: str, x_train: np.ndarray, x_held: np.ndarray, n:
                "qn": st["qualified"], "in_scale": st["in_scale"], "td": st.get("tonal_distance"),
                "copy": mm.copy_rate(rolls, x_train) if label != "held-out data" else None,
                "clips_per_s": round(len(rolls) / seconds, 1) if seconds else None}
-        if label.startswith("VAE"):
-            row.update(acc_mean=acc_mean, acc_sample=acc_sample)
+        for kind, (acc_mean, acc_sample) in accs.items():
+            if label.startswith(kind):
+                row.update(acc_mean=acc_mean, acc_sample=acc_sample)
         rows.append(row)
     data, markov = rows[0], rows[1]
     for vae_row in rows[2:]:
@@ -313,21 +328,26 @@ def main() -> None:
                 notes.append(f"JSB chorales skipped: {args.jsb} is missing")
                 continue
             xt, xv, xs = (jsb_windows(args.jsb, split) for split in ("train", "valid", "test"))
-            xt_aug, _ = augment(xt, np.zeros((len(xt), 3), np.int64), CHORALE)
+            keys = lambda x: np.concatenate([np.zeros((len(x), 1), np.int64), mm.estimate_keys(x, CHORALE.lo)], 1)  # noqa: E731
+            xt_aug, lt_aug = augment(xt, keys(xt), CHORALE)
             model = {**model_cfg, "kind": "vae", "dims": 1, "vocab": CHORALE.vocab, "shape": [4, 64]}
-            folder = train_windows("music-chorale-4bar-jsb", (), {"mode": "chorale", "bars": 4, "steps_per_bar": BAR,
-                                                                  "source": "jsb", "split": "train"},
-                                   (xt_aug, None), (xv, None), model, training, progress=False)
+            data = {"mode": "chorale", "bars": 4, "steps_per_bar": BAR, "source": "jsb", "split": "train"}
+            folder = train_windows("music-chorale-4bar-jsb", (), data, (xt_aug, None), (xv, None), model, training,
+                                   progress=False)
+            keyed = train_windows("music-chorale-4bar-jsb", (), {**data, "condition": "key"}, (xt_aug, lt_aug[:, 1:3]),
+                                  (xv, keys(xv)[:, 1:3]), {**model, "kind": "cvae", "cond": [12, 2]}, training,
+                                  progress=False)
             if not args.train_only:
                 name = "JSB chorales 4-bar"
-                labels = np.concatenate([np.zeros((len(xt), 1), np.int64), mm.estimate_keys(xt, CHORALE.lo)], 1)
-                rows += evaluate(name, folder, xt_aug, xs, args.n, CHORALE, key_counts(labels))
+                rows += evaluate(name, folder, xt_aug, xs, args.n, CHORALE, key_counts(keys(xt)), keyed=keyed)
                 notes.append(f"{name}: {len(xt):,} training windows ({len(xt_aug):,} after transposition), "
                              f"{len(xv):,} validation windows (model selection), {len(xs):,} test windows (held-out rows)")
-        cfg = json.loads((Path(folder) / "config.json").read_text())
-        notes.append(f"  model {Path(folder).name}: {cfg['parameters']:,} parameters, {cfg['steps']} steps of 128 in "
-                     f"{cfg['seconds']:.0f} s on {cfg['device']} (cached when trained earlier), held-out accuracy "
-                     f"{cfg['metrics']['val_acc']:.3f}, KL {cfg['metrics']['val_kl']:.1f} nats; this task {time.perf_counter() - t0:.0f} s")
+        for f in [folder] + ([keyed] if task == "jsb4" else []):
+            cfg = json.loads((Path(f) / "config.json").read_text())
+            notes.append(f"  model {Path(f).name}: {cfg['parameters']:,} parameters, {cfg['steps']} steps of 128 in "
+                         f"{cfg['seconds']:.0f} s on {cfg['device']} (cached when trained earlier), held-out accuracy "
+                         f"{cfg['metrics']['val_acc']:.3f}, KL {cfg['metrics']['val_kl']:.1f} nats; this task "
+                         f"{time.perf_counter() - t0:.0f} s")
     if args.train_only:
         print("\n".join(notes))
         return
