@@ -302,8 +302,7 @@ def blend_table(n: int, steps: int, seed: int, model: Path | None = None) -> str
     for i, name in enumerate(("Mario originals (16x16, 2 sky rows)", "Kid Icarus originals (16x16)")):
         line(name, units[label == i], novel=False)
     for w in BLEND_WEIGHTS:
-        with torch.no_grad():
-            g = net.sample(n, gen, cond=torch.from_numpy(blend_condition(w))).numpy().astype(np.uint8)
+        g = sample_windows(net, n, gen, blend_condition(w))
         line(f"cvae W={w:g} (raw, most likely tile)", g)
     return "\n".join(lines) + (f"\n\n{folder.name}: {cfg.get('steps')} steps, {cfg.get('seconds', 0):.0f} s on "
                                f"{cfg.get('device')} (bench total {time.perf_counter() - t0:.0f} s); W = weight of Kid "

@@ -329,7 +329,8 @@ def main() -> None:
                 continue
             xt, xv, xs = (jsb_windows(args.jsb, split) for split in ("train", "valid", "test"))
             keys = lambda x: np.concatenate([np.zeros((len(x), 1), np.int64), mm.estimate_keys(x, CHORALE.lo)], 1)  # noqa: E731
-            xt_aug, lt_aug = augment(xt, keys(xt), CHORALE)
+            lt = keys(xt)
+            xt_aug, lt_aug = augment(xt, lt, CHORALE)
             model = {**model_cfg, "kind": "vae", "dims": 1, "vocab": CHORALE.vocab, "shape": [4, 64]}
             data = {"mode": "chorale", "bars": 4, "steps_per_bar": BAR, "source": "jsb", "split": "train"}
             folder = train_windows("music-chorale-4bar-jsb", (), data, (xt_aug, None), (xv, None), model, training,
@@ -339,7 +340,7 @@ def main() -> None:
                                   progress=False)
             if not args.train_only:
                 name = "JSB chorales 4-bar"
-                rows += evaluate(name, folder, xt_aug, xs, args.n, CHORALE, key_counts(keys(xt)), keyed=keyed)
+                rows += evaluate(name, folder, xt_aug, xs, args.n, CHORALE, key_counts(lt), keyed=keyed)
                 notes.append(f"{name}: {len(xt):,} training windows ({len(xt_aug):,} after transposition), "
                              f"{len(xv):,} validation windows (model selection), {len(xs):,} test windows (held-out rows)")
         for f in [folder] + ([keyed] if task == "jsb4" else []):

@@ -454,13 +454,13 @@ def sample_levels(out_dir: str, model: str | None = None, n: int = 50, length: i
     (temperature 0: clean, few enemies and pipes) or drawn from it (1: richer, noisier).
     report.json holds raw and delivered playability beside the originals' rate, rejections, novelty,
     diversity and TPKL."""
-    if blend is not None or _is_blend_model(model):
-        if cond or length is not None:
-            raise ValueError("a blend model takes --blend W only (no --cond, no --length)")
-        return sample_blend(out_dir, model, n, blend, seed, raw, temperature, max_tries)
     t0 = time.perf_counter()
     net, cfg, folder = _load(model)
     game = cfg["data"]["game"]
+    if blend is not None or game in BLENDS:
+        if cond or length is not None:
+            raise ValueError("a blend model takes --blend W only (no --cond, no --length)")
+        return sample_blend(out_dir, net, cfg, folder, n, blend, seed, raw, temperature, max_tries, t0)
     legend = get_legend(game)
     c = parse_cond(cond)
     if (c is None) != (cfg["model"]["kind"] == "vae"):
@@ -526,23 +526,25 @@ def sample_levels(out_dir: str, model: str | None = None, n: int = 50, length: i
         feats = mario_conditions(units)
         report["cond_match"] = {k: round(float((feats[:, i] == c[0, i]).mean()), 3) for i, k in enumerate(COND_NAMES)
                                 if c[0, i] >= 0}
-    out = Path(out_dir)
+    return _write_sample(Path(out_dir), grids, legend, report, t0)
+
+
+def _write_sample(out: Path, grids: list[np.ndarray], legend, report: dict, t0: float,
+                  rules: list[dict] | None = None) -> dict:
+    """The levels (text + PNG each), a contact sheet and report.json (with the file names, each file's `rules`
+    when given, and seconds)."""
     names = _write_levels(out, grids, legend)
     if grids:
         write_bytes_atomic(out / "contact_sheet.png", contact_sheet(grids[:64], legend, names[:64]))
     report["files"] = names
+    if rules is not None:
+        report["rules"] = [{"file": f, **r} for f, r in zip(names, rules)]
     report["seconds"] = round(time.perf_counter() - t0, 2)
     write_json_atomic(out / "report.json", report)
     return report
 
 
 # ---------------------------------------------------------------- blend
-
-def _is_blend_model(model: str | None) -> bool:
-    from models.checkpoints import read_config
-
-    return model not in (None, "auto") and read_config(resolve_level_model(model)).get("data", {}).get("game") in BLENDS
-
 
 def blend_condition(w: float) -> np.ndarray:
     """Weight of the second game w in [0, 1] -> the (1, 2) soft condition (1 - w, w) the cvae's decoder
@@ -552,15 +554,11 @@ def blend_condition(w: float) -> np.ndarray:
     return np.array([[1.0 - w, w]], dtype=np.float32)
 
 
-def sample_blend(out_dir: str, model: str | None, n: int = 50, blend: float | None = None, seed: int = 0,
-                 raw: bool = False, temperature: float = 0.0, max_tries: int = 50) -> dict:
-    """Sample `n` 16 x 16 segments of a blend cvae decoded under the soft game condition (1 - blend, blend).
-    Each is scored by both games' rules (formats/playability.py blend_playable); delivered segments pass at
-    least one (and have well-formed Mario pipes); report.json names the rules each file passes."""
-    import torch
-
-    t0 = time.perf_counter()
-    net, cfg, folder = _load(model)
+def sample_blend(out_dir: str, net, cfg: dict, folder: Path, n: int, blend: float | None, seed: int, raw: bool,
+                 temperature: float, max_tries: int, t0: float) -> dict:
+    """sample_levels for a loaded blend cvae: `n` 16 x 16 segments decoded under the soft game condition
+    (1 - blend, blend). Each is scored by both games' rules (formats/playability.py blend_playable); delivered
+    segments pass at least one (and have well-formed Mario pipes); report.json names the rules each file passes."""
     game, kind = cfg["data"]["game"], cfg["model"]["kind"]
     if game not in BLENDS or kind != "cvae":
         raise ValueError(f"{folder.name}: --blend needs a game-conditioned cvae (aeflow levels train --game "
@@ -569,14 +567,13 @@ def sample_blend(out_dir: str, model: str | None, n: int = 50, blend: float | No
     if blend is None:
         raise ValueError(f"{folder.name} blends {a} and {b}: give --blend W in [0, 1] (0: {a}, 1: {b})")
     legend = get_legend(game)
-    c = torch.from_numpy(blend_condition(blend))                 # (1, 2): decode expands it to the batch
+    c = blend_condition(blend)                                   # (1, 2) weights, repeated for the batch
     gen = _generator(seed)
     train_units, originals = _training_units(cfg)
     drawn, grids, rules, raw_rules, pipes_ok = 0, [], [], [], []
     while len(grids) < n and drawn < max_tries * n:
         k = n if raw else max(n - len(grids), 64)
-        batch = net.sample(k, gen, cond=c, greedy=temperature <= 0, temperature=max(temperature, 1e-6))
-        batch = batch.numpy().astype(np.uint8)                   # (k, 16, 16) union tiles
+        batch = sample_windows(net, k, gen, c, temperature)     # (k, 16, 16) union tiles
         r = blend_playable(batch, game)
         pipes = np.asarray(mario_pipes_ok(as_game(batch, game, "mario", AS_MARIO)))
         keep = np.ones(k, bool) if raw else (r[a] | r[b]) & pipes
@@ -605,15 +602,7 @@ def sample_blend(out_dir: str, model: str | None, n: int = 50, blend: float | No
         g = np.stack(grids)
         report.update(tile_shares=game_tile_shares(g, game), novelty=novelty(g, train_units), diversity=diversity(g),
                       tpkl={"k2": round(tpkl(train_units, g, 2), 4), "k3": round(tpkl(train_units, g, 3), 4)})
-    out = Path(out_dir)
-    names = _write_levels(out, grids, legend)
-    if grids:
-        write_bytes_atomic(out / "contact_sheet.png", contact_sheet(grids[:64], legend, names[:64]))
-    report["files"] = names
-    report["rules"] = [{"file": f, **r} for f, r in zip(names, rules)]
-    report["seconds"] = round(time.perf_counter() - t0, 2)
-    write_json_atomic(out / "report.json", report)
-    return report
+    return _write_sample(Path(out_dir), grids, legend, report, t0, rules)
 
 
 # ---------------------------------------------------------------- interpolate
