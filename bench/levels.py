@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from flows.levels import (_training_units, check_units, full_level, resolve_level_model,  # noqa: E402
+from flows.levels import (_tiles, _training_units, check_units, full_level, resolve_level_model,  # noqa: E402
                           sample_windows, train_levels)
 from flows.settings import outputs_root  # noqa: E402
 from formats.levels import diversity, novelty, tpkl, wilson, windows  # noqa: E402
@@ -98,23 +98,24 @@ def lode_runner_failures(grids: np.ndarray) -> dict:
             "playable_with_4_gold": float(np.mean([c["all_gold"] and c["gold"] >= 4 for c in checks]))}
 
 
-def windows_rows(game: str, net, train: np.ndarray, n: int, seed: int) -> list[dict]:
+def windows_rows(game: str, net, train: np.ndarray, n: int, seed: int, spread: float) -> list[dict]:
     rng = np.random.default_rng(seed)
     gen = torch.Generator().manual_seed(seed)
     rows = []
     sub = train[rng.choice(len(train), min(n, len(train)), replace=False)]
     rows.append(row("originals (training units)", sub, check_units(game, train), train, None, game, novel=False))
-    for temperature, label in ((0.0, "most likely tile"), (1.0, "tiles drawn, T=1")):
+    for temperature, s, label in ((0.0, 1.0, "most likely tile"), (1.0, 1.0, "tiles drawn, T=1"),
+                                  (1.0, spread, f"tiles drawn, T=1, spread {spread}")):
         t0 = time.perf_counter()
         with torch.no_grad():
-            raw = sample_windows(net, n, gen, temperature=temperature)
+            raw = sample_windows(net, n, gen, temperature=temperature, spread=s)
         ok = check_units(game, raw)
         seconds = time.perf_counter() - t0                       # sample + check, the raw rate
         accept = lambda g: check_units(game, g) & (mario_pipes_ok(g) if game == "mario" else True)  # noqa: E731
         delivered, drawn = list(raw[accept(raw)]), n
         while len(delivered) < n and drawn < 10 * n:            # what `aeflow levels sample` does: resample
             with torch.no_grad():
-                more = sample_windows(net, n, gen, temperature=temperature)
+                more = sample_windows(net, n, gen, temperature=temperature, spread=s)
             delivered += list(more[accept(more)])
             drawn += n
         rows.append(row(f"VAE raw ({label})", raw, ok, train, seconds, game))
@@ -134,9 +135,11 @@ def windows_rows(game: str, net, train: np.ndarray, n: int, seed: int) -> list[d
     return rows
 
 
-def full_rows(net, train: np.ndarray, originals: list[np.ndarray], n: int, length: int, seed: int) -> list[dict]:
-    """Mario full-length levels (`length` columns): the latent walk raw, the seam-checked delivered levels, the
-    Markov chain, and the originals. Metrics on their 14 x 28 non-overlapping windows against training windows."""
+def full_rows(net, train: np.ndarray, originals: list[np.ndarray], n: int, length: int, seed: int,
+              spread: float) -> list[dict]:
+    """Mario full-length levels (`length` columns): the latent walk raw and seam-checked (delivered), at spread 1
+    and `spread`, the Markov chain, and the originals. Metrics on their 14 x 28 non-overlapping windows against
+    training windows."""
     gen = torch.Generator().manual_seed(seed)
     rng = np.random.default_rng(seed)
     cols = net.cfg.shape[1]
@@ -152,19 +155,23 @@ def full_rows(net, train: np.ndarray, originals: list[np.ndarray], n: int, lengt
         return r
 
     out = [full_row("originals (full levels)", originals, None, novel=False)]
-    t0 = time.perf_counter()
-    with torch.no_grad():
-        raw = [np.concatenate(list(net.decode(latent_walk(-(-length // cols), net.cfg.latent, gen)).argmax(1)
-                                   .numpy().astype(np.uint8)), 1)[:, :length] for _ in range(n)]
-    out.append(full_row("VAE latent walk raw", raw, time.perf_counter() - t0))
-    t0, levels, rejected = time.perf_counter(), [], 0
-    with torch.no_grad():
-        while len(levels) < n:
-            g, rej = full_level(net, length, gen)
-            rejected += rej
-            if g is not None:
-                levels.append(g)
-    out.append(full_row("VAE walk, seams checked", levels, time.perf_counter() - t0, delivered=1.0, rejected=rejected))
+    for s, temperature in ((1.0, 0.0), (spread, 1.0)):          # as the windows rows: the default, and T=1 + spread
+        label = "" if s == 1.0 else f", tiles drawn, T=1, spread {s}"
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            raw = [np.concatenate(list(_tiles(net.decode(latent_walk(-(-length // cols), net.cfg.latent, gen,
+                                                                     spread=s)), gen, temperature)), 1)[:, :length]
+                   for _ in range(n)]
+        out.append(full_row(f"VAE latent walk raw{label}", raw, time.perf_counter() - t0))
+        t0, levels, rejected = time.perf_counter(), [], 0
+        with torch.no_grad():
+            while len(levels) < n:
+                g, rej = full_level(net, length, gen, spread=s, temperature=temperature)
+                rejected += rej
+                if g is not None:
+                    levels.append(g)
+        out.append(full_row(f"VAE walk, seams checked{label}", levels, time.perf_counter() - t0, delivered=1.0,
+                            rejected=rejected))
     chain = ColumnMarkov(train)
     t0 = time.perf_counter()
     out.append(full_row("column Markov chain", list(chain.sample(n, length, rng)), time.perf_counter() - t0))
@@ -318,6 +325,8 @@ def main() -> None:
     ap.add_argument("--mario-model", default=None, help="Mario model folder (default: the shipped mario-vae)")
     ap.add_argument("--steps", type=int, default=1000, help="training steps for the Lode Runner / Zelda models")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--spread", type=float, default=0.6,
+                    help="latent spread of the extra rows (z ~ N(0, spread^2 I); `levels sample --spread`)")
     ap.add_argument("--cond-model", type=Path, default=None,
                     help="only the condition table of this Mario cvae (aeflow levels train --model cvae) -> levels-cond.md")
     ap.add_argument("--blend", action="store_true",
@@ -348,13 +357,13 @@ def main() -> None:
         train, originals = _training_units(cfg)
         info[game] = {"model": str(folder), "parameters": cfg.get("parameters"), "steps": cfg.get("steps"),
                       "val": cfg.get("metrics"), "training_units": len(train), "originals": originals}
-        rows += windows_rows(game, net, train, args.n, args.seed)
+        rows += windows_rows(game, net, train, args.n, args.seed, args.spread)
         if game == "mario" and args.full:
             from flows.levels import ingest_levels, load_ingest
 
             _, _, levels, _ = load_ingest(ingest_levels("mario", str(VGLC / "super_mario_bros")) if VGLC.is_dir()
                                           else ingest_levels("mario"))
-            rows += full_rows(net, train, [g for _, g in levels], args.full, args.length, args.seed)
+            rows += full_rows(net, train, [g for _, g in levels], args.full, args.length, args.seed, args.spread)
     md = table(rows)
     why = [f"- {r['game']} {r['source']}: {r['why']}" for r in rows if r.get("why")]
     if why:

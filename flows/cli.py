@@ -520,12 +520,13 @@ def levels_sample(
     temperature: float = typer.Option(0.0, "--temperature", help="0: the most likely tile per cell (clean, few enemies/pipes); 0.5-1: tiles drawn from the decoder (richer, noisier)."),
     model: str = typer.Option("auto", "--model", help="auto (the shipped mario-vae, or trained on first use), a model folder, or a trained model name."),
     blend: Optional[float] = typer.Option(None, "--blend", help="Game-blend cvae (--game mario+kid_icarus) only: weight of Kid Icarus in [0, 1]; 0 = pure Mario, 1 = pure Kid Icarus."),
+    spread: float = typer.Option(1.0, "--spread", help="Latent spread in (0, 1]: 1 samples the whole prior; lower keeps to its centre, more often playable and less varied (Mario windows at 0.6 with --temperature 1: 98.3 % raw playable, as the originals)."),
 ):
     """Sample new levels; by default only playable ones (how many were rejected is reported)."""
     from flows.pipelines import levels_sample_flow
 
     r = _run_flow(levels_sample_flow, out_dir=str(out_dir), model=None if model == "auto" else model, n=n,
-                  length=length, seed=seed, cond=cond, raw=raw, temperature=temperature, blend=blend)
+                  length=length, seed=seed, cond=cond, raw=raw, temperature=temperature, blend=blend, spread=spread)
     raw_p, d = r["raw_playability"], r["delivered"]
     out.print(f"[bold]{d['of']} {r['game']} {r['kind']}s[/] {tuple(r['shape'])} in {r['seconds']:.1f} s -> {out_dir}")
     pct = lambda v: "n/a" if v is None else f"{v:.1%}"  # noqa: E731

@@ -357,11 +357,12 @@ def _cond_tensor(cond: np.ndarray | None, n: int):
     return None if cond is None else torch.from_numpy(np.repeat(cond, n // len(cond), 0))
 
 
-def sample_windows(net, n: int, gen, cond: np.ndarray | None = None, temperature: float = 0.0) -> np.ndarray:
-    """n decoded windows (n, rows, cols) uint8 from z ~ N(0, I): the most likely tile per cell (temperature 0),
-    or each cell drawn from softmax(logits / temperature)."""
+def sample_windows(net, n: int, gen, cond: np.ndarray | None = None, temperature: float = 0.0,
+                   spread: float = 1.0) -> np.ndarray:
+    """n decoded windows (n, rows, cols) uint8 from z ~ N(0, spread^2 I): the most likely tile per cell
+    (temperature 0), or each cell drawn from softmax(logits / temperature)."""
     return net.sample(n, gen, cond=_cond_tensor(cond, n), greedy=temperature <= 0,
-                      temperature=max(temperature, 1e-6)).numpy().astype(np.uint8)
+                      temperature=max(temperature, 1e-6), spread=spread).numpy().astype(np.uint8)
 
 
 def _tiles(logits, gen, temperature: float) -> np.ndarray:
@@ -376,18 +377,19 @@ def _tiles(logits, gen, temperature: float) -> np.ndarray:
 
 
 def full_level(net, length: int, gen, cond: np.ndarray | None = None, candidates: int = 8,
-               rho: float = 0.7, temperature: float = 0.0) -> tuple[np.ndarray, int]:
+               rho: float = 0.7, temperature: float = 0.0, spread: float = 1.0) -> tuple[np.ndarray, int]:
     """A level `length` columns long from a latent walk, window by window. Each next window is chosen among
     `candidates` steps of the walk so that the joined prefix stays playable (the full-level checker, start
     near the top-left) and its pipes well formed: seams are checked, not assumed. Returns (grid, rejected
-    candidate windows); the grid is None when a prefix had no playable continuation (the caller restarts)."""
+    candidate windows); the grid is None when a prefix had no playable continuation (the caller restarts).
+    `spread` scales the walk as in latent_walk."""
     import torch
 
     rows, cols = net.cfg.shape
-    z = torch.randn(1, net.cfg.latent, generator=gen)
+    z = spread * torch.randn(1, net.cfg.latent, generator=gen)
     level, rejected = None, 0
     while level is None or level.shape[1] < length:
-        steps = rho * z + (1 - rho ** 2) ** 0.5 * torch.randn(candidates, net.cfg.latent, generator=gen)
+        steps = rho * z + spread * (1 - rho ** 2) ** 0.5 * torch.randn(candidates, net.cfg.latent, generator=gen)
         wins = _tiles(net.decode(steps, _cond_tensor(cond, candidates)), gen, temperature)
         joined = [w if level is None else np.concatenate([level, w], 1) for w in wins]
         ok = mario_playable(np.stack(joined), mode="level") & mario_pipes_ok(np.stack(joined))
@@ -400,7 +402,7 @@ def full_level(net, length: int, gen, cond: np.ndarray | None = None, candidates
 
 
 def _full_levels(net, n: int, length: int, gen, cond, raw: bool, temperature: float, max_tries: int,
-                 known: np.ndarray | None = None):
+                 known: np.ndarray | None = None, spread: float = 1.0):
     """(levels, raw_ok, rejected windows, restarts): `n` levels from latent walks. raw_ok scores plain walks
     (window after window, nothing chosen; these are the levels when `raw`), else levels are built with
     `full_level`, seams checked. A cvae's unnamed condition variables are drawn per level (fill_cond)."""
@@ -412,14 +414,15 @@ def _full_levels(net, n: int, length: int, gen, cond, raw: bool, temperature: fl
     levels, raw_ok, rejected, restarts = [], [], 0, 0
     with torch.no_grad():
         for _ in range(n if raw else min(n, 100)):
-            z = latent_walk(-(-length // cols), net.cfg.latent, gen)                    # (windows, latent)
+            z = latent_walk(-(-length // cols), net.cfg.latent, gen, spread=spread)     # (windows, latent)
             c = _cond_tensor(fill_cond(cond, 1, known, gen), len(z))
             grid = np.concatenate(list(_tiles(net.decode(z, c), gen, temperature)), 1)
             raw_ok.append(bool(mario_playable(grid[:, :length], mode="level")))
             if raw:
                 levels.append(grid[:, :length])
         while not raw and len(levels) < n and restarts < max_tries * n:
-            grid, rej = full_level(net, length, gen, fill_cond(cond, 1, known, gen), temperature=temperature)
+            grid, rej = full_level(net, length, gen, fill_cond(cond, 1, known, gen), temperature=temperature,
+                                   spread=spread)
             rejected += rej
             if grid is None:
                 restarts += 1
@@ -447,20 +450,23 @@ def _rate(ok: np.ndarray) -> dict:
 
 def sample_levels(out_dir: str, model: str | None = None, n: int = 50, length: int | None = None, seed: int = 0,
                   cond: str | None = None, raw: bool = False, temperature: float = 0.0, max_tries: int = 50,
-                  blend: float | None = None) -> dict:
+                  blend: float | None = None, spread: float = 1.0) -> dict:
     """Write `n` levels into out_dir: windows of the model's shape, or `length`-column levels from a latent
     walk (Mario); a blend model (or `blend` given) goes to sample_blend. Playable only, and for Mario with
     well-formed pipes (resampled; `raw` keeps the decoder output as is). Tiles: the decoder's most likely tile
-    (temperature 0: clean, few enemies and pipes) or drawn from it (1: richer, noisier).
+    (temperature 0: clean, few enemies and pipes) or drawn from it (1: richer, noisier). Latents: z ~ N(0,
+    spread^2 I); spread below 1 trades variety for playability (bench/levels.py measures both).
     report.json holds raw and delivered playability beside the originals' rate, rejections, novelty,
     diversity and TPKL."""
     t0 = time.perf_counter()
+    if not 0 < spread <= 1:
+        raise ValueError(f"--spread {spread}: the latent spread must be in (0, 1] (1 = the prior as trained)")
     net, cfg, folder = _load(model)
     game = cfg["data"]["game"]
     if blend is not None or game in BLENDS:
         if cond or length is not None:
             raise ValueError("a blend model takes --blend W only (no --cond, no --length)")
-        return sample_blend(out_dir, net, cfg, folder, n, blend, seed, raw, temperature, max_tries, t0)
+        return sample_blend(out_dir, net, cfg, folder, n, blend, seed, raw, temperature, max_tries, t0, spread)
     legend = get_legend(game)
     c = parse_cond(cond)
     if (c is None) != (cfg["model"]["kind"] == "vae"):
@@ -476,13 +482,13 @@ def sample_levels(out_dir: str, model: str | None = None, n: int = 50, length: i
     if full and length < cols:
         raise ValueError(f"--length {length} is shorter than one window ({cols} columns)")
     report = {"model": str(folder), "game": game, "seed": seed, "n": n, "raw": raw, "cond": cond,
-              "temperature": temperature,
+              "temperature": temperature, "spread": spread,
               "kind": "level" if full else "window", "shape": [rows, length if full else cols],
               "originals": originals}
     known = mario_conditions(train_units) if c is not None else None
     if full:
         levels, raw_ok, rejected_windows, restarts = _full_levels(net, n, length, gen, c, raw, temperature, max_tries,
-                                                                  known)
+                                                                  known, spread)
         ok = mario_playable(np.stack(levels), mode="level") if levels else np.zeros(0, bool)
         report.update(raw_playability=_rate(np.array(raw_ok)), delivered=_rate(ok),
                       rejected={"windows": rejected_windows, "restarts": restarts},
@@ -494,7 +500,7 @@ def sample_levels(out_dir: str, model: str | None = None, n: int = 50, length: i
         drawn, grids, raw_ok, pipes_ok, off_cond = 0, [], [], [], 0
         while len(grids) < n and drawn < max_tries * n:
             m = max(n - len(grids), 64) if not raw else n
-            batch = sample_windows(net, m, gen, fill_cond(c, m, known, gen), temperature)
+            batch = sample_windows(net, m, gen, fill_cond(c, m, known, gen), temperature, spread)
             ok = check_units(game, batch)
             pipes = mario_pipes_ok(batch) if game == "mario" else np.ones(len(batch), bool)   # well-formed pipes
             asked = cond_ok(batch, c)                         # delivered windows have what was asked for
@@ -555,7 +561,7 @@ def blend_condition(w: float) -> np.ndarray:
 
 
 def sample_blend(out_dir: str, net, cfg: dict, folder: Path, n: int, blend: float | None, seed: int, raw: bool,
-                 temperature: float, max_tries: int, t0: float) -> dict:
+                 temperature: float, max_tries: int, t0: float, spread: float = 1.0) -> dict:
     """sample_levels for a loaded blend cvae: `n` 16 x 16 segments decoded under the soft game condition
     (1 - blend, blend). Each is scored by both games' rules (formats/playability.py blend_playable); delivered
     segments pass at least one (and have well-formed Mario pipes); report.json names the rules each file passes."""
@@ -573,7 +579,7 @@ def sample_blend(out_dir: str, net, cfg: dict, folder: Path, n: int, blend: floa
     drawn, grids, rules, raw_rules, pipes_ok = 0, [], [], [], []
     while len(grids) < n and drawn < max_tries * n:
         k = n if raw else max(n - len(grids), 64)
-        batch = sample_windows(net, k, gen, c, temperature)     # (k, 16, 16) union tiles
+        batch = sample_windows(net, k, gen, c, temperature, spread)     # (k, 16, 16) union tiles
         r = blend_playable(batch, game)
         pipes = np.asarray(mario_pipes_ok(as_game(batch, game, "mario", AS_MARIO)))
         keep = np.ones(k, bool) if raw else (r[a] | r[b]) & pipes
@@ -588,7 +594,7 @@ def sample_blend(out_dir: str, net, cfg: dict, folder: Path, n: int, blend: floa
     either = rr[a] | rr[b]
     ok = np.array([r[a] or r[b] for r in rules], dtype=bool)
     report = {"model": str(folder), "game": game, "blend": blend, "condition": {a: 1 - blend, b: blend},
-              "seed": seed, "n": n, "raw": raw, "temperature": temperature, "kind": "window",
+              "seed": seed, "n": n, "raw": raw, "temperature": temperature, "spread": spread, "kind": "window",
               "shape": list(net.cfg.shape), "originals": originals,
               "raw_playability": _rate(either), "raw_rules": {g: _rate(rr[g]) for g in (a, b)},
               "delivered": _rate(ok), "delivered_rules": {g: _rate(np.array([r[g] for r in rules], bool))

@@ -150,10 +150,11 @@ def levels_train_flow(game: str = "mario", data: str | None = None, kind: str = 
 @flow(name="levels-sample")
 def levels_sample_flow(out_dir: str, model: str | None = None, n: int = 50, length: int | None = None,
                        seed: int = 0, cond: str | None = None, raw: bool = False, temperature: float = 0.0,
-                       blend: float | None = None) -> dict:
+                       blend: float | None = None, spread: float = 1.0) -> dict:
     """Sample levels (playable only unless `raw`) into OUT_DIR; a markdown summary as the run's artifact.
-    `blend`: a game-blend cvae's weight of the second game (flows/levels.py sample_blend)."""
-    report = levels_sample_task(out_dir, model, n, length, seed, cond, raw, temperature, blend=blend)
+    `blend`: a game-blend cvae's weight of the second game (flows/levels.py sample_blend); `spread`: the
+    latent spread (flows/levels.py sample_levels)."""
+    report = levels_sample_task(out_dir, model, n, length, seed, cond, raw, temperature, blend=blend, spread=spread)
     create_markdown_artifact(key="levels-sample", markdown=sample_summary(report))
     return report
 

@@ -210,12 +210,13 @@ class VAE(nn.Module):
 
     @torch.no_grad()
     def sample(self, n: int, gen: torch.Generator, cond: torch.Tensor | None = None, z: torch.Tensor | None = None,
-               temperature: float = 1.0, greedy: bool = True) -> torch.Tensor:
-        """n grids (n, rows, cols) decoded from z ~ N(0, I) (drawn from `gen`) or the given z. greedy: the most
-        likely token per cell; otherwise each cell is drawn from softmax(logits / temperature)."""
+               temperature: float = 1.0, greedy: bool = True, spread: float = 1.0) -> torch.Tensor:
+        """n grids (n, rows, cols) decoded from z ~ N(0, spread^2 I) (drawn from `gen`) or the given z. greedy:
+        the most likely token per cell; otherwise each cell is drawn from softmax(logits / temperature).
+        spread < 1 keeps z nearer the prior's centre (the truncation trick): safer, less varied samples."""
         device = next(self.parameters()).device
         if z is None:
-            z = torch.randn(n, self.cfg.latent, generator=gen, device=device)
+            z = spread * torch.randn(n, self.cfg.latent, generator=gen, device=device)
         logits = self.decode(z.to(device), cond).float()           # (n, V, rows, cols)
         return self.tokens(logits, gen, 0.0 if greedy else temperature)
 
@@ -252,11 +253,13 @@ class CVAE(VAE):
         return self._decode(z, c)
 
 
-def latent_walk(n_windows: int, latent: int, gen: torch.Generator, rho: float = 0.7) -> torch.Tensor:
+def latent_walk(n_windows: int, latent: int, gen: torch.Generator, rho: float = 0.7,
+                spread: float = 1.0) -> torch.Tensor:
     """A smooth walk through the prior for content longer than one window: z_0 ~ N(0, I),
     z_k = rho z_{k-1} + sqrt(1 - rho^2) eps (a stationary AR(1): every z_k is again N(0, I), so each window
-    looks like a sample, and neighbours are correlated). (n_windows, latent), drawn from `gen`."""
+    looks like a sample, and neighbours are correlated), all scaled by `spread` (VAE.sample).
+    (n_windows, latent), drawn from `gen`."""
     z = [torch.randn(latent, generator=gen)]
     for _ in range(n_windows - 1):
         z.append(rho * z[-1] + math.sqrt(1 - rho ** 2) * torch.randn(latent, generator=gen))
-    return torch.stack(z)
+    return spread * torch.stack(z)

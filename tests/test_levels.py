@@ -201,14 +201,16 @@ def test_levels_flows_end_to_end(tmp_path):
     assert cfg["steps"] == 2 and cfg["model"]["vocab"] == 13 and cfg["model"]["shape"] == [14, 28]
 
     out = tmp_path / "windows"
-    report = levels_sample_flow(out_dir=str(out), model=model, n=3, seed=1, raw=True)
+    report = levels_sample_flow(out_dir=str(out), model=model, n=3, seed=1, raw=True, spread=0.5)
     on_disk = json.loads((out / "report.json").read_text())
-    assert on_disk["n"] == 3 and on_disk["raw"] is True and "originals" in on_disk
+    assert on_disk["n"] == 3 and on_disk["raw"] is True and "originals" in on_disk and on_disk["spread"] == 0.5
     assert report["files"] == ["level-000", "level-001", "level-002"]
     grids = [read_level(out / f"{f}.txt", "mario") for f in report["files"]]
     assert all(g.shape == (14, 28) for g in grids) and (out / "contact_sheet.png").stat().st_size > 0
     assert 0 <= report["novelty"]["novel"] <= 1 and "k2" in report["tpkl"]
 
+    with pytest.raises(ValueError, match="--spread 0"):
+        sample_levels(str(tmp_path / "x"), model=model, n=1, spread=0)
     full = sample_levels(str(tmp_path / "full"), model=model, n=1, length=60, seed=2, max_tries=3)   # no Prefect
     if full["delivered"]["of"]:                         # delivered levels pass the full-level checker
         assert full["delivered"]["rate"] == 1.0
