@@ -4,6 +4,8 @@ end-to-end flow (ingest a few corpus pieces, train two steps, sample, read the M
 import json
 import os
 import shutil
+import sys
+import wave
 from pathlib import Path
 
 import mido
@@ -219,8 +221,8 @@ def read_back(path: Path, enc) -> np.ndarray:
     return midi_to_roll(path, enc).roll
 
 
-def test_midi_folder_ingest_train_sample_interpolate_stats(tmp_path):
-    from flows.music import (interpolate_music, ingest_music, music_stats, sample_music, train_music,
+def test_midi_folder_ingest_train_sample_interpolate_stats(tmp_path, monkeypatch):
+    from flows.music import (SOUNDFONTS, interpolate_music, ingest_music, music_stats, sample_music, train_music,
                              window_split)
 
     src = melody_folder(tmp_path / "midi")
@@ -257,6 +259,35 @@ def test_midi_folder_ingest_train_sample_interpolate_stats(tmp_path):
     if not shutil.which("fluidsynth"):                      # without it, --wav says what to install
         with pytest.raises(RuntimeError, match="fluid-soundfont-gm"):
             sample_music(str(tmp_path / "wav"), str(model), n=1, wav=True)
+        # fluidsynth is not installed here: a stand-in with its command line (`fluidsynth -ni [options]
+        # SOUNDFONT MIDI`, -F renders to a file) checks what we pass and writes a real WAV from the MIDI's length
+        bin_dir = tmp_path / "bin"
+        bin_dir.mkdir()
+        (bin_dir / "fluidsynth").write_text(FLUIDSYNTH_STAND_IN.replace("PYTHON", sys.executable))
+        (bin_dir / "fluidsynth").chmod(0o755)
+        (tmp_path / "gm.sf2").write_bytes(b"RIFF\0\0\0\0sfbk")
+        monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+        monkeypatch.setenv("AEFLOW_SOUNDFONT", str(tmp_path / "gm.sf2"))
+    if shutil.which("fluidsynth") and (os.environ.get("AEFLOW_SOUNDFONT") or any(map(os.path.isfile, SOUNDFONTS))):
+        wav = sample_music(str(tmp_path / "wav"), str(model), n=2, bars=4, tempo=120, wav=True)
+        for clip in wav["clips"]:
+            with wave.open(str(tmp_path / "wav" / clip["wav"])) as w:     # as long as its MIDI file
+                assert w.getnframes() / w.getframerate() >= mido.MidiFile(tmp_path / "wav" / clip["midi"]).length
+        assert not list((tmp_path / "wav").glob(".*.tmp*"))                # renamed into place, nothing left over
+
+
+FLUIDSYNTH_STAND_IN = """#!PYTHON
+import sys, wave
+import mido
+args = sys.argv[1:]
+assert args[0] == "-ni", args
+out, rate = args[args.index("-F") + 1], int(args[args.index("-r") + 1])
+font, midi = args[-2:]
+assert open(font, "rb").read(4) == b"RIFF", font
+frames = int((mido.MidiFile(midi).length + 1) * rate)       # the MIDI must parse; 1 s of release tail
+with wave.open(out, "wb") as w:
+    w.setnchannels(2); w.setsampwidth(2); w.setframerate(rate); w.writeframes(bytes(4 * frames))
+"""
 
 
 @pytest.mark.prefect
