@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from flows.levels import (_tiles, _training_units, check_units, full_level, resolve_level_model,  # noqa: E402
+from flows.levels import (_training_units, check_units, full_level, resolve_level_model,  # noqa: E402
                           sample_windows, train_levels)
 from flows.settings import outputs_root  # noqa: E402
 from formats.levels import diversity, novelty, tpkl, wilson, windows  # noqa: E402
@@ -159,9 +159,9 @@ def full_rows(net, train: np.ndarray, originals: list[np.ndarray], n: int, lengt
         label = "" if s == 1.0 else f", tiles drawn, T=1, spread {s}"
         t0 = time.perf_counter()
         with torch.no_grad():
-            raw = [np.concatenate(list(_tiles(net.decode(latent_walk(-(-length // cols), net.cfg.latent, gen,
-                                                                     spread=s)), gen, temperature)), 1)[:, :length]
-                   for _ in range(n)]
+            raw = [np.concatenate(list(net.tokens(net.decode(latent_walk(-(-length // cols), net.cfg.latent, gen,
+                                                                         spread=s)), gen, temperature).numpy()
+                                       .astype(np.uint8)), 1)[:, :length] for _ in range(n)]
         out.append(full_row(f"VAE latent walk raw{label}", raw, time.perf_counter() - t0))
         t0, levels, rejected = time.perf_counter(), [], 0
         with torch.no_grad():

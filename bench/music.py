@@ -105,7 +105,7 @@ def recon_accuracy(model, x: torch.Tensor, cond: torch.Tensor | None = None) -> 
         acc_mean = mm.reconstruction_accuracy(x.numpy(), model.reconstruct(x, cond).numpy())
         mu, logvar = model.encode(x, cond)
         z = mu + (0.5 * logvar).exp() * torch.randn(mu.shape, generator=torch.Generator().manual_seed(1))
-        return acc_mean, mm.reconstruction_accuracy(x.numpy(), model.decode(z, cond).argmax(1).numpy())
+        return acc_mean, mm.reconstruction_accuracy(x.numpy(), model.tokens(model.decode(z, cond)).numpy())
 
 
 def evaluate(name: str, folder: str, x_train: np.ndarray, x_held: np.ndarray, n: int, enc, counts,

@@ -365,17 +365,6 @@ def sample_windows(net, n: int, gen, cond: np.ndarray | None = None, temperature
                       temperature=max(temperature, 1e-6), spread=spread).numpy().astype(np.uint8)
 
 
-def _tiles(logits, gen, temperature: float) -> np.ndarray:
-    """(B, V, rows, cols) logits -> (B, rows, cols) uint8 tiles: argmax, or drawn at `temperature`."""
-    import torch
-
-    if temperature <= 0:
-        return logits.argmax(1).numpy().astype(np.uint8)
-    probs = torch.softmax(logits.float() / temperature, 1).movedim(1, -1)            # (B, rows, cols, V)
-    drawn = torch.multinomial(probs.reshape(-1, probs.shape[-1]), 1, generator=gen)
-    return drawn.view(probs.shape[:-1]).numpy().astype(np.uint8)
-
-
 def full_level(net, length: int, gen, cond: np.ndarray | None = None, candidates: int = 8,
                rho: float = 0.7, temperature: float = 0.0, spread: float = 1.0) -> tuple[np.ndarray, int]:
     """A level `length` columns long from a latent walk, window by window. Each next window is chosen among
@@ -385,12 +374,14 @@ def full_level(net, length: int, gen, cond: np.ndarray | None = None, candidates
     `spread` scales the walk as in latent_walk."""
     import torch
 
+    from models.vaes import walk_step
+
     rows, cols = net.cfg.shape
     z = spread * torch.randn(1, net.cfg.latent, generator=gen)
     level, rejected = None, 0
     while level is None or level.shape[1] < length:
-        steps = rho * z + spread * (1 - rho ** 2) ** 0.5 * torch.randn(candidates, net.cfg.latent, generator=gen)
-        wins = _tiles(net.decode(steps, _cond_tensor(cond, candidates)), gen, temperature)
+        steps = walk_step(z, candidates, gen, rho, spread)
+        wins = net.tokens(net.decode(steps, _cond_tensor(cond, candidates)), gen, temperature).numpy().astype(np.uint8)
         joined = [w if level is None else np.concatenate([level, w], 1) for w in wins]
         ok = mario_playable(np.stack(joined), mode="level") & mario_pipes_ok(np.stack(joined))
         if not ok.any():
@@ -416,7 +407,7 @@ def _full_levels(net, n: int, length: int, gen, cond, raw: bool, temperature: fl
         for _ in range(n if raw else min(n, 100)):
             z = latent_walk(-(-length // cols), net.cfg.latent, gen, spread=spread)     # (windows, latent)
             c = _cond_tensor(fill_cond(cond, 1, known, gen), len(z))
-            grid = np.concatenate(list(_tiles(net.decode(z, c), gen, temperature)), 1)
+            grid = np.concatenate(list(net.tokens(net.decode(z, c), gen, temperature).numpy().astype(np.uint8)), 1)
             raw_ok.append(bool(mario_playable(grid[:, :length], mode="level")))
             if raw:
                 levels.append(grid[:, :length])
