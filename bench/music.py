@@ -45,7 +45,9 @@ from formats.music import CHORALE, HOLD, OFFSET, REST, canonical, cut  # noqa: E
 from models.registry import load_model  # noqa: E402
 
 JSB = ROOT.parent / "shared" / "data" / "jsb_chorales" / "Jsb16thSeparated.json"
-STEPS = {"melody2": 10000, "melody8": 10000, "jsb4": 6000}     # optimiser steps of 128 windows per model
+# optimiser steps of 128 windows per model; with the ar head the held-out ELBO peaks near step 1,500 and then
+# falls (the best weights are kept), so it trains for less
+STEPS = {"melody2": 10000, "melody8": 10000, "jsb4": 6000, "jsb4 ar": 2000}
 
 
 class Markov:
@@ -105,59 +107,64 @@ def recon_accuracy(model, x: torch.Tensor, cond: torch.Tensor | None = None) -> 
         acc_mean = mm.reconstruction_accuracy(x.numpy(), model.reconstruct(x, cond).numpy())
         mu, logvar = model.encode(x, cond)
         z = mu + (0.5 * logvar).exp() * torch.randn(mu.shape, generator=torch.Generator().manual_seed(1))
-        return acc_mean, mm.reconstruction_accuracy(x.numpy(), model.tokens(model.decode(z, cond)).numpy())
+        return acc_mean, mm.reconstruction_accuracy(x.numpy(), model.draw(model.decode(z, cond)).numpy())
 
 
 def evaluate(name: str, folder: str, x_train: np.ndarray, x_held: np.ndarray, n: int, enc, counts,
-             walk: str | None = None, keyed: str | None = None) -> list[dict]:
+             walk: str | None = None, keyed: dict[str, str] | None = None, ideal: np.ndarray | None = None
+             ) -> list[dict]:
     """Rows: held-out data (one half vs the other), Markov chain, VAE (prior samples as drawn, in all 12 keys
     alike; and as `aeflow music sample` gives them, each clip moved to a key drawn from `counts`, the
     corpus's keys before transposition); `walk`: a shorter-window model's latent walk to the same length;
-    `keyed`: a key-conditioned cvae asked for keys drawn from `counts`."""
+    `keyed`: key-conditioned cvaes (label -> folder) asked for keys drawn from `counts`; `ideal`: training
+    windows scored as if a model had drawn them (what a perfect fit of the training split would score)."""
     lo, chorale = enc.lo, enc.voices > 1
     rng = np.random.default_rng(0)
     held = x_held[rng.permutation(len(x_held))]
     ref, other = held[: len(held) // 2], held[len(held) // 2:]
     steps, vocab = x_train.shape[2], int(max(x_train.max(), x_held.max())) + 1
     model = load_model(Path(folder))
+    x = torch.from_numpy(held[: min(len(held), 2000)])
+    accs = {"VAE": recon_accuracy(model, x)}
 
-    vaes = {}
+    vaes = {}                                           # label -> (rolls, seconds, the model's accuracy key)
     for label, greedy, temperature in (("VAE greedy", True, 1.0), ("VAE T=0.7", False, 0.7)):
         t0 = time.perf_counter()
         rolls = model.sample(n, torch.Generator().manual_seed(0), temperature=temperature, greedy=greedy).numpy()
-        vaes[label] = (np.stack([canonical(w) for w in rolls]), time.perf_counter() - t0)
+        vaes[label] = (np.stack([canonical(w) for w in rolls]), time.perf_counter() - t0, "VAE")
     bars = steps // BAR
     for temperature in (0.7, 1.0):
         t0 = time.perf_counter()
         rolls = generate_rolls(model, enc, bars, n, bars, seed=0, temperature=temperature, key_counts=counts)
-        vaes[f"VAE T={temperature:g}, corpus keys"] = (np.stack(rolls), time.perf_counter() - t0)
+        vaes[f"VAE T={temperature:g}, corpus keys"] = (np.stack(rolls), time.perf_counter() - t0, "VAE")
     if walk:
         short = load_model(Path(walk))
         window = short.cfg.shape[1] // BAR
         for temperature in (0.7, 1.0):
             t0 = time.perf_counter()
             rolls = generate_rolls(short, enc, window, n, bars, seed=0, temperature=temperature, key_counts=counts)
-            vaes[f"{window}-bar VAE walk T={temperature:g}, corpus keys"] = (np.stack(rolls), time.perf_counter() - t0)
-    x = torch.from_numpy(held[: min(len(held), 2000)])
-    accs = {"VAE": recon_accuracy(model, x)}
-    if keyed:
-        cvae = load_model(Path(keyed))
+            vaes[f"{window}-bar VAE walk T={temperature:g}, corpus keys"] = (np.stack(rolls), time.perf_counter() - t0,
+                                                                               None)
+    for kind, f in (keyed or {}).items():
+        cvae = load_model(Path(f))
         for temperature in (0.7, 1.0):
             t0 = time.perf_counter()
             rolls = generate_rolls(cvae, enc, bars, n, bars, seed=0, temperature=temperature, key_counts=counts,
                                    cond_cols=[1, 2])
-            vaes[f"key cvae T={temperature:g}, corpus keys"] = (np.stack(rolls), time.perf_counter() - t0)
-        accs["key cvae"] = recon_accuracy(cvae, x, torch.from_numpy(mm.estimate_keys(x.numpy(), lo)))
+            vaes[f"{kind} T={temperature:g}, corpus keys"] = (np.stack(rolls), time.perf_counter() - t0, kind)
+        accs[kind] = recon_accuracy(cvae, x, torch.from_numpy(mm.estimate_keys(x.numpy(), lo)))
+    if ideal is not None:
+        pick = np.random.default_rng(1).permutation(len(ideal))[:n]            # rng stays the Markov chain's
+        vaes["training windows (a perfect fit)"] = (ideal[pick], None, None)
     chain = Markov(x_train, max(vocab, model.cfg.vocab))
     t0 = time.perf_counter()
     mk = chain.sample(n, steps, rng)
     mk_s = time.perf_counter() - t0
     mk = np.stack([canonical(w) for w in mk])
 
-
     rows = []
-    sets = [("held-out data", other[:n], None), ("Markov chain", mk, mk_s)] + [(k, *v) for k, v in vaes.items()]
-    for label, rolls, seconds in sets:
+    sets = [("held-out data", other[:n], None, None), ("Markov chain", mk, mk_s, None)] + [(k, *v) for k, v in vaes.items()]
+    for label, rolls, seconds, acc in sets:
         oa = mm.overlap(list(ref), list(rolls), lo)
         st = mm.set_stats(list(rolls), lo)
         row = {"task": name, "model": label, "oa_pch": oa["pitch_classes"]["oa"], "oa_nlh": oa["note_lengths"]["oa"],
@@ -165,9 +172,8 @@ def evaluate(name: str, folder: str, x_train: np.ndarray, x_held: np.ndarray, n:
                "qn": st["qualified"], "in_scale": st["in_scale"], "td": st.get("tonal_distance"),
                "copy": mm.copy_rate(rolls, x_train) if label != "held-out data" else None,
                "clips_per_s": round(len(rolls) / seconds, 1) if seconds else None}
-        for kind, (acc_mean, acc_sample) in accs.items():
-            if label.startswith(kind):
-                row.update(acc_mean=acc_mean, acc_sample=acc_sample)
+        if acc:
+            row.update(acc_mean=accs[acc][0], acc_sample=accs[acc][1])
         rows.append(row)
     data, markov = rows[0], rows[1]
     for vae_row in rows[2:]:
@@ -192,8 +198,9 @@ def table(rows: list[dict]) -> str:
             ("clips_per_s", "clips/s")]
     lines = ["| " + " | ".join(c[1] for c in cols) + " |", "|" + " --- |" * len(cols)]
     for r in rows:
-        lines.append("| " + " | ".join(f"{r[k]:,.0f}" if k == "clips_per_s" and r.get(k) else fmt(r.get(k))
-                                       for k, _ in cols) + " |")
+        cells = (f"{r[k]:,.0f}" if k == "clips_per_s" and r.get(k) else fmt(r.get(k), 4 if k == "eb" else 3)
+                 for k, _ in cols)                          # empty bars: 4 digits, rates of a few in 10,000 count
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -287,6 +294,8 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=400, help="generated windows per model")
     ap.add_argument("--beta", type=float, default=0.5)
     ap.add_argument("--latent", type=int, default=64)
+    ap.add_argument("--ar", type=int, default=6, help="JSB: also a key cvae whose decoder sees this many steps "
+                    "before each step (models.vaes.VAE.draw; 0 = none)")
     ap.add_argument("--device", default="auto", help="training device (the stage key holds it: keep auto to reuse)")
     ap.add_argument("--train-only", action="store_true")
     ap.add_argument("--steps", type=int, help="override the training steps of every task (smoke tests)")
@@ -338,13 +347,18 @@ def main() -> None:
             data = {"mode": "chorale", "bars": 4, "steps_per_bar": BAR, "source": "jsb", "split": "train"}
             folder = train_windows("music-chorale-4bar-jsb", (), data, (xt_aug, None), (xv, None), model, training,
                                    progress=False)
-            keyed = train_windows("music-chorale-4bar-jsb", (), {**data, "condition": "key"}, (xt_aug, lt_aug[:, 1:3]),
-                                  (xv, keys(xv)[:, 1:3]), {**model, "kind": "cvae", "cond": [12, 2]}, training,
-                                  progress=False)
+            cvaes = {"key cvae": train_windows(
+                "music-chorale-4bar-jsb", (), {**data, "condition": "key"}, (xt_aug, lt_aug[:, 1:3]),
+                (xv, keys(xv)[:, 1:3]), {**model, "kind": "cvae", "cond": [12, 2]}, training, progress=False)}
+            if args.ar:
+                cvaes[f"key cvae, ar {args.ar}"] = train_windows(
+                    "music-chorale-4bar-jsb", (), {**data, "condition": "key"}, (xt_aug, lt_aug[:, 1:3]),
+                    (xv, keys(xv)[:, 1:3]), {**model, "kind": "cvae", "cond": [12, 2], "ar": args.ar},
+                    {**training, "steps": args.steps or STEPS["jsb4 ar"]}, progress=False)
             if not args.train_only:
                 name = "JSB chorales 4-bar"
                 held = xs if args.jsb_rows == "test" else xv
-                rows += evaluate(name, folder, xt_aug, held, args.n, CHORALE, key_counts(lt), keyed=keyed)
+                rows += evaluate(name, folder, xt_aug, held, args.n, CHORALE, key_counts(lt), keyed=cvaes, ideal=xt)
                 notes.append(f"{name}: {len(xt):,} training windows ({len(xt_aug):,} after transposition), "
                              f"{len(xv):,} validation windows (model selection), {len(xs):,} test windows; "
                              f"held-out rows: the {args.jsb_rows} split")
@@ -352,7 +366,7 @@ def main() -> None:
                                                                                    ("test", xs))}
                 notes.append("  qualified-note rate of each whole split (how far the splits differ): "
                              + ", ".join(f"{s} {v:.3f}" for s, v in qn.items()))
-        for f in [folder] + ([keyed] if task == "jsb4" else []):
+        for f in [folder] + (list(cvaes.values()) if task == "jsb4" else []):
             cfg = json.loads((Path(f) / "config.json").read_text())
             notes.append(f"  model {Path(f).name}: {cfg['parameters']:,} parameters, {cfg['steps']} steps of 128 in "
                          f"{cfg['seconds']:.0f} s on {cfg['device']} (cached when trained earlier), held-out accuracy "

@@ -4,7 +4,8 @@ conditional VAE (Sohn et al. 2015) only overrides `encode`/`decode` to take one-
 
 A batch is `x` (B, rows, cols) int64 tokens, or `(x, cond)` with cond (B, K) int64 for a `cvae`.
 dims=2 convolves over the grid (levels); dims=1 convolves over the last axis only, the rows (voices)
-folded into channels (music: a voice is not a spatial neighbour of the next).
+folded into channels (music: a voice is not a spatial neighbour of the next). With `ar` > 0 (music only) a
+small causal conv head makes each step depend on the steps drawn before it as well as on z (VAE.draw).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ class VAEConfig(BaseModel):
     latent: int = 32
     beta: float = 1.0                            # weight of the KL term; 1 = the plain VAE
     unique: tuple[int, ...] = ()                 # tokens that occur once per grid (Lode Runner's spawn): see VAE.nll
+    ar: int = 0                                  # dims=1: each step also sees the `ar` steps before it (VAE.draw)
 
     @field_validator("vocab", "latent")
     @classmethod
@@ -37,12 +39,20 @@ class VAEConfig(BaseModel):
             raise ValueError(f"must be >= 1, got {v}")
         return v
 
+    @field_validator("ar")
+    @classmethod
+    def _steps(cls, v):
+        if v < 0:
+            raise ValueError(f"must be >= 0 steps, got {v}")
+        return v
+
     @model_serializer(mode="wrap")
     def _dump(self, handler):
-        # `unique` is left out while empty, so configs (and stage keys) from before it existed stay the same
+        # `unique` and `ar` are left out while unused: configs (and stage keys) from before them stay the same
         out = handler(self)
-        if not self.unique:
-            out.pop("unique", None)
+        for key in ("unique", "ar"):
+            if not out[key]:
+                out.pop(key)
         return out
 
 
@@ -86,6 +96,16 @@ class VAE(nn.Module):
         unique = torch.zeros(cfg.vocab, dtype=torch.bool)
         unique[list(cfg.unique)] = True
         self.register_buffer("is_unique", unique, persistent=False)            # (V,)
+        if cfg.ar:
+            if cfg.dims != 1 or cfg.unique:
+                raise ValueError(f"ar={cfg.ar}: an autoregressive head needs dims=1 and no unique tokens")
+            # A small causal conv (PixelVAE-style, Gulrajani et al. 2017): a cell's logits also depend on the
+            # tokens of the last `ar` steps of every voice. Cells drawn independently given z break runs of
+            # short notes apart (two 16ths become a 16th and a longer note); a short receptive field leaves the
+            # phrase to z.
+            self.ar_past = conv(c_in, w[0], cfg.ar)
+            self.ar_now = conv(c_in, w[0], 1)
+            self.ar_out = nn.Sequential(nn.GELU(), conv(w[0], w[0], 1), nn.GELU(), conv(w[0], c_in, 1))
 
     def cond_dim(self) -> int:
         return 0
@@ -134,6 +154,8 @@ class VAE(nn.Module):
         mu, logvar = mu.float(), logvar.float()
         z = mu if gen is None else mu + (0.5 * logvar).exp() * torch.randn(mu.shape, generator=gen, device=mu.device)
         logits = self.decode(z, cond).float()
+        if self.cfg.ar:
+            logits = self._ar_logits(logits, x)                       # teacher forcing: the true steps before each
         recon = self.nll(logits, x.long())
         kl = -0.5 * (1 + logvar - mu.pow(2) - logvar.exp()).sum(1)   # KL(q(z|x) || N(0, I)), Kingma & Welling App. B
         return recon, kl, logits
@@ -180,6 +202,29 @@ class VAE(nn.Module):
             flat.scatter_(1, idx, u)
         return out
 
+    def _ar_logits(self, logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """decode's logits (B, V, rows, cols) corrected by the tokens x (B, rows, cols) of the `ar` steps before
+        each step (x at a step itself and after it is never read)."""
+        b, v, rows, cols = logits.shape
+        flat = logits.transpose(1, 2).reshape(b, rows * v, cols)
+        past = F.one_hot(x.long(), v).to(flat.dtype).permute(0, 1, 3, 2).reshape(b, rows * v, cols)
+        past = F.pad(past, (self.cfg.ar, -1))                     # shifted right by one: step t sees t-ar .. t-1
+        out = flat + self.ar_out(self.ar_past(past) + self.ar_now(flat))
+        return out.view(b, rows, v, cols).transpose(1, 2)
+
+    def draw(self, logits: torch.Tensor, gen: torch.Generator | None = None, temperature: float = 0.0
+             ) -> torch.Tensor:
+        """decode's logits -> tokens: `tokens` per cell, or with `ar` step by step, each step given those drawn
+        before it (the most likely token at temperature 0)."""
+        if not self.cfg.ar:
+            return self.tokens(logits, gen, temperature)
+        x = torch.zeros(logits.shape[0], *logits.shape[2:], dtype=torch.long, device=logits.device)
+        for t in range(x.shape[-1]):
+            lo = max(0, t - self.cfg.ar)                         # all that step t can see
+            step = self._ar_logits(logits[..., lo:t + 1].float(), x[..., lo:t + 1])[..., -1:]
+            x[..., t:t + 1] = self.tokens(step, gen, temperature)
+        return x
+
     def loss(self, batch, gen: torch.Generator) -> torch.Tensor:
         x, cond = self._split(batch)
         recon, kl, _ = self.terms(x, cond, gen)
@@ -194,19 +239,18 @@ class VAE(nn.Module):
         for i in range(0, len(x), chunk):
             xb, cb = x[i:i + chunk], None if cond is None else cond[i:i + chunk]
             recon, kl, _ = self.terms(xb, cb, gen)
-            _, _, logits = self.terms(xb, cb, None)
             sums["loss"] += (recon + self.cfg.beta * kl).sum().item()
             sums["elbo"] -= (recon + kl).sum().item()
             sums["kl"] += kl.sum().item()
-            sums["acc"] += (self.tokens(logits) == xb).float().flatten(1).mean(1).sum().item()
+            sums["acc"] += (self.reconstruct(xb, cb) == xb).float().flatten(1).mean(1).sum().item()
         return {k: v / len(x) for k, v in sums.items()}
 
     # ---- use
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
-        """Tokens (B, rows, cols) -> the argmax of decode(mu)."""
+        """Tokens (B, rows, cols) -> the most likely tokens decoded from mu."""
         mu, _ = self.encode(x, cond)
-        return self.tokens(self.decode(mu, cond))
+        return self.draw(self.decode(mu, cond))
 
     @torch.no_grad()
     def sample(self, n: int, gen: torch.Generator, cond: torch.Tensor | None = None, z: torch.Tensor | None = None,
@@ -218,7 +262,7 @@ class VAE(nn.Module):
         if z is None:
             z = spread * torch.randn(n, self.cfg.latent, generator=gen, device=device)
         logits = self.decode(z.to(device), cond).float()           # (n, V, rows, cols)
-        return self.tokens(logits, gen, 0.0 if greedy else temperature)
+        return self.draw(logits, gen, 0.0 if greedy else temperature)
 
 
 class CVAE(VAE):

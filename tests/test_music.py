@@ -292,16 +292,17 @@ with wave.open(out, "wb") as w:
 
 @pytest.mark.prefect
 def test_chorale_flows_and_cli_end_to_end(tmp_path):
-    """Three music21 chorales ingested, a tiny key-conditioned cvae, clips and stats through the Prefect flows
-    and the CLI."""
+    """Three music21 chorales ingested, a tiny key-conditioned cvae with an autoregressive head, clips (a latent
+    walk of two windows) and stats through the Prefect flows and the CLI."""
     from typer.testing import CliRunner
 
     from flows.cli import app
     from flows import pipelines
-    model = Path(pipelines.music_train_flow(source="bach", mode="chorale", bars=2, limit=3, model=TINY, training=TINY_TRAINING,
-                                condition="key", progress=False))   # 3 pieces parse in-process (4+: worker processes)
+    model = Path(pipelines.music_train_flow(source="bach", mode="chorale", bars=2, limit=3, model={**TINY, "ar": 3},
+                                training=TINY_TRAINING, condition="key", progress=False))   # 3 pieces parse in-process (4+: worker processes)
     cfg = json.loads((model / "config.json").read_text())
     assert cfg["model"]["kind"] == "cvae" and cfg["model"]["cond"] == [12, 2] and cfg["model"]["shape"] == [4, 32]
+    assert cfg["model"]["ar"] == 3
     ingest = json.loads((next((model.parents[1] / "ingest-music").glob("bach-chorale-*")) / "manifest.json").read_text())
     assert ingest["counts"]["pieces"] == 3 and ingest["counts"]["failed"] == 0 and ingest["off_grid_notes"] < 0.01
     report = pipelines.music_sample_flow(out_dir=str(tmp_path / "ch"), model=str(model), n=2, bars=4, key="Bb")
@@ -371,6 +372,8 @@ def test_unknown_corpus_is_a_clear_error():
 
     result = CliRunner().invoke(app, ["music", "train", "--corpus", "nonesuch"], terminal_width=200)
     assert result.exit_code != 0 and "folder of MIDI files" in result.output and "nottingham" in result.output
+    result = CliRunner().invoke(app, ["music", "train", "--ar", "-1"], terminal_width=200)
+    assert result.exit_code != 0 and "--ar" in result.output and "number of steps" in result.output
 
 
 def test_missing_nottingham_file_says_where_to_put_it_before_any_work(monkeypatch):
