@@ -51,8 +51,8 @@ class VAEConfig(BaseModel):
         # `unique` and `ar` are left out while unused: configs (and stage keys) from before them stay the same
         out = handler(self)
         for key in ("unique", "ar"):
-            if not out[key]:
-                out.pop(key)
+            if not out.get(key):
+                out.pop(key, None)
         return out
 
 
