@@ -4,6 +4,7 @@ written to outputs/bench/levels.md (+ levels.json).
 
     python bench/levels.py                                  # Mario windows + full levels, 1000 samples
     python bench/levels.py --games mario,lode_runner,zelda  # + Lode Runner and Zelda (trains small models, cached)
+    python bench/levels.py --games mario,mario-columns      # + a Mario VAE over whole columns (--units columns)
     python bench/levels.py --cond-model outputs/train/cvae-mario-...  # does a Mario cvae give what --cond asks?
 
 Lode Runner models place exactly one spawn and train on mirrored copies too (flows/levels.py UNIQUE_TILES,
@@ -28,7 +29,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from flows.levels import (_training_units, check_units, full_level, resolve_level_model,  # noqa: E402
-                          sample_windows, train_levels)
+                          sample_windows, train_levels, walk_windows)
 from flows.settings import outputs_root  # noqa: E402
 from formats.levels import diversity, novelty, tpkl, wilson, windows  # noqa: E402
 from formats.playability import lode_runner_check, mario_pipes_ok, mario_playable  # noqa: E402
@@ -104,6 +105,7 @@ def windows_rows(game: str, net, train: np.ndarray, n: int, seed: int, spread: f
     rows = []
     sub = train[rng.choice(len(train), min(n, len(train)), replace=False)]
     rows.append(row("originals (training units)", sub, check_units(game, train), train, None, game, novel=False))
+    seen = {u.astype(np.uint8).tobytes() for u in train}
     for temperature, s, label in ((0.0, 1.0, "most likely tile"), (1.0, 1.0, "tiles drawn, T=1"),
                                   (1.0, spread, f"tiles drawn, T=1, spread {spread}")):
         t0 = time.perf_counter()
@@ -111,7 +113,8 @@ def windows_rows(game: str, net, train: np.ndarray, n: int, seed: int, spread: f
             raw = sample_windows(net, n, gen, temperature=temperature, spread=s)
         ok = check_units(game, raw)
         seconds = time.perf_counter() - t0                       # sample + check, the raw rate
-        accept = lambda g: check_units(game, g) & (mario_pipes_ok(g) if game == "mario" else True)  # noqa: E731
+        accept = lambda g: (check_units(game, g) & (mario_pipes_ok(g) if game == "mario" else True)  # noqa: E731
+                            & np.array([w.tobytes() not in seen for w in g], dtype=bool))   # new, as `sample` does
         delivered, drawn = list(raw[accept(raw)]), n
         while len(delivered) < n and drawn < 10 * n:            # what `aeflow levels sample` does: resample
             with torch.no_grad():
@@ -155,13 +158,13 @@ def full_rows(net, train: np.ndarray, originals: list[np.ndarray], n: int, lengt
         return r
 
     out = [full_row("originals (full levels)", originals, None, novel=False)]
-    for s, temperature in ((1.0, 0.0), (spread, 1.0)):          # as the windows rows: the default, and T=1 + spread
-        label = "" if s == 1.0 else f", tiles drawn, T=1, spread {s}"
+    default = 1.0 if net.cfg.ar else 0.0                        # `levels sample`'s default temperature
+    for s, temperature in ((1.0, default), (spread, 1.0)):      # as the windows rows: the default, and T=1 + spread
+        label = ("" if temperature == 0 else ", tiles drawn, T=1") + ("" if s == 1.0 else f", spread {s}")
         t0 = time.perf_counter()
         with torch.no_grad():
-            raw = [np.concatenate(list(net.tokens(net.decode(latent_walk(-(-length // cols), net.cfg.latent, gen,
-                                                                         spread=s)), gen, temperature).numpy()
-                                       .astype(np.uint8)), 1)[:, :length] for _ in range(n)]
+            raw = [walk_windows(net, latent_walk(-(-length // cols), net.cfg.latent, gen, spread=s), gen, None,
+                                temperature)[:, :length] for _ in range(n)]
         out.append(full_row(f"VAE latent walk raw{label}", raw, time.perf_counter() - t0))
         t0, levels, rejected = time.perf_counter(), [], 0
         with torch.no_grad():
@@ -350,6 +353,8 @@ def main() -> None:
     ap.add_argument("--full", type=int, default=100, help="full-length Mario levels to generate")
     ap.add_argument("--length", type=int, default=200, help="columns of a full-length Mario level")
     ap.add_argument("--mario-model", default=None, help="Mario model folder (default: the shipped mario-vae)")
+    ap.add_argument("--columns-model", default=None,
+                    help="the mario-columns model folder (default: train one, `aeflow levels train --units columns`)")
     ap.add_argument("--steps", type=int, default=1000, help="training steps for the Lode Runner / Zelda models")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--spread", type=float, default=0.6,
@@ -381,23 +386,27 @@ def main() -> None:
         (outputs_root() / "bench" / name).write_text(md + "\n")
         return
     rows, info = [], {}
-    for game in args.games.split(","):
-        if game == "mario":
+    for name in args.games.split(","):
+        game = "mario" if name == "mario-columns" else name
+        if name == "mario":
             folder = resolve_level_model(args.mario_model)
+        elif name == "mario-columns":
+            folder = Path(args.columns_model or train_levels("mario", units="columns", progress=False))
         else:
             folder = Path(train_levels(game, str(VGLC / game), training={"steps": args.steps}, progress=False))
         cfg = read_config(folder)
         net = load_model(folder)
         train, originals = _training_units(cfg)
-        info[game] = {"model": str(folder), "parameters": cfg.get("parameters"), "steps": cfg.get("steps"),
+        info[name] = {"model": str(folder), "parameters": cfg.get("parameters"), "steps": cfg.get("steps"),
                       "val": cfg.get("metrics"), "training_units": len(train), "originals": originals}
-        rows += windows_rows(game, net, train, args.n, args.seed, args.spread)
+        mine = windows_rows(game, net, train, args.n, args.seed, args.spread)
         if game == "mario" and args.full:
             from flows.levels import ingest_levels, load_ingest
 
             _, _, levels, _ = load_ingest(ingest_levels("mario", str(VGLC / "super_mario_bros")) if VGLC.is_dir()
                                           else ingest_levels("mario"))
-            rows += full_rows(net, train, [g for _, g in levels], args.full, args.length, args.seed, args.spread)
+            mine += full_rows(net, train, [g for _, g in levels], args.full, args.length, args.seed, args.spread)
+        rows += [{**r, "game": name} for r in mine]
     md = table(rows)
     why = [f"- {r['game']} {r['source']}: {r['why']}" for r in rows if r.get("why")]
     if why:

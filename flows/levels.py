@@ -241,14 +241,25 @@ DEFAULT_MODEL = {"widths": [16, 32, 64], "latent": 32, "beta": 0.5}   # (32, 64,
 UNIQUE_TILES = {"lode_runner": "M"}
 MIRROR = {"lode_runner"}
 DEFAULT_TRAINING = {"steps": 6000, "epoch_steps": 500, "batch_size": 64, "lr": 2e-3, "warmup_steps": 100}
+# units="columns": a window is a sequence of whole columns, each one of those in the training windows (Mario:
+# 259), with an `ar` head over the columns before it (models/vaes.py). Every column drawn is a real one, so
+# pipes, stairs and brick blocks come out whole; the latent holds less (bench/levels.py measures both kinds).
+COLUMN_MODEL = {"widths": [64, 128, 256], "latent": 32, "beta": 0.5, "ar": 3}
+
+
+def column_vocabulary(units: np.ndarray) -> list[list[int]]:
+    """The distinct columns of (N, rows, cols) units, most frequent first (ties by content)."""
+    cols, counts = np.unique(units.transpose(0, 2, 1).reshape(-1, units.shape[1]), axis=0, return_counts=True)
+    return [c.tolist() for c in cols[np.argsort(-counts, kind="stable")]]
 
 
 def train_levels(game: str = "mario", data: str | None = None, kind: str = "vae", model: dict | None = None,
                  training: dict | None = None, width: int | None = None, refresh: bool = False,
-                 progress: bool = True, ingest_dir: str | None = None) -> str:
+                 progress: bool = True, ingest_dir: str | None = None, units: str = "cells") -> str:
     """Ingest (cached; or use `ingest_dir`) and train a vae/cvae on the game's units; returns the model folder.
     A cvae is conditioned on Mario window features (enemies/pipes/gaps buckets), or for a blend
-    (game "mario+kid_icarus") on the game: 0 = mario, 1 = kid_icarus."""
+    (game "mario+kid_icarus") on the game: 0 = mario, 1 = kid_icarus. `units`: "cells" (a softmax over tiles
+    per cell) or "columns" (over the training set's whole columns; COLUMN_MODEL)."""
     from flows.train import train_windows
 
     if kind == "cvae" and game != "mario" and game not in BLENDS:
@@ -273,9 +284,14 @@ def train_levels(game: str = "mario", data: str | None = None, kind: str = "vae"
         train = (np.concatenate([train[0], train[0][:, :, ::-1]]),
                  None if train[1] is None else np.concatenate([train[1], train[1]]))
     legend = get_legend(game)
-    unique = [legend.index(t) for t in UNIQUE_TILES.get(game, "")]
-    model_cfg = {**DEFAULT_MODEL, **({"unique": unique} if unique else {}), **(model or {}), "kind": kind,
-                 "vocab": legend.vocab}
+    if units == "columns":
+        model_cfg = {**COLUMN_MODEL, **(model or {}), "dims": 1, "columns": column_vocabulary(train[0])}
+    elif units == "cells":
+        unique = [legend.index(t) for t in UNIQUE_TILES.get(game, "")]
+        model_cfg = {**DEFAULT_MODEL, **({"unique": unique} if unique else {}), **(model or {})}
+    else:
+        raise ValueError(f"units {units!r}: cells or columns")
+    model_cfg.update(kind=kind, vocab=legend.vocab)
     if kind == "cvae":
         model_cfg["cond"] = [len(BLENDS[game])] if game in BLENDS else [len(COND_LEVELS)] * len(COND_NAMES)
     desc = {"game": game, "source": manifest["source"], "data": manifest["data"], "width": width,
@@ -376,12 +392,15 @@ def full_level(net, length: int, gen, cond: np.ndarray | None = None, candidates
 
     from models.vaes import walk_step
 
-    rows, cols = net.cfg.shape
     z = spread * torch.randn(1, net.cfg.latent, generator=gen)
     level, rejected = None, 0
     while level is None or level.shape[1] < length:
         steps = walk_step(z, candidates, gen, rho, spread)
-        wins = net.tokens(net.decode(steps, _cond_tensor(cond, candidates)), gen, temperature).numpy().astype(np.uint8)
+        before = None                                   # an `ar` head continues from the level so far
+        if net.cfg.ar and level is not None:
+            before = torch.from_numpy(level[None, :, -net.cfg.ar:]).expand(candidates, -1, -1)
+        wins = net.draw(net.decode(steps, _cond_tensor(cond, candidates)), gen, temperature, before)
+        wins = wins.numpy().astype(np.uint8)
         joined = [w if level is None else np.concatenate([level, w], 1) for w in wins]
         ok = mario_playable(np.stack(joined), mode="level") & mario_pipes_ok(np.stack(joined))
         if not ok.any():
@@ -390,6 +409,20 @@ def full_level(net, length: int, gen, cond: np.ndarray | None = None, candidates
         rejected += k
         level, z = joined[k], steps[k:k + 1]
     return level[:, :length], rejected
+
+
+def walk_windows(net, z, gen, cond=None, temperature: float = 0.0) -> np.ndarray:
+    """The windows decoded from latent points z (K, latent), joined into one (rows, K * cols) grid. A model
+    with an `ar` head draws each window after the one before it, so it continues across the seam."""
+    import torch
+
+    logits = net.decode(z, cond)
+    if not net.cfg.ar:
+        return np.concatenate(list(net.draw(logits, gen, temperature).numpy().astype(np.uint8)), 1)
+    wins = [net.draw(logits[:1], gen, temperature)]
+    for k in range(1, len(z)):
+        wins.append(net.draw(logits[k:k + 1], gen, temperature, wins[-1]))
+    return torch.cat(wins, -1)[0].numpy().astype(np.uint8)
 
 
 def _full_levels(net, n: int, length: int, gen, cond, raw: bool, temperature: float, max_tries: int,
@@ -407,7 +440,7 @@ def _full_levels(net, n: int, length: int, gen, cond, raw: bool, temperature: fl
         for _ in range(n if raw else min(n, 100)):
             z = latent_walk(-(-length // cols), net.cfg.latent, gen, spread=spread)     # (windows, latent)
             c = _cond_tensor(fill_cond(cond, 1, known, gen), len(z))
-            grid = np.concatenate(list(net.tokens(net.decode(z, c), gen, temperature).numpy().astype(np.uint8)), 1)
+            grid = walk_windows(net, z, gen, c, temperature)
             raw_ok.append(bool(mario_playable(grid[:, :length], mode="level")))
             if raw:
                 levels.append(grid[:, :length])
@@ -440,12 +473,14 @@ def _rate(ok: np.ndarray) -> dict:
 
 
 def sample_levels(out_dir: str, model: str | None = None, n: int = 50, length: int | None = None, seed: int = 0,
-                  cond: str | None = None, raw: bool = False, temperature: float = 0.0, max_tries: int = 50,
+                  cond: str | None = None, raw: bool = False, temperature: float | None = None, max_tries: int = 50,
                   blend: float | None = None, spread: float = 1.0) -> dict:
     """Write `n` levels into out_dir: windows of the model's shape, or `length`-column levels from a latent
-    walk (Mario); a blend model (or `blend` given) goes to sample_blend. Playable only, and for Mario with
-    well-formed pipes (resampled; `raw` keeps the decoder output as is). Tiles: the decoder's most likely tile
-    (temperature 0: clean, few enemies and pipes) or drawn from it (1: richer, noisier). Latents: z ~ N(0,
+    walk (Mario); a blend model (or `blend` given) goes to sample_blend. Playable only, new (a copy of a
+    training window is rejected) and for Mario with well-formed pipes (resampled; `raw` keeps the decoder
+    output as is). Tiles: the decoder's most likely tile (temperature 0: clean, few enemies and pipes) or drawn
+    from it (1: richer, noisier); None: 1 for a model with an `ar` head (its most likely draws repeat one
+    another: 30 % distinct for Mario columns), else 0. Latents: z ~ N(0,
     spread^2 I); spread below 1 trades variety for playability (bench/levels.py measures both).
     report.json holds raw and delivered playability beside the originals' rate, rejections, novelty,
     diversity and TPKL."""
@@ -453,6 +488,8 @@ def sample_levels(out_dir: str, model: str | None = None, n: int = 50, length: i
     if not 0 < spread <= 1:
         raise ValueError(f"--spread {spread}: the latent spread must be in (0, 1] (1 = the prior as trained)")
     net, cfg, folder = _load(model)
+    if temperature is None:
+        temperature = 1.0 if net.cfg.ar else 0.0
     game = cfg["data"]["game"]
     if blend is not None or game in BLENDS:
         if cond or length is not None:
@@ -488,24 +525,28 @@ def sample_levels(out_dir: str, model: str | None = None, n: int = 50, length: i
             report["shortfall"] = f"only {len(levels)} of {n} levels after {restarts} restarts (max_tries {max_tries})"
         grids = levels
     else:
-        drawn, grids, raw_ok, pipes_ok, off_cond = 0, [], [], [], 0
+        drawn, grids, raw_ok, pipes_ok, off_cond, copies = 0, [], [], [], 0, 0
+        seen = {u.astype(np.uint8).tobytes() for u in train_units}
         while len(grids) < n and drawn < max_tries * n:
             m = max(n - len(grids), 64) if not raw else n
             batch = sample_windows(net, m, gen, fill_cond(c, m, known, gen), temperature, spread)
             ok = check_units(game, batch)
             pipes = mario_pipes_ok(batch) if game == "mario" else np.ones(len(batch), bool)   # well-formed pipes
             asked = cond_ok(batch, c)                         # delivered windows have what was asked for
+            new = np.array([g.tobytes() not in seen for g in batch], dtype=bool)
             drawn += len(batch)
             raw_ok.append(ok)
             pipes_ok.append(pipes)
             off_cond += int((ok & pipes & ~asked).sum())
-            grids += list(batch if raw else batch[ok & pipes & asked])
+            copies += int((ok & pipes & asked & ~new).sum())
+            grids += list(batch if raw else batch[ok & pipes & asked & new])
         grids = grids[:n]
         raw_ok, pipes_ok = np.concatenate(raw_ok), np.concatenate(pipes_ok)
         ok = check_units(game, np.stack(grids)) if grids else np.zeros(0, bool)
         report.update(raw_playability=_rate(raw_ok), delivered=_rate(ok),
                       rejected={"unplayable": int((~raw_ok).sum()), "broken_pipes": int((raw_ok & ~pipes_ok).sum()),
-                                **({"not_as_asked": off_cond} if c is not None else {})},
+                                **({"not_as_asked": off_cond} if c is not None else {}),
+                                "copies_of_training_windows": 0 if raw else copies},
                       originals_rate=f"{originals['units_playable']} / {originals['units']} training units")
         if game == "mario":
             report["raw_pipes_ok"] = round(float(pipes_ok.mean()), 4)
@@ -627,8 +668,7 @@ def interpolate_levels(level_a: str, level_b: str, out_dir: str, steps: int = 8,
         mu = [net.encode(torch.from_numpy(p[:k].astype(np.int64)))[0] for p in parts]    # (K, latent) each
         grids = []
         for t in np.linspace(0, 1, steps):
-            wins = net.tokens(net.decode((1 - t) * mu[0] + t * mu[1])).numpy().astype(np.uint8)   # (K, rows, cols)
-            grids.append(np.concatenate(list(wins), 1))
+            grids.append(walk_windows(net, (1 - t) * mu[0] + t * mu[1], None))
     ok = mario_playable(np.stack(grids), mode="level" if k > 1 else "window") if game == "mario" \
         else check_units(game, np.stack(grids))
     out = Path(out_dir)

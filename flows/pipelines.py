@@ -140,16 +140,16 @@ levels_check_task = task(name="levels-check", cache_policy=NO_CACHE)(check_level
 @flow(name="levels-train")
 def levels_train_flow(game: str = "mario", data: str | None = None, kind: str = "vae", model: dict | None = None,
                       training: dict | None = None, width: int | None = None, refresh: bool = False,
-                      progress: bool = True) -> str:
+                      progress: bool = True, units: str = "cells") -> str:
     """Ingest a game's levels, then train a vae/cvae on them (both stages cached)."""
     ingest_dir = levels_ingest_task(game, data, width, refresh)
     return levels_train_task(game, data, kind, model, training, width, refresh=refresh, progress=progress,
-                             ingest_dir=ingest_dir)
+                             ingest_dir=ingest_dir, units=units)
 
 
 @flow(name="levels-sample")
 def levels_sample_flow(out_dir: str, model: str | None = None, n: int = 50, length: int | None = None,
-                       seed: int = 0, cond: str | None = None, raw: bool = False, temperature: float = 0.0,
+                       seed: int = 0, cond: str | None = None, raw: bool = False, temperature: float | None = None,
                        blend: float | None = None, spread: float = 1.0) -> dict:
     """Sample levels (playable only unless `raw`) into OUT_DIR; a markdown summary as the run's artifact.
     `blend`: a game-blend cvae's weight of the second game (flows/levels.py sample_blend); `spread`: the

@@ -128,8 +128,10 @@ def platformer_reach(block: np.ndarray, support: np.ndarray, start: np.ndarray, 
     up, down, side = max(0, -offsets[:, 1].min()), max(0, offsets[:, 1].max()), np.abs(offsets[:, 0]).max()
     reach = start & free
     frontier = reach
+    idx = np.arange(n)                  # the grids still expanding, and their own free / stand / reach
+    free_i, stand_i, reach_i = free, stand, reach.copy()
     for _ in range(max_iter):
-        s, air = frontier & stand, frontier & ~stand & alive
+        s, air = frontier & stand_i, frontier & ~stand_i & alive
         new = _shift(s, 1, 0, wrap) | _shift(s, -1, 0, wrap) | _shift(air, 0, 1, wrap)
         for dx in (-1, 1):
             new |= _shift(air, dx, 1, wrap) | _shift(air, dx, 2, wrap)
@@ -141,11 +143,15 @@ def platformer_reach(block: np.ndarray, support: np.ndarray, start: np.ndarray, 
             xs = np.flatnonzero(s.any((0, 1)))
             x0, x1 = (0, w) if wrap else (max(0, xs[0] - side), min(w, xs[-1] + side + 1))
             box = np.s_[:, y0:y1, x0:x1]
-            new[box] |= _arc_cells(s[box], free[box], alive[:, y0:y1], steps, plan, wrap)
-        frontier = new & free & ~reach                      # only new cells need expanding again
-        if not frontier.any():
+            new[box] |= _arc_cells(s[box], free_i[box], alive[:, y0:y1], steps, plan, wrap)
+        frontier = new & free_i & ~reach_i                  # only new cells need expanding again
+        busy = frontier.any((1, 2))
+        if not busy.any():
             break
-        reach |= frontier
+        reach_i |= frontier
+        reach[idx[busy]] = reach_i[busy]
+        if busy.mean() < 0.5:           # most grids are done (long paths in a few): carry on with the rest only
+            idx, frontier, free_i, stand_i, reach_i = (a[busy] for a in (idx, frontier, free_i, stand_i, reach_i))
     return reach
 
 

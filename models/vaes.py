@@ -4,8 +4,10 @@ conditional VAE (Sohn et al. 2015) only overrides `encode`/`decode` to take one-
 
 A batch is `x` (B, rows, cols) int64 tokens, or `(x, cond)` with cond (B, K) int64 for a `cvae`.
 dims=2 convolves over the grid (levels); dims=1 convolves over the last axis only, the rows (voices)
-folded into channels (music: a voice is not a spatial neighbour of the next). With `ar` > 0 (music only) a
-small causal conv head makes each step depend on the steps drawn before it as well as on z (VAE.draw).
+folded into channels (music: a voice is not a spatial neighbour of the next). With `ar` > 0 a small causal
+conv head makes each step depend on the steps drawn before it as well as on z (VAE.draw). With `columns`
+the network models a grid as a sequence of whole columns, each one of a fixed vocabulary (Mario's 259):
+the grid API (encode, sample, reconstruct, draw) still takes and gives tile grids.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ class VAEConfig(BaseModel):
     beta: float = 1.0                            # weight of the KL term; 1 = the plain VAE
     unique: tuple[int, ...] = ()                 # tokens that occur once per grid (Lode Runner's spawn): see VAE.nll
     ar: int = 0                                  # dims=1: each step also sees the `ar` steps before it (VAE.draw)
+    columns: tuple[tuple[int, ...], ...] = ()    # dims=1: a token is one of these whole columns (rows tiles each)
 
     @field_validator("vocab", "latent")
     @classmethod
@@ -48,9 +51,9 @@ class VAEConfig(BaseModel):
 
     @model_serializer(mode="wrap")
     def _dump(self, handler):
-        # `unique` and `ar` are left out while unused: configs (and stage keys) from before them stay the same
+        # `unique`, `ar`, `columns` are left out while unused: configs (and stage keys) from before them stay the same
         out = handler(self)
-        for key in ("unique", "ar"):
+        for key in ("unique", "ar", "columns"):
             if not out.get(key):
                 out.pop(key, None)
         return out
@@ -73,11 +76,20 @@ class VAE(nn.Module):
         self.cfg = cfg
         conv, deconv = _conv(cfg.dims)
         rows, cols = cfg.shape
+        if cfg.columns:
+            table = torch.tensor(cfg.columns, dtype=torch.long)                  # (N, rows)
+            if cfg.dims != 1 or cfg.unique or table.shape[1] != rows or not 0 <= int(table.min()) <= int(
+                    table.max()) < cfg.vocab:
+                raise ValueError(f"columns: needs dims=1, no unique tokens and columns of {rows} tokens in "
+                                 f"0..{cfg.vocab - 1}")
+            self.register_buffer("column_table", table, persistent=False)      # in the config, not the weights
+        # what the network models: (rows, vocab) cells, or one row of column tokens
+        self.rows, self.vocab = (1, len(cfg.columns)) if cfg.columns else (rows, cfg.vocab)
         self.m = 2 ** (len(cfg.widths) - 1)                       # the conv axes are padded to this multiple
         spatial = (cols,) if cfg.dims == 1 else (rows, cols)
         self.padded = tuple(-(-s // self.m) * self.m for s in spatial)
         self.bottom = tuple(s // self.m for s in self.padded)       # conv grid at the bottleneck
-        c_in = cfg.vocab * (rows if cfg.dims == 1 else 1)
+        c_in = self.vocab * (self.rows if cfg.dims == 1 else 1)
         w = cfg.widths
         enc = [conv(c_in, w[0], 3, padding=1), nn.GELU()]
         for a, b in zip(w[:-1], w[1:]):
@@ -93,7 +105,7 @@ class VAE(nn.Module):
         if any(not 0 <= u < cfg.vocab for u in cfg.unique) or len(cfg.unique) >= cfg.vocab:
             raise ValueError(f"unique tokens {cfg.unique} must be distinct from at least one other token in "
                              f"0..{cfg.vocab - 1}")
-        unique = torch.zeros(cfg.vocab, dtype=torch.bool)
+        unique = torch.zeros(self.vocab, dtype=torch.bool)
         unique[list(cfg.unique)] = True
         self.register_buffer("is_unique", unique, persistent=False)            # (V,)
         if cfg.ar:
@@ -102,7 +114,7 @@ class VAE(nn.Module):
             # A small causal conv (PixelVAE-style, Gulrajani et al. 2017): a cell's logits also depend on the
             # tokens of the last `ar` steps of every voice. Cells drawn independently given z break runs of
             # short notes apart (two 16ths become a 16th and a longer note); a short receptive field leaves the
-            # phrase to z.
+            # phrase to z. Over level columns it keeps pipes and platforms whole across columns.
             self.ar_past = conv(c_in, w[0], cfg.ar)
             self.ar_now = conv(c_in, w[0], 1)
             self.ar_out = nn.Sequential(nn.GELU(), conv(w[0], w[0], 1), nn.GELU(), conv(w[0], c_in, 1))
@@ -117,11 +129,25 @@ class VAE(nn.Module):
     def decode(self, z: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
         return self._decode(z, None)
 
+    def to_tokens(self, x: torch.Tensor) -> torch.Tensor:
+        """Grids (B, rows, cols) -> what the network models: the grids, or with `columns` (B, 1, cols) the
+        index of each column in the vocabulary (the nearest by Hamming distance for a column not in it)."""
+        if not self.cfg.columns:
+            return x.long()
+        v = self.cfg.vocab
+        cols = F.one_hot(x.long().transpose(1, 2), v).flatten(2).float()        # (B, cols, rows*V)
+        table = F.one_hot(self.column_table, v).flatten(1).float()              # (N, rows*V)
+        return (cols @ table.T).argmax(-1)[:, None, :]                          # most tiles in common
+
+    def to_grid(self, t: torch.Tensor) -> torch.Tensor:
+        """The inverse of to_tokens (exact for columns in the vocabulary)."""
+        return self.column_table[t[:, 0]].transpose(1, 2) if self.cfg.columns else t
+
     def _encode(self, x: torch.Tensor, c: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-        rows, cols = self.cfg.shape
-        h = F.one_hot(x.long(), self.cfg.vocab).float()            # (B, rows, cols, V)
+        rows, cols = self.rows, self.cfg.shape[1]
+        h = F.one_hot(self.to_tokens(x), self.vocab).float()       # (B, rows, cols, V)
         if self.cfg.dims == 1:
-            h = h.permute(0, 1, 3, 2).reshape(len(x), rows * self.cfg.vocab, cols)   # (B, rows*V, cols)
+            h = h.permute(0, 1, 3, 2).reshape(len(x), rows * self.vocab, cols)   # (B, rows*V, cols)
             h = F.pad(h, (0, self.padded[0] - cols))
         else:
             h = h.permute(0, 3, 1, 2)                              # (B, V, rows, cols)
@@ -133,13 +159,13 @@ class VAE(nn.Module):
         return mu, logvar
 
     def _decode(self, z: torch.Tensor, c: torch.Tensor | None) -> torch.Tensor:
-        rows, cols = self.cfg.shape
+        rows, cols = self.rows, self.cfg.shape[1]
         if c is not None:
             z = torch.cat([z, c.to(z.dtype)], 1)
         h = self.from_z(z).view(len(z), self.cfg.widths[-1], *self.bottom)
         h = self.decoder(h)
         if self.cfg.dims == 1:
-            h = h[..., :cols].reshape(len(z), rows, self.cfg.vocab, cols)     # (B, rows, V, cols)
+            h = h[..., :cols].reshape(len(z), rows, self.vocab, cols)         # (B, rows, V, cols)
             return h.transpose(1, 2)                                          # (B, V, rows, cols)
         return h[..., :rows, :cols]                                           # (B, V, rows, cols)
 
@@ -150,13 +176,14 @@ class VAE(nn.Module):
 
     def terms(self, x: torch.Tensor, cond: torch.Tensor | None, gen: torch.Generator | None):
         """Per-sample reconstruction cross-entropy and KL in nats, and the logits (z = mu when gen is None)."""
+        t = self.to_tokens(x)
         mu, logvar = self.encode(x, cond)
         mu, logvar = mu.float(), logvar.float()
         z = mu if gen is None else mu + (0.5 * logvar).exp() * torch.randn(mu.shape, generator=gen, device=mu.device)
         logits = self.decode(z, cond).float()
         if self.cfg.ar:
-            logits = self._ar_logits(logits, x)                       # teacher forcing: the true steps before each
-        recon = self.nll(logits, x.long())
+            logits = self._ar_logits(logits, t)                       # teacher forcing: the true steps before each
+        recon = self.nll(logits, t)
         kl = -0.5 * (1 + logvar - mu.pow(2) - logvar.exp()).sum(1)   # KL(q(z|x) || N(0, I)), Kingma & Welling App. B
         return recon, kl, logits
 
@@ -191,7 +218,7 @@ class VAE(nn.Module):
             out = other.argmax(1)
         else:
             probs = F.softmax(other / temperature, dim=1).movedim(1, -1)         # (B, rows, cols, V)
-            out = torch.multinomial(probs.reshape(-1, self.cfg.vocab), 1, generator=gen).view(probs.shape[:-1])
+            out = torch.multinomial(probs.reshape(-1, self.vocab), 1, generator=gen).view(probs.shape[:-1])
         flat = out.flatten(1)                                                   # (B, rows * cols), a view
         for u in self.cfg.unique:
             where = logits[:, u].flatten(1)                                     # (B, rows * cols)
@@ -202,28 +229,35 @@ class VAE(nn.Module):
             flat.scatter_(1, idx, u)
         return out
 
-    def _ar_logits(self, logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    def _ar_logits(self, logits: torch.Tensor, x: torch.Tensor, last: bool = False) -> torch.Tensor:
         """decode's logits (B, V, rows, cols) corrected by the tokens x (B, rows, cols) of the `ar` steps before
-        each step (x at a step itself and after it is never read)."""
+        each step (x at a step itself and after it is never read); `last`: the last step's only (VAE.draw)."""
         b, v, rows, cols = logits.shape
         flat = logits.transpose(1, 2).reshape(b, rows * v, cols)
         past = F.one_hot(x.long(), v).to(flat.dtype).permute(0, 1, 3, 2).reshape(b, rows * v, cols)
         past = F.pad(past, (self.cfg.ar, -1))                     # shifted right by one: step t sees t-ar .. t-1
+        if last:
+            flat, past = flat[..., -1:], past[..., -self.cfg.ar:]
         out = flat + self.ar_out(self.ar_past(past) + self.ar_now(flat))
-        return out.view(b, rows, v, cols).transpose(1, 2)
+        return out.view(b, rows, v, -1).transpose(1, 2)
 
-    def draw(self, logits: torch.Tensor, gen: torch.Generator | None = None, temperature: float = 0.0
-             ) -> torch.Tensor:
-        """decode's logits -> tokens: `tokens` per cell, or with `ar` step by step, each step given those drawn
-        before it (the most likely token at temperature 0)."""
+    def draw(self, logits: torch.Tensor, gen: torch.Generator | None = None, temperature: float = 0.0,
+             prefix: torch.Tensor | None = None) -> torch.Tensor:
+        """decode's logits -> grids (B, rows, cols): `tokens` per cell, or with `ar` step by step, each step given
+        those drawn before it (the most likely token at temperature 0). `prefix` (B, rows, p): the grid just
+        before this one (the previous window of a long level), which the first `ar` steps then follow."""
         if not self.cfg.ar:
-            return self.tokens(logits, gen, temperature)
-        x = torch.zeros(logits.shape[0], *logits.shape[2:], dtype=torch.long, device=logits.device)
-        for t in range(x.shape[-1]):
+            return self.to_grid(self.tokens(logits, gen, temperature))
+        p = 0 if prefix is None else min(prefix.shape[-1], self.cfg.ar)
+        x = torch.zeros(logits.shape[0], logits.shape[2], p + logits.shape[3], dtype=torch.long, device=logits.device)
+        if p:
+            x[..., :p] = self.to_tokens(prefix[..., -p:].to(x.device))
+        logits = F.pad(logits.float(), (p, 0))                   # no logits for the prefix: it is given
+        for t in range(p, x.shape[-1]):
             lo = max(0, t - self.cfg.ar)                         # all that step t can see
-            step = self._ar_logits(logits[..., lo:t + 1].float(), x[..., lo:t + 1])[..., -1:]
+            step = self._ar_logits(logits[..., lo:t + 1], x[..., lo:t + 1], last=True)
             x[..., t:t + 1] = self.tokens(step, gen, temperature)
-        return x
+        return self.to_grid(x[..., p:])
 
     def loss(self, batch, gen: torch.Generator) -> torch.Tensor:
         x, cond = self._split(batch)

@@ -28,6 +28,13 @@ def test_bad_sigma_is_a_clear_error():
     assert result.exit_code != 0 and "0-55" in result.output
 
 
+def test_level_units_and_ar_are_checked_before_any_work():
+    result = runner.invoke(app, ["levels", "train", "--units", "rows"], terminal_width=200)
+    assert result.exit_code != 0 and "--units" in result.output and "cells or columns" in result.output
+    result = runner.invoke(app, ["levels", "train", "--ar", "2"], terminal_width=200)      # cells take no ar head
+    assert result.exit_code != 0 and "--ar" in result.output and "cells take 0" in result.output
+
+
 def test_input_errors_are_one_line_not_a_traceback(tmp_path):
     import subprocess
     import sys

@@ -228,6 +228,39 @@ def test_levels_flows_end_to_end(tmp_path):
     assert len(steps) == 3 and np.array_equal(steps[0], steps[-1])      # same level at both ends
 
 
+def test_column_units_draw_only_training_columns_and_continue_across_seams(tmp_path):
+    """--units columns: the vocabulary is the training windows' distinct columns, every window sampled (most
+    likely or drawn) is made of them, and a latent walk draws each window after the one before it."""
+    import torch
+
+    from flows.levels import column_vocabulary, interpolate_levels, sample_levels, sample_windows, train_levels
+    from models.registry import load_model
+
+    data = tiny_corpus(tmp_path)
+    model = train_levels("mario", str(data), model={**TINY, "ar": 1}, training=TINY_TRAINING, progress=False,
+                         units="columns")
+    cfg = json.loads((Path(model) / "config.json").read_text())
+    m = cfg["model"]
+    assert m["dims"] == 1 and m["ar"] == 1 and m["shape"] == [14, 28] and m["vocab"] == 13
+    levels = [read_level(f, "mario") for f in sorted(data.glob("level *.txt"))]
+    seen = {tuple(c) for g in levels for c in g.T.tolist()}
+    assert {tuple(c) for c in m["columns"]} <= seen and len(m["columns"]) >= 4   # ground, gap, ?, E
+    assert column_vocabulary(np.stack([levels[0][:, :28]] * 2))[0] == levels[0][:, 0].tolist()   # most frequent first
+    net = load_model(Path(model))
+    vocab = {tuple(c) for c in m["columns"]}
+    for temperature in (0.0, 1.0):
+        grids = sample_windows(net, 16, torch.Generator().manual_seed(0), temperature=temperature)
+        assert grids.shape == (16, 14, 28) and {tuple(c) for g in grids for c in g.T.tolist()} <= vocab
+    full = sample_levels(str(tmp_path / "full"), model=model, n=1, length=60, seed=0, raw=True, temperature=1.0)
+    g = read_level(tmp_path / "full" / f"{full['files'][0]}.txt", "mario")
+    assert g.shape == (14, 60) and {tuple(c) for c in g.T.tolist()} <= vocab
+    r = interpolate_levels(str(data / "level 0.txt"), str(data / "level 1.txt"), str(tmp_path / "interp"), steps=2,
+                           model=model)
+    assert [read_level(tmp_path / "interp" / f"{f}.txt", "mario").shape for f in r["files"]] == [(14, 56)] * 2
+    with pytest.raises(ValueError, match="cells or columns"):
+        train_levels("mario", str(data), training=TINY_TRAINING, progress=False, units="rows")
+
+
 def test_lode_runner_model_places_one_spawn_and_trains_on_mirrored_levels(tmp_path):
     """Lode Runner's spawn `M` is a unique token: decoded as one position, so every sample (most likely or
     drawn tiles) holds exactly one; the training levels are doubled by mirrored copies."""
