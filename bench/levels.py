@@ -5,6 +5,7 @@ written to outputs/bench/levels.md (+ levels.json).
     python bench/levels.py                                  # Mario windows + full levels, 1000 samples
     python bench/levels.py --games mario,lode_runner,zelda  # + Lode Runner and Zelda (trains small models, cached)
     python bench/levels.py --games mario,mario-columns      # + a Mario VAE over whole columns (--units columns)
+    python bench/levels.py --games mario,mario-columns --seeds 5   # raw rows over 5 seeds -> levels-seeds.md
     python bench/levels.py --cond-model outputs/train/cvae-mario-...  # does a Mario cvae give what --cond asks?
 
 Lode Runner models place exactly one spawn and train on mirrored copies too (flows/levels.py UNIQUE_TILES,
@@ -179,6 +180,26 @@ def full_rows(net, train: np.ndarray, originals: list[np.ndarray], n: int, lengt
     t0 = time.perf_counter()
     out.append(full_row("column Markov chain", list(chain.sample(n, length, rng)), time.perf_counter() - t0))
     return out
+
+
+def seed_table(per_seed: list[list[dict]]) -> str:
+    """Raw rows over seeds (each seed redraws the samples and the chain's): medians and ranges, and in how many
+    seeds each row's TPKL is below the same seed's Markov chain (the chain that precedes it in the rows)."""
+    lines = ["| game | source | seeds | raw playable % median (min-max) | novel % median (min-max) | TPKL 2x2 median "
+             "| TPKL 3x3 median | 2x2 below the chain | 3x3 below the chain |", "|" + "---|" * 9]
+    for i, r in enumerate(per_seed[0]):
+        if not r["source"].startswith(("VAE raw", "column Markov")):
+            continue
+        runs = [rows[i] for rows in per_seed]
+        chain = [next(x for x in rows[i:] if "Markov" in x["source"] and x["game"] == r["game"]) for rows in per_seed]
+        med = lambda k: float(np.median([x[k] for x in runs]))  # noqa: E731
+        span = lambda k: f"{pct(med(k))} ({pct(min(x[k] for x in runs))}-{pct(max(x[k] for x in runs))})"  # noqa: E731
+        below = [sum(x[k] < c[k] for x, c in zip(runs, chain)) for k in ("tpkl2", "tpkl3")]
+        is_chain = "Markov" in r["source"]
+        lines.append(f"| {r['game']} | {r['source']} | {len(runs)} | {span('playable')} | {span('novel')} | "
+                     f"{med('tpkl2'):.4f} | {med('tpkl3'):.4f} | {'—' if is_chain else below[0]} | "
+                     f"{'—' if is_chain else below[1]} |")
+    return "\n".join(lines)
 
 
 def table(rows: list[dict]) -> str:
@@ -367,6 +388,9 @@ def main() -> None:
     ap.add_argument("--unseen", action="store_true",
                     help="only the TPKL of real levels left out of training (half the levels, 10 splits) beside a "
                          "Markov chain fit on the rest -> levels-unseen.md")
+    ap.add_argument("--seeds", type=int, default=0,
+                    help="only the window rows over seeds 0..K-1: medians, ranges and how often each row's TPKL is "
+                         "below the chain's -> levels-seeds.md")
     ap.add_argument("--ship", type=Path, default=None,
                     help="copy this trained model to models/pretrained/mario-vae and stop")
     args = ap.parse_args()
@@ -385,7 +409,7 @@ def main() -> None:
         (outputs_root() / "bench").mkdir(parents=True, exist_ok=True)
         (outputs_root() / "bench" / name).write_text(md + "\n")
         return
-    rows, info = [], {}
+    rows, info, per_seed = [], {}, [[] for _ in range(args.seeds)]
     for name in args.games.split(","):
         game = "mario" if name == "mario-columns" else name
         if name == "mario":
@@ -399,6 +423,10 @@ def main() -> None:
         train, originals = _training_units(cfg)
         info[name] = {"model": str(folder), "parameters": cfg.get("parameters"), "steps": cfg.get("steps"),
                       "val": cfg.get("metrics"), "training_units": len(train), "originals": originals}
+        if args.seeds:
+            for k in range(args.seeds):
+                per_seed[k] += [{**r, "game": name} for r in windows_rows(game, net, train, args.n, k, args.spread)]
+            continue
         mine = windows_rows(game, net, train, args.n, args.seed, args.spread)
         if game == "mario" and args.full:
             from flows.levels import ingest_levels, load_ingest
@@ -407,6 +435,13 @@ def main() -> None:
                                           else ingest_levels("mario"))
             mine += full_rows(net, train, [g for _, g in levels], args.full, args.length, args.seed, args.spread)
         rows += [{**r, "game": name} for r in mine]
+    if args.seeds:
+        md = seed_table(per_seed) + f"\n\n{args.n} windows per row and seed; models: " + ", ".join(
+            f"{k} {Path(v['model']).name}" for k, v in info.items())
+        print(md)
+        (outputs_root() / "bench").mkdir(parents=True, exist_ok=True)
+        (outputs_root() / "bench" / "levels-seeds.md").write_text(md + "\n")
+        return
     md = table(rows)
     why = [f"- {r['game']} {r['source']}: {r['why']}" for r in rows if r.get("why")]
     if why:
