@@ -222,7 +222,7 @@ def demo(sigma: float = typer.Option(25.0, "--sigma", help="Noise added to the d
     w, full = lv["windows"], lv["level"]
     out.print(f"[bold]levels[/]: {w['delivered']['playable']} playable Mario windows and a "
               f"{full['shape'][1]}-column level ({sum(w['rejected'].values()) + sum(full['rejected'].values())} "
-              f"unplayable samples rejected and redrawn); contact sheet {lv['contact_sheet']}")
+              f"samples rejected and redrawn: unplayable, broken pipes or copies); contact sheet {lv['contact_sheet']}")
     out.print(f"[bold]music[/]: {len(mu['clips'])} clips of {mu['bars']} bars at {mu['tempo']:g} bpm (MIDI + piano-roll "
               f"PNG each) in {mu['out_dir']}")
 
