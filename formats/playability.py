@@ -129,7 +129,7 @@ def platformer_reach(block: np.ndarray, support: np.ndarray, start: np.ndarray, 
     reach = start & free
     frontier = reach
     idx = np.arange(n)                  # the grids still expanding, and their own free / stand / reach
-    free_i, stand_i, reach_i = free, stand, reach.copy()
+    free_i, stand_i, reach_i = free, stand, reach
     for _ in range(max_iter):
         s, air = frontier & stand_i, frontier & ~stand_i & alive
         new = _shift(s, 1, 0, wrap) | _shift(s, -1, 0, wrap) | _shift(air, 0, 1, wrap)
@@ -149,9 +149,10 @@ def platformer_reach(block: np.ndarray, support: np.ndarray, start: np.ndarray, 
         if not busy.any():
             break
         reach_i |= frontier
-        reach[idx[busy]] = reach_i[busy]
         if busy.mean() < 0.5:           # most grids are done (long paths in a few): carry on with the rest only
+            reach[idx[~busy]] = reach_i[~busy]
             idx, frontier, free_i, stand_i, reach_i = (a[busy] for a in (idx, frontier, free_i, stand_i, reach_i))
+    reach[idx] = reach_i
     return reach
 
 
