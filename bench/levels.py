@@ -217,26 +217,34 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-CARD = """# mario-vae
+CARD = """# {name}
 
-Convolutional VAE (`vae`, categorical decoder over the 13 Super Mario Bros tiles) on 14 x 28 windows, the
-default model of `aeflow levels sample`. Trained with the project's own code (`aeflow levels train`, i.e.
-`flows.levels.train_levels("mario")` with its defaults) and shipped as float16 safetensors ({size_kb:.0f} kB,
-{params:,} parameters); loading casts back to float32.
+{what}
+Trained with the project's own code (`{command}`, i.e. `flows.levels.train_levels("mario"{units_arg})`
+with its defaults) and shipped as float16 safetensors ({size_kb:.0f} kB, {params:,} parameters); loading casts
+back to float32.
 
 - **Data**: the 15 Super Mario Bros levels in the string constant of the `mario-gpt` 0.1.3 wheel (MIT;
   the VGLC annotated-path files minus their first 4 columns, path marks read as empty tiles; VGLC: Summerville,
   Snodgrass, Mateas, Ontañón 2016, MIT). {units} stride-1 windows of 14 x 28; level(s) {held_out} held out
   for validation ({val_windows} windows), {train_windows} for training.
-- **Model**: widths {widths}, latent {latent}, beta {beta}.
+- **Model**: widths {widths}, latent {latent}, beta {beta}{extra_model}.
 - **Training**: {steps:,} steps of batch {batch}, AdamW (peak lr {lr:g}, warm-up then cosine), {seconds:.0f} s on
-  2 shared CPU cores; kept weights: best validation ELBO {elbo:.1f} nats per window, tile accuracy {acc:.3f},
-  KL {kl:.1f} nats.
+  the shared 2-core CPU{cores}; kept weights: best validation ELBO {elbo:.1f} nats per window, tile accuracy
+  {acc:.3f}, KL {kl:.1f} nats.
 - **Playability** (jump-arc checker, notes §4.1; `python bench/levels.py`, 1000 samples): fill in from
   outputs/bench/levels.md; the originals' windows pass at 98.1 % (mario-gpt copy) / 98.2 % (VGLC).
 
-Reproduce: `aeflow levels train` (same defaults), then `python bench/levels.py --ship FOLDER`.
+Reproduce: `{command}` (same defaults), then `python bench/levels.py --ship FOLDER`.
 """
+WHAT = {
+    "mario-vae": "Convolutional VAE (`vae`, categorical decoder over the 13 Super Mario Bros tiles) on 14 x 28 "
+                 "windows, the\ndefault model of `aeflow levels sample`.",
+    "mario-columns": "Convolutional VAE over whole columns (`vae` with `columns`): a 14 x 28 window is 28 tokens, "
+                     "each one of the\n{n_columns} distinct columns of the training windows, and an autoregressive "
+                     "head lets each column depend on\nthe {ar} before it. Sampled at T = 1 "
+                     "(`aeflow levels sample --model mario-columns`).",
+}
 
 
 def unseen_table(games: list[str], n: int, splits: int = 10) -> str:
@@ -266,14 +274,17 @@ def unseen_table(games: list[str], n: int, splits: int = 10) -> str:
                                "training units.")
 
 
-def ship(src: Path, name: str = "mario-vae") -> Path:
-    """Copy a trained level model into models/pretrained/<name>/ as float16 with a model card."""
+def ship(src: Path, cores: str = "") -> Path:
+    """Copy a trained Mario model into models/pretrained/mario-vae/ (or mario-columns/ for --units columns) as
+    float16 with a model card. `cores`: how training was pinned, if it was (", on one core")."""
     import shutil
 
     from flows.catalog import PRETRAINED
     from models.checkpoints import save_model
 
     cfg = read_config(src)
+    columns = bool(cfg["model"].get("columns"))
+    name = "mario-columns" if columns else "mario-vae"
     dst = PRETRAINED / name
     if dst.exists():
         shutil.rmtree(dst)
@@ -282,7 +293,10 @@ def ship(src: Path, name: str = "mario-vae") -> Path:
     save_model(load_model(src), dst, cfg["model"], dtype=torch.float16, extra=extra)
     m, t, d = cfg["model"], cfg["train"], cfg["data"]
     (dst / "MODEL_CARD.md").write_text(CARD.format(
-        size_kb=(dst / "model.safetensors").stat().st_size / 1024, params=cfg["parameters"],
+        name=name, what=WHAT[name].format(n_columns=len(m.get("columns", ())), ar=m.get("ar")),
+        command="aeflow levels train" + (" --units columns" if columns else ""),
+        units_arg=', units="columns"' if columns else "", cores=cores,
+        extra_model=f", ar {m['ar']}, {len(m['columns'])} column tokens" if columns else "", size_kb=(dst / "model.safetensors").stat().st_size / 1024, params=cfg["parameters"],
         units=d["train_windows"] + d["val_windows"], held_out=", ".join(d["held_out"]), val_windows=d["val_windows"],
         train_windows=d["train_windows"], widths=tuple(m["widths"]), latent=m["latent"], beta=m["beta"],
         steps=cfg["steps"], batch=t["batch_size"], lr=t["lr"], seconds=cfg["seconds"], elbo=cfg["metrics"]["val_elbo"],
@@ -375,7 +389,7 @@ def main() -> None:
     ap.add_argument("--length", type=int, default=200, help="columns of a full-length Mario level")
     ap.add_argument("--mario-model", default=None, help="Mario model folder (default: the shipped mario-vae)")
     ap.add_argument("--columns-model", default=None,
-                    help="the mario-columns model folder (default: train one, `aeflow levels train --units columns`)")
+                    help="the mario-columns model folder (default: the shipped models/pretrained/mario-columns)")
     ap.add_argument("--steps", type=int, default=1000, help="training steps for the Lode Runner / Zelda models")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--spread", type=float, default=0.6,
@@ -392,10 +406,12 @@ def main() -> None:
                     help="only the window rows over seeds 0..K-1: medians, ranges and how often each row's TPKL is "
                          "below the chain's -> levels-seeds.md")
     ap.add_argument("--ship", type=Path, default=None,
-                    help="copy this trained model to models/pretrained/mario-vae and stop")
+                    help="copy this trained model to models/pretrained/mario-vae (mario-columns for --units columns) "
+                         "and stop")
+    ap.add_argument("--ship-cores", default="", help='how training was pinned, for the card (", on one core")')
     args = ap.parse_args()
     if args.ship:
-        print(ship(args.ship))
+        print(ship(args.ship, args.ship_cores))
         return
     torch.set_num_threads(2)
     if args.blend or args.cond_model or args.unseen:     # a table of its own, instead of the main one
@@ -415,7 +431,7 @@ def main() -> None:
         if name == "mario":
             folder = resolve_level_model(args.mario_model)
         elif name == "mario-columns":
-            folder = Path(args.columns_model or train_levels("mario", units="columns", progress=False))
+            folder = resolve_level_model(args.columns_model or "mario-columns")
         else:
             folder = Path(train_levels(game, str(VGLC / game), training={"steps": args.steps}, progress=False))
         cfg = read_config(folder)
