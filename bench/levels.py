@@ -32,7 +32,7 @@ import torch  # noqa: E402
 from flows.levels import (_training_units, check_units, full_level, resolve_level_model,  # noqa: E402
                           sample_windows, train_levels, walk_windows)
 from flows.settings import outputs_root  # noqa: E402
-from formats.levels import diversity, novelty, tpkl, wilson, windows  # noqa: E402
+from formats.levels import copies, diversity, novelty, tpkl, wilson, windows  # noqa: E402
 from formats.playability import lode_runner_check, mario_pipes_ok, mario_playable  # noqa: E402
 from models.checkpoints import read_config  # noqa: E402
 from models.registry import load_model  # noqa: E402
@@ -106,7 +106,6 @@ def windows_rows(game: str, net, train: np.ndarray, n: int, seed: int, spread: f
     rows = []
     sub = train[rng.choice(len(train), min(n, len(train)), replace=False)]
     rows.append(row("originals (training units)", sub, check_units(game, train), train, None, game, novel=False))
-    seen = {u.astype(np.uint8).tobytes() for u in train}
     for temperature, s, label in ((0.0, 1.0, "most likely tile"), (1.0, 1.0, "tiles drawn, T=1"),
                                   (1.0, spread, f"tiles drawn, T=1, spread {spread}")):
         t0 = time.perf_counter()
@@ -115,7 +114,7 @@ def windows_rows(game: str, net, train: np.ndarray, n: int, seed: int, spread: f
         ok = check_units(game, raw)
         seconds = time.perf_counter() - t0                       # sample + check, the raw rate
         accept = lambda g: (check_units(game, g) & (mario_pipes_ok(g) if game == "mario" else True)  # noqa: E731
-                            & np.array([w.tobytes() not in seen for w in g], dtype=bool))   # new, as `sample` does
+                            & ~copies(g, train))                                        # new, as `sample` does
         delivered, drawn = list(raw[accept(raw)]), n
         while len(delivered) < n and drawn < 10 * n:            # what `aeflow levels sample` does: resample
             with torch.no_grad():

@@ -484,7 +484,7 @@ def levels_train(
     latent: int = typer.Option(32, "--latent", help="Latent dimensions."),
     widths: Optional[str] = typer.Option(None, "--widths", help="Conv features per level, e.g. 16,32,64 (the default; 64,128,256 with --units columns)."),
     units: str = typer.Option("cells", "--units", help="cells: a softmax over tiles per cell; columns: over the whole columns of the training windows, each drawn after the ones before it (pipes, stairs and blocks come out whole; tile-pattern KL 10x lower on Mario)."),
-    ar: Optional[int] = typer.Option(None, "--ar", help="Columns before each column that the decoder sees (default: 2 with --units columns, else 0; cells need 0)."),
+    ar: Optional[int] = typer.Option(None, "--ar", help="Columns before each column that the decoder sees (default: 3 with --units columns, else 0; cells need 0)."),
     width: Optional[int] = typer.Option(None, "--width", help="Window width in columns (Mario: 28 default, 16 usual too; Kid Icarus: window height)."),
     steps: int = typer.Option(6000, "--steps", help="Optimiser steps (the shipped mario-vae: 6000, 9 minutes on 2 CPU cores)."),
     batch_size: int = typer.Option(64, "--batch-size"),

@@ -17,10 +17,10 @@ from pathlib import Path
 import numpy as np
 
 from flows.stages import Stage, run_stage
-from formats.levels import (BLEND_SHAPE, BLENDS, GAMES, BadLevel, contact_sheet, cut_units, diversity, game_spec,
-                            game_tile_shares, get_legend, grid_to_level, level_files, mario_gpt_file, mario_gpt_levels,
-                            novelty, pad_top, png_bytes, read_level, remap, render_level, tpkl, wilson, windows,
-                            zelda_rooms)
+from formats.levels import (BLEND_SHAPE, BLENDS, GAMES, BadLevel, contact_sheet, copies, cut_units, diversity,
+                            game_spec, game_tile_shares, get_legend, grid_to_level, level_files, mario_gpt_file,
+                            mario_gpt_levels, novelty, pad_top, png_bytes, read_level, remap, render_level, tpkl,
+                            wilson, windows, zelda_rooms)
 from formats.playability import (AS_MARIO, CHECKERS, MARIO_SOLID, as_game, blend_playable, mario_pipes_ok,
                                  mario_playable, playable, zelda_check)
 from models.checkpoints import sha256_file, write_bytes_atomic, write_json_atomic
@@ -525,20 +525,19 @@ def sample_levels(out_dir: str, model: str | None = None, n: int = 50, length: i
             report["shortfall"] = f"only {len(levels)} of {n} levels after {restarts} restarts (max_tries {max_tries})"
         grids = levels
     else:
-        drawn, grids, raw_ok, pipes_ok, off_cond, copies = 0, [], [], [], 0, 0
-        seen = {u.astype(np.uint8).tobytes() for u in train_units}
+        drawn, grids, raw_ok, pipes_ok, off_cond, copied = 0, [], [], [], 0, 0
         while len(grids) < n and drawn < max_tries * n:
             m = max(n - len(grids), 64) if not raw else n
             batch = sample_windows(net, m, gen, fill_cond(c, m, known, gen), temperature, spread)
             ok = check_units(game, batch)
             pipes = mario_pipes_ok(batch) if game == "mario" else np.ones(len(batch), bool)   # well-formed pipes
             asked = cond_ok(batch, c)                         # delivered windows have what was asked for
-            new = np.array([g.tobytes() not in seen for g in batch], dtype=bool)
+            new = ~copies(batch, train_units)
             drawn += len(batch)
             raw_ok.append(ok)
             pipes_ok.append(pipes)
             off_cond += int((ok & pipes & ~asked).sum())
-            copies += int((ok & pipes & asked & ~new).sum())
+            copied += int((ok & pipes & asked & ~new).sum())
             grids += list(batch if raw else batch[ok & pipes & asked & new])
         grids = grids[:n]
         raw_ok, pipes_ok = np.concatenate(raw_ok), np.concatenate(pipes_ok)
@@ -546,7 +545,7 @@ def sample_levels(out_dir: str, model: str | None = None, n: int = 50, length: i
         report.update(raw_playability=_rate(raw_ok), delivered=_rate(ok),
                       rejected={"unplayable": int((~raw_ok).sum()), "broken_pipes": int((raw_ok & ~pipes_ok).sum()),
                                 **({"not_as_asked": off_cond} if c is not None else {}),
-                                "copies_of_training_windows": 0 if raw else copies},
+                                "copies_of_training_windows": 0 if raw else copied},
                       originals_rate=f"{originals['units_playable']} / {originals['units']} training units")
         if game == "mario":
             report["raw_pipes_ok"] = round(float(pipes_ok.mean()), 4)

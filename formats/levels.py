@@ -477,12 +477,17 @@ def _flat(grids: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(np.asarray(grids, dtype=np.uint8).reshape(len(grids), -1))
 
 
+def copies(samples: np.ndarray, train: np.ndarray) -> np.ndarray:
+    """(N,) bool: each sample is identical to some training unit."""
+    seen = {r.tobytes() for r in _flat(train)}
+    return np.array([r.tobytes() in seen for r in _flat(samples)], dtype=bool)
+
+
 def novelty(samples: np.ndarray, train: np.ndarray, chunk: int = 256) -> dict:
     """Share of samples identical to no training unit, and the mean over samples of the normalised Hamming
     distance to the nearest training unit (same shape required)."""
     s, t = _flat(samples), _flat(train)
-    seen = {r.tobytes() for r in t}
-    novel = sum(r.tobytes() not in seen for r in s)
+    novel = int((~copies(samples, train)).sum())
     nearest = np.concatenate([(s[i:i + chunk, None, :] != t[None]).mean(2).min(1) for i in range(0, len(s), chunk)])
     return {"novel": novel / len(s), "nn_hamming": float(nearest.mean())}
 

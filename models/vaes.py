@@ -122,12 +122,16 @@ class VAE(nn.Module):
     def cond_dim(self) -> int:
         return 0
 
-    # ---- the two halves; a cvae overrides these to take `cond`
+    def condition(self, cond: torch.Tensor | None, n: int) -> torch.Tensor | None:
+        """What the encoder and decoder see of `cond` for a batch of n: nothing (a cvae overrides this)."""
+        return None
+
+    # ---- the two halves
     def encode(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        return self._encode(x, None)
+        return self._encode(self.to_tokens(x), self.condition(cond, len(x)))
 
     def decode(self, z: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
-        return self._decode(z, None)
+        return self._decode(z, self.condition(cond, len(z)))
 
     def to_tokens(self, x: torch.Tensor) -> torch.Tensor:
         """Grids (B, rows, cols) -> what the network models: the grids, or with `columns` (B, 1, cols) the
@@ -143,11 +147,12 @@ class VAE(nn.Module):
         """The inverse of to_tokens (exact for columns in the vocabulary)."""
         return self.column_table[t[:, 0]].transpose(1, 2) if self.cfg.columns else t
 
-    def _encode(self, x: torch.Tensor, c: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    def _encode(self, t: torch.Tensor, c: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Tokens t (to_tokens' output) and the condition -> (mu, logvar)."""
         rows, cols = self.rows, self.cfg.shape[1]
-        h = F.one_hot(self.to_tokens(x), self.vocab).float()       # (B, rows, cols, V)
+        h = F.one_hot(t, self.vocab).float()                       # (B, rows, cols, V)
         if self.cfg.dims == 1:
-            h = h.permute(0, 1, 3, 2).reshape(len(x), rows * self.vocab, cols)   # (B, rows*V, cols)
+            h = h.permute(0, 1, 3, 2).reshape(len(t), rows * self.vocab, cols)   # (B, rows*V, cols)
             h = F.pad(h, (0, self.padded[0] - cols))
         else:
             h = h.permute(0, 3, 1, 2)                              # (B, V, rows, cols)
@@ -176,8 +181,8 @@ class VAE(nn.Module):
 
     def terms(self, x: torch.Tensor, cond: torch.Tensor | None, gen: torch.Generator | None):
         """Per-sample reconstruction cross-entropy and KL in nats, and the logits (z = mu when gen is None)."""
-        t = self.to_tokens(x)
-        mu, logvar = self.encode(x, cond)
+        t = self.to_tokens(x)                                       # once: encoder input and targets
+        mu, logvar = self._encode(t, self.condition(cond, len(x)))
         mu, logvar = mu.float(), logvar.float()
         z = mu if gen is None else mu + (0.5 * logvar).exp() * torch.randn(mu.shape, generator=gen, device=mu.device)
         logits = self.decode(z, cond).float()
@@ -321,14 +326,9 @@ class CVAE(VAE):
         cond = torch.as_tensor(cond, device=next(self.parameters()).device).long().view(-1, len(self.cfg.cond))
         return torch.cat([F.one_hot(cond[:, k], n) for k, n in enumerate(self.cfg.cond)], 1).float()
 
-    def encode(self, x, cond=None):
-        return self._encode(x, self.one_hot(cond))
-
-    def decode(self, z, cond=None):
+    def condition(self, cond, n):
         c = self.one_hot(cond)
-        if len(c) == 1 and len(z) > 1:
-            c = c.expand(len(z), -1)                               # one condition for the whole batch
-        return self._decode(z, c)
+        return c.expand(n, -1) if len(c) == 1 and n > 1 else c     # one condition for the whole batch
 
 
 def latent_walk(n_windows: int, latent: int, gen: torch.Generator, rho: float = 0.7,
