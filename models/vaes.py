@@ -64,6 +64,15 @@ class CVAEConfig(VAEConfig):
     cond: tuple[int, ...]                        # cardinality of each categorical condition variable
 
 
+def categorical(probs: torch.Tensor, gen: torch.Generator | None = None) -> torch.Tensor:
+    """One index drawn from each row of probs (..., K) by its inverse CDF: torch.multinomial's distribution
+    at 1/30 of its time on CPU (7.8 ms -> 0.28 ms for 1000 x 259), where draw() calls it once a column.
+    A zero-probability index is never drawn (right=True; u stays below the last cumulative sum)."""
+    cdf = probs.cumsum(-1)
+    u = torch.rand(cdf.shape[:-1] + (1,), generator=gen, device=cdf.device, dtype=cdf.dtype) * cdf[..., -1:]
+    return torch.searchsorted(cdf, u, right=True)[..., 0]
+
+
 def _conv(dims: int):
     return (nn.Conv1d, nn.ConvTranspose1d) if dims == 1 else (nn.Conv2d, nn.ConvTranspose2d)
 
@@ -223,26 +232,24 @@ class VAE(nn.Module):
             out = other.argmax(1)
         else:
             probs = F.softmax(other / temperature, dim=1).movedim(1, -1)         # (B, rows, cols, V)
-            out = torch.multinomial(probs.reshape(-1, self.vocab), 1, generator=gen).view(probs.shape[:-1])
+            out = categorical(probs, gen)
         flat = out.flatten(1)                                                   # (B, rows * cols), a view
         for u in self.cfg.unique:
             where = logits[:, u].flatten(1)                                     # (B, rows * cols)
             if temperature <= 0:
                 idx = where.argmax(1, keepdim=True)
             else:
-                idx = torch.multinomial(F.softmax(where / temperature, dim=1), 1, generator=gen)
+                idx = categorical(F.softmax(where / temperature, dim=1), gen)[:, None]
             flat.scatter_(1, idx, u)
         return out
 
-    def _ar_logits(self, logits: torch.Tensor, x: torch.Tensor, last: bool = False) -> torch.Tensor:
+    def _ar_logits(self, logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """decode's logits (B, V, rows, cols) corrected by the tokens x (B, rows, cols) of the `ar` steps before
-        each step (x at a step itself and after it is never read); `last`: the last step's only (VAE.draw)."""
+        each step (x at a step itself and after it is never read)."""
         b, v, rows, cols = logits.shape
         flat = logits.transpose(1, 2).reshape(b, rows * v, cols)
         past = F.one_hot(x.long(), v).to(flat.dtype).permute(0, 1, 3, 2).reshape(b, rows * v, cols)
         past = F.pad(past, (self.cfg.ar, -1))                     # shifted right by one: step t sees t-ar .. t-1
-        if last:
-            flat, past = flat[..., -1:], past[..., -self.cfg.ar:]
         out = flat + self.ar_out(self.ar_past(past) + self.ar_now(flat))
         return out.view(b, rows, v, -1).transpose(1, 2)
 
@@ -253,15 +260,23 @@ class VAE(nn.Module):
         before this one (the previous window of a long level), which the first `ar` steps then follow."""
         if not self.cfg.ar:
             return self.to_grid(self.tokens(logits, gen, temperature))
-        p = 0 if prefix is None else min(prefix.shape[-1], self.cfg.ar)
-        x = torch.zeros(logits.shape[0], logits.shape[2], p + logits.shape[3], dtype=torch.long, device=logits.device)
+        ar, (b, v, rows, cols) = self.cfg.ar, logits.shape
+        p = 0 if prefix is None else min(prefix.shape[-1], ar)
+        x = torch.zeros(b, rows, p + cols, dtype=torch.long, device=logits.device)
         if p:
             x[..., :p] = self.to_tokens(prefix[..., -p:].to(x.device))
-        logits = F.pad(logits.float(), (p, 0))                   # no logits for the prefix: it is given
-        for t in range(p, x.shape[-1]):
-            lo = max(0, t - self.cfg.ar)                         # all that step t can see
-            step = self._ar_logits(logits[..., lo:t + 1], x[..., lo:t + 1], last=True)
-            x[..., t:t + 1] = self.tokens(step, gen, temperature)
+        # _ar_logits one step at a time, its convs over one-hot inputs taken apart: ar_now over all steps at
+        # once (it reads only the logits), ar_past as a sum of weight rows picked by the last `ar` tokens
+        flat = logits.float().transpose(1, 2).reshape(b, rows * v, cols)
+        now = self.ar_now(flat) + self.ar_past.bias[:, None]        # (B, w0, cols)
+        rows_of = self.ar_past.weight.permute(2, 1, 0)              # (ar, rows * V, w0): tap k, input channel
+        voice = torch.arange(rows, device=x.device) * v             # a voice's first channel
+        for t in range(cols):
+            h = now[..., t]
+            for k in range(max(0, ar - p - t), ar):                 # tap k reads step t - ar + k (if any)
+                h = h + rows_of[k][x[:, :, p + t - ar + k] + voice].sum(1)
+            step = flat[..., t] + self.ar_out(h[..., None])[..., 0]  # (B, rows * V)
+            x[..., p + t] = self.tokens(step.view(b, rows, v, 1).transpose(1, 2), gen, temperature)[..., 0]
         return self.to_grid(x[..., p:])
 
     def loss(self, batch, gen: torch.Generator) -> torch.Tensor:

@@ -39,6 +39,22 @@ def test_mario_flat_ground_passes_and_walls_and_gaps_decide():
         assert mario_playable(mario(rows), mode="window") == ok, h
 
 
+def test_a_batch_is_checked_as_each_grid_alone():
+    """The search packs 64 grids per machine word: 70 random levels (over a word boundary, a partly filled
+    last word) reach exactly the cells each reaches on its own, in both Mario modes and Kid Icarus's wrap."""
+    rng = np.random.default_rng(0)
+    g = np.zeros((70, 8, 14), dtype=np.uint8)
+    g[:, -1] = get_legend("mario").index("X")
+    g[rng.random(g.shape) < 0.35] = get_legend("mario").index("X")
+    g[rng.random(g.shape) < 0.2] = 0
+    for mode in ("window", "level"):
+        batch = mario_reach(g, mode=mode)
+        assert np.array_equal(batch, np.stack([mario_reach(one, mode=mode) for one in g]))
+        assert 0 < batch[:, :, -1].any(1).mean() < 1                 # some pass, some fail: a real mix
+    ki = g % len(get_legend("kid_icarus").tiles)
+    assert np.array_equal(kid_icarus_playable(ki), [kid_icarus_playable(one) for one in ki])
+
+
 def test_mario_enemies_and_coins_are_passable_pipes_are_solid():
     assert mario_playable(mario(["-" * 8] * 4 + ["--EoE---", "XXXXXXXX"]), mode="window")
     pipe = lambda body: ["--------"] * 3 + ["---<>---"] + ["---[]---"] * body + ["XXXXXXXX"]  # noqa: E731
