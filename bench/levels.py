@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from flows.levels import (_training_units, check_units, full_level, resolve_level_model,  # noqa: E402
+from flows.levels import (_training_units, check_units, full_levels, resolve_level_model,  # noqa: E402
                           sample_windows, train_levels, walk_windows)
 from flows.settings import outputs_root  # noqa: E402
 from formats.levels import copies, diversity, novelty, tpkl, wilson, windows  # noqa: E402
@@ -106,6 +106,11 @@ def windows_rows(game: str, net, train: np.ndarray, n: int, seed: int, spread: f
     rows = []
     sub = train[rng.choice(len(train), min(n, len(train)), replace=False)]
     rows.append(row("originals (training units)", sub, check_units(game, train), train, None, game, novel=False))
+    # n units drawn i.i.d. (own stream: the other rows' draws stay as they were): what a perfect copy of the
+    # training distribution scores; its TPKL is the floor that sampling n windows puts under any model
+    iid = train[np.random.default_rng([seed, 1]).choice(len(train), n)]
+    rows.append(row("originals drawn i.i.d. (a perfect model)", iid, check_units(game, iid), train, None, game,
+                    novel=False))
     for temperature, s, label in ((0.0, 1.0, "most likely tile"), (1.0, 1.0, "tiles drawn, T=1"),
                                   (1.0, spread, f"tiles drawn, T=1, spread {spread}")):
         t0 = time.perf_counter()
@@ -163,16 +168,12 @@ def full_rows(net, train: np.ndarray, originals: list[np.ndarray], n: int, lengt
         label = ("" if temperature == 0 else ", tiles drawn, T=1") + ("" if s == 1.0 else f", spread {s}")
         t0 = time.perf_counter()
         with torch.no_grad():
-            raw = [walk_windows(net, latent_walk(-(-length // cols), net.cfg.latent, gen, spread=s), gen, None,
-                                temperature)[:, :length] for _ in range(n)]
+            z = torch.stack([latent_walk(-(-length // cols), net.cfg.latent, gen, spread=s) for _ in range(n)])
+            raw = list(walk_windows(net, z, gen, None, temperature)[..., :length])
         out.append(full_row(f"VAE latent walk raw{label}", raw, time.perf_counter() - t0))
-        t0, levels, rejected = time.perf_counter(), [], 0
+        t0 = time.perf_counter()
         with torch.no_grad():
-            while len(levels) < n:
-                g, rej = full_level(net, length, gen, spread=s, temperature=temperature)
-                rejected += rej
-                if g is not None:
-                    levels.append(g)
+            levels, rejected, _ = full_levels(net, n, length, gen, spread=s, temperature=temperature)
         out.append(full_row(f"VAE walk, seams checked{label}", levels, time.perf_counter() - t0, delivered=1.0,
                             rejected=rejected))
     chain = ColumnMarkov(train)
@@ -182,12 +183,13 @@ def full_rows(net, train: np.ndarray, originals: list[np.ndarray], n: int, lengt
 
 
 def seed_table(per_seed: list[list[dict]]) -> str:
-    """Raw rows over seeds (each seed redraws the samples and the chain's): medians and ranges, and in how many
-    seeds each row's TPKL is below the same seed's Markov chain (the chain that precedes it in the rows)."""
+    """Raw rows and the i.i.d. originals over seeds (each seed redraws the samples and the chain's): medians and
+    ranges, and in how many seeds each row's TPKL is below the same seed's Markov chain (the chain that follows
+    it in the rows)."""
     lines = ["| game | source | seeds | raw playable % median (min-max) | novel % median (min-max) | TPKL 2x2 median "
              "| TPKL 3x3 median | 2x2 below the chain | 3x3 below the chain |", "|" + "---|" * 9]
     for i, r in enumerate(per_seed[0]):
-        if not r["source"].startswith(("VAE raw", "column Markov")):
+        if not r["source"].startswith(("originals drawn", "VAE raw", "column Markov")):
             continue
         runs = [rows[i] for rows in per_seed]
         chain = [next(x for x in rows[i:] if "Markov" in x["source"] and x["game"] == r["game"]) for rows in per_seed]
@@ -195,7 +197,8 @@ def seed_table(per_seed: list[list[dict]]) -> str:
         span = lambda k: f"{pct(med(k))} ({pct(min(x[k] for x in runs))}-{pct(max(x[k] for x in runs))})"  # noqa: E731
         below = [sum(x[k] < c[k] for x, c in zip(runs, chain)) for k in ("tpkl2", "tpkl3")]
         is_chain = "Markov" in r["source"]
-        lines.append(f"| {r['game']} | {r['source']} | {len(runs)} | {span('playable')} | {span('novel')} | "
+        lines.append(f"| {r['game']} | {r['source']} | {len(runs)} | {span('playable')} | "
+                     f"{'—' if r['novel'] is None else span('novel')} | "
                      f"{med('tpkl2'):.4f} | {med('tpkl3'):.4f} | {'—' if is_chain else below[0]} | "
                      f"{'—' if is_chain else below[1]} |")
     return "\n".join(lines)

@@ -381,77 +381,97 @@ def sample_windows(net, n: int, gen, cond: np.ndarray | None = None, temperature
                       temperature=max(temperature, 1e-6), spread=spread).numpy().astype(np.uint8)
 
 
-def full_level(net, length: int, gen, cond: np.ndarray | None = None, candidates: int = 8,
-               rho: float = 0.7, temperature: float = 0.0, spread: float = 1.0) -> tuple[np.ndarray, int]:
-    """A level `length` columns long from a latent walk, window by window. Each next window is chosen among
-    `candidates` steps of the walk so that the joined prefix stays playable (the full-level checker, start
-    near the top-left) and its pipes well formed: seams are checked, not assumed. Returns (grid, rejected
-    candidate windows); the grid is None when a prefix had no playable continuation (the caller restarts).
-    `spread` scales the walk as in latent_walk."""
+def full_levels(net, n: int, length: int, gen, cond: np.ndarray | None = None, candidates: int = 8,
+                rho: float = 0.7, temperature: float = 0.0, spread: float = 1.0,
+                max_restarts: int | None = None) -> tuple[list[np.ndarray], int, int]:
+    """n levels `length` columns long from latent walks, window by window, all n drawn and checked together.
+    Each next window is chosen among `candidates` steps of its level's walk so that the joined prefix stays
+    playable (the full-level checker, start near the top-left) and its pipes well formed: seams are checked,
+    not assumed. A prefix with no playable continuation starts again from a fresh z (a restart; once
+    `max_restarts` are spent, that level is given up). Returns (levels, rejected candidate windows, restarts).
+    cond: (n, K) a cvae's condition per level. `spread` scales the walk as in latent_walk."""
     import torch
 
     from models.vaes import walk_step
 
-    z = spread * torch.randn(1, net.cfg.latent, generator=gen)
-    level, rejected = None, 0
-    while level is None or level.shape[1] < length:
-        steps = walk_step(z, candidates, gen, rho, spread)
-        before = None                                   # an `ar` head continues from the level so far
-        if net.cfg.ar and level is not None:
-            before = torch.from_numpy(level[None, :, -net.cfg.ar:]).expand(candidates, -1, -1)
-        wins = net.draw(net.decode(steps, _cond_tensor(cond, candidates)), gen, temperature, before)
-        wins = wins.numpy().astype(np.uint8)
-        joined = [w if level is None else np.concatenate([level, w], 1) for w in wins]
-        ok = mario_playable(np.stack(joined), mode="level") & mario_pipes_ok(np.stack(joined))
-        if not ok.any():
-            return None, rejected + candidates
-        k = int(np.argmax(ok))
-        rejected += k
-        level, z = joined[k], steps[k:k + 1]
-    return level[:, :length], rejected
+    z = spread * torch.randn(n, net.cfg.latent, generator=gen)        # each level's last point on its walk
+    levels: list[np.ndarray | None] = [None] * n
+    todo, dropped, rejected, restarts = list(range(n)), set(), 0, 0
+    while todo:
+        by_width: dict[int, list[int]] = {}                 # levels as long as each other join in one batch
+        for i in todo:
+            by_width.setdefault(0 if levels[i] is None else levels[i].shape[1], []).append(i)
+        for width, group in by_width.items():
+            steps = walk_step(z[group].repeat_interleave(candidates, 0), len(group) * candidates, gen, rho, spread)
+            c = None if cond is None else torch.from_numpy(np.repeat(cond[group], candidates, 0))
+            before = None                                   # an `ar` head continues from the level so far
+            if net.cfg.ar and width:
+                before = torch.from_numpy(np.repeat(np.stack([levels[i][:, -net.cfg.ar:] for i in group]), candidates, 0))
+            wins = net.draw(net.decode(steps, c), gen, temperature, before).numpy().astype(np.uint8)
+            wins = wins.reshape(len(group), candidates, *wins.shape[1:])
+            if width:
+                so_far = np.stack([levels[i] for i in group])[:, None].repeat(candidates, 1)
+                wins = np.concatenate([so_far, wins], 3)
+            flat = wins.reshape(-1, *wins.shape[2:])
+            ok = (mario_playable(flat, mode="level") & mario_pipes_ok(flat)).reshape(len(group), candidates)
+            for g, i in enumerate(group):
+                if ok[g].any():
+                    k = int(np.argmax(ok[g]))
+                    rejected += k
+                    levels[i], z[i] = wins[g, k], steps[g * candidates + k]
+                elif max_restarts is None or restarts < max_restarts:
+                    rejected, restarts = rejected + candidates, restarts + 1
+                    levels[i], z[i] = None, spread * torch.randn(net.cfg.latent, generator=gen)
+                else:                                       # out of restarts: this one is given up
+                    rejected, levels[i] = rejected + candidates, None
+                    dropped.add(i)
+        todo = [i for i in todo if i not in dropped and (levels[i] is None or levels[i].shape[1] < length)]
+    return [g[:, :length] for g in levels if g is not None and g.shape[1] >= length], rejected, restarts
 
 
 def walk_windows(net, z, gen, cond=None, temperature: float = 0.0) -> np.ndarray:
-    """The windows decoded from latent points z (K, latent), joined into one (rows, K * cols) grid. A model
-    with an `ar` head draws each window after the one before it, so it continues across the seam."""
+    """The windows decoded from latent points z (K, latent), joined into one (rows, K * cols) grid; or from
+    (L, K, latent), L such grids at once (cond: (L * K, ...)). A model with an `ar` head draws each window
+    after the one before it, so it continues across the seam."""
     import torch
 
-    logits = net.decode(z, cond)
+    one = z.dim() == 2
+    z = z[None] if one else z
+    n, k = z.shape[:2]
+    logits = net.decode(z.flatten(0, 1), cond)
+    logits = logits.view(n, k, *logits.shape[1:])
     if not net.cfg.ar:
-        return np.concatenate(list(net.draw(logits, gen, temperature).numpy().astype(np.uint8)), 1)
-    wins = [net.draw(logits[:1], gen, temperature)]
-    for k in range(1, len(z)):
-        wins.append(net.draw(logits[k:k + 1], gen, temperature, wins[-1]))
-    return torch.cat(wins, -1)[0].numpy().astype(np.uint8)
+        wins = net.draw(logits.flatten(0, 1), gen, temperature)
+    else:
+        wins = [net.draw(logits[:, 0], gen, temperature)]
+        for j in range(1, k):
+            wins.append(net.draw(logits[:, j], gen, temperature, wins[-1]))
+        wins = torch.stack(wins, 1)
+    rows, cols = wins.shape[-2:]
+    grids = wins.reshape(n, k, rows, cols).permute(0, 2, 1, 3).reshape(n, rows, k * cols).numpy().astype(np.uint8)
+    return grids[0] if one else grids
 
 
 def _full_levels(net, n: int, length: int, gen, cond, raw: bool, temperature: float, max_tries: int,
                  known: np.ndarray | None = None, spread: float = 1.0):
     """(levels, raw_ok, rejected windows, restarts): `n` levels from latent walks. raw_ok scores plain walks
     (window after window, nothing chosen; these are the levels when `raw`), else levels are built with
-    `full_level`, seams checked. A cvae's unnamed condition variables are drawn per level (fill_cond)."""
+    `full_levels`, seams checked. A cvae's unnamed condition variables are drawn per level (fill_cond)."""
     import torch
 
     from models.vaes import latent_walk
 
-    cols = net.cfg.shape[1]
-    levels, raw_ok, rejected, restarts = [], [], 0, 0
+    k = -(-length // net.cfg.shape[1])                          # windows per level
     with torch.no_grad():
-        for _ in range(n if raw else min(n, 100)):
-            z = latent_walk(-(-length // cols), net.cfg.latent, gen, spread=spread)     # (windows, latent)
-            c = _cond_tensor(fill_cond(cond, 1, known, gen), len(z))
-            grid = walk_windows(net, z, gen, c, temperature)
-            raw_ok.append(bool(mario_playable(grid[:, :length], mode="level")))
-            if raw:
-                levels.append(grid[:, :length])
-        while not raw and len(levels) < n and restarts < max_tries * n:
-            grid, rej = full_level(net, length, gen, fill_cond(cond, 1, known, gen), temperature=temperature,
-                                   spread=spread)
-            rejected += rej
-            if grid is None:
-                restarts += 1
-            else:
-                levels.append(grid)
+        m = n if raw else min(n, 100)
+        z = torch.stack([latent_walk(k, net.cfg.latent, gen, spread=spread) for _ in range(m)])   # (m, k, latent)
+        walks = walk_windows(net, z, gen, _cond_tensor(fill_cond(cond, m, known, gen), m * k), temperature)
+        walks = walks[..., :length]
+        raw_ok = list(np.asarray(mario_playable(walks, mode="level")))
+        if raw:
+            return list(walks), raw_ok, 0, 0
+        levels, rejected, restarts = full_levels(net, n, length, gen, fill_cond(cond, n, known, gen),
+                                                 temperature=temperature, spread=spread, max_restarts=max_tries * n)
     return levels, raw_ok, rejected, restarts
 
 
@@ -665,9 +685,8 @@ def interpolate_levels(level_a: str, level_b: str, out_dir: str, steps: int = 8,
     k = min(len(parts[0]), len(parts[1]))
     with torch.no_grad():
         mu = [net.encode(torch.from_numpy(p[:k].astype(np.int64)))[0] for p in parts]    # (K, latent) each
-        grids = []
-        for t in np.linspace(0, 1, steps):
-            grids.append(walk_windows(net, (1 - t) * mu[0] + t * mu[1], None))
+        t = torch.linspace(0, 1, steps)[:, None, None]
+        grids = list(walk_windows(net, (1 - t) * mu[0] + t * mu[1], None))     # (steps, K, latent) at once
     ok = mario_playable(np.stack(grids), mode="level" if k > 1 else "window") if game == "mario" \
         else check_units(game, np.stack(grids))
     out = Path(out_dir)

@@ -276,6 +276,32 @@ def test_shipped_column_model_delivers_new_playable_windows_made_of_its_columns(
     assert all(g.shape == (14, 28) for g in grids) and {tuple(c) for g in grids for c in g.T.tolist()} <= vocab
 
 
+def test_full_levels_are_drawn_together_and_every_level_is_checked_whole():
+    """Full-length levels for many levels at once, with both shipped Mario models: a batched latent walk gives
+    the grids that walks one level at a time give, seam-checked levels are `length` long, playable as whole
+    levels and well formed, and with no restarts left a level whose prefix has no playable continuation is
+    given up, never delivered cut short."""
+    import torch
+
+    from flows.levels import _load, full_levels, walk_windows
+    from formats.playability import mario_pipes_ok, mario_playable
+
+    for name in ("mario-vae", "mario-columns"):
+        net = _load(name)[0]
+        z = torch.randn(3, 2, net.cfg.latent, generator=torch.Generator().manual_seed(0))
+        with torch.no_grad():
+            batch = walk_windows(net, z, None)                    # most likely tiles: nothing drawn at random
+            levels, _, _ = full_levels(net, 6, 60, torch.Generator().manual_seed(1), temperature=float(net.cfg.ar > 0))
+        assert batch.shape == (3, 14, 56) and np.array_equal(batch, np.stack([walk_windows(net, one, None) for one in z]))
+        assert len(levels) == 6 and all(g.shape == (14, 60) for g in levels)
+        assert mario_playable(np.stack(levels), mode="level").all() and mario_pipes_ok(np.stack(levels)).all()
+    with torch.no_grad():                                         # one candidate per window: some prefixes fail
+        levels, rejected, restarts = full_levels(net, 20, 200, torch.Generator().manual_seed(0), candidates=1,
+                                                 temperature=1.0, max_restarts=0)
+    assert restarts == 0 and rejected >= 1 and len(levels) < 20       # the failed ones given up, the rest whole
+    assert all(g.shape == (14, 200) for g in levels) and mario_playable(np.stack(levels), mode="level").all()
+
+
 def test_lode_runner_model_places_one_spawn_and_trains_on_mirrored_levels(tmp_path):
     """Lode Runner's spawn `M` is a unique token: decoded as one position, so every sample (most likely or
     drawn tiles) holds exactly one; the training levels are doubled by mirrored copies."""
