@@ -461,17 +461,22 @@ def _full_levels(net, n: int, length: int, gen, cond, raw: bool, temperature: fl
 
     from models.vaes import latent_walk
 
-    k = -(-length // net.cfg.shape[1])                          # windows per level
+    k, chunk = -(-length // net.cfg.shape[1]), 256             # windows per level; levels drawn together
+    walks, levels, rejected, restarts = [], [], 0, 0
     with torch.no_grad():
         m = n if raw else min(n, 100)
-        z = torch.stack([latent_walk(k, net.cfg.latent, gen, spread=spread) for _ in range(m)])   # (m, k, latent)
-        walks = walk_windows(net, z, gen, _cond_tensor(fill_cond(cond, m, known, gen), m * k), temperature)
-        walks = walks[..., :length]
-        raw_ok = list(np.asarray(mario_playable(walks, mode="level")))
+        for start in range(0, m, chunk):
+            z = torch.stack([latent_walk(k, net.cfg.latent, gen, spread=spread) for _ in range(min(chunk, m - start))])
+            c = _cond_tensor(fill_cond(cond, len(z), known, gen), len(z) * k)
+            walks += list(walk_windows(net, z, gen, c, temperature)[..., :length])
+        raw_ok = [bool(v) for v in mario_playable(np.stack(walks), mode="level")]
         if raw:
-            return list(walks), raw_ok, 0, 0
-        levels, rejected, restarts = full_levels(net, n, length, gen, fill_cond(cond, n, known, gen),
-                                                 temperature=temperature, spread=spread, max_restarts=max_tries * n)
+            return walks, raw_ok, 0, 0
+        for start in range(0, n, chunk):
+            m = min(chunk, n - start)
+            got, rej, res = full_levels(net, m, length, gen, fill_cond(cond, m, known, gen), temperature=temperature,
+                                        spread=spread, max_restarts=max_tries * m)
+            levels, rejected, restarts = levels + got, rejected + rej, restarts + res
     return levels, raw_ok, rejected, restarts
 
 
