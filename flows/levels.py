@@ -406,7 +406,8 @@ def full_levels(net, n: int, length: int, gen, cond: np.ndarray | None = None, c
             c = None if cond is None else torch.from_numpy(np.repeat(cond[group], candidates, 0))
             before = None                                   # an `ar` head continues from the level so far
             if net.cfg.ar and width:
-                before = torch.from_numpy(np.repeat(np.stack([levels[i][:, -net.cfg.ar:] for i in group]), candidates, 0))
+                tails = np.stack([levels[i][:, -net.cfg.ar:] for i in group])
+                before = torch.from_numpy(np.repeat(tails, candidates, 0))
             wins = net.draw(net.decode(steps, c), gen, temperature, before).numpy().astype(np.uint8)
             wins = wins.reshape(len(group), candidates, *wins.shape[1:])
             if width:

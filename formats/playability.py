@@ -40,8 +40,7 @@ def load_arcs(path: Path, mirror: bool = False) -> tuple[Arc, ...]:
     return arcs + tuple(tuple((-dx, dy) for dx, dy in a) for a in arcs) if mirror else arcs
 
 
-WORD = np.uint64                     # 64 grids per machine word: one bitwise op steps 64 grids at once
-ONES = WORD(np.iinfo(WORD).max)
+ONES = np.uint64(2 ** 64 - 1)        # a packed row with all 64 grids set: one bitwise op steps 64 grids at once
 
 
 def _pack(a: np.ndarray) -> np.ndarray:
@@ -49,7 +48,7 @@ def _pack(a: np.ndarray) -> np.ndarray:
     n, h, w = a.shape
     bits = np.zeros((h, w, -(-n // 64) * 64), dtype=bool)
     bits[..., :n] = a.transpose(1, 2, 0)
-    return np.packbits(bits, axis=-1, bitorder="little").view(WORD)
+    return np.packbits(bits, axis=-1, bitorder="little").view(np.uint64)
 
 
 def _unpack(p: np.ndarray, n: int) -> np.ndarray:

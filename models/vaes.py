@@ -269,12 +269,12 @@ class VAE(nn.Module):
         # once (it reads only the logits), ar_past as a sum of weight rows picked by the last `ar` tokens
         flat = logits.float().transpose(1, 2).reshape(b, rows * v, cols)
         now = self.ar_now(flat) + self.ar_past.bias[:, None]        # (B, w0, cols)
-        rows_of = self.ar_past.weight.permute(2, 1, 0)              # (ar, rows * V, w0): tap k, input channel
+        taps = self.ar_past.weight.permute(2, 1, 0)                 # (ar, rows * V, w0): tap k, input channel
         voice = torch.arange(rows, device=x.device) * v             # a voice's first channel
         for t in range(cols):
             h = now[..., t]
             for k in range(max(0, ar - p - t), ar):                 # tap k reads step t - ar + k (if any)
-                h = h + rows_of[k][x[:, :, p + t - ar + k] + voice].sum(1)
+                h = h + taps[k][x[:, :, p + t - ar + k] + voice].sum(1)
             step = flat[..., t] + self.ar_out(h[..., None])[..., 0]  # (B, rows * V)
             x[..., p + t] = self.tokens(step.view(b, rows, v, 1).transpose(1, 2), gen, temperature)[..., 0]
         return self.to_grid(x[..., p:])

@@ -291,8 +291,10 @@ def test_full_levels_are_drawn_together_and_every_level_is_checked_whole():
         z = torch.randn(3, 2, net.cfg.latent, generator=torch.Generator().manual_seed(0))
         with torch.no_grad():
             batch = walk_windows(net, z, None)                    # most likely tiles: nothing drawn at random
-            levels, _, _ = full_levels(net, 6, 60, torch.Generator().manual_seed(1), temperature=float(net.cfg.ar > 0))
-        assert batch.shape == (3, 14, 56) and np.array_equal(batch, np.stack([walk_windows(net, one, None) for one in z]))
+            levels, _, _ = full_levels(net, 6, 60, torch.Generator().manual_seed(1),
+                                       temperature=float(net.cfg.ar > 0))
+            one_by_one = np.stack([walk_windows(net, one, None) for one in z])
+        assert batch.shape == (3, 14, 56) and np.array_equal(batch, one_by_one)
         assert len(levels) == 6 and all(g.shape == (14, 60) for g in levels)
         assert mario_playable(np.stack(levels), mode="level").all() and mario_pipes_ok(np.stack(levels)).all()
     with torch.no_grad():                                         # one candidate per window: some prefixes fail
