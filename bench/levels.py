@@ -209,11 +209,11 @@ def table(rows: list[dict]) -> str:
             "pairwise Hamming | distinct % | TPKL 2x2 | TPKL 3x3 | pipes ok % | samples/s |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
-        f = lambda v: "—" if v is None else f"{v:.3f}"  # noqa: E731
+        f = lambda v, d=3: "—" if v is None else f"{v:.{d}f}"  # noqa: E731
         ci = "—" if r["playable"] is None else f"{pct(r['playable'])} ({pct(r['ci'][0])}-{pct(r['ci'][1])})"
         cells = [r["game"], r["source"], r["n"], r["shape"], ci, pct(r["delivered"]),
                  "—" if r["rejected"] is None else r["rejected"], pct(r["novel"]), f(r["nn_hamming"]),
-                 f(r["pairwise"]), pct(r["distinct"]), f(r["tpkl2"]), f(r["tpkl3"]), pct(r["pipes_ok"]),
+                 f(r["pairwise"]), pct(r["distinct"]), f(r["tpkl2"], 4), f(r["tpkl3"], 4), pct(r["pipes_ok"]),
                  "—" if r["per_s"] is None else round(r["per_s"])]
         lines.append("| " + " | ".join(map(str, cells)) + " |")
     return "\n".join(lines)
