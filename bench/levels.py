@@ -29,8 +29,8 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from flows.levels import (_training_units, check_units, full_levels, resolve_level_model,  # noqa: E402
-                          sample_windows, train_levels, walk_windows)
+from flows.levels import (_training_units, check_units, default_temperature, full_levels,  # noqa: E402
+                          resolve_level_model, sample_windows, train_levels, walk_windows)
 from flows.settings import outputs_root  # noqa: E402
 from formats.levels import copies, diversity, novelty, tpkl, wilson, windows  # noqa: E402
 from formats.playability import lode_runner_check, mario_pipes_ok, mario_playable  # noqa: E402
@@ -163,7 +163,7 @@ def full_rows(net, train: np.ndarray, originals: list[np.ndarray], n: int, lengt
         return r
 
     out = [full_row("originals (full levels)", originals, None, novel=False)]
-    default = 1.0 if net.cfg.ar else 0.0                        # `levels sample`'s default temperature
+    default = default_temperature(net)
     for s, temperature in ((1.0, default), (spread, 1.0)):      # as the windows rows: the default, and T=1 + spread
         label = ("" if temperature == 0 else ", tiles drawn, T=1") + ("" if s == 1.0 else f", spread {s}")
         t0 = time.perf_counter()

@@ -530,7 +530,7 @@ def levels_sample(
     temperature: Optional[float] = typer.Option(None, "--temperature", help="0: the most likely tile per cell (clean, few enemies/pipes); 0.5-1: tiles drawn from the decoder (richer, noisier). Default: 0, or 1 for a model with an ar head (--units columns)."),
     model: str = typer.Option("auto", "--model", help="auto (the shipped mario-vae, or trained on first use), mario-columns (shipped: whole pipes and blocks, drawn at T=1), a model folder, or a trained model name."),
     blend: Optional[float] = typer.Option(None, "--blend", help="Game-blend cvae (--game mario+kid_icarus) only: weight of Kid Icarus in [0, 1]; 0 = pure Mario, 1 = pure Kid Icarus."),
-    spread: float = typer.Option(1.0, "--spread", help="Latent spread in (0, 1]: 1 samples the whole prior; lower keeps to its centre, more often playable and less varied (Mario windows at 0.6 with --temperature 1: 98.3 % raw playable, as the originals)."),
+    spread: float = typer.Option(1.0, "--spread", help="Latent spread in (0, 1]: 1 samples the whole prior; lower keeps to its centre, more often playable and less varied (Mario windows at 0.6 with --temperature 1: 98.8 % raw playable, median of 5 seeds; the originals: 98.2 %)."),
 ):
     """Sample new levels; by default only playable ones (how many were rejected is reported)."""
     from flows.pipelines import levels_sample_flow

@@ -373,6 +373,12 @@ def _cond_tensor(cond: np.ndarray | None, n: int):
     return None if cond is None else torch.from_numpy(np.repeat(cond, n // len(cond), 0))
 
 
+def default_temperature(net) -> float:
+    """`sample`'s temperature when none is given: 1 for a model with an `ar` head (its most likely draws repeat
+    one another: 30 % distinct for Mario columns), else 0 (the most likely tile per cell)."""
+    return 1.0 if net.cfg.ar else 0.0
+
+
 def sample_windows(net, n: int, gen, cond: np.ndarray | None = None, temperature: float = 0.0,
                    spread: float = 1.0) -> np.ndarray:
     """n decoded windows (n, rows, cols) uint8 from z ~ N(0, spread^2 I): the most likely tile per cell
@@ -505,9 +511,8 @@ def sample_levels(out_dir: str, model: str | None = None, n: int = 50, length: i
     walk (Mario); a blend model (or `blend` given) goes to sample_blend. Playable only, new (a copy of a
     training window is rejected) and for Mario with well-formed pipes (resampled; `raw` keeps the decoder
     output as is). Tiles: the decoder's most likely tile (temperature 0: clean, few enemies and pipes) or drawn
-    from it (1: richer, noisier); None: 1 for a model with an `ar` head (its most likely draws repeat one
-    another: 30 % distinct for Mario columns), else 0. Latents: z ~ N(0,
-    spread^2 I); spread below 1 trades variety for playability (bench/levels.py measures both).
+    from it (1: richer, noisier); None: default_temperature. Latents: z ~ N(0, spread^2 I); spread below 1
+    trades variety for playability (bench/levels.py measures both).
     report.json holds raw and delivered playability beside the originals' rate, rejections, novelty,
     diversity and TPKL."""
     t0 = time.perf_counter()
@@ -515,7 +520,7 @@ def sample_levels(out_dir: str, model: str | None = None, n: int = 50, length: i
         raise ValueError(f"--spread {spread}: the latent spread must be in (0, 1] (1 = the prior as trained)")
     net, cfg, folder = _load(model)
     if temperature is None:
-        temperature = 1.0 if net.cfg.ar else 0.0
+        temperature = default_temperature(net)
     game = cfg["data"]["game"]
     if blend is not None or game in BLENDS:
         if cond or length is not None:

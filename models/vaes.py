@@ -1,6 +1,6 @@
 """Convolutional VAEs over token grids with a categorical decoder: game levels (rows x cols of tiles) and
 piano rolls (voices x steps of pitch tokens). β is a config value (β-VAE, Higgins et al. 2017); the
-conditional VAE (Sohn et al. 2015) only overrides `encode`/`decode` to take one-hot condition variables.
+conditional VAE (Sohn et al. 2015) only overrides `condition`: its one-hot condition variables.
 
 A batch is `x` (B, rows, cols) int64 tokens, or `(x, cond)` with cond (B, K) int64 for a `cvae`.
 dims=2 convolves over the grid (levels); dims=1 convolves over the last axis only, the rows (voices)

@@ -283,7 +283,7 @@ def test_full_levels_are_drawn_together_and_every_level_is_checked_whole():
     given up, never delivered cut short."""
     import torch
 
-    from flows.levels import _load, full_levels, walk_windows
+    from flows.levels import _load, default_temperature, full_levels, walk_windows
     from formats.playability import mario_pipes_ok, mario_playable
 
     for name in ("mario-vae", "mario-columns"):
@@ -292,7 +292,7 @@ def test_full_levels_are_drawn_together_and_every_level_is_checked_whole():
         with torch.no_grad():
             batch = walk_windows(net, z, None)                    # most likely tiles: nothing drawn at random
             levels, _, _ = full_levels(net, 6, 60, torch.Generator().manual_seed(1),
-                                       temperature=float(net.cfg.ar > 0))
+                                       temperature=default_temperature(net))
             one_by_one = np.stack([walk_windows(net, one, None) for one in z])
         assert batch.shape == (3, 14, 56) and np.array_equal(batch, one_by_one)
         assert len(levels) == 6 and all(g.shape == (14, 60) for g in levels)
