@@ -45,7 +45,7 @@ def describe(folder: Path) -> dict:
 
 def resolve_model(name: str, channels: int, sigma: float | None = None) -> Path:
     """`auto` -> the shipped model for this many channels (sigma-specific when one matches `sigma`, blind
-    otherwise); a folder path; a shipped name; or a unique prefix of a trained model's folder name."""
+    otherwise); a folder path; a shipped name; or a unique prefix of a shipped or trained model's folder name."""
     if name == "auto":
         color = "color" if channels == 3 else "gray"
         candidates = ([f"skip-dae-{color}-s{sigma:g}"] if sigma is not None else []) + [f"skip-dae-{color}"]
@@ -62,7 +62,7 @@ def resolve_model(name: str, channels: int, sigma: float | None = None) -> Path:
     for folder in shipped_models():
         if folder.name == name:
             return folder
-    matches = [f for f in trained_models() if f.name.startswith(name)]
+    matches = [f for f in shipped_models() + trained_models() if f.name.startswith(name)]
     if len(matches) == 1:
         return matches[0]
     known = [f.name for f in shipped_models() + trained_models()]

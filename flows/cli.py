@@ -321,10 +321,21 @@ def _music_wav_check(wav: bool) -> None:
             raise typer.BadParameter(str(e), param_hint="--wav") from None
 
 
+def _program(value: str | None) -> int | None:
+    """--program flute / 73 -> 73, checked before any work."""
+    from formats.music import parse_program
+
+    try:
+        return None if value is None else parse_program(value)
+    except ValueError as e:
+        raise typer.BadParameter(str(e)) from None
+
+
 def _print_clips(report: dict, what: str) -> None:
     s = report.get("summary") or {}
     out.print(f"[bold]{len(report['clips'])} {what}[/] in {report['out_dir']} (MIDI + piano-roll PNG each"
-              f"{', WAV' if report['clips'] and 'wav' in report['clips'][0] else ''}); model {report['model']}")
+              f"{', WAV' if report['clips'] and 'wav' in report['clips'][0] else ''}) for "
+              f"{', '.join(report['instruments'])}; model {report['model']}")
     if s:
         out.print(f"  mean per clip: {s['notes']:.0f} notes, empty bars {s['empty_bars']:.2f}, pitch classes per bar "
                   f"{s['upc']:.2f}, notes >= an 8th {s['qualified']:.2f}, in scale {s['in_scale']:.2f}")
@@ -388,7 +399,7 @@ def music_sample(
     n: int = typer.Option(20, "--n", help="Number of clips."),
     bars: int = typer.Option(8, "--bars", help="Clip length in 4/4 bars; longer than the model's window = a smooth latent walk, window by window."),
     tempo: float = typer.Option(100.0, "--tempo", help="Beats per minute written into the MIDI files."),
-    program: Optional[int] = typer.Option(None, "--program", help="General MIDI program, 0-based (73 flute, 0 piano, 52 choir); default: the model's."),
+    program: Optional[str] = typer.Option(None, "--program", callback=_program, help="Instrument: a General MIDI name (flute, piano, violin, choir, 'church organ') or program number, 0-based (73 flute); default: the model's (flute for melodies, choir for chorales)."),
     key: Optional[str] = typer.Option(None, "--key", help="Tonic, e.g. D, F#m, Bb: a key-conditioned model is asked for it, else clips are transposed to it. Default: keys as often as the training corpus uses them."),
     seed: int = typer.Option(0, "--seed"),
     model: str = typer.Option("auto", "--model", help="auto (the shipped 2-bar melody model; with --key its key-conditioned twin), a model folder, or a trained model's name prefix."),
@@ -413,7 +424,7 @@ def music_interpolate(
     out_dir: Path = typer.Argument(..., help="Where step-00.mid ... and morph.mid (all steps in a row) go."),
     steps: int = typer.Option(8, "--steps", help="Points on the path, A and B included."),
     tempo: float = typer.Option(100.0, "--tempo"),
-    program: Optional[int] = typer.Option(None, "--program"),
+    program: Optional[str] = typer.Option(None, "--program", callback=_program, help="Instrument: a General MIDI name or number, as for `music sample`."),
     model: str = typer.Option("auto", "--model", help="auto, a model folder, or a trained model's name prefix."),
     wav: bool = typer.Option(False, "--wav", help="Also render WAV (fluidsynth)."),
 ):

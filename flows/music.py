@@ -24,8 +24,9 @@ import numpy as np
 
 from flows.stages import Stage, run_stage
 from formats import music_metrics as mm
-from formats.music import (ENCODINGS, HOLD, MAX_BYTES, OFFSET, REST, STEPS_PER_BEAT, BadMidi, Encoding, canonical, cut,
-                           find_midi, midi_to_roll, notes_to_roll, roll_to_midi, roll_to_notes, roll_to_png, transpose)
+from formats.music import (ENCODINGS, GM_PROGRAMS, HOLD, MAX_BYTES, OFFSET, REST, STEPS_PER_BEAT, BadMidi, Encoding,
+                           canonical, cut, find_midi, midi_to_roll, notes_to_roll, roll_to_midi, roll_to_notes,
+                           roll_to_png, transpose)
 from models.checkpoints import write_bytes_atomic, write_json_atomic
 
 INGEST_VERSION = 1                         # bump when parsing or the ABC meter filter (METERS) changes
@@ -502,6 +503,11 @@ def write_clip(roll: np.ndarray, out_dir: Path, name: str, enc: Encoding, tempo:
     return entry
 
 
+def instruments(programs: tuple[int, ...] | None, enc: Encoding) -> list[str]:
+    """The General MIDI instrument names the clips are written for (one, or one per voice)."""
+    return sorted({GM_PROGRAMS[p] for p in programs or enc.programs}, key=GM_PROGRAMS.index)
+
+
 def sample_music(out_dir: str, model: str = "auto", n: int = 20, bars: int = 8, tempo: float = 100.0,
                  program: int | None = None, key: str | None = None, seed: int = 0, wav: bool = False,
                  angle: float = 0.35, temperature: float = 1.0) -> dict:
@@ -518,7 +524,8 @@ def sample_music(out_dir: str, model: str = "auto", n: int = 20, bars: int = 8, 
     out = Path(out_dir)
     clips = [write_clip(r, out, f"clip-{i:03d}", enc, tempo, programs, wav) for i, r in enumerate(rolls)]
     report = {"model": str(folder), "mode": enc.name, "window_bars": window_bars, "bars": bars, "tempo": tempo,
-              "key": key, "seed": seed, "temperature": temperature, "clips": clips, "generate_seconds": round(seconds, 3),
+              "instruments": instruments(programs, enc), "key": key, "seed": seed, "temperature": temperature,
+              "clips": clips, "generate_seconds": round(seconds, 3),
               "clips_per_s": round(n / max(seconds, 1e-9), 1), "summary": mm.set_stats(rolls, enc.lo), "out_dir": str(out)}
     write_json_atomic(out / "report.json", report)
     return report
@@ -558,7 +565,8 @@ def interpolate_music(a: str, b: str, out_dir: str, model: str = "auto", steps: 
     out = Path(out_dir)
     clips = [write_clip(r, out, f"step-{i:02d}", enc, tempo, programs, wav) for i, r in enumerate(rolls)]
     morph = write_clip(np.concatenate(rolls, 1), out, "morph", enc, tempo, programs, wav)
-    report = {"model": str(folder), "a": str(a), "b": str(b), "steps": steps, "clips": clips, "morph": morph,
+    report = {"model": str(folder), "a": str(a), "b": str(b), "steps": steps, "instruments": instruments(programs, enc),
+              "clips": clips, "morph": morph,
               "reconstruction_accuracy": {"a": mm.reconstruction_accuracy(xs[0], rolls[0]),
                                           "b": mm.reconstruction_accuracy(xs[1], rolls[-1])}, "out_dir": str(out)}
     write_json_atomic(out / "report.json", report)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +43,50 @@ class Encoding:
     @property
     def vocab(self) -> int:
         return OFFSET + self.hi - self.lo + 1
+
+
+# General MIDI Level 1 program names, 0-based (the MIDI Association's GM 1 sound set), so `--program flute` works.
+GM_PROGRAMS = (
+    "Acoustic Grand Piano", "Bright Acoustic Piano", "Electric Grand Piano", "Honky-tonk Piano", "Electric Piano 1",
+    "Electric Piano 2", "Harpsichord", "Clavinet", "Celesta", "Glockenspiel", "Music Box", "Vibraphone", "Marimba",
+    "Xylophone", "Tubular Bells", "Dulcimer", "Drawbar Organ", "Percussive Organ", "Rock Organ", "Church Organ",
+    "Reed Organ", "Accordion", "Harmonica", "Tango Accordion", "Acoustic Guitar (nylon)", "Acoustic Guitar (steel)",
+    "Electric Guitar (jazz)", "Electric Guitar (clean)", "Electric Guitar (muted)", "Overdriven Guitar",
+    "Distortion Guitar", "Guitar Harmonics", "Acoustic Bass", "Electric Bass (finger)", "Electric Bass (pick)",
+    "Fretless Bass", "Slap Bass 1", "Slap Bass 2", "Synth Bass 1", "Synth Bass 2", "Violin", "Viola", "Cello",
+    "Contrabass", "Tremolo Strings", "Pizzicato Strings", "Orchestral Harp", "Timpani", "String Ensemble 1",
+    "String Ensemble 2", "Synth Strings 1", "Synth Strings 2", "Choir Aahs", "Voice Oohs", "Synth Voice",
+    "Orchestra Hit", "Trumpet", "Trombone", "Tuba", "Muted Trumpet", "French Horn", "Brass Section", "Synth Brass 1",
+    "Synth Brass 2", "Soprano Sax", "Alto Sax", "Tenor Sax", "Baritone Sax", "Oboe", "English Horn", "Bassoon",
+    "Clarinet", "Piccolo", "Flute", "Recorder", "Pan Flute", "Blown Bottle", "Shakuhachi", "Whistle", "Ocarina",
+    "Lead 1 (square)", "Lead 2 (sawtooth)", "Lead 3 (calliope)", "Lead 4 (chiff)", "Lead 5 (charang)",
+    "Lead 6 (voice)", "Lead 7 (fifths)", "Lead 8 (bass + lead)", "Pad 1 (new age)", "Pad 2 (warm)",
+    "Pad 3 (polysynth)", "Pad 4 (choir)", "Pad 5 (bowed)", "Pad 6 (metallic)", "Pad 7 (halo)", "Pad 8 (sweep)",
+    "FX 1 (rain)", "FX 2 (soundtrack)", "FX 3 (crystal)", "FX 4 (atmosphere)", "FX 5 (brightness)", "FX 6 (goblins)",
+    "FX 7 (echoes)", "FX 8 (sci-fi)", "Sitar", "Banjo", "Shamisen", "Koto", "Kalimba", "Bagpipe", "Fiddle", "Shanai",
+    "Tinkle Bell", "Agogo", "Steel Drums", "Woodblock", "Taiko Drum", "Melodic Tom", "Synth Drum", "Reverse Cymbal",
+    "Guitar Fret Noise", "Breath Noise", "Seashore", "Bird Tweet", "Telephone Ring", "Helicopter", "Applause",
+    "Gunshot")
+
+
+def parse_program(text: str | int) -> int:
+    """A General MIDI program, 0-based, from its number or its name, case and punctuation aside: the exact name
+    ("church organ"), else the first whose name holds it as whole words ("bass" -> 32 Acoustic Bass, "choir" -> 52
+    Choir Aahs, "piano" -> 0), else the first whose name starts with it, else the first that contains it."""
+    text = str(text).strip()
+    if text.isdigit():
+        if int(text) < len(GM_PROGRAMS):
+            return int(text)
+        raise ValueError(f"program {text}: General MIDI programs are 0-127")
+    words = lambda t: " " + " ".join(re.sub(r"[^a-z0-9+]+", " ", t.lower()).split()) + " "  # noqa: E731
+    want, names = words(text), [words(n) for n in GM_PROGRAMS]
+    for match in (lambda n: n == want, lambda n: want in n, lambda n: n.startswith(want[:-1]),
+                  lambda n: want.strip() in n):
+        hits = [i for i, n in enumerate(names) if want.strip() and match(n)]
+        if hits:
+            return hits[0]
+    raise ValueError(f"program {text!r}: not a General MIDI program number (0-127) or name; "
+                     "e.g. flute, piano, violin, choir, trumpet, clarinet, 'string ensemble 1'")
 
 
 MELODY = Encoding("melody", 1, 48, 83, (73,))                   # flute

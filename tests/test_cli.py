@@ -45,3 +45,14 @@ def test_input_errors_are_one_line_not_a_traceback(tmp_path):
     assert "error:" in r.stderr and "missing" in r.stderr and "input folder not found" in r.stderr
     assert "Traceback" not in r.stderr
     assert not (tmp_path / "out").exists()          # nothing written for a job that cannot start
+
+
+def test_model_names_resolve_exactly_or_by_a_unique_prefix():
+    from flows.catalog import PRETRAINED, resolve_model
+
+    assert resolve_model("music-melody-2bar", 0) == PRETRAINED / "music-melody-2bar"     # exact, though a prefix of -key
+    assert resolve_model("music-melody-2bar-k", 0) == PRETRAINED / "music-melody-2bar-key"
+    with pytest.raises(FileNotFoundError, match="ambiguous"):
+        resolve_model("skip-dae", 1)
+    with pytest.raises(FileNotFoundError, match="matches no model.*skip-dae-gray"):
+        resolve_model("nonesuch", 1)

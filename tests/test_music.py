@@ -365,6 +365,29 @@ def test_music_commands_have_help(args):
     assert result.exit_code == 0 and "Usage" in result.output and len(result.output.splitlines()) > 6
 
 
+def test_instruments_by_general_midi_name_or_number(tmp_path):
+    """--program takes a GM name (whole words first, so "bass" is a bass, not a bassoon) or 0-127; a bad one is a
+    clear error before any work; the MIDI file carries the program asked for."""
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+    from formats.music import GM_PROGRAMS, parse_program
+
+    assert len(GM_PROGRAMS) == 128 and GM_PROGRAMS[73] == "Flute" and GM_PROGRAMS[52] == "Choir Aahs"
+    asked = {"flute": 73, "FLUTE": 73, "pan flute": 75, "piano": 0, "bass": 32, "choir": 52, "church-organ": 19,
+             "violin": 40, "string": 48, "73": 73, "0": 0}
+    assert {k: parse_program(k) for k in asked} == asked
+    for bad in ("kazoo", "128", ""):
+        with pytest.raises(ValueError, match="General MIDI"):
+            parse_program(bad)
+    result = CliRunner().invoke(app, ["music", "sample", "--program", "kazoo", str(tmp_path / "x")], terminal_width=200)
+    assert result.exit_code != 0 and "--program" in result.output and "kazoo" in result.output
+    assert not (tmp_path / "x").exists()
+    path = tmp_path / "cello.mid"
+    path.write_bytes(roll_to_midi(melody(), MELODY, programs=(parse_program("cello"),)))
+    assert midi_to_roll(path, MELODY).programs == (42,)
+
+
 def test_unknown_corpus_is_a_clear_error():
     from typer.testing import CliRunner
 
