@@ -30,7 +30,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from flows.levels import (_training_units, check_units, default_temperature, full_levels,  # noqa: E402
-                          resolve_level_model, sample_windows, train_levels, walk_windows)
+                          resolve_level_model, sample_windows, train_levels, unseen, walk_windows)
 from flows.settings import outputs_root  # noqa: E402
 from formats.levels import copies, diversity, novelty, tpkl, wilson, windows  # noqa: E402
 from formats.playability import lode_runner_check, mario_pipes_ok, mario_playable  # noqa: E402
@@ -118,13 +118,17 @@ def windows_rows(game: str, net, train: np.ndarray, n: int, seed: int, spread: f
             raw = sample_windows(net, n, gen, temperature=temperature, spread=s)
         ok = check_units(game, raw)
         seconds = time.perf_counter() - t0                       # sample + check, the raw rate
-        accept = lambda g: (check_units(game, g) & (mario_pipes_ok(g) if game == "mario" else True)  # noqa: E731
-                            & ~copies(g, train))                                        # new, as `sample` does
-        delivered, drawn = list(raw[accept(raw)]), n
+        seen: set[bytes] = set()
+
+        def accept(g):                                          # playable, pipes, new and distinct, as `sample`
+            g = g[check_units(game, g) & (mario_pipes_ok(g) if game == "mario" else True) & ~copies(g, train)]
+            return list(g[unseen(g, seen)])
+
+        delivered, drawn = accept(raw), n
         while len(delivered) < n and drawn < 10 * n:            # what `aeflow levels sample` does: resample
             with torch.no_grad():
                 more = sample_windows(net, n, gen, temperature=temperature, spread=s)
-            delivered += list(more[accept(more)])
+            delivered += accept(more)
             drawn += n
         rows.append(row(f"VAE raw ({label})", raw, ok, train, seconds, game))
         if delivered:
@@ -222,8 +226,8 @@ def table(rows: list[dict]) -> str:
 CARD = """# {name}
 
 {what}
-Trained with the project's own code (`{command}`, i.e. `flows.levels.train_levels("mario"{units_arg})`
-with its defaults) and shipped as float16 safetensors ({size_kb:.0f} kB, {params:,} parameters); loading casts
+Trained with the project's own code (`{command}`, i.e.
+`flows.levels.train_levels("mario"{units_arg})` with its defaults) and shipped as float16 safetensors ({size_kb:.0f} kB, {params:,} parameters); loading casts
 back to float32.
 
 - **Data**: the 15 Super Mario Bros levels in the string constant of the `mario-gpt` 0.1.3 wheel (MIT;
@@ -234,12 +238,17 @@ back to float32.
 - **Training**: {steps:,} steps of batch {batch}, AdamW (peak lr {lr:g}, warm-up then cosine), {seconds:.0f} s on
   the shared 2-core CPU{cores}; kept weights: best validation ELBO {elbo:.1f} nats per window, tile accuracy
   {acc:.3f}, KL {kl:.1f} nats.
-- **Playability** (jump-arc checker, notes §4.1; `python bench/levels.py`, 1000 samples): fill in from
-  outputs/bench/levels.md; the originals' windows pass at 98.1 % (mario-gpt copy) / 98.2 % (VGLC).
+- **Playability** (jump-arc checker, notes §4.1): {playability}. The originals' windows pass at
+  98.1 % (mario-gpt copy) / 98.2 % (VGLC).
 
 Reproduce: `{command}` (same defaults), then `python bench/levels.py --ship FOLDER`.
 """
 WHAT = {
+    "mario-cvae": "Conditional VAE over whole columns (`cvae` with `columns`), conditioned on each 14 x 28 window's "
+                  "enemies, pipes and\ngaps, bucketed none/few/some/many (flows/levels.py COND_EDGES): a window is 28 "
+                  "tokens, each one of the\n{n_columns} distinct columns of the training windows, with an "
+                  "autoregressive head over the {ar} before it.\nWhat `aeflow levels sample --cond enemies=many` uses "
+                  "(sampled at T = 1).",
     "mario-vae": "Convolutional VAE (`vae`, categorical decoder over the 13 Super Mario Bros tiles) on 14 x 28 "
                  "windows, the\ndefault model of `aeflow levels sample`.",
     "mario-columns": "Convolutional VAE over whole columns (`vae` with `columns`): a 14 x 28 window is 28 tokens, "
@@ -277,16 +286,19 @@ def unseen_table(games: list[str], n: int, splits: int = 10) -> str:
 
 
 def ship(src: Path, cores: str = "") -> Path:
-    """Copy a trained Mario model into models/pretrained/mario-vae/ (or mario-columns/ for --units columns) as
-    float16 with a model card. `cores`: how training was pinned, if it was (", on one core")."""
+    """Copy a trained Mario model into models/pretrained/mario-vae/ (mario-columns/ for --units columns, mario-cvae/
+    for a column cvae) as float16 with a model card. `cores`: how training was pinned, if it was (", on one core")."""
     import shutil
 
     from flows.catalog import PRETRAINED
     from models.checkpoints import save_model
 
     cfg = read_config(src)
-    columns = bool(cfg["model"].get("columns"))
-    name = "mario-columns" if columns else "mario-vae"
+    columns, kind = bool(cfg["model"].get("columns")), cfg["model"]["kind"]
+    if kind == "cvae" and not columns:
+        raise ValueError(f"{src}: the shipped Mario cvae is a column model (aeflow levels train --units columns "
+                         "--model cvae)")
+    name = "mario-cvae" if kind == "cvae" else "mario-columns" if columns else "mario-vae"
     dst = PRETRAINED / name
     if dst.exists():
         shutil.rmtree(dst)
@@ -296,14 +308,20 @@ def ship(src: Path, cores: str = "") -> Path:
     m, t, d = cfg["model"], cfg["train"], cfg["data"]
     (dst / "MODEL_CARD.md").write_text(CARD.format(
         name=name, what=WHAT[name].format(n_columns=len(m.get("columns", ())), ar=m.get("ar")),
-        command="aeflow levels train" + (" --units columns" if columns else ""),
-        units_arg=', units="columns"' if columns else "", cores=cores,
+        command="aeflow levels train" + (" --units columns" if columns else "") + (" --model cvae" if kind == "cvae" else ""),
+        units_arg=(', units="columns"' if columns else "") + (', kind="cvae"' if kind == "cvae" else ""), cores=cores,
+        playability="raw and delivered for each condition in the table below" if kind == "cvae" else
+        "`python bench/levels.py`, 1000 samples; fill in from outputs/bench/levels.md",
         extra_model=f", ar {m['ar']}, {len(m['columns'])} column tokens" if columns else "",
         size_kb=(dst / "model.safetensors").stat().st_size / 1024, params=cfg["parameters"],
         units=d["train_windows"] + d["val_windows"], held_out=", ".join(d["held_out"]), val_windows=d["val_windows"],
         train_windows=d["train_windows"], widths=tuple(m["widths"]), latent=m["latent"], beta=m["beta"],
         steps=cfg["steps"], batch=t["batch_size"], lr=t["lr"], seconds=cfg["seconds"], elbo=cfg["metrics"]["val_elbo"],
         acc=cfg["metrics"]["val_acc"], kl=cfg["metrics"]["val_kl"]))
+    if kind == "cvae":                                    # what it is for, measured on these float16 weights
+        with (dst / "MODEL_CARD.md").open("a") as card:
+            card.write("\n## What `--cond` gives (these float16 weights; `python bench/levels.py --cond-model "
+                       f"models/pretrained/{name}`)\n\n" + cond_table(dst, 1000, 0) + "\n")
     shutil.copy(src / "curve.png", dst / "curve.png")
     return dst
 
@@ -313,17 +331,21 @@ def cond_table(folder: Path, n: int, seed: int) -> str:
     sampled with that bucket asked (the other variables drawn as in the corpus, as `levels sample --cond`
     does): the share that lands in the asked bucket (raw, most likely tile and tiles drawn at T=1), beside
     the share of that bucket among the plain VAE's samples and among the training windows; then what delivery
-    keeps (playable, pipes well formed, as asked) and how many draws one delivered window costs."""
+    keeps (playable, pipes well formed, new, distinct, as asked: what `sample` delivers, at the model's default
+    temperature) and how many draws one delivered window costs. A column cvae is compared with the shipped column VAE."""
     from flows.levels import COND_LEVELS, COND_NAMES, cond_ok, fill_cond, mario_conditions
 
     net, cfg = load_model(folder), read_config(folder)
-    plain = load_model(resolve_level_model(None))
+    plain_name = "mario-columns" if net.cfg.columns else "mario-vae"
+    plain = load_model(resolve_level_model(plain_name))
+    t_net = default_temperature(net)
     train, _ = _training_units(cfg)
     known = mario_conditions(train)
     gen = torch.Generator().manual_seed(seed)
-    free = mario_conditions(sample_windows(plain, n, gen))
+    free = mario_conditions(sample_windows(plain, n, gen, temperature=default_temperature(plain)))
     lines = ["| variable | asked | in asked bucket, raw (most likely) | raw (T=1) | plain VAE | training windows "
-             "| delivered: playable + as asked of drawn (most likely) | draws per delivered |", "|---" * 8 + "|"]
+             f"| raw playable (T={t_net:g}) | delivered (playable, new, distinct, as asked) of drawn (T={t_net:g}) "
+             "| draws per delivered |", "|---" * 9 + "|"]
     for j, name in enumerate(COND_NAMES):
         for level, label in enumerate(COND_LEVELS):
             asked = np.full((1, len(COND_NAMES)), -1)
@@ -332,13 +354,17 @@ def cond_table(folder: Path, n: int, seed: int) -> str:
             for t in (0.0, 1.0):
                 g = sample_windows(net, n, gen, fill_cond(asked, n, known, gen), t)
                 got[t] = (g, mario_conditions(g)[:, j] == level)
-            g = got[0.0][0]
-            keep = check_units("mario", g) & mario_pipes_ok(g) & cond_ok(g, asked)
+            g = got[t_net][0]
+            playable = check_units("mario", g)
+            keep = playable & mario_pipes_ok(g) & cond_ok(g, asked) & ~copies(g, train)
+            keep[keep] = unseen(g[keep], set())                 # and distinct, as `sample` delivers
             lines.append(f"| {name} | {label} | {pct(got[0.0][1].mean())} | {pct(got[1.0][1].mean())} | "
                          f"{pct(np.mean(free[:, j] == level))} | {pct(np.mean(known[:, j] == level))} | "
-                         f"{pct(keep.mean())} | {1 / keep.mean() if keep.any() else float('inf'):.1f} |")
+                         f"{pct(playable.mean())} | {pct(keep.mean())} | "
+                         f"{1 / keep.mean() if keep.any() else float('inf'):.1f} |")
     return "\n".join(lines) + (f"\n\n{folder.name}: {cfg.get('steps')} steps, {cfg.get('seconds', 0):.0f} s on "
-                               f"{cfg.get('device')}; {n} windows per row, seed {seed}; plain VAE: the shipped mario-vae")
+                               f"{cfg.get('device')}; {n} windows per row, seed {seed}; plain VAE: the shipped "
+                               f"{plain_name} at T={default_temperature(plain):g}")
 
 
 BLEND_WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)
@@ -409,8 +435,8 @@ def main() -> None:
                     help="only the window rows over seeds 0..K-1: medians, ranges and how often each row's TPKL is "
                          "below the chain's -> levels-seeds.md")
     ap.add_argument("--ship", type=Path, default=None,
-                    help="copy this trained model to models/pretrained/mario-vae (mario-columns for --units columns) "
-                         "and stop")
+                    help="copy this trained model to models/pretrained/mario-vae (mario-columns for --units columns, "
+                         "mario-cvae for a column cvae) and stop")
     ap.add_argument("--ship-cores", default="", help='how training was pinned, for the card (", on one core")')
     args = ap.parse_args()
     if args.ship:
@@ -432,7 +458,7 @@ def main() -> None:
     for name in args.games.split(","):
         game = "mario" if name == "mario-columns" else name
         if name == "mario":
-            folder = resolve_level_model(args.mario_model)
+            folder = resolve_level_model(args.mario_model or "mario-vae")
         elif name == "mario-columns":
             folder = resolve_level_model(args.columns_model or "mario-columns")
         else:

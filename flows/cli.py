@@ -536,12 +536,12 @@ def levels_sample(
     n: int = typer.Option(50, "--n", help="How many levels."),
     length: Optional[int] = typer.Option(None, "--length", help="Mario: full-length levels of this many columns (a latent walk decoded window by window, seams checked). Default: one window."),
     seed: int = typer.Option(0, "--seed", help="Seed of the torch.Generator that draws every latent."),
-    cond: Optional[str] = typer.Option(None, "--cond", help="cvae only: e.g. enemies=many,pipes=some,gaps=none (none/few/some/many)."),
+    cond: Optional[str] = typer.Option(None, "--cond", help="Mario windows with these features: e.g. enemies=many,pipes=some,gaps=none (none/few/some/many); a cvae draws them (auto: the shipped mario-cvae)."),
     raw: bool = typer.Option(False, "--raw", help="Keep the raw decoder output, playable or not (default: playable only, resampled)."),
-    temperature: Optional[float] = typer.Option(None, "--temperature", help="0: the most likely tile per cell (clean, few enemies/pipes); 0.5-1: tiles drawn from the decoder (richer, noisier). Default: 0, or 1 for a model with an ar head (--units columns)."),
-    model: str = typer.Option("auto", "--model", help="auto (the shipped mario-vae, or trained on first use), mario-columns (shipped: whole pipes and blocks, drawn at T=1), a model folder, or a trained model name."),
+    temperature: Optional[float] = typer.Option(None, "--temperature", help="0: the most likely tile (or column) per step; 0.5-1: drawn from the decoder (richer; a cell model's tiles get noisier). Default: 1 for a model with an ar head (the shipped column models), else 0."),
+    model: str = typer.Option("auto", "--model", help="auto (the shipped mario-columns: whole columns, so pipes and blocks come out whole; with --cond the shipped mario-cvae), mario-vae (shipped: a tile per cell), a model folder, or a shipped or trained model's name or unique prefix."),
     blend: Optional[float] = typer.Option(None, "--blend", help="Game-blend cvae (--game mario+kid_icarus) only: weight of Kid Icarus in [0, 1]; 0 = pure Mario, 1 = pure Kid Icarus."),
-    spread: float = typer.Option(1.0, "--spread", help="Latent spread in (0, 1]: 1 samples the whole prior; lower keeps to its centre, more often playable and less varied (Mario windows at 0.6 with --temperature 1: 98.8 % raw playable, median of 5 seeds; the originals: 98.2 %)."),
+    spread: float = typer.Option(1.0, "--spread", help="Latent spread in (0, 1]: 1 samples the whole prior; lower keeps to its centre, less varied and, for the cell model, more often playable (mario-vae windows at 0.6 with --temperature 1: 98.8 % raw playable, median of 5 seeds; the originals: 98.2 %)."),
 ):
     """Sample new levels; by default only playable ones (how many were rejected is reported)."""
     from flows.pipelines import levels_sample_flow
@@ -572,7 +572,7 @@ def levels_interpolate(
     level_b: Path = typer.Argument(..., help="Second level file."),
     out_dir: Path = typer.Argument(..., help="Folder for step-NNN.txt/.png, contact_sheet.png, report.json."),
     steps: int = typer.Option(8, "--steps", help="Points on the line between the two encodings, ends included."),
-    model: str = typer.Option("auto", "--model", help="auto (the shipped mario-vae), a model folder, or a trained model name."),
+    model: str = typer.Option("auto", "--model", help="auto (the shipped mario-vae: its latent holds a window's tiles, so the ends come back), a model folder, or a trained model name."),
 ):
     """Blend two levels through the latent space (wide levels window by window)."""
     from flows.pipelines import levels_interpolate_flow

@@ -26,7 +26,12 @@ from formats.playability import (AS_MARIO, CHECKERS, MARIO_SOLID, as_game, blend
 from models.checkpoints import sha256_file, write_bytes_atomic, write_json_atomic
 
 VERSION = 1
-PRETRAINED_NAME = "mario-vae"
+# The shipped Mario models (models/pretrained/) that "auto" names: `sample` draws whole columns (pipes, stairs and
+# brick blocks come out whole; tile patterns 30x closer to the corpus than the cell VAE's), `sample --cond` the
+# column cvae, and `interpolate` encodes with the cell VAE, whose z holds a window (0.994 of tiles, the column
+# VAE's 0.88). Each with the training call that remakes it if it is missing.
+SAMPLE_MODEL, COND_MODEL, INTERPOLATE_MODEL = "mario-columns", "mario-cvae", "mario-vae"
+SHIPPED = {"mario-columns": {"units": "columns"}, "mario-cvae": {"units": "columns", "kind": "cvae"}, "mario-vae": {}}
 
 
 # Cell conditions for a cvae on Mario windows (notes: MarioGPT prompts; thresholds set at the corpus'
@@ -306,23 +311,23 @@ def train_levels(game: str = "mario", data: str | None = None, kind: str = "vae"
                          model_cfg, {**DEFAULT_TRAINING, **(training or {})}, refresh=refresh, progress=progress)
 
 
-def resolve_level_model(model: str | None) -> Path:
-    """None/"auto": the shipped models/pretrained/mario-vae, else the default Mario model trained on first
-    use (a cached stage: minutes once, then instant); or a model folder path / a shipped or trained name."""
+def resolve_level_model(model: str | None, default: str = SAMPLE_MODEL) -> Path:
+    """None/"auto": the shipped models/pretrained/<default> (if it is missing, the same kind of model trained on
+    first use: a cached stage, minutes once, then instant); or a model folder path / a shipped or trained name."""
     from flows.catalog import PRETRAINED, resolve_model
 
     if model in (None, "auto"):
-        if (PRETRAINED / PRETRAINED_NAME / "config.json").is_file():
-            return PRETRAINED / PRETRAINED_NAME
-        return Path(train_levels("mario"))
+        if (PRETRAINED / default / "config.json").is_file():
+            return PRETRAINED / default
+        return Path(train_levels("mario", **SHIPPED[default]))
     return resolve_model(model, channels=0)
 
 
-def _load(model: str | None):
+def _load(model: str | None, default: str = SAMPLE_MODEL):
     from models.checkpoints import read_config
     from models.registry import load_model
 
-    folder = resolve_level_model(model)
+    folder = resolve_level_model(model, default)
     cfg = read_config(folder)
     if cfg["model"]["kind"] not in ("vae", "cvae") or "game" not in cfg.get("data", {}):
         raise ValueError(f"{folder}: not a level model (kind {cfg['model']['kind']}); train one with "
@@ -377,6 +382,16 @@ def default_temperature(net) -> float:
     """`sample`'s temperature when none is given: 1 for a model with an `ar` head (its most likely draws repeat
     one another: 30 % distinct for Mario columns), else 0 (the most likely tile per cell)."""
     return 1.0 if net.cfg.ar else 0.0
+
+
+def unseen(grids: np.ndarray, seen: set[bytes]) -> np.ndarray:
+    """(N,) bool: the grids neither in `seen` nor earlier in `grids`; their bytes join `seen`. What keeps the
+    windows one job delivers distinct (a rare mix of asked features draws repeats)."""
+    fresh = np.zeros(len(grids), bool)
+    for i, g in enumerate(grids):
+        fresh[i] = g.tobytes() not in seen
+        seen.add(g.tobytes())
+    return fresh
 
 
 def sample_windows(net, n: int, gen, cond: np.ndarray | None = None, temperature: float = 0.0,
@@ -518,7 +533,7 @@ def sample_levels(out_dir: str, model: str | None = None, n: int = 50, length: i
     t0 = time.perf_counter()
     if not 0 < spread <= 1:
         raise ValueError(f"--spread {spread}: the latent spread must be in (0, 1] (1 = the prior as trained)")
-    net, cfg, folder = _load(model)
+    net, cfg, folder = _load(model, COND_MODEL if cond else SAMPLE_MODEL)
     if temperature is None:
         temperature = default_temperature(net)
     game = cfg["data"]["game"]
@@ -531,7 +546,7 @@ def sample_levels(out_dir: str, model: str | None = None, n: int = 50, length: i
     if (c is None) != (cfg["model"]["kind"] == "vae"):
         raise ValueError(f"{folder.name} is a {cfg['model']['kind']}: "
                          + ("--cond is required (e.g. enemies=many,pipes=some)" if c is None else
-                            "--cond needs a cvae (aeflow levels train --model cvae)"))
+                            f"--cond needs a cvae (the shipped {COND_MODEL}, or aeflow levels train --model cvae)"))
     gen = _generator(seed)
     train_units, originals = _training_units(cfg)
     rows, cols = net.cfg.shape
@@ -556,7 +571,7 @@ def sample_levels(out_dir: str, model: str | None = None, n: int = 50, length: i
             report["shortfall"] = f"only {len(levels)} of {n} levels after {restarts} restarts (max_tries {max_tries})"
         grids = levels
     else:
-        drawn, grids, raw_ok, pipes_ok, off_cond, copied = 0, [], [], [], 0, 0
+        drawn, grids, raw_ok, pipes_ok, off_cond, copied, repeats, seen = 0, [], [], [], 0, 0, 0, set()
         while len(grids) < n and drawn < max_tries * n:
             m = max(n - len(grids), 64) if not raw else n
             batch = sample_windows(net, m, gen, fill_cond(c, m, known, gen), temperature, spread)
@@ -569,14 +584,20 @@ def sample_levels(out_dir: str, model: str | None = None, n: int = 50, length: i
             pipes_ok.append(pipes)
             off_cond += int((ok & pipes & ~asked).sum())
             copied += int((ok & pipes & asked & ~new).sum())
-            grids += list(batch if raw else batch[ok & pipes & asked & new])
+            if raw:
+                grids += list(batch)
+                continue
+            good = batch[ok & pipes & asked & new]
+            fresh = unseen(good, seen)                          # delivered windows differ from one another too
+            repeats += int((~fresh).sum())
+            grids += list(good[fresh])
         grids = grids[:n]
         raw_ok, pipes_ok = np.concatenate(raw_ok), np.concatenate(pipes_ok)
         ok = check_units(game, np.stack(grids)) if grids else np.zeros(0, bool)
         report.update(raw_playability=_rate(raw_ok), delivered=_rate(ok),
                       rejected={"unplayable": int((~raw_ok).sum()), "broken_pipes": int((raw_ok & ~pipes_ok).sum()),
                                 **({"not_as_asked": off_cond} if c is not None else {}),
-                                "copies_of_training_windows": 0 if raw else copied},
+                                "copies_of_training_windows": 0 if raw else copied, "repeats": repeats},
                       originals_rate=f"{originals['units_playable']} / {originals['units']} training units")
         if game == "mario":
             report["raw_pipes_ok"] = round(float(pipes_ok.mean()), 4)
@@ -681,7 +702,7 @@ def interpolate_levels(level_a: str, level_b: str, out_dir: str, steps: int = 8,
     full-length levels blend column block by column block (cut to the shorter level)."""
     import torch
 
-    net, cfg, folder = _load(model)
+    net, cfg, folder = _load(model, INTERPOLATE_MODEL)
     if cfg["model"]["kind"] != "vae":
         raise ValueError(f"{folder.name}: interpolate needs a vae (this is a {cfg['model']['kind']})")
     game = cfg["data"]["game"]

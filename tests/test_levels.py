@@ -262,11 +262,12 @@ def test_column_units_draw_only_training_columns_and_continue_across_seams(tmp_p
 
 
 def test_shipped_column_model_delivers_new_playable_windows_made_of_its_columns(tmp_path):
-    """models/pretrained/mario-columns (float16 on disk): `sample` draws it at T=1 by default and delivers only
-    playable, new windows; every column of every file read back is one of its vocabulary."""
+    """models/pretrained/mario-columns (float16 on disk) is what `sample` draws from by default, at T=1, and it
+    delivers only playable, new windows; every column of every file read back is one of its vocabulary."""
     from flows.levels import sample_levels
 
-    report = sample_levels(str(tmp_path / "out"), model="mario-columns", n=20, seed=0)
+    report = sample_levels(str(tmp_path / "out"), n=20, seed=0)
+    assert Path(report["model"]).name == "mario-columns"
     assert report["temperature"] == 1.0 and report["delivered"]["rate"] == 1.0 and len(report["files"]) == 20
     assert report["raw_playability"]["rate"] > 0.85          # 97 % over 5 x 1000 draws (bench/levels.py --seeds)
     assert "copies_of_training_windows" in report["rejected"] and report["novelty"]["novel"] == 1.0
@@ -274,6 +275,40 @@ def test_shipped_column_model_delivers_new_playable_windows_made_of_its_columns(
     vocab = {tuple(c) for c in cfg["model"]["columns"]}
     grids = [read_level(tmp_path / "out" / f"{f}.txt", "mario") for f in report["files"]]
     assert all(g.shape == (14, 28) for g in grids) and {tuple(c) for g in grids for c in g.T.tolist()} <= vocab
+
+
+def test_cond_draws_the_shipped_column_cvae_and_interpolate_the_cell_vae(tmp_path):
+    """`sample --cond` with the auto model takes the shipped mario-cvae (float16 on disk): every delivered window
+    has what was asked and is playable, new and unlike the others (a rare mix of features draws repeats, which
+    are rejected), and its raw windows land in a rare bucket (4+ enemies: 8 % of the
+    training windows) far more often than the plain column model's. `interpolate`'s auto model is the cell VAE,
+    whose latent holds a window: the ends of a blend come back."""
+    import torch
+
+    from flows.levels import (INTERPOLATE_MODEL, _load, fill_cond, interpolate_levels, mario_conditions, parse_cond,
+                              sample_levels, sample_windows)
+
+    report = sample_levels(str(tmp_path / "cond"), n=50, cond="enemies=many,gaps=some", seed=0)
+    assert Path(report["model"]).name == "mario-cvae" and report["temperature"] == 1.0
+    assert report["delivered"]["rate"] == 1.0 and report["novelty"]["novel"] == 1.0
+    grids = np.stack([read_level(tmp_path / "cond" / f"{f}.txt", "mario") for f in report["files"]])
+    assert len(grids) == 50 and (mario_conditions(grids)[:, [0, 2]] == [3, 2]).all()   # 4+ enemies, 4-7 gap columns
+    assert len({g.tobytes() for g in grids}) == 50 and report["rejected"]["repeats"] > 0   # a rare mix repeats itself
+    cvae, plain = _load("mario-cvae")[0], _load("mario-columns")[0]
+    known = mario_conditions(np.concatenate([windows(g, 28, 1) for _, g in mario_gpt_levels()]))   # the corpus
+    gen = torch.Generator().manual_seed(0)
+    asked = sample_windows(cvae, 300, gen, fill_cond(parse_cond("enemies=many"), 300, known, gen), 1.0)
+    free = sample_windows(plain, 300, gen, temperature=1.0)
+    many = lambda g: np.mean(mario_conditions(g)[:, 0] == 3)  # noqa: E731
+    assert many(asked) > 0.3 and many(free) < 0.15                    # 48 % vs 7 % over 1000 (bench/levels.py)
+
+    (a, level_a), (b, level_b) = mario_gpt_levels()[:2]
+    for name, g in ((a, level_a), (b, level_b)):
+        (tmp_path / f"{name}.txt").write_text(grid_to_level(g[:, 40:68], "mario"))
+    blend = interpolate_levels(str(tmp_path / f"{a}.txt"), str(tmp_path / f"{b}.txt"), str(tmp_path / "blend"), steps=3)
+    assert Path(blend["model"]).name == INTERPOLATE_MODEL == "mario-vae"
+    ends = [read_level(tmp_path / "blend" / f"{f}.txt", "mario") for f in (blend["files"][0], blend["files"][-1])]
+    assert np.mean(ends[0] == level_a[:, 40:68]) > 0.95 and np.mean(ends[1] == level_b[:, 40:68]) > 0.95
 
 
 def test_full_levels_are_drawn_together_and_every_level_is_checked_whole():
