@@ -222,9 +222,12 @@ def demo(sigma: float = typer.Option(25.0, "--sigma", help="Noise added to the d
     w, full = lv["windows"], lv["level"]
     out.print(f"[bold]levels[/]: {w['delivered']['playable']} playable Mario windows and a "
               f"{full['shape'][1]}-column level ({sum(w['rejected'].values()) + sum(full['rejected'].values())} "
-              f"samples rejected and redrawn: unplayable, broken pipes or copies); contact sheet {lv['contact_sheet']}")
-    out.print(f"[bold]music[/]: {len(mu['clips'])} clips of {mu['bars']} bars at {mu['tempo']:g} bpm (MIDI + piano-roll "
-              f"PNG each) in {mu['out_dir']}")
+              f"samples rejected and redrawn: unplayable, broken pipes, copies or repeats); contact sheet "
+              f"{lv['contact_sheet']}")
+    mel, ch = mu["melodies"], mu["chorales"]
+    out.print(f"[bold]music[/]: {len(mel['clips'])} melodies and {len(ch['clips'])} four-part chorale phrases of "
+              f"{mel['bars']} bars at {mel['tempo']:g} bpm (MIDI + piano-roll PNG each) in {mel['out_dir']} and "
+              f"{ch['out_dir']}")
 
 
 @server_app.command("start")
@@ -390,7 +393,7 @@ def music_train(
               f"training windows (transposed), {d['val_windows']:,} held out; {cfg['parameters']:,} parameters, "
               f"{cfg['steps']} steps in {cfg['seconds']:.0f} s")
     out.print(f"  held-out reconstruction accuracy {m['val_acc']:.3f}, ELBO {m['val_elbo']:.1f} nats/window, "
-              f"KL {m['val_kl']:.1f}; sample with `aeflow music sample --model {Path(folder).name[:24]} OUT_DIR`")
+              f"KL {m['val_kl']:.1f}; sample with `aeflow music sample --model {Path(folder).name} OUT_DIR`")
 
 
 @music_app.command("sample")
@@ -400,7 +403,7 @@ def music_sample(
     bars: int = typer.Option(8, "--bars", help="Clip length in 4/4 bars; longer than the model's window = a smooth latent walk, window by window."),
     tempo: float = typer.Option(100.0, "--tempo", help="Beats per minute written into the MIDI files."),
     program: Optional[str] = typer.Option(None, "--program", callback=_program, help="Instrument: a General MIDI name (flute, piano, violin, choir, 'church organ') or program number, 0-based (73 flute); default: the model's (flute for melodies, choir for chorales)."),
-    key: Optional[str] = typer.Option(None, "--key", help="Tonic, e.g. D, F#m, Bb: a key-conditioned model is asked for it, else clips are transposed to it. Default: keys as often as the training corpus uses them."),
+    key: Optional[str] = typer.Option(None, "--key", help="Key, e.g. D, F#m, Bb: a key-conditioned model is asked for it (a clip that comes out in another key is drawn again), else clips are transposed to it. Default: keys as often as the training corpus uses them."),
     seed: int = typer.Option(0, "--seed"),
     model: str = typer.Option("auto", "--model", help="auto (the shipped 2-bar melody model; with --key its key-conditioned twin), a model folder, or a trained model's name prefix."),
     walk: float = typer.Option(0.35, "--walk", help="Latent step between windows in radians: 0 repeats the window, 1.57 draws each afresh."),

@@ -39,6 +39,8 @@ NOTTINGHAM = ("data/nottingham/Nottingham.mat", "../shared/data/boulanger_piano_
 SHIFTS = range(-5, 7)                      # transpositions tried for augmentation (all 12 keys), kept if in range
 PRETRAINED_MELODY = "music-melody-2bar"
 PRETRAINED_KEY = "music-melody-2bar-key"     # key-conditioned: `--key` with the auto model uses it
+PRETRAINED_CHORALE = "music-chorale-4bar-key"  # four-part Bach chorale phrases, key-conditioned
+KEY_ROUNDS = 10            # `--key` with a key cvae: redraws of a clip that came out in another key (then moved)
 
 
 # ---------------------------------------------------------------- corpus units -> pieces (worker processes)
@@ -421,14 +423,15 @@ def load_music_model(folder: Path):
 
 def generate_rolls(model, enc: Encoding, window_bars: int, n: int, bars: int, seed: int = 0, key: str | None = None,
                    cond_cols: list[int] = (), angle: float = 0.35, temperature: float = 1.0,
-                   key_counts: np.ndarray | None = None) -> list[np.ndarray]:
+                   key_counts: np.ndarray | None = None, key_rounds: int = KEY_ROUNDS) -> list[np.ndarray]:
     """n rolls (voices, bars*16) of canonical tokens: each a latent walk over ceil(bars / window) windows, decoded
     (each cell drawn from softmax(logits / temperature); 0 = the most likely token) and joined. `key` ("D",
-    "Bbm"): a key-conditioned cvae is asked for it; otherwise each clip is transposed (nearest shift that fits
-    the range) from its estimated key to it. Without `key`, `key_counts` ((2, 12) windows per mode and tonic
-    in the training corpus before transposition) gives each clip a key drawn as often as the corpus uses it:
-    the models learn all 12 keys from transposed copies, the corpus itself sits in a few. Neither: keys as
-    the model draws them (all 12 alike)."""
+    "Bbm"): a key-conditioned cvae is asked for it, and a clip whose estimated key is another (a chorale phrase
+    that settles in the dominant, say) is drawn again, up to `key_rounds` times, then moved to the key's tonic;
+    another model's clips are transposed (nearest shift that fits the range) from their estimated key to it.
+    Without `key`, `key_counts` ((2, 12) windows per mode and tonic in the training corpus before transposition)
+    gives each clip a key drawn as often as the corpus uses it: the models learn all 12 keys from transposed
+    copies, the corpus itself sits in a few. Neither: keys as the model draws them (all 12 alike)."""
     import torch
 
     from models.vaes import latent_walk
@@ -438,8 +441,21 @@ def generate_rolls(model, enc: Encoding, window_bars: int, n: int, bars: int, se
     target = parse_key(key) if key else None
     p = None if target or key_counts is None else torch.as_tensor(np.asarray(key_counts, float)) + 1e-9
     keyed = bool(cond_cols) and 1 in cond_cols
-    z = torch.stack([latent_walk(k, model.cfg.latent, gen, rho=math.cos(angle)) for _ in range(n)])  # (n, k, L)
-    cond = None
+
+    def draw(keys: torch.Tensor | None, m: int) -> list[np.ndarray]:
+        """m clips; keys (m, 2) [tonic, mode] for a cvae, else None."""
+        z = torch.stack([latent_walk(k, model.cfg.latent, gen, rho=math.cos(angle)) for _ in range(m)])  # (m, k, L)
+        cond = None
+        if keys is not None:
+            values = torch.cat([torch.zeros(m, 1, dtype=torch.long), keys], 1)        # label columns [meter, tonic, mode]
+            cond = values[:, cond_cols].repeat_interleave(k, 0)
+        tokens = torch.cat([model.sample(len(zs), gen, cond=None if cond is None else cond[j:j + len(zs)], z=zs,
+                                         temperature=temperature or 1.0, greedy=not temperature)
+                            for j, zs in zip(range(0, m * k, 256), z.flatten(0, 1).split(256))])
+        tokens = tokens.view(m, k, *tokens.shape[1:]).movedim(1, 2).flatten(2).numpy()  # (m, voices, k * window steps)
+        return [canonical(roll[:, : bars * BAR]) for roll in tokens]
+
+    keys = None
     if cond_cols:
         if target:
             keys = torch.tensor([target] * n)
@@ -448,21 +464,24 @@ def generate_rolls(model, enc: Encoding, window_bars: int, n: int, bars: int, se
             keys = torch.stack([i % 12, i // 12], 1)
         else:                                                              # a random key per clip
             keys = torch.stack([torch.randint(12, (n,), generator=gen), torch.randint(2, (n,), generator=gen)], 1)
-        values = torch.cat([torch.zeros(n, 1, dtype=torch.long), keys], 1)          # label columns [meter, tonic, mode]
-        cond = values[:, cond_cols].repeat_interleave(k, 0)
-    tokens = torch.cat([model.sample(len(zs), gen, cond=None if cond is None else cond[j:j + len(zs)], z=zs,
-                                     temperature=temperature or 1.0, greedy=not temperature)
-                        for j, zs in zip(range(0, n * k, 256), z.flatten(0, 1).split(256))])
-    tokens = tokens.view(n, k, *tokens.shape[1:]).movedim(1, 2).flatten(2).numpy()  # (n, voices, k * window steps)
-    rolls = [canonical(roll[:, : bars * BAR]) for roll in tokens]
-    if keyed or (target is None and p is None):
+    rolls = draw(keys, n)
+    if keyed and target is None:
         return rolls
-    keys = mm.estimate_keys(np.stack(rolls), enc.lo)                       # (n, 2) [tonic, mode] as generated
+    if keyed:                                                              # in the key asked, or drawn again
+        for _ in range(key_rounds):
+            off = np.flatnonzero((mm.estimate_keys(np.stack(rolls), enc.lo) != target).any(1))
+            if not len(off):
+                break
+            for i, roll in zip(off, draw(keys[: len(off)], len(off))):
+                rolls[i] = roll
+    if target is None and p is None:
+        return rolls
+    est = mm.estimate_keys(np.stack(rolls), enc.lo)                        # (n, 2) [tonic, mode] as generated
     if target is None:                                                     # a corpus tonic for each clip's own mode
-        tonics = [int(torch.multinomial(p[mode], 1, generator=gen)) for mode in keys[:, 1]]
+        tonics = [int(torch.multinomial(p[mode], 1, generator=gen)) for mode in est[:, 1]]
     else:
         tonics = [target[0]] * n
-    return [to_key(r, enc, int(have), want) for r, have, want in zip(rolls, keys[:, 0], tonics)]
+    return [to_key(r, enc, int(have), want) for r, have, want in zip(rolls, est[:, 0], tonics)]
 
 
 def key_counts(labels: np.ndarray) -> list[list[int]]:
@@ -637,6 +656,7 @@ def render_wav(midi: Path) -> str:
 # ---------------------------------------------------------------- demo
 
 def demo_music(out_dir: str, n: int = 4, bars: int = 8, seed: int = 0) -> dict:
-    """For `make demo`: a few 8-bar flute melodies from the shipped model, MIDI + piano-roll PNG each
-    (a second or two on a CPU; no training, no Prefect)."""
-    return sample_music(out_dir, "auto", n=n, bars=bars, seed=seed)
+    """For `make demo`: a few 8-bar flute melodies and two 8-bar four-part chorale phrases (in chorales/) from
+    the shipped models, MIDI + piano-roll PNG each (a few seconds on a CPU; no training, no Prefect)."""
+    return {"melodies": sample_music(out_dir, "auto", n=n, bars=bars, seed=seed),
+            "chorales": sample_music(str(Path(out_dir) / "chorales"), PRETRAINED_CHORALE, n=2, bars=bars, seed=seed)}

@@ -119,7 +119,8 @@ scheduled_denoise_flow = denoise_run_flow.with_options(retries=3, retry_delay_se
 @flow(name="demo")
 def demo_flow(sigma: float = 25.0) -> dict:
     """The three jobs on embedded defaults and the shipped models: noisy copies of a few bundled photos
-    denoised and scored against the originals; playable Mario levels; melody clips as MIDI files."""
+    denoised and scored against the originals; playable Mario levels; melody and four-part chorale clips as MIDI
+    files."""
     noisy, clean, out = task(name="prepare-demo", cache_policy=NO_CACHE)(prepare_demo)(sigma)
     report = denoise_run_flow(noisy, out, reference=clean)
     root = Path(out).parent

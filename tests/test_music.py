@@ -315,17 +315,41 @@ def test_chorale_flows_and_cli_end_to_end(tmp_path):
 
 def test_shipped_model_demo_writes_clips_that_read_back(tmp_path):
     from flows.catalog import PRETRAINED
-    from flows.music import PRETRAINED_MELODY, demo_music
+    from flows.music import PRETRAINED_CHORALE, PRETRAINED_MELODY, demo_music
 
-    folder = PRETRAINED / PRETRAINED_MELODY
-    assert all(f.stat().st_size < 2 << 20 for f in folder.iterdir()) and (folder / "MODEL_CARD.md").is_file()
-    report = demo_music(str(tmp_path))
+    for folder in (PRETRAINED / PRETRAINED_MELODY, PRETRAINED / PRETRAINED_CHORALE):
+        assert all(f.stat().st_size < 2 << 20 for f in folder.iterdir()) and (folder / "MODEL_CARD.md").is_file()
+    both = demo_music(str(tmp_path))
+    report = both["melodies"]
     assert len(report["clips"]) == 4 and report["bars"] == 8 and report["window_bars"] == 2
     for clip in report["clips"]:
         roll = read_back(tmp_path / clip["midi"], MELODY)
         assert roll.shape == (1, 128) and clip["notes"] >= 8 and clip["empty_bars"] <= 0.25
         assert (tmp_path / clip["png"]).read_bytes()[:4] == b"\x89PNG"
     assert report["summary"]["in_scale"] > 0.8           # a trained model, not noise (random tokens: ~0.6)
+    chorales = both["chorales"]
+    assert len(chorales["clips"]) == 2 and chorales["window_bars"] == 4 and chorales["instruments"] == ["Choir Aahs"]
+    for clip in chorales["clips"]:
+        assert read_back(tmp_path / "chorales" / clip["midi"], CHORALE).shape == (4, 128)
+
+
+def test_shipped_chorale_model_sings_four_ordered_voices_in_the_asked_key(tmp_path):
+    """models/pretrained/music-chorale-4bar-key (float16 on disk; a unique prefix names it): 8-bar four-part
+    phrases (a latent walk over two 4-bar windows), one track per voice read back by mido, every voice singing,
+    soprano above alto above tenor above bass on average, and in the key asked for (a clip that comes out in
+    another key is drawn again)."""
+    from flows.music import sample_music
+
+    report = sample_music(str(tmp_path), "music-chorale", n=6, bars=8, key="Eb", seed=0)
+    assert Path(report["model"]).name == "music-chorale-4bar-key" and report["mode"] == "chorale"
+    rolls = np.stack([read_back(tmp_path / c["midi"], CHORALE) for c in report["clips"]])      # (6, 4, 128)
+    pitch = mm.sounding(rolls.transpose(1, 0, 2).reshape(4, -1), CHORALE.lo)                   # (4, steps)
+    assert ((pitch >= 0).mean(1) > 0.8).all()                                                  # all four sing
+    means = [pitch[v][pitch[v] >= 0].mean() for v in range(4)]
+    assert means[0] > means[1] > means[2] > means[3], means
+    assert (mm.estimate_keys(rolls, CHORALE.lo) == (3, 0)).all()       # every clip in E flat major (first draws: 48 %)
+    chroma = sum(mm.chroma(r, CHORALE.lo) for r in rolls)
+    assert chroma[np.roll(mm.MAJOR, 3)].sum() / chroma.sum() > 0.85
 
 
 def test_key_with_the_auto_model_uses_the_key_conditioned_model(tmp_path):
