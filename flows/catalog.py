@@ -31,8 +31,12 @@ def describe(folder: Path) -> dict:
     m, metrics = cfg["model"], cfg.get("metrics", {})
     sigma = m.get("sigma")
     sigma = f"{sigma[0]:g}-{sigma[1]:g}" if isinstance(sigma, list) else "-" if sigma is None else f"{sigma:g}"
-    if "vocab" in m:          # a token-grid VAE: grid shape x vocabulary, reconstruction accuracy
-        takes = f"{m['shape'][0]}x{m['shape'][1]} grid, {m['vocab']} tokens" + (f", cond {m['cond']}" if m.get("cond") else "")
+    if "vocab" in m:          # a token-grid VAE: grid shape x vocabulary, conditions, reconstruction accuracy
+        data = cfg.get("data", {})
+        tokens = f"{len(m['columns'])} column tokens" if m.get("columns") else f"{m['vocab']} tokens"
+        cond = data.get("cond") or ([data["condition"]] if data.get("condition", "none") != "none" else m.get("cond"))
+        takes = f"{m['shape'][0]}x{m['shape'][1]} grid, {tokens}" + (f", cond {', '.join(map(str, cond))}"
+                                                                     if cond else "")
         val = f"acc {metrics['val_acc']:.3f}" if "val_acc" in metrics else ""
     else:
         takes = f"{'gray' if m.get('channels') == 1 else 'colour'}, sigma {sigma}"

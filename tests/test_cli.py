@@ -21,6 +21,10 @@ def test_models_lists_the_shipped_weights():
     assert result.exit_code == 0, result.output
     for name in ("skip-dae-gray", "skip-dae-color"):
         assert name in result.output
+    from flows.catalog import PRETRAINED, describe
+
+    assert describe(PRETRAINED / "mario-cvae")["takes"] == "14x28 grid, 259 column tokens, cond enemies, pipes, gaps"
+    assert describe(PRETRAINED / "music-chorale-4bar-key")["takes"] == "4x64 grid, 48 tokens, cond key"
 
 
 def test_bad_sigma_is_a_clear_error():
