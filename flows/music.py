@@ -442,10 +442,12 @@ def generate_rolls(model, enc: Encoding, window_bars: int, n: int, bars: int, se
     p = None if target or key_counts is None else torch.as_tensor(np.asarray(key_counts, float)) + 1e-9
     keyed = bool(cond_cols) and 1 in cond_cols
 
-    def draw(keys: torch.Tensor | None, m: int) -> list[np.ndarray]:
-        """m clips; keys (m, 2) [tonic, mode] for a cvae, else None."""
-        z = torch.stack([latent_walk(k, model.cfg.latent, gen, rho=math.cos(angle)) for _ in range(m)])  # (m, k, L)
-        cond = None
+    def walks(m: int):                                                     # (m, k, latent)
+        return torch.stack([latent_walk(k, model.cfg.latent, gen, rho=math.cos(angle)) for _ in range(m)])
+
+    def draw(keys: torch.Tensor | None, z) -> list[np.ndarray]:
+        """len(z) clips from their walks z; keys (m, 2) [tonic, mode] for a cvae, else None."""
+        m, cond = len(z), None
         if keys is not None:
             values = torch.cat([torch.zeros(m, 1, dtype=torch.long), keys], 1)        # label columns [meter, tonic, mode]
             cond = values[:, cond_cols].repeat_interleave(k, 0)
@@ -455,7 +457,7 @@ def generate_rolls(model, enc: Encoding, window_bars: int, n: int, bars: int, se
         tokens = tokens.view(m, k, *tokens.shape[1:]).movedim(1, 2).flatten(2).numpy()  # (m, voices, k * window steps)
         return [canonical(roll[:, : bars * BAR]) for roll in tokens]
 
-    keys = None
+    z, keys = walks(n), None
     if cond_cols:
         if target:
             keys = torch.tensor([target] * n)
@@ -464,7 +466,7 @@ def generate_rolls(model, enc: Encoding, window_bars: int, n: int, bars: int, se
             keys = torch.stack([i % 12, i // 12], 1)
         else:                                                              # a random key per clip
             keys = torch.stack([torch.randint(12, (n,), generator=gen), torch.randint(2, (n,), generator=gen)], 1)
-    rolls = draw(keys, n)
+    rolls = draw(keys, z)
     if keyed and target is None:
         return rolls
     if keyed:                                                              # in the key asked, or drawn again
@@ -472,7 +474,7 @@ def generate_rolls(model, enc: Encoding, window_bars: int, n: int, bars: int, se
             off = np.flatnonzero((mm.estimate_keys(np.stack(rolls), enc.lo) != target).any(1))
             if not len(off):
                 break
-            for i, roll in zip(off, draw(keys[: len(off)], len(off))):
+            for i, roll in zip(off, draw(keys[: len(off)], walks(len(off)))):
                 rolls[i] = roll
     if target is None and p is None:
         return rolls
