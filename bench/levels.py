@@ -103,6 +103,7 @@ def lode_runner_failures(grids: np.ndarray) -> dict:
 def windows_rows(game: str, net, train: np.ndarray, n: int, seed: int, spread: float) -> list[dict]:
     rng = np.random.default_rng(seed)
     gen = torch.Generator().manual_seed(seed)
+    refill = torch.Generator().manual_seed(10_000 + seed)      # delivered rows' top-ups: raw rows never depend on them
     rows = []
     sub = train[rng.choice(len(train), min(n, len(train)), replace=False)]
     rows.append(row("originals (training units)", sub, check_units(game, train), train, None, game, novel=False))
@@ -127,7 +128,7 @@ def windows_rows(game: str, net, train: np.ndarray, n: int, seed: int, spread: f
         delivered, drawn = accept(raw), n
         while len(delivered) < n and drawn < 10 * n:            # what `aeflow levels sample` does: resample
             with torch.no_grad():
-                more = sample_windows(net, n, gen, temperature=temperature, spread=s)
+                more = sample_windows(net, n, refill, temperature=temperature, spread=s)
             delivered += accept(more)
             drawn += n
         rows.append(row(f"VAE raw ({label})", raw, ok, train, seconds, game))

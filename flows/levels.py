@@ -27,7 +27,7 @@ from models.checkpoints import sha256_file, write_bytes_atomic, write_json_atomi
 
 VERSION = 1
 # The shipped Mario models (models/pretrained/) that "auto" names: `sample` draws whole columns (pipes, stairs and
-# brick blocks come out whole; tile patterns 30x closer to the corpus than the cell VAE's), `sample --cond` the
+# brick blocks come out whole; tile patterns 30-40x closer to the corpus than the cell VAE's), `sample --cond` the
 # column cvae, and `interpolate` encodes with the cell VAE, whose z holds a window (0.994 of tiles, the column
 # VAE's 0.88). Each with the training call that remakes it if it is missing.
 SAMPLE_MODEL, COND_MODEL, INTERPOLATE_MODEL = "mario-columns", "mario-cvae", "mario-vae"
