@@ -404,13 +404,14 @@ def sample_windows(net, n: int, gen, cond: np.ndarray | None = None, temperature
 
 def full_levels(net, n: int, length: int, gen, cond: np.ndarray | None = None, candidates: int = 8,
                 rho: float = 0.7, temperature: float = 0.0, spread: float = 1.0,
-                max_restarts: int | None = None) -> tuple[list[np.ndarray], int, int]:
+                max_restarts: int | None = None, asked: np.ndarray | None = None) -> tuple[list[np.ndarray], int, int]:
     """n levels `length` columns long from latent walks, window by window, all n drawn and checked together.
     Each next window is chosen among `candidates` steps of its level's walk so that the joined prefix stays
     playable (the full-level checker, start near the top-left) and its pipes well formed: seams are checked,
     not assumed. A prefix with no playable continuation starts again from a fresh z (a restart; once
     `max_restarts` are spent, that level is given up). Returns (levels, rejected candidate windows, restarts).
-    cond: (n, K) a cvae's condition per level. `spread` scales the walk as in latent_walk."""
+    cond: (n, K) a cvae's condition per level; asked: (1, K) the buckets asked for (-1: any), which every
+    window must then have, as `sample --cond` delivers. `spread` scales the walk as in latent_walk."""
     import torch
 
     from models.vaes import walk_step
@@ -436,6 +437,8 @@ def full_levels(net, n: int, length: int, gen, cond: np.ndarray | None = None, c
                 wins = np.concatenate([so_far, wins], 3)
             flat = wins.reshape(-1, *wins.shape[2:])
             ok = (mario_playable(flat, mode="level") & mario_pipes_ok(flat)).reshape(len(group), candidates)
+            if asked is not None:                           # the new window has what --cond asked for
+                ok &= cond_ok(flat[:, :, -net.cfg.shape[1]:], asked).reshape(len(group), candidates)
             for g, i in enumerate(group):
                 if ok[g].any():
                     k = int(np.argmax(ok[g]))
@@ -497,7 +500,7 @@ def _full_levels(net, n: int, length: int, gen, cond, raw: bool, temperature: fl
         for start in range(0, n, chunk):
             m = min(chunk, n - start)
             got, rej, res = full_levels(net, m, length, gen, fill_cond(cond, m, known, gen), temperature=temperature,
-                                        spread=spread, max_restarts=max_tries * m)
+                                        spread=spread, max_restarts=max_tries * m, asked=cond)
             levels, rejected, restarts = levels + got, rejected + rej, restarts + res
     return levels, raw_ok, rejected, restarts
 

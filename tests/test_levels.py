@@ -294,6 +294,10 @@ def test_cond_draws_the_shipped_column_cvae_and_interpolate_the_cell_vae(tmp_pat
     grids = np.stack([read_level(tmp_path / "cond" / f"{f}.txt", "mario") for f in report["files"]])
     assert len(grids) == 50 and (mario_conditions(grids)[:, [0, 2]] == [3, 2]).all()   # 4+ enemies, 4-7 gap columns
     assert len({g.tobytes() for g in grids}) == 50 and report["rejected"]["repeats"] > 0   # a rare mix repeats itself
+    full = sample_levels(str(tmp_path / "full"), n=2, cond="enemies=many", length=100, seed=0)
+    level = read_level(tmp_path / "full" / f"{full['files'][0]}.txt", "mario")
+    assert level.shape == (14, 100) and full["cond_match"] == {"enemies": 1.0}     # every window of a long level
+    assert (mario_conditions(windows(level, 28, 28))[:, 0] == 3).all()
     cvae, plain = _load("mario-cvae")[0], _load("mario-columns")[0]
     known = mario_conditions(np.concatenate([windows(g, 28, 1) for _, g in mario_gpt_levels()]))   # the corpus
     gen = torch.Generator().manual_seed(0)
