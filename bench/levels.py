@@ -228,8 +228,8 @@ CARD = """# {name}
 
 {what}
 Trained with the project's own code (`{command}`, i.e.
-`flows.levels.train_levels("mario"{units_arg})` with its defaults) and shipped as float16 safetensors ({size_kb:.0f} kB, {params:,} parameters); loading casts
-back to float32.
+`flows.levels.train_levels("mario"{units_arg})` with its defaults) and shipped as float16 safetensors
+({size_kb:.0f} kB, {params:,} parameters); loading casts back to float32.
 
 - **Data**: the 15 Super Mario Bros levels in the string constant of the `mario-gpt` 0.1.3 wheel (MIT;
   the VGLC annotated-path files minus their first 4 columns, path marks read as empty tiles; VGLC: Summerville,
@@ -251,11 +251,11 @@ WHAT = {
                   "autoregressive head over the {ar} before it.\nWhat `aeflow levels sample --cond enemies=many` uses "
                   "(sampled at T = 1).",
     "mario-vae": "Convolutional VAE (`vae`, categorical decoder over the 13 Super Mario Bros tiles) on 14 x 28 "
-                 "windows, the\ndefault model of `aeflow levels sample`.",
+                 "windows, the\ndefault model of `aeflow levels interpolate` (its z holds a window).",
     "mario-columns": "Convolutional VAE over whole columns (`vae` with `columns`): a 14 x 28 window is 28 tokens, "
                      "each one of the\n{n_columns} distinct columns of the training windows, and an autoregressive "
-                     "head lets each column depend on\nthe {ar} before it. Sampled at T = 1 "
-                     "(`aeflow levels sample --model mario-columns`).",
+                     "head lets each column depend on\nthe {ar} before it. The default model of `aeflow levels "
+                     "sample`, drawn at T = 1.",
 }
 
 
@@ -309,7 +309,8 @@ def ship(src: Path, cores: str = "") -> Path:
     m, t, d = cfg["model"], cfg["train"], cfg["data"]
     (dst / "MODEL_CARD.md").write_text(CARD.format(
         name=name, what=WHAT[name].format(n_columns=len(m.get("columns", ())), ar=m.get("ar")),
-        command="aeflow levels train" + (" --units columns" if columns else "") + (" --model cvae" if kind == "cvae" else ""),
+        command="aeflow levels train" + (" --units columns" if columns else "")
+        + (" --model cvae" if kind == "cvae" else ""),
         units_arg=(', units="columns"' if columns else "") + (', kind="cvae"' if kind == "cvae" else ""), cores=cores,
         playability="raw and delivered for each condition in the table below" if kind == "cvae" else
         "`python bench/levels.py`, 1000 samples; fill in from outputs/bench/levels.md",
@@ -333,7 +334,8 @@ def cond_table(folder: Path, n: int, seed: int) -> str:
     does): the share that lands in the asked bucket (raw, most likely tile and tiles drawn at T=1), beside
     the share of that bucket among the plain VAE's samples and among the training windows; then what delivery
     keeps (playable, pipes well formed, new, distinct, as asked: what `sample` delivers, at the model's default
-    temperature) and how many draws one delivered window costs. A column cvae is compared with the shipped column VAE."""
+    temperature) and how many draws one delivered window costs. A column cvae is compared with the shipped
+    column VAE."""
     from flows.levels import COND_LEVELS, COND_NAMES, cond_ok, fill_cond, mario_conditions
 
     net, cfg = load_model(folder), read_config(folder)

@@ -123,8 +123,8 @@ def evaluate(name: str, folder: str | None, x_train: np.ndarray, x_held: np.ndar
              walk: str | None = None, keyed: dict[str, str] | None = None, ideal: np.ndarray | None = None,
              seed: int = 0) -> list[dict]:
     """Rows: held-out data (one half vs the other), Markov chain, the VAE in `folder` if any (prior samples as
-    drawn, in all 12 keys alike; and as `aeflow music sample` gives them, each clip moved to a key drawn from `counts`, the
-    corpus's keys before transposition); `walk`: a shorter-window model's latent walk to the same length;
+    drawn, in all 12 keys alike; and as `aeflow music sample` gives them, each clip moved to a key drawn from
+    `counts`, the corpus's keys before transposition); `walk`: a shorter-window model's latent walk to the same length;
     `keyed`: key-conditioned cvaes (label -> folder) asked for keys drawn from `counts`; `ideal`: training
     windows scored as if a model had drawn them (what a perfect fit of the training split would score).
     `seed` draws the clips, the Markov chain's clips and the split of the held-out rows in two."""

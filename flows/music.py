@@ -449,7 +449,7 @@ def generate_rolls(model, enc: Encoding, window_bars: int, n: int, bars: int, se
         """len(z) clips from their walks z; keys (m, 2) [tonic, mode] for a cvae, else None."""
         m, cond = len(z), None
         if keys is not None:
-            values = torch.cat([torch.zeros(m, 1, dtype=torch.long), keys], 1)        # label columns [meter, tonic, mode]
+            values = torch.cat([torch.zeros(m, 1, dtype=torch.long), keys], 1)    # label columns [meter, tonic, mode]
             cond = values[:, cond_cols].repeat_interleave(k, 0)
         tokens = torch.cat([model.sample(len(zs), gen, cond=None if cond is None else cond[j:j + len(zs)], z=zs,
                                          temperature=temperature or 1.0, greedy=not temperature)

@@ -54,7 +54,7 @@ def test_input_errors_are_one_line_not_a_traceback(tmp_path):
 def test_model_names_resolve_exactly_or_by_a_unique_prefix():
     from flows.catalog import PRETRAINED, resolve_model
 
-    assert resolve_model("music-melody-2bar", 0) == PRETRAINED / "music-melody-2bar"     # exact, though a prefix of -key
+    assert resolve_model("music-melody-2bar", 0) == PRETRAINED / "music-melody-2bar"   # exact; also a prefix of -key
     assert resolve_model("music-melody-2bar-k", 0) == PRETRAINED / "music-melody-2bar-key"
     with pytest.raises(FileNotFoundError, match="ambiguous"):
         resolve_model("skip-dae", 1)
