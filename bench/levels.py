@@ -30,9 +30,9 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from flows.levels import (_training_units, check_units, default_temperature, full_levels,  # noqa: E402
-                          resolve_level_model, sample_windows, train_levels, unseen, walk_windows)
+                          delivery, resolve_level_model, sample_windows, train_levels, walk_windows)
 from flows.settings import outputs_root  # noqa: E402
-from formats.levels import copies, diversity, novelty, tpkl, wilson, windows  # noqa: E402
+from formats.levels import diversity, novelty, tpkl, wilson, windows  # noqa: E402
 from formats.playability import lode_runner_check, mario_pipes_ok, mario_playable  # noqa: E402
 from models.checkpoints import read_config  # noqa: E402
 from models.registry import load_model  # noqa: E402
@@ -120,10 +120,7 @@ def windows_rows(game: str, net, train: np.ndarray, n: int, seed: int, spread: f
         ok = check_units(game, raw)
         seconds = time.perf_counter() - t0                       # sample + check, the raw rate
         seen: set[bytes] = set()
-
-        def accept(g):                                          # playable, pipes, new and distinct, as `sample`
-            g = g[check_units(game, g) & (mario_pipes_ok(g) if game == "mario" else True) & ~copies(g, train)]
-            return list(g[unseen(g, seen)])
+        accept = lambda g: list(g[delivery(game, g, train, None, seen)["keep"]])  # noqa: E731  what `sample` keeps
 
         delivered, drawn = accept(raw), n
         while len(delivered) < n and drawn < 10 * n:            # what `aeflow levels sample` does: resample
@@ -336,7 +333,7 @@ def cond_table(folder: Path, n: int, seed: int) -> str:
     keeps (playable, pipes well formed, new, distinct, as asked: what `sample` delivers, at the model's default
     temperature) and how many draws one delivered window costs. A column cvae is compared with the shipped
     column VAE."""
-    from flows.levels import COND_LEVELS, COND_NAMES, cond_ok, fill_cond, mario_conditions
+    from flows.levels import COND_LEVELS, COND_NAMES, fill_cond, mario_conditions
 
     net, cfg = load_model(folder), read_config(folder)
     plain_name = "mario-columns" if net.cfg.columns else "mario-vae"
@@ -358,9 +355,8 @@ def cond_table(folder: Path, n: int, seed: int) -> str:
                 g = sample_windows(net, n, gen, fill_cond(asked, n, known, gen), t)
                 got[t] = (g, mario_conditions(g)[:, j] == level)
             g = got[t_net][0]
-            playable = check_units("mario", g)
-            keep = playable & mario_pipes_ok(g) & cond_ok(g, asked) & ~copies(g, train)
-            keep[keep] = unseen(g[keep], set())                 # and distinct, as `sample` delivers
+            d = delivery("mario", g, train, asked, set())
+            playable, keep = d["playable"], d["keep"]
             lines.append(f"| {name} | {label} | {pct(got[0.0][1].mean())} | {pct(got[1.0][1].mean())} | "
                          f"{pct(np.mean(free[:, j] == level))} | {pct(np.mean(known[:, j] == level))} | "
                          f"{pct(playable.mean())} | {pct(keep.mean())} | "

@@ -460,7 +460,8 @@ def main() -> None:
         return
     md = table(rows)
     text = (md + "\n\n" + "\n".join(f"- {n}" for n in notes)
-            + f"\n- model {model_cfg} (bach4: its own, above); clips/s on the CPU ({torch.get_num_threads()} threads), one batch of {args.n}; "
+            + f"\n- model {model_cfg} (bach4: its own, above); clips/s on the CPU ({torch.get_num_threads()} "
+              f"threads), one batch of {args.n}; "
               f"load average {load0:.1f} -> {os.getloadavg()[0]:.1f}; bench wall {time.perf_counter() - t_start:.0f} s\n")
     print(text)
     out = outputs_root() / "bench"

@@ -384,14 +384,22 @@ def default_temperature(net) -> float:
     return 1.0 if net.cfg.ar else 0.0
 
 
-def unseen(grids: np.ndarray, seen: set[bytes]) -> np.ndarray:
-    """(N,) bool: the grids neither in `seen` nor earlier in `grids`; their bytes join `seen`. What keeps the
-    windows one job delivers distinct (a rare mix of asked features draws repeats)."""
-    fresh = np.zeros(len(grids), bool)
-    for i, g in enumerate(grids):
-        fresh[i] = g.tobytes() not in seen
-        seen.add(g.tobytes())
-    return fresh
+def delivery(game: str, batch: np.ndarray, train_units: np.ndarray, cond: np.ndarray | None,
+             seen: set[bytes]) -> dict[str, np.ndarray]:
+    """What `sample` asks of each drawn window, (N,) bool each: "playable", "pipes" (well formed; Mario),
+    "asked" (the buckets of --cond), "new" (not a training window) and "distinct" (not delivered before in this
+    job: the bytes of every kept window join `seen`; a rare mix of asked features draws repeats); "keep" is all
+    of them. The one rule for `sample` and the bench's delivered rows."""
+    d = {"playable": check_units(game, batch),
+         "pipes": mario_pipes_ok(batch) if game == "mario" else np.ones(len(batch), bool),
+         "asked": cond_ok(batch, cond), "new": ~copies(batch, train_units), "distinct": np.ones(len(batch), bool)}
+    keep = d["playable"] & d["pipes"] & d["asked"] & d["new"]
+    for i in np.flatnonzero(keep):
+        key = batch[i].tobytes()
+        d["distinct"][i] = key not in seen
+        seen.add(key)
+    d["keep"] = keep & d["distinct"]
+    return d
 
 
 def sample_windows(net, n: int, gen, cond: np.ndarray | None = None, temperature: float = 0.0,
@@ -578,29 +586,22 @@ def sample_levels(out_dir: str, model: str | None = None, n: int = 50, length: i
         while len(grids) < n and drawn < max_tries * n:
             m = max(n - len(grids), 64) if not raw else n
             batch = sample_windows(net, m, gen, fill_cond(c, m, known, gen), temperature, spread)
-            ok = check_units(game, batch)
-            pipes = mario_pipes_ok(batch) if game == "mario" else np.ones(len(batch), bool)   # well-formed pipes
-            asked = cond_ok(batch, c)                         # delivered windows have what was asked for
-            new = ~copies(batch, train_units)
+            d = delivery(game, batch, train_units, c, seen)
+            ok, pipes = d["playable"], d["pipes"]
             drawn += len(batch)
             raw_ok.append(ok)
             pipes_ok.append(pipes)
-            off_cond += int((ok & pipes & ~asked).sum())
-            copied += int((ok & pipes & asked & ~new).sum())
-            if raw:
-                grids += list(batch)
-                continue
-            good = batch[ok & pipes & asked & new]
-            fresh = unseen(good, seen)                          # delivered windows differ from one another too
-            repeats += int((~fresh).sum())
-            grids += list(good[fresh])
+            off_cond += int((ok & pipes & ~d["asked"]).sum())
+            copied += int((ok & pipes & d["asked"] & ~d["new"]).sum())
+            repeats += int((~d["distinct"]).sum())
+            grids += list(batch if raw else batch[d["keep"]])
         grids = grids[:n]
         raw_ok, pipes_ok = np.concatenate(raw_ok), np.concatenate(pipes_ok)
         ok = check_units(game, np.stack(grids)) if grids else np.zeros(0, bool)
         report.update(raw_playability=_rate(raw_ok), delivered=_rate(ok),
                       rejected={"unplayable": int((~raw_ok).sum()), "broken_pipes": int((raw_ok & ~pipes_ok).sum()),
                                 **({"not_as_asked": off_cond} if c is not None else {}),
-                                "copies_of_training_windows": 0 if raw else copied, "repeats": repeats},
+                                "copies_of_training_windows": 0 if raw else copied, "repeats": 0 if raw else repeats},
                       originals_rate=f"{originals['units_playable']} / {originals['units']} training units")
         if game == "mario":
             report["raw_pipes_ok"] = round(float(pipes_ok.mean()), 4)

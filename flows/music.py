@@ -467,18 +467,17 @@ def generate_rolls(model, enc: Encoding, window_bars: int, n: int, bars: int, se
         else:                                                              # a random key per clip
             keys = torch.stack([torch.randint(12, (n,), generator=gen), torch.randint(2, (n,), generator=gen)], 1)
     rolls = draw(keys, z)
-    if keyed and target is None:
-        return rolls
-    if keyed:                                                              # in the key asked, or drawn again
-        for _ in range(key_rounds):
-            off = np.flatnonzero((mm.estimate_keys(np.stack(rolls), enc.lo) != target).any(1))
-            if not len(off):
-                break
-            for i, roll in zip(off, draw(keys[: len(off)], walks(len(off)))):
-                rolls[i] = roll
-    if target is None and p is None:
+    if target is None and (keyed or p is None):
         return rolls
     est = mm.estimate_keys(np.stack(rolls), enc.lo)                        # (n, 2) [tonic, mode] as generated
+    for _ in range(key_rounds if keyed else 0):                            # in the key asked, or drawn again
+        off = np.flatnonzero((est != target).any(1))
+        if not len(off):
+            break
+        again = draw(keys[: len(off)], walks(len(off)))
+        for i, roll in zip(off, again):
+            rolls[i] = roll
+        est[off] = mm.estimate_keys(np.stack(again), enc.lo)
     if target is None:                                                     # a corpus tonic for each clip's own mode
         tonics = [int(torch.multinomial(p[mode], 1, generator=gen)) for mode in est[:, 1]]
     else:
