@@ -33,7 +33,9 @@ from formats.images import encode_image, find_images, read_image  # noqa: E402
 from models.checkpoints import write_bytes_atomic  # noqa: E402
 
 BSD68 = ROOT.parent / "shared" / "data" / "denoise" / "bsd68"
-DIRECT = "from flows.denoise import denoise_folder; import sys; denoise_folder(sys.argv[1], sys.argv[2], progress=False)"
+# ends as the CLI does (gc.freeze, see flows.cli.main), so that the difference is Prefect's alone
+DIRECT = ("from flows.denoise import denoise_folder; import gc, sys; "
+          "denoise_folder(sys.argv[1], sys.argv[2], progress=False); gc.freeze()")
 
 
 def prepare(work: Path, limit: int) -> Path:

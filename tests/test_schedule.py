@@ -90,6 +90,25 @@ def test_schedule_run_by_a_worker_is_incremental(server, tmp_path):
             pass
 
 
+@pytest.mark.prefect
+def test_a_command_uses_the_running_server_and_ends_without_prefect_chatter(server, tmp_path):
+    import urllib.request
+
+    src, dst = noisy_folder(tmp_path / "in", 2), tmp_path / "out"
+    r = subprocess.run(AEFLOW + ["denoise", "run", str(src), str(dst)], env=server, cwd=REPO, capture_output=True,
+                       text=True, timeout=180)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "temporary local API" not in r.stderr                     # no Prefect of its own
+    assert "Still processing items" not in r.stderr, r.stderr         # Prefect's exit warning is filtered
+    assert json.loads((dst / ".aeflow" / "report.json").read_text())["counts"]["processed"] == 2
+    api = json.loads((Path(server["AEFLOW_OUTPUTS"]) / "server" / "server.json").read_text())["api_url"]
+    query = urllib.request.Request(f"{api}/flow_runs/filter", data=b"{}", method="POST",
+                                   headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(query, timeout=10) as resp:
+        runs = json.load(resp)
+    assert any(run["parameters"].get("out_dir") == str(dst) for run in runs)      # the run is on that server
+
+
 HOLDER = textwrap.dedent("""
     import sys, time
     from flows.denoise import job_lock
