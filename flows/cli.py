@@ -21,6 +21,10 @@ app.add_typer(server_app, name="server")
 out = Console()
 
 
+# a mistake in what the user asked for: one line and exit 2 (raised by the checks and by the flows)
+USER_ERRORS = (FileNotFoundError, FileExistsError, NotADirectoryError, PermissionError, ValueError)
+
+
 def main() -> None:
     """Errors about the user's input (a missing folder, an unknown model, a bad file) print one line and
     exit 2; AEFLOW_DEBUG=1 shows the traceback instead."""
@@ -30,7 +34,7 @@ def main() -> None:
 
     try:
         app()
-    except (FileNotFoundError, NotADirectoryError, PermissionError, ValueError) as e:
+    except USER_ERRORS as e:
         if os.environ.get("AEFLOW_DEBUG"):
             raise
         Console(stderr=True).print(f"[bold red]error:[/] {e}", highlight=False)
@@ -41,7 +45,13 @@ def main() -> None:
         gc.freeze()
 
 
-def _not_still_processing(record) -> bool:
+def _console_filter(record) -> bool:
+    """What Prefect's console handler leaves out in a command: the run's own failure reports (the command
+    reports them itself: one line for a user's mistake, else the traceback; the server keeps Prefect's), and
+    the event and log workers' exit-time "Still processing items: 3 items remaining...", which reads like a
+    fault after every command. Other warnings (items dropped, retries) stay."""
+    if record.name.startswith(("prefect.flow_runs", "prefect.task_runs")) and record.levelno >= 40:
+        return False
     return not record.getMessage().startswith("Still processing items")
 
 
@@ -51,17 +61,38 @@ def _run_flow(flow_fn, **kwargs):
     import logging
     import os
 
+    from prefect.logging.handlers import PrefectConsoleHandler
     from prefect.settings import temporary_settings
 
     if not os.environ.get("PREFECT_API_URL"):
         Console(stderr=True).print("[dim]Prefect: starting a temporary local API (10-30 s; "
                                    "`aeflow server start` keeps one running for every command)[/]")
-    # At exit Prefect's event and log workers warn "Still processing items: 3 items remaining..." while they
-    # send their last few, which reads like a fault after every command. Their other warnings (items dropped) stay.
-    for name in ("EventsWorker", "APILogWorker"):
-        logging.getLogger(name).addFilter(_not_still_processing)      # the same filter is added once
+    for handler in logging.getLogger().handlers:           # set up when the flows were defined
+        if isinstance(handler, PrefectConsoleHandler):
+            handler.addFilter(_console_filter)             # the same filter is added once
     with temporary_settings(updates={"flows.heartbeat_frequency": None}):
         return flow_fn(**kwargs)
+
+
+def _device(value: str) -> str:
+    """auto, cpu, cuda or cuda:N, checked before any work: a missing GPU would otherwise fail every image."""
+    import re
+
+    if value in ("auto", "cpu"):
+        return value
+    if not re.fullmatch(r"cuda(:\d+)?", value):
+        raise typer.BadParameter(f"{value!r}: auto, cpu, cuda or cuda:N")
+    import torch
+
+    if not torch.cuda.is_available():
+        raise typer.BadParameter(f"{value}: no CUDA GPU is visible here; use auto or cpu")
+    return value
+
+
+def _out_folder(path: Path) -> None:
+    """An output path that is a file is refused before any work (it would fail after the model ran)."""
+    if path.exists() and not path.is_dir():
+        raise NotADirectoryError(f"{path}: output path exists and is not a folder")
 
 
 def _parse_sigma(text: str) -> float | list[float]:
@@ -83,18 +114,18 @@ def denoise_train(
     data: Optional[Path] = typer.Option(None, "--data", help="Folder of clean images (recursive). Default: scikit-image's bundled photos."),
     model: str = typer.Option("skip_dae", "--model", help="Model kind: skip_dae (U-Net style, strong) or conv_ae (textbook bottleneck baseline)."),
     sigma: str = typer.Option("0-55", "--sigma", help="Noise level on the 0-255 scale: a number (25) for a sigma-specific model, or lo-hi (0-55) for a blind one."),
-    minutes: Optional[float] = typer.Option(None, "--minutes", help="Wall-clock training budget (default 10 when no --steps/--epochs)."),
-    steps: Optional[int] = typer.Option(None, "--steps", help="Optimiser steps instead of a time budget."),
-    epochs: Optional[int] = typer.Option(None, "--epochs", help="Epochs of --epoch-steps steps instead of a time budget."),
-    epoch_steps: int = typer.Option(200, "--epoch-steps", help="Steps between validations/checkpoints."),
-    batch_size: int = typer.Option(32, "--batch-size"),
+    minutes: Optional[float] = typer.Option(None, "--minutes", min=0, help="Wall-clock training budget (default 10 when no --steps/--epochs)."),
+    steps: Optional[int] = typer.Option(None, "--steps", min=1, help="Optimiser steps instead of a time budget."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", min=1, help="Epochs of --epoch-steps steps instead of a time budget."),
+    epoch_steps: int = typer.Option(200, "--epoch-steps", min=1, help="Steps between validations/checkpoints."),
+    batch_size: int = typer.Option(32, "--batch-size", min=1),
     patch: int = typer.Option(64, "--patch", help="Training crop size in pixels."),
     lr: float = typer.Option(2e-3, "--lr", help="Peak learning rate (AdamW, warm-up then cosine decay)."),
     widths: Optional[str] = typer.Option(None, "--widths", help="Features per level, e.g. 32,64,128."),
     blocks: Optional[str] = typer.Option(None, "--blocks", help="skip_dae residual blocks per level, e.g. 1,1,2."),
     channels: Optional[int] = typer.Option(None, "--channels", help="1 (gray) or 3 (colour); default: 3 if any training image has colour."),
     seed: int = typer.Option(0, "--seed"),
-    device: str = typer.Option("auto", "--device", help="auto (CUDA with bf16 when present, else all CPU cores), cpu or cuda."),
+    device: str = typer.Option("auto", "--device", callback=_device, help="auto (CUDA with bf16 when present, else all CPU cores), cpu or cuda."),
     init: Optional[str] = typer.Option(None, "--init", help="Fine-tune: start from this model (shipped name or folder); its architecture is kept."),
     refresh: bool = typer.Option(False, "--refresh", help="Rebuild cached stages instead of reusing them."),
 ):
@@ -143,15 +174,16 @@ def denoise_run(
     in_dir: Path = typer.Argument(..., help="Folder of images to denoise (recursive; never modified)."),
     out_dir: Path = typer.Argument(..., help="Where the denoised tree goes (must not be inside IN_DIR)."),
     model: str = typer.Option("auto", "--model", help="auto (shipped models), a shipped or trained model name, or a model folder."),
-    sigma: Optional[float] = typer.Option(None, "--sigma", help="Noise level of the inputs if known (0-255): picks a sigma-specific model when one exists."),
+    sigma: Optional[float] = typer.Option(None, "--sigma", min=0, max=255, help="Noise level of the inputs if known (0-255): picks a sigma-specific model when one exists."),
     reference: Optional[Path] = typer.Option(None, "--reference", help="Folder of clean originals (same relative paths) to score PSNR/SSIM."),
-    device: str = typer.Option("auto", "--device"),
+    device: str = typer.Option("auto", "--device", callback=_device),
     ensemble: bool = typer.Option(False, "--ensemble", help="Average over the 8 flips/rotations: 8x slower, about 0.1 dB better."),
-    batches: int = typer.Option(1, "--batches", help="Split the work into N batches run concurrently (fan-out)."),
+    batches: int = typer.Option(1, "--batches", min=1, help="Split the work into N batches run concurrently (fan-out)."),
     task_runner: str = typer.Option("threads", "--task-runner", help="threads: the batches share this machine's cores; dask: they run on a Dask cluster (the `dask` extra)."),
     dask_address: Optional[str] = typer.Option(None, "--dask-address", help="Scheduler of the Dask cluster (tcp://host:8786); default: a temporary local cluster."),
 ):
-    """Denoise every image in a folder (incremental: unchanged images already done are skipped)."""
+    """Denoise every image in a folder (incremental: unchanged images already done are skipped). A file that
+    cannot be read is reported and the rest are done; the exit status is then 1."""
     import torch
 
     from flows.denoise import Models, check_folders
@@ -167,6 +199,8 @@ def denoise_run(
                        reference=str(reference) if reference else None, device=device, ensemble=ensemble,
                        batches=batches, task_runner=task_runner, dask_address=dask_address)
     print_report(report)
+    if report["counts"]["failed"]:
+        raise typer.Exit(1)
 
 
 def _check_task_runner(task_runner: str, dask_address: str | None) -> None:
@@ -194,6 +228,13 @@ def print_report(report: dict) -> None:
         out.print(f"  [red]failed[/] {f['file']}: {f['reason']}")
     if len(report["failed"]) > 10:
         out.print(f"  ... and {len(report['failed']) - 10} more (see report.json)")
+    if report.get("reference"):
+        images = report["images"]
+        unscored = [r for r in images if "reference" in r]
+        scored = len(images) - len(unscored)
+        out.print(f"  scored against {report['reference']}: {scored} of {len(images)} images"
+                  + (f" ({len(unscored)} not: " + "; ".join(f"{r['file']}: {r['reference']}" for r in unscored[:3])
+                     + (", ..." if len(unscored) > 3 else "") + ")" if unscored else ""))
     if "mean" in report:
         m = report["mean"]
         out.print(f"  mean PSNR {_db(m['input_psnr'])} (input) -> {_db(m['psnr'])} (denoised), SSIM {m['ssim']:.3f}")
@@ -218,7 +259,7 @@ def list_models():
 
 
 @app.command("demo")
-def demo(sigma: float = typer.Option(25.0, "--sigma", help="Noise added to the demo photos (0-255 scale).")):
+def demo(sigma: float = typer.Option(25.0, "--sigma", min=0, max=255, help="Noise added to the demo photos (0-255 scale).")):
     """Add noise to a few of scikit-image's photos, denoise them with the shipped models, show the gain."""
     from flows.pipelines import demo_flow
 
@@ -277,9 +318,9 @@ def schedule_denoise(
     cron: str = typer.Option(..., "--cron", help='When, in cron syntax: "0 2 * * *" is every night at 02:00.'),
     timezone: str = typer.Option("UTC", "--timezone", help="Time zone of the cron times, e.g. Europe/Paris."),
     model: str = typer.Option("auto", "--model"),
-    sigma: Optional[float] = typer.Option(None, "--sigma"),
+    sigma: Optional[float] = typer.Option(None, "--sigma", min=0, max=255),
     reference: Optional[Path] = typer.Option(None, "--reference"),
-    batches: int = typer.Option(1, "--batches", help="Batches run concurrently per run (fan-out)."),
+    batches: int = typer.Option(1, "--batches", min=1, help="Batches run concurrently per run (fan-out)."),
     task_runner: str = typer.Option("threads", "--task-runner", help="threads (this machine's cores) or dask (a Dask cluster; the `dask` extra on the workers)."),
     dask_address: Optional[str] = typer.Option(None, "--dask-address", help="Dask scheduler (tcp://host:8786); default: a temporary local cluster per run."),
     name: Optional[str] = typer.Option(None, "--name", help="Deployment name (default: from the folders)."),
@@ -343,6 +384,8 @@ def _program(value: str | None) -> int | None:
     from formats.music import parse_program
 
     try:
+        if value is not None and value.strip().startswith("-"):
+            raise ValueError(f"program {value}: General MIDI programs are 0-127")
         return None if value is None else parse_program(value)
     except ValueError as e:
         raise typer.BadParameter(str(e)) from None
@@ -363,20 +406,20 @@ def _print_clips(report: dict, what: str) -> None:
 def music_train(
     corpus: str = typer.Option("essen", "--corpus", help="bach (371 chorales), essen (Essen folk songs), oneills, ryans, airds, folk (music21's corpus, parsed once and cached); nottingham (Nottingham.mat in data/nottingham/, or its path); or a folder of MIDI files."),
     mode: str = typer.Option("melody", "--mode", help="melody (one voice; the soprano of a chorale) or chorale (four voices, S A T B)."),
-    bars: int = typer.Option(2, "--bars", help="Window length in 4/4 bars of 16 steps (2, 4, 8 ...)."),
+    bars: int = typer.Option(2, "--bars", min=1, help="Window length in 4/4 bars of 16 steps (2, 4, 8 ...)."),
     condition: str = typer.Option("none", "--condition", help="none (vae), or a conditional VAE on key (tonic + mode), mode (major/minor) or meter."),
     limit: Optional[int] = typer.Option(None, "--limit", help="Use only this many pieces, evenly spread over the corpus (quick trials)."),
-    minutes: Optional[float] = typer.Option(None, "--minutes", help="Wall-clock training budget (default 5 when no --steps)."),
-    steps: Optional[int] = typer.Option(None, "--steps", help="Optimiser steps instead of a time budget."),
-    epoch_steps: int = typer.Option(200, "--epoch-steps", help="Steps between validations/checkpoints."),
-    batch_size: int = typer.Option(64, "--batch-size"),
+    minutes: Optional[float] = typer.Option(None, "--minutes", min=0, help="Wall-clock training budget (default 5 when no --steps)."),
+    steps: Optional[int] = typer.Option(None, "--steps", min=1, help="Optimiser steps instead of a time budget."),
+    epoch_steps: int = typer.Option(200, "--epoch-steps", min=1, help="Steps between validations/checkpoints."),
+    batch_size: int = typer.Option(64, "--batch-size", min=1),
     lr: float = typer.Option(2e-3, "--lr"),
     widths: Optional[str] = typer.Option(None, "--widths", help="Conv channels per level, e.g. 64,128,256 (each level halves time)."),
-    latent: int = typer.Option(32, "--latent", help="Latent dimensions."),
-    beta: float = typer.Option(1.0, "--beta", help="KL weight (beta-VAE); below 1 reconstructs better, samples worse."),
+    latent: int = typer.Option(32, "--latent", min=1, help="Latent dimensions."),
+    beta: float = typer.Option(1.0, "--beta", min=0, help="KL weight (beta-VAE); below 1 reconstructs better, samples worse."),
     ar: int = typer.Option(0, "--ar", help="The decoder also sees this many steps before each step (e.g. 6): more short notes kept together and a better ELBO, but z holds less (reconstructions and morphs weaker) and sampling goes step by step, 3-5x slower. 0: none."),
     seed: int = typer.Option(0, "--seed"),
-    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    device: str = typer.Option("auto", "--device", callback=_device, help="auto, cpu or cuda."),
     refresh: bool = typer.Option(False, "--refresh", help="Re-ingest and retrain instead of reusing cached stages."),
 ):
     """Train a music VAE (cached: an unchanged second run trains nothing; a killed run resumes)."""
@@ -413,21 +456,26 @@ def music_train(
 @music_app.command("sample")
 def music_sample(
     out_dir: Path = typer.Argument(..., help="Where the clips go (clip-000.mid, clip-000.png, ..., report.json)."),
-    n: int = typer.Option(20, "--n", help="Number of clips."),
-    bars: int = typer.Option(8, "--bars", help="Clip length in 4/4 bars; longer than the model's window = a smooth latent walk, window by window."),
-    tempo: float = typer.Option(100.0, "--tempo", help="Beats per minute written into the MIDI files."),
+    n: int = typer.Option(20, "--n", min=1, help="Number of clips."),
+    bars: int = typer.Option(8, "--bars", min=1, help="Clip length in 4/4 bars; longer than the model's window = a smooth latent walk, window by window."),
+    tempo: float = typer.Option(100.0, "--tempo", min=4, max=1000, help="Beats per minute written into the MIDI files."),
     program: Optional[str] = typer.Option(None, "--program", callback=_program, help="Instrument: a General MIDI name (flute, piano, violin, choir, 'church organ') or program number, 0-based (73 flute); default: the model's (flute for melodies, choir for chorales)."),
     key: Optional[str] = typer.Option(None, "--key", help="Key, e.g. D, F#m, Bb: a key-conditioned model is asked for it (a clip that comes out in another key is drawn again), else clips are transposed to it. Default: keys as often as the training corpus uses them."),
     seed: int = typer.Option(0, "--seed"),
     model: str = typer.Option("auto", "--model", help="auto (the shipped 2-bar melody model; with --key its key-conditioned twin), a model folder, or a trained model's name prefix."),
-    walk: float = typer.Option(0.35, "--walk", help="Latent step between windows in radians: 0 repeats the window, 1.57 draws each afresh."),
-    temperature: float = typer.Option(1.0, "--temperature", help="Each step's token is drawn from softmax(logits / T): 1 samples the model as trained; below 1 smoother, longer notes; 0 takes the most likely."),
+    walk: float = typer.Option(0.35, "--walk", min=0, max=3.1416, help="Latent step between windows in radians: 0 repeats the window, 1.57 draws each afresh."),
+    temperature: float = typer.Option(1.0, "--temperature", min=0, help="Each step's token is drawn from softmax(logits / T): 1 samples the model as trained; below 1 smoother, longer notes; 0 takes the most likely."),
     wav: bool = typer.Option(False, "--wav", help="Also render WAV with fluidsynth (needs fluidsynth and fluid-soundfont-gm)."),
 ):
     """Generate new MIDI clips (with piano-roll PNGs) from a music model."""
+    from flows.music import load_music_model, parse_key, resolve_music_model
     from flows.pipelines import music_sample_flow
 
     _music_wav_check(wav)
+    _out_folder(out_dir)
+    if key:
+        parse_key(key)                                    # mistakes before Prefect starts
+    load_music_model(resolve_music_model(model, key))
     report = _run_flow(music_sample_flow, out_dir=str(out_dir), model=model, n=n, bars=bars, tempo=tempo,
                        program=program, key=key, seed=seed, wav=wav, angle=walk,
                        temperature=temperature)
@@ -439,8 +487,8 @@ def music_interpolate(
     a: Path = typer.Argument(..., help="MIDI file to start from (its first window is used)."),
     b: Path = typer.Argument(..., help="MIDI file to end at."),
     out_dir: Path = typer.Argument(..., help="Where step-00.mid ... and morph.mid (all steps in a row) go."),
-    steps: int = typer.Option(8, "--steps", help="Points on the path, A and B included."),
-    tempo: float = typer.Option(100.0, "--tempo"),
+    steps: int = typer.Option(8, "--steps", min=2, help="Points on the path, A and B included."),
+    tempo: float = typer.Option(100.0, "--tempo", min=4, max=1000),
     program: Optional[str] = typer.Option(None, "--program", callback=_program, help="Instrument: a General MIDI name or number, as for `music sample`."),
     model: str = typer.Option("auto", "--model", help="auto, a model folder, or a trained model's name prefix."),
     wav: bool = typer.Option(False, "--wav", help="Also render WAV (fluidsynth)."),
@@ -451,6 +499,7 @@ def music_interpolate(
     from formats.music import BadMidi, read_midi
 
     _music_wav_check(wav)
+    _out_folder(out_dir)
     for path, hint in ((a, "A"), (b, "B")):
         try:
             read_midi(path)                       # a clear error before Prefect starts
@@ -471,13 +520,17 @@ def music_stats(
     as_json: bool = typer.Option(False, "--json", help="Print the full report as JSON."),
 ):
     """Metrics of MIDI files: empty bars, pitch classes per bar, qualified notes, in-scale rate, range, intervals, key
-    (and soprano-bass tonal distance for chorales). Bad files are listed with a reason."""
+    (and soprano-bass tonal distance for chorales). Bad files are listed with a reason (exit status 1)."""
     from flows.pipelines import music_stats_flow
 
+    if mode not in ("melody", "chorale"):
+        raise typer.BadParameter(f"{mode!r}: melody or chorale", param_hint="--mode")
+    if not target.exists():
+        raise FileNotFoundError(f"{target}: no such file or folder")
     report = _run_flow(music_stats_flow, target=str(target), mode=mode)
     if as_json:
         print(json.dumps(report, indent=2))
-        return
+        raise typer.Exit(1 if report["counts"]["failed"] else 0)
     cols = ["notes", "empty_bars", "upc", "qualified", "in_scale", "pitch_range", "interval", "key"]
     heads = ["notes", "empty bars", "pcs/bar", ">= 8th", "in scale", "range", "interval", "key"]
     if mode == "chorale":
@@ -494,6 +547,8 @@ def music_stats(
     out.print(f"{c['read']} read, [{'red' if c['failed'] else 'green'}]{c['failed']} failed[/] of {c['files']} files")
     for f in report["failed"][:10]:
         out.print(f"  [red]failed[/] {f['file']}: {f['reason']}")
+    if c["failed"]:
+        raise typer.Exit(1)
 
 
 levels_app = typer.Typer(help="Game levels: train a VAE on tile grids, sample playable levels, interpolate, check.",
@@ -508,16 +563,16 @@ def levels_train(
     game: str = typer.Option("mario", "--game", help=f"Game: {GAMES_HELP}; or a VGLC legend .json for any other game (whole levels, or --width windows; no playability checker)."),
     data: Optional[Path] = typer.Option(None, "--data", help="VGLC game folder (its processed/ subfolder is used when present). Default for mario: the levels in the mario-gpt package."),
     model: str = typer.Option("vae", "--model", help="vae, or cvae (Mario: conditioned on enemies/pipes/gaps buckets; mario+kid_icarus: on the game, for --blend)."),
-    beta: float = typer.Option(0.5, "--beta", help="Weight of the KL term (1 = plain VAE; smaller: sharper, less regular latent space)."),
-    latent: int = typer.Option(32, "--latent", help="Latent dimensions."),
+    beta: float = typer.Option(0.5, "--beta", min=0, help="Weight of the KL term (1 = plain VAE; smaller: sharper, less regular latent space)."),
+    latent: int = typer.Option(32, "--latent", min=1, help="Latent dimensions."),
     widths: Optional[str] = typer.Option(None, "--widths", help="Conv features per level, e.g. 16,32,64 (the default; 64,128,256 with --units columns)."),
     units: str = typer.Option("cells", "--units", help="cells: a softmax over tiles per cell; columns: over the whole columns of the training windows, each drawn after the ones before it (pipes, stairs and blocks come out whole; tile-pattern KL 10x lower on Mario)."),
     ar: Optional[int] = typer.Option(None, "--ar", help="Columns before each column that the decoder sees (default: 3 with --units columns, else 0; cells need 0)."),
     width: Optional[int] = typer.Option(None, "--width", help="Window width in columns (Mario: 28 default, 16 usual too; Kid Icarus: window height)."),
-    steps: int = typer.Option(6000, "--steps", help="Optimiser steps (the shipped mario-vae: 6000, 9 minutes on 2 CPU cores)."),
-    batch_size: int = typer.Option(64, "--batch-size"),
+    steps: int = typer.Option(6000, "--steps", min=1, help="Optimiser steps (the shipped mario-vae: 6000, 9 minutes on 2 CPU cores)."),
+    batch_size: int = typer.Option(64, "--batch-size", min=1),
     seed: int = typer.Option(0, "--seed"),
-    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    device: str = typer.Option("auto", "--device", callback=_device, help="auto, cpu or cuda."),
     refresh: bool = typer.Option(False, "--refresh", help="Rebuild the cached ingest and training stages."),
 ):
     """Ingest a game's levels (cut into training units) and train a VAE on them; both stages are cached."""
@@ -550,19 +605,22 @@ def levels_train(
 @levels_app.command("sample")
 def levels_sample(
     out_dir: Path = typer.Argument(..., help="Folder for the levels (NAME.txt + NAME.png), contact_sheet.png and report.json."),
-    n: int = typer.Option(50, "--n", help="How many levels."),
-    length: Optional[int] = typer.Option(None, "--length", help="Mario: full-length levels of this many columns (a latent walk decoded window by window, seams checked). Default: one window."),
+    n: int = typer.Option(50, "--n", min=1, help="How many levels."),
+    length: Optional[int] = typer.Option(None, "--length", min=1, help="Mario: full-length levels of this many columns (a latent walk decoded window by window, seams checked). Default: one window."),
     seed: int = typer.Option(0, "--seed", help="Seed of the torch.Generator that draws every latent."),
     cond: Optional[str] = typer.Option(None, "--cond", help="Mario windows with these features: e.g. enemies=many,pipes=some,gaps=none (none/few/some/many); a cvae draws them (auto: the shipped mario-cvae)."),
     raw: bool = typer.Option(False, "--raw", help="Keep the raw decoder output, playable or not (default: playable only, resampled)."),
-    temperature: Optional[float] = typer.Option(None, "--temperature", help="0: the most likely tile (or column) per step; 0.5-1: drawn from the decoder (richer; a cell model's tiles get noisier). Default: 1 for a model with an ar head (the shipped column models), else 0."),
+    temperature: Optional[float] = typer.Option(None, "--temperature", min=0, help="0: the most likely tile (or column) per step; 0.5-1: drawn from the decoder (richer; a cell model's tiles get noisier). Default: 1 for a model with an ar head (the shipped column models), else 0."),
     model: str = typer.Option("auto", "--model", help="auto (the shipped mario-columns: whole columns, so pipes and blocks come out whole; with --cond the shipped mario-cvae), mario-vae (shipped: a tile per cell), a model folder, or a shipped or trained model's name or unique prefix."),
     blend: Optional[float] = typer.Option(None, "--blend", help="Game-blend cvae (--game mario+kid_icarus) only: weight of Kid Icarus in [0, 1]; 0 = pure Mario, 1 = pure Kid Icarus."),
-    spread: float = typer.Option(1.0, "--spread", help="Latent spread in (0, 1]: 1 samples the whole prior; lower keeps to its centre, less varied and, for the cell model, more often playable (mario-vae windows at 0.6 with --temperature 1: 98.7 % raw playable, median of 5 seeds; the originals: 98.2 %)."),
+    spread: float = typer.Option(1.0, "--spread", min=0, max=1, help="Latent spread in (0, 1]: 1 samples the whole prior; lower keeps to its centre, less varied and, for the cell model, more often playable (mario-vae windows at 0.6 with --temperature 1: 98.7 % raw playable, median of 5 seeds; the originals: 98.2 %)."),
 ):
     """Sample new levels; by default only playable ones (how many were rejected is reported)."""
+    from flows.levels import check_sample
     from flows.pipelines import levels_sample_flow
 
+    _out_folder(out_dir)
+    check_sample(None if model == "auto" else model, cond, spread, length, blend)     # mistakes before Prefect starts
     r = _run_flow(levels_sample_flow, out_dir=str(out_dir), model=None if model == "auto" else model, n=n,
                   length=length, seed=seed, cond=cond, raw=raw, temperature=temperature, blend=blend, spread=spread)
     raw_p, d = r["raw_playability"], r["delivered"]
@@ -588,12 +646,13 @@ def levels_interpolate(
     level_a: Path = typer.Argument(..., help="First level file (VGLC text)."),
     level_b: Path = typer.Argument(..., help="Second level file."),
     out_dir: Path = typer.Argument(..., help="Folder for step-NNN.txt/.png, contact_sheet.png, report.json."),
-    steps: int = typer.Option(8, "--steps", help="Points on the line between the two encodings, ends included."),
+    steps: int = typer.Option(8, "--steps", min=2, help="Points on the line between the two encodings, ends included."),
     model: str = typer.Option("auto", "--model", help="auto (the shipped mario-vae: its latent holds a window's tiles, so the ends come back), a model folder, or a trained model name."),
 ):
     """Blend two levels through the latent space (wide levels window by window)."""
     from flows.pipelines import levels_interpolate_flow
 
+    _out_folder(out_dir)
     r = _run_flow(levels_interpolate_flow, level_a=str(level_a), level_b=str(level_b), out_dir=str(out_dir),
                   steps=steps, model=None if model == "auto" else model)
     out.print(f"{r['steps']} steps x {r['windows']} window(s) -> {out_dir}; playable: "
@@ -607,13 +666,20 @@ def levels_check(
     mode: str = typer.Option("auto", "--mode", help="Mario: window (start in the first 3 columns), level (start near the top-left), or auto (window up to 32 columns)."),
     as_json: bool = typer.Option(False, "--json", help="Print the full report as JSON."),
 ):
-    """Playability report for any level files (ours or not), beside the checker's pass rate on the originals."""
+    """Playability report for any level files (ours or not), beside the checker's pass rate on the originals.
+    Files that cannot be read are listed with a reason (exit status 1); unplayable levels are a result, not an error."""
     from flows.pipelines import levels_check_flow
+    from formats.levels import get_legend
 
+    get_legend(game)                                      # an unknown game, before Prefect starts
+    if mode not in ("auto", "window", "level"):
+        raise typer.BadParameter(f"{mode!r}: auto, window or level", param_hint="--mode")
+    if not target.exists():
+        raise FileNotFoundError(f"{target}: no such file or folder")
     r = _run_flow(levels_check_flow, path=str(target), game=game, mode=mode)
     if as_json:
         print(json.dumps(r, indent=2))
-        return
+        raise typer.Exit(1 if r["bad"] else 0)
     table = Table("file", "shape", "playable")
     for lv in r["levels"][:50]:
         verdict = "[green]yes[/]" if lv["playable"] else "[red]no[/]"
@@ -630,6 +696,8 @@ def levels_check(
                   f"; originals under this checker: {r['originals']}")
     for f in r["bad"][:10]:
         out.print(f"  [red]bad[/] {f['reason']}")
+    if r["bad"]:
+        raise typer.Exit(1)
 
 
 if __name__ == "__main__":

@@ -67,8 +67,12 @@ def thumbnail(x: np.ndarray, size: int = 512) -> np.ndarray:
 def check_folders(in_dir: Path, out_dir: Path) -> None:
     """Refuse an output folder equal to, inside, or containing the input folder: outputs could
     overwrite inputs (mirrored relative paths) or be taken as inputs on the next run."""
+    if in_dir.is_file():
+        raise NotADirectoryError(f"{in_dir}: is a file; give the folder that holds the images")
     if not in_dir.is_dir():
         raise FileNotFoundError(f"{in_dir}: input folder not found")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise NotADirectoryError(f"{out_dir}: output path exists and is not a folder")
     if out_dir == in_dir or out_dir.is_relative_to(in_dir) or in_dir.is_relative_to(out_dir):
         raise ValueError(f"output folder {out_dir} must lie outside the input folder {in_dir} (and not contain it)")
 

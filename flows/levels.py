@@ -323,16 +323,51 @@ def resolve_level_model(model: str | None, default: str = SAMPLE_MODEL) -> Path:
     return resolve_model(model, channels=0)
 
 
-def _load(model: str | None, default: str = SAMPLE_MODEL):
+def _level_config(folder: Path) -> dict:
     from models.checkpoints import read_config
-    from models.registry import load_model
 
-    folder = resolve_level_model(model, default)
     cfg = read_config(folder)
     if cfg["model"]["kind"] not in ("vae", "cvae") or "game" not in cfg.get("data", {}):
         raise ValueError(f"{folder}: not a level model (kind {cfg['model']['kind']}); train one with "
                          "`aeflow levels train`")
+    return cfg
+
+
+def _load(model: str | None, default: str = SAMPLE_MODEL):
+    from models.registry import load_model
+
+    folder = resolve_level_model(model, default)
+    cfg = _level_config(folder)
     return load_model(folder), cfg, folder
+
+
+def check_sample(model: str | None = None, cond: str | None = None, spread: float = 1.0, length: int | None = None,
+                 blend: float | None = None) -> None:
+    """A sample request's mistakes, found from the model's config alone: the CLI calls this before Prefect
+    starts, sample_levels again (the same rules for callers from Python)."""
+    from flows.catalog import PRETRAINED
+
+    if not 0 < spread <= 1:
+        raise ValueError(f"--spread {spread}: the latent spread must be in (0, 1] (1 = the prior as trained)")
+    c = parse_cond(cond)
+    default = COND_MODEL if cond else SAMPLE_MODEL
+    if model in (None, "auto") and not (PRETRAINED / default / "config.json").is_file():
+        return                                    # trained on first use, inside the flow
+    folder = resolve_level_model(model, default)
+    cfg = _level_config(folder)
+    game, kind, cols = cfg["data"]["game"], cfg["model"]["kind"], cfg["model"]["shape"][1]
+    if blend is not None or game in BLENDS:
+        if cond or length is not None:
+            raise ValueError("a blend model takes --blend W only (no --cond, no --length)")
+        return
+    if (c is None) != (kind == "vae"):
+        raise ValueError(f"{folder.name} is a {kind}: "
+                         + ("--cond is required (e.g. enemies=many,pipes=some)" if c is None else
+                            f"--cond needs a cvae (the shipped {COND_MODEL}, or aeflow levels train --model cvae)"))
+    if length is not None and length != cols and game != "mario":
+        raise ValueError("--length (full-length levels from a latent walk) is for Mario; other games sample units")
+    if length is not None and length < cols:
+        raise ValueError(f"--length {length} is shorter than one window ({cols} columns)")
 
 
 def _training_units(cfg: dict) -> tuple[np.ndarray, dict]:
@@ -542,30 +577,19 @@ def sample_levels(out_dir: str, model: str | None = None, n: int = 50, length: i
     report.json holds raw and delivered playability beside the originals' rate, rejections, novelty,
     diversity and TPKL."""
     t0 = time.perf_counter()
-    if not 0 < spread <= 1:
-        raise ValueError(f"--spread {spread}: the latent spread must be in (0, 1] (1 = the prior as trained)")
+    check_sample(model, cond, spread, length, blend)
     net, cfg, folder = _load(model, COND_MODEL if cond else SAMPLE_MODEL)
     if temperature is None:
         temperature = default_temperature(net)
     game = cfg["data"]["game"]
     if blend is not None or game in BLENDS:
-        if cond or length is not None:
-            raise ValueError("a blend model takes --blend W only (no --cond, no --length)")
         return sample_blend(out_dir, net, cfg, folder, n, blend, seed, raw, temperature, max_tries, t0, spread)
     legend = get_legend(game)
     c = parse_cond(cond)
-    if (c is None) != (cfg["model"]["kind"] == "vae"):
-        raise ValueError(f"{folder.name} is a {cfg['model']['kind']}: "
-                         + ("--cond is required (e.g. enemies=many,pipes=some)" if c is None else
-                            f"--cond needs a cvae (the shipped {COND_MODEL}, or aeflow levels train --model cvae)"))
     gen = _generator(seed)
     train_units, originals = _training_units(cfg)
     rows, cols = net.cfg.shape
     full = length is not None and length != cols
-    if full and game != "mario":
-        raise ValueError("--length (full-length levels from a latent walk) is for Mario; other games sample units")
-    if full and length < cols:
-        raise ValueError(f"--length {length} is shorter than one window ({cols} columns)")
     report = {"model": str(folder), "game": game, "seed": seed, "n": n, "raw": raw, "cond": cond,
               "temperature": temperature, "spread": spread,
               "kind": "level" if full else "window", "shape": [rows, length if full else cols],

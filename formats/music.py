@@ -22,7 +22,7 @@ from pathlib import Path
 
 import mido
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 
 REST, HOLD, OFFSET = 0, 1, 2          # token ids; pitch p is token OFFSET + p - enc.lo
 STEPS_PER_BEAT = 4                    # 16th-note grid
@@ -278,13 +278,15 @@ def read_midi(path: Path) -> mido.MidiFile:
     if st.st_size > MAX_BYTES:
         raise BadMidi(path, f"{st.st_size:,} bytes is over the {MAX_BYTES:,}-byte cap for a MIDI clip")
     with open(path, "rb") as f:
-        head = f.read(4)
-    if head != b"MThd":                                       # text, a RIFF RMID wrapper, an image renamed .mid
-        raise BadMidi(path, f"not a MIDI file (starts with {head!r}, not b'MThd')")
+        data = f.read()
+    if data[:4] != b"MThd":                                   # text, a RIFF RMID wrapper, an image renamed .mid
+        raise BadMidi(path, f"not a MIDI file (starts with {data[:4]!r}, not b'MThd')")
+    if problem := _chunk_problem(data):
+        raise BadMidi(path, problem)
     try:
-        mid = mido.MidiFile(path, clip=False)
-    except EOFError:
-        raise BadMidi(path, "truncated (a chunk ends before its declared length)") from None
+        mid = mido.MidiFile(file=io.BytesIO(data), clip=False)
+    except EOFError:                                          # chunk lengths are checked: an event overruns its track
+        raise BadMidi(path, "truncated (an event runs past the end of the file)") from None
     except Exception as e:   # OSError, KeyError, IndexError, ValueError, KeySignatureError ... (mido raises them all)
         raise BadMidi(path, f"not a valid MIDI file ({type(e).__name__}: {e})") from None
     if mid.type not in (0, 1):
@@ -303,6 +305,30 @@ def read_midi(path: Path) -> mido.MidiFile:
     if not seconds <= MAX_SECONDS:
         raise BadMidi(path, f"absurd duration {seconds:.3g} s (delta times too large; cap {MAX_SECONDS:g} s)")
     return mid
+
+
+def _chunk_problem(data: bytes) -> str | None:
+    """Why the chunks of an SMF cannot hold the tracks its header declares, or None. Checked before mido, whose
+    errors mislead here: a track length past the end of the file reads on into the next chunk's header as events
+    ("running status without last_status"), and a missing track is an EOFError like any truncation."""
+    size = len(data)
+    if size < 14:
+        return f"truncated ({size} bytes; a MIDI header chunk alone is 14)"
+    if (head_len := int.from_bytes(data[4:8], "big")) < 6:
+        return f"header chunk length {head_len}, not 6"
+    declared = int.from_bytes(data[10:12], "big", signed=True)   # signed, as mido reads it; <= 0: no tracks
+    pos = 0
+    for i in range(1 + max(declared, 0)):                        # the header chunk, then each track chunk
+        if pos + 8 > size:
+            return (f"no tracks (the header declares {declared}, found 0)" if i == 1 else
+                    f"truncated (the header declares {declared} tracks, found {i - 1})")
+        n = int.from_bytes(data[pos + 4:pos + 8], "big")
+        if pos + 8 + n > size:
+            what = "header chunk" if i == 0 else f"track {i} chunk"
+            return (f"{what} at byte {pos:,} declares {n:,} bytes but the file is {size:,} bytes "
+                    "(truncated, or a corrupt chunk length)")
+        pos += 8 + n
+    return None
 
 
 def _merged(mid: mido.MidiFile):
@@ -390,28 +416,50 @@ def midi_to_roll(path: Path, enc: Encoding) -> MidiClip:
 # ---------------------------------------------------------------- piano-roll PNG
 
 VOICE_COLOURS = ((200, 40, 40), (40, 120, 200), (40, 160, 70), (150, 80, 190))
+NOTE_NAMES = ("C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B")
+# Pillow's built-in bitmap font: 6 px a character, an 11 px cell with capitals on rows 2-8, crisp at any px and
+# the same on every machine (load_default() is a FreeType font where FreeType is built in)
+LABEL_W = 28                          # pitch-label margin: "C#-1" is 24 px
+BAR_H = 12                            # bar-number strip above the roll
+
+
+def note_name(pitch: int) -> str:
+    """MIDI pitch -> scientific pitch name, 60 -> "C4", 61 -> "C#4"."""
+    return f"{NOTE_NAMES[pitch % 12]}{pitch // 12 - 1}"
 
 
 def roll_to_png(roll: np.ndarray, enc: Encoding, steps_per_bar: int = 16, px: int = 4) -> bytes:
     """A piano-roll picture: time to the right (`px` pixels per 16th), pitch up (pitch range of the clip
-    +- 2), bar lines, one colour per voice, each note's first step darker so repeated notes are visible."""
+    +- 2), bar lines, one colour per voice, each note's first step darker so repeated notes are visible; every C
+    labelled in a left margin (the lowest note where the range holds no C) and bars numbered along the top."""
     roll = np.asarray(roll)
     notes = roll_to_notes(roll, enc.lo)
     lo, hi = (int(notes[:, 3].min()) - 2, int(notes[:, 3].max()) + 2) if len(notes) else (enc.lo, enc.lo + 24)
     h, w = (hi - lo + 1) * px, roll.shape[1] * px
-    img = Image.new("RGB", (w + 1, h), (255, 255, 255))
-    draw = ImageDraw.Draw(img)
+    x0, y0 = LABEL_W, BAR_H                                    # top-left corner of the roll
+    # palette mode (ImageDraw adds each RGB colour to the palette): one byte a pixel encodes ~4x faster than RGB
+    img = Image.new("P", (x0 + w + 1, y0 + h), (255, 255, 255))
+    draw, font = ImageDraw.Draw(img), ImageFont.load_default_imagefont()
     for p in range(lo, hi + 1):                                # black-key rows shaded, like a piano roll
         if p % 12 in (1, 3, 6, 8, 10):
-            y = (hi - p) * px
-            draw.rectangle([0, y, w, y + px - 1], fill=(243, 243, 243))
-    for s in range(0, roll.shape[1] + 1, STEPS_PER_BEAT):
-        draw.line([(s * px, 0), (s * px, h)], fill=(150, 150, 150) if s % steps_per_bar == 0 else (225, 225, 225))
+            y = y0 + (hi - p) * px
+            draw.rectangle([x0, y, x0 + w, y + px - 1], fill=(243, 243, 243))
+    for s in range(0, roll.shape[1] + 1, STEPS_PER_BEAT):     # beat lines; bar lines darker and up into the strip
+        bar = s % steps_per_bar == 0
+        draw.line([(x0 + s * px, 0 if bar else y0), (x0 + s * px, y0 + h)], fill=(150,) * 3 if bar else (225,) * 3)
     for v, on, dur, p in notes:
         colour = VOICE_COLOURS[v % len(VOICE_COLOURS)]
-        y = (hi - p) * px
-        draw.rectangle([on * px, y, (on + dur) * px - 1, y + px - 1], fill=colour)
-        draw.rectangle([on * px, y, on * px + max(0, px // 2 - 1), y + px - 1], fill=tuple(c // 2 for c in colour))
+        x, y = x0 + on * px, y0 + (hi - p) * px
+        draw.rectangle([x, y, x + dur * px - 1, y + px - 1], fill=colour)
+        draw.rectangle([x, y, x + max(0, px // 2 - 1), y + px - 1], fill=tuple(c // 2 for c in colour))
+    for s in range(0, roll.shape[1], steps_per_bar):           # bar numbers just right of each bar line
+        draw.text((x0 + s * px + 2, 0), str(s // steps_per_bar + 1), font=font, fill=(60, 60, 60))
+    labelled = [p for p in range(lo, hi + 1) if p % 12 == 0] or [lo + 2 if len(notes) else lo]
+    for p in labelled:                                         # octave rows only: 12 * px apart, never overlapping
+        name = note_name(p)
+        y = y0 + (hi - p) * px + px // 2 - 5                   # capitals (rows 2-8 of the cell) centred on the row
+        draw.text((x0 - 2 - font.getlength(name), min(max(y, y0 - 2), img.height - 9)), name, font=font,
+                  fill=(60, 60, 60))
     buf = io.BytesIO()
     img.save(buf, format="PNG")
     return buf.getvalue()

@@ -51,6 +51,29 @@ def test_input_errors_are_one_line_not_a_traceback(tmp_path):
     assert not (tmp_path / "out").exists()          # nothing written for a job that cannot start
 
 
+@pytest.mark.parametrize("args, says", [
+    (["levels", "sample", "--cond", "enemies=lots", "OUT"], "LEVEL in none, few, some, many"),
+    (["levels", "sample", "--model", "skip-dae-gray", "OUT"], "not a level model"),
+    (["levels", "check", "--game", "nosuch", "."], "unknown game 'nosuch'"),
+    (["music", "sample", "--key", "H", "OUT"], "key 'H'"),
+    (["music", "sample", "--model", "mario-vae", "OUT"], "not a music model"),
+    (["music", "stats", "--mode", "foo", "."], "melody or chorale"),
+    (["music", "sample", "--program", "-1", "OUT"], "programs are 0-127"),
+    (["denoise", "run", "--device", "cuda:x", ".", "OUT"], "auto, cpu, cuda or cuda:N"),
+])
+def test_mistakes_are_refused_in_a_line_before_prefect_starts(tmp_path, args, says):
+    import subprocess
+    import sys
+
+    args = [str(tmp_path / "out") if a == "OUT" else a for a in args]
+    r = subprocess.run([sys.executable, "-m", "flows.cli", *args], capture_output=True, text=True, timeout=120,
+                       env={**__import__("os").environ, "COLUMNS": "200"})
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert says in r.stdout + r.stderr
+    assert "Traceback" not in r.stderr and "temporary local API" not in r.stderr     # no flow was started
+    assert not (tmp_path / "out").exists()
+
+
 def test_model_names_resolve_exactly_or_by_a_unique_prefix():
     from flows.catalog import PRETRAINED, resolve_model
 

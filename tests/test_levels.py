@@ -219,6 +219,12 @@ def test_levels_flows_end_to_end(tmp_path):
     (out / "broken.txt").write_text("--Z\n")
     checked = levels_check_flow(path=str(out), game="mario")
     assert checked["checked"] == 3 and len(checked["bad"]) == 1 and "broken.txt:1:3" in checked["bad"][0]["reason"]
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+    result = CliRunner().invoke(app, ["levels", "check", str(out)], terminal_width=200)
+    assert result.exit_code == 1 and "broken.txt" in result.output      # a bad file: reported, status 1
+    assert CliRunner().invoke(app, ["levels", "check", str(out / "level-000.txt")]).exit_code == 0
     assert checked["playable"] == sum(
         bool(__import__("formats.playability", fromlist=["x"]).mario_playable(g, mode="window")) for g in grids)
 

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from formats import music_metrics as mm
-from formats.music import (CHORALE, HOLD, MELODY, OFFSET, REST, BadMidi, canonical, cut, midi_to_roll, notes_to_roll,
-                           roll_to_midi, roll_to_notes, roll_to_png, transpose)
+from formats.music import (BAR_H, CHORALE, HOLD, LABEL_W, MELODY, OFFSET, REST, BadMidi, canonical, cut, midi_to_roll,
+                           notes_to_roll, roll_to_midi, roll_to_notes, roll_to_png, transpose)
 
 
 def tok(pitch: int, enc=MELODY) -> int:
@@ -71,9 +71,37 @@ def test_chorale_round_trip_one_track_per_voice(tmp_path):
     assert np.array_equal(roll_to_notes(roll, CHORALE.lo)[:, 3].min(), min(n[3] for n in notes))
     png = roll_to_png(roll, CHORALE)
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    rgb = png_pixels(png)
+    assert rgb.shape[1] == LABEL_W + 64 * 4 + 1
+    drawn = {tuple(c) for c in rgb.reshape(-1, 3)}
+    assert {(200, 40, 40), (40, 120, 200), (40, 160, 70), (150, 80, 190)} <= drawn          # one colour per voice
+
+
+def png_pixels(png: bytes) -> np.ndarray:
     from PIL import Image
     import io
-    assert Image.open(io.BytesIO(png)).size[0] == 64 * 4 + 1
+    return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))                          # (H, W, 3)
+
+
+def has_text(rgb: np.ndarray, rows: slice, cols: slice) -> bool:
+    return bool((rgb[rows, cols].max(axis=-1) < 120).any())                 # labels are dark grey; lines are not
+
+
+def test_piano_roll_png_labels_octaves_and_numbers_bars():
+    roll, px = melody(), 4                                         # MIDI 60-72: rows 58-74 drawn, C4 and C5 in range
+    rgb = png_pixels(roll_to_png(roll, MELODY, px=px))
+    assert rgb.shape == (BAR_H + (74 - 58 + 1) * px, LABEL_W + 32 * px + 1, 3)
+    near = {p: slice(BAR_H + (74 - p) * px - 2, BAR_H + (75 - p) * px + 2) for p in (60, 66, 72)}   # row +- 2 px
+    margin = slice(0, LABEL_W)
+    assert has_text(rgb, near[60], margin) and has_text(rgb, near[72], margin)     # C4, C5
+    assert not has_text(rgb, near[66], margin)                                     # F#4: no label between the Cs
+    strip = slice(0, BAR_H)
+    for bar in range(2):                                           # "1" and "2" just right of each bar line
+        assert has_text(rgb, strip, slice(LABEL_W + bar * 16 * px + 1, LABEL_W + bar * 16 * px + 10)), bar
+    assert not has_text(rgb, strip, slice(LABEL_W + 12, LABEL_W + 16 * px - 1))
+    # no C among rows 61-70: the lowest note (D#4) is labelled instead
+    rgb = png_pixels(roll_to_png(notes_to_roll(np.array([(0, 0, 4, 63), (0, 4, 4, 68)]), 16, MELODY), MELODY))
+    assert has_text(rgb, slice(BAR_H + (70 - 63) * px - 2, BAR_H + (71 - 63) * px + 2), margin)
 
 
 def test_other_writers_velocity_zero_and_type_0(tmp_path):
@@ -126,6 +154,21 @@ def bad_files(folder: Path) -> dict[str, str]:
     (folder / "huge.mid").write_bytes(good + b"\0" * (1 << 20))
     return {**{k: v[1] for k, v in cases.items()}, "tempo0.mid": "tempo 0", "far.mid": "absurd duration",
             "silent.mid": "no notes", "huge.mid": "cap"}
+
+
+def test_bad_chunk_lengths_and_missing_tracks_say_so(tmp_path):
+    good = valid_bytes()                                           # header declares 2 tracks
+    i = good.index(b"MTrk")
+    cases = {"long.mid": (good[:i + 4] + (2 ** 31).to_bytes(4, "big") + good[i + 8:],   # mido: "running status ..."
+                          ["track 1 chunk", "declares 2,147,483,648 bytes", f"the file is {len(good):,} bytes"]),
+             "header.mid": (good[:14], ["no tracks", "declares 2, found 0"]),          # mido: EOFError
+             "fifty.mid": (good[:10] + b"\x00\x32" + good[12:], ["truncated", "declares 50 tracks, found 2"])}
+    for name, (data, words) in cases.items():
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(BadMidi) as err:
+            midi_to_roll(tmp_path / name, MELODY)
+        msg = str(err.value)
+        assert all(w in msg for w in words) and "running status" not in msg and "\n" not in msg, (name, msg)
 
 
 def test_bad_midi_files_give_one_line_reasons(tmp_path):
