@@ -399,7 +399,14 @@ def _print_clips(report: dict, what: str) -> None:
     if s:
         out.print(f"  mean per clip: {s['notes']:.0f} notes, empty bars {s['empty_bars']:.2f}, pitch classes per bar "
                   f"{s['upc']:.2f}, notes >= an 8th {s['qualified']:.2f}, in scale {s['in_scale']:.2f}")
+    _print_removed(report)
     out.print(f"  report: {Path(report['out_dir']) / 'report.json'}")
+
+
+def _print_removed(report: dict) -> None:
+    if report.get("removed_earlier"):
+        out.print(f"  [dim]replaced an earlier run here: removed its {len(report['removed_earlier'])} files that "
+                  "this run did not write again[/]")
 
 
 @music_app.command("train")
@@ -638,6 +645,7 @@ def levels_sample(
                   + "; tile shares: " + ", ".join(f"{g}-only {v:.1%}" for g, v in r.get("tile_shares", {}).items()))
     if r.get("shortfall"):
         out.print(f"  [red]{r['shortfall']}[/]")
+    _print_removed(r)
     out.print(f"  contact sheet: {Path(out_dir) / 'contact_sheet.png'}; report: {Path(out_dir) / 'report.json'}")
 
 

@@ -23,7 +23,7 @@ from formats.levels import (BLEND_SHAPE, BLENDS, GAMES, BadLevel, contact_sheet,
                             wilson, windows, zelda_rooms)
 from formats.playability import (AS_MARIO, CHECKERS, MARIO_SOLID, as_game, blend_playable, mario_pipes_ok,
                                  mario_playable, playable, zelda_check)
-from models.checkpoints import sha256_file, write_bytes_atomic, write_json_atomic
+from models.checkpoints import sha256_file, write_bytes_atomic, write_json_atomic, write_report
 
 VERSION = 1
 # The shipped Mario models (models/pretrained/) that "auto" names: `sample` draws whole columns (pipes, stairs and
@@ -559,6 +559,10 @@ def _write_levels(out: Path, grids: list[np.ndarray], legend, prefix: str = "lev
     return names
 
 
+def level_files(names: list[str]) -> list[str]:
+    return [f"{name}{ext}" for name in names for ext in (".txt", ".png")]
+
+
 def _rate(ok: np.ndarray) -> dict:
     k, n = int(np.sum(ok)), len(ok)
     lo, hi = wilson(k, n)
@@ -657,8 +661,7 @@ def _write_sample(out: Path, grids: list[np.ndarray], legend, report: dict, t0: 
     if rules is not None:
         report["rules"] = [{"file": f, **r} for f, r in zip(names, rules)]
     report["seconds"] = round(time.perf_counter() - t0, 2)
-    write_json_atomic(out / "report.json", report)
-    return report
+    return write_report(out, report, level_files(names) + (["contact_sheet.png"] if grids else []))
 
 
 # ---------------------------------------------------------------- blend
@@ -755,8 +758,7 @@ def interpolate_levels(level_a: str, level_b: str, out_dir: str, steps: int = 8,
     write_bytes_atomic(out / "contact_sheet.png", contact_sheet(grids, legend, labels, columns=1))
     report = {"model": str(folder), "a": str(level_a), "b": str(level_b), "steps": steps, "windows": k,
               "files": names, "playable": [bool(v) for v in ok]}
-    write_json_atomic(out / "report.json", report)
-    return report
+    return write_report(out, report, level_files(names) + ["contact_sheet.png"])
 
 
 # ---------------------------------------------------------------- check

@@ -27,7 +27,7 @@ from formats import music_metrics as mm
 from formats.music import (ENCODINGS, GM_PROGRAMS, HOLD, MAX_BYTES, OFFSET, REST, STEPS_PER_BEAT, BadMidi, Encoding,
                            canonical, cut, find_midi, midi_to_roll, notes_to_roll, roll_to_midi, roll_to_notes,
                            roll_to_png, transpose)
-from models.checkpoints import write_bytes_atomic, write_json_atomic
+from models.checkpoints import write_bytes_atomic, write_report
 
 INGEST_VERSION = 1                         # bump when parsing or the ABC meter filter (METERS) changes
 BAR = 16                                   # steps per 4/4 bar; windows are made of these
@@ -523,6 +523,10 @@ def write_clip(roll: np.ndarray, out_dir: Path, name: str, enc: Encoding, tempo:
     return entry
 
 
+def clip_files(clips: list[dict]) -> list[str]:
+    return [c[k] for c in clips for k in ("midi", "png", "wav") if k in c]
+
+
 def instruments(programs: tuple[int, ...] | None, enc: Encoding) -> list[str]:
     """The General MIDI instrument names the clips are written for (one, or one per voice)."""
     return sorted({GM_PROGRAMS[p] for p in programs or enc.programs}, key=GM_PROGRAMS.index)
@@ -547,8 +551,7 @@ def sample_music(out_dir: str, model: str = "auto", n: int = 20, bars: int = 8, 
               "instruments": instruments(programs, enc), "key": key, "seed": seed, "temperature": temperature,
               "clips": clips, "generate_seconds": round(seconds, 3),
               "clips_per_s": round(n / max(seconds, 1e-9), 1), "summary": mm.set_stats(rolls, enc.lo), "out_dir": str(out)}
-    write_json_atomic(out / "report.json", report)
-    return report
+    return write_report(out, report, clip_files(clips))
 
 
 # ---------------------------------------------------------------- interpolate
@@ -589,8 +592,7 @@ def interpolate_music(a: str, b: str, out_dir: str, model: str = "auto", steps: 
               "clips": clips, "morph": morph,
               "reconstruction_accuracy": {"a": mm.reconstruction_accuracy(xs[0], rolls[0]),
                                           "b": mm.reconstruction_accuracy(xs[1], rolls[-1])}, "out_dir": str(out)}
-    write_json_atomic(out / "report.json", report)
-    return report
+    return write_report(out, report, clip_files(clips + [morph]))
 
 
 def slerp(a, b, t: float):

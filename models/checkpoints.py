@@ -58,6 +58,24 @@ def write_json_atomic(final: Path, obj) -> None:
     write_bytes_atomic(final, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
 
 
+def write_report(folder: Path, report: dict, files: list[str]) -> dict:
+    """report.json of a job that writes `files` (names in `folder`) and replaces an earlier run's there: the
+    files the earlier report listed and this run did not write again are removed, so that the folder holds
+    what the report says (50 levels after 5 leave no level-005..049 behind). Only names an aeflow report
+    recorded are touched; anything else in the folder stays."""
+    try:
+        before = json.loads((folder / "report.json").read_text()).get("outputs", [])
+    except (OSError, ValueError, AttributeError):
+        before = []
+    stale = sorted({f for f in before if isinstance(f, str) and Path(f).name == f and f != "report.json"}
+                   - set(files))
+    for name in stale:
+        (folder / name).unlink(missing_ok=True)
+    report = {**report, "outputs": sorted(files), **({"removed_earlier": stale} if stale else {})}
+    write_json_atomic(folder / "report.json", report)
+    return report
+
+
 def fsync_dir(folder: Path) -> None:
     fd = os.open(folder, os.O_RDONLY)
     try:

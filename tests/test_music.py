@@ -294,6 +294,11 @@ def test_midi_folder_ingest_train_sample_interpolate_stats(tmp_path, monkeypatch
     again = sample_music(str(tmp_path / "again"), str(model), n=2, bars=5, tempo=90, program=0, key="D", seed=3)
     assert [(tmp_path / "again" / c["midi"]).read_bytes() for c in again["clips"]] == \
         [(tmp_path / "clips" / c["midi"]).read_bytes() for c in report["clips"]]        # seeded
+    (tmp_path / "again" / "notes.txt").write_text("mine")
+    fewer = sample_music(str(tmp_path / "again"), str(model), n=1, bars=5, seed=4)      # the same folder, fewer clips
+    left = sorted(p.name for p in (tmp_path / "again").iterdir())
+    assert left == ["clip-000.mid", "clip-000.png", "notes.txt", "report.json"], left  # the earlier clip-001 is gone
+    assert fewer["removed_earlier"] == ["clip-001.mid", "clip-001.png"] and fewer["outputs"] == left[:2]
 
     morph = interpolate_music(str(src / "tune0.mid"), str(src / "tune1.mid"), str(tmp_path / "morph"), str(model), steps=3)
     assert read_back(tmp_path / "morph" / "morph.mid", MELODY).shape == (1, 96)
