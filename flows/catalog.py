@@ -47,9 +47,19 @@ def describe(folder: Path) -> dict:
             "source": "shipped" if Path(folder).parent == PRETRAINED else "trained", "path": str(folder)}
 
 
-def resolve_model(name: str, channels: int, sigma: float | None = None) -> Path:
+def family(folder: Path) -> str:
+    """Which jobs a model serves: "denoise", "levels" or "music" (from its config)."""
+    try:
+        data = json.loads((Path(folder) / "config.json").read_text()).get("data", {})
+    except (OSError, ValueError):
+        return "unknown"
+    return "levels" if "game" in data else "music" if "mode" in data else "denoise"
+
+
+def resolve_model(name: str, channels: int, sigma: float | None = None, job: str | None = None) -> Path:
     """`auto` -> the shipped model for this many channels (sigma-specific when one matches `sigma`, blind
-    otherwise); a folder path; a shipped name; or a unique prefix of a shipped or trained model's folder name."""
+    otherwise); a folder path; a shipped name; or a unique prefix of a shipped or trained model's folder name
+    (of the `job`'s family: "denoise", "levels" or "music", when given)."""
     if name == "auto":
         color = "color" if channels == 3 else "gray"
         candidates = ([f"skip-dae-{color}-s{sigma:g}"] if sigma is not None else []) + [f"skip-dae-{color}"]
@@ -66,10 +76,10 @@ def resolve_model(name: str, channels: int, sigma: float | None = None) -> Path:
     for folder in shipped_models():
         if folder.name == name:
             return folder
-    matches = [f for f in shipped_models() + trained_models() if f.name.startswith(name)]
+    models = [f for f in shipped_models() + trained_models() if job is None or family(f) == job]
+    matches = [f for f in models if f.name.startswith(name)]
     if len(matches) == 1:
         return matches[0]
-    known = [f.name for f in shipped_models() + trained_models()]
     what = "is ambiguous" if matches else "matches no model"
-    raise FileNotFoundError(f"--model {name!r} {what}; known models: {', '.join(known) or 'none'} "
-                            "(or give a model folder path)")
+    raise FileNotFoundError(f"--model {name!r} {what}; known {job + ' ' if job else ''}models: "
+                            f"{', '.join(f.name for f in models) or 'none'} (or give a model folder path)")

@@ -9,7 +9,7 @@ from typing import Optional
 
 import typer
 from rich.console import Console
-from rich.table import Table
+from rich.table import Column, Table
 
 app = typer.Typer(help="aeflow: autoencoder pipelines as cached Prefect flows. Start with `aeflow demo`.",
                   no_args_is_help=True, add_completion=False)
@@ -19,6 +19,11 @@ server_app = typer.Typer(help="A local Prefect server (API + UI) that every aefl
 app.add_typer(denoise_app, name="denoise")
 app.add_typer(server_app, name="server")
 out = Console()
+
+
+def _file_column() -> Column:
+    """A narrow terminal folds file names onto more lines; it never cuts them to "clip…"."""
+    return Column("file", overflow="fold", min_width=12)
 
 
 # a mistake in what the user asked for: one line and exit 2 (raised by the checks and by the flows)
@@ -139,7 +144,7 @@ def denoise_train(
     init_dir = None
     if init:
         try:
-            init_dir = resolve_model(init, channels=channels or 1)
+            init_dir = resolve_model(init, channels=channels or 1, job="denoise")
         except FileNotFoundError as e:
             raise typer.BadParameter(str(e), param_hint="--init") from None
         base = json.loads((init_dir / "config.json").read_text())["model"]
@@ -543,7 +548,7 @@ def music_stats(
     if mode == "chorale":
         cols.append("tonal_distance")
         heads.append("TD S-B")
-    table = Table("file", "bars", *heads)
+    table = Table(_file_column(), "bars", *heads)
     fmt = lambda v: v if isinstance(v, str) else f"{v:.2f}" if isinstance(v, float) else str(v)  # noqa: E731
     for r in report["files"]:
         table.add_row(r["file"], f"{r['steps'] / 16:g}", *(fmt(r.get(c, "")) for c in cols))
@@ -663,8 +668,10 @@ def levels_interpolate(
     _out_folder(out_dir)
     r = _run_flow(levels_interpolate_flow, level_a=str(level_a), level_b=str(level_b), out_dir=str(out_dir),
                   steps=steps, model=None if model == "auto" else model)
-    out.print(f"{r['steps']} steps x {r['windows']} window(s) -> {out_dir}; playable: "
+    out.print(f"{r['steps']} steps of {r['width']} columns ({r['windows']} window(s)) -> {out_dir}; playable: "
               + " ".join("[green]y[/]" if p else "[red]n[/]" for p in r["playable"]))
+    if r.get("cut"):
+        out.print(f"  [yellow]{r['cut']}[/]")
 
 
 @levels_app.command("check")
@@ -688,7 +695,7 @@ def levels_check(
     if as_json:
         print(json.dumps(r, indent=2))
         raise typer.Exit(1 if r["bad"] else 0)
-    table = Table("file", "shape", "playable")
+    table = Table(_file_column(), "shape", "playable")
     for lv in r["levels"][:50]:
         verdict = "[green]yes[/]" if lv["playable"] else "[red]no[/]"
         if "rooms_playable" in lv:

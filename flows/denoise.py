@@ -107,7 +107,7 @@ class Models:
     def folder(self, channels: int) -> Path:
         """The model folder for images of `channels` channels, resolved and checked once (called per image)."""
         if channels not in self.folders:
-            folder = resolve_model(self.request, channels, self.sigma)
+            folder = resolve_model(self.request, channels, self.sigma, job="denoise")
             kind = json.loads((folder / "config.json").read_text())["model"]["kind"]
             if kind not in DENOISERS:
                 raise ValueError(f"--model {self.request}: {folder.name} is a {kind}, not an image denoiser "

@@ -320,7 +320,7 @@ def resolve_level_model(model: str | None, default: str = SAMPLE_MODEL) -> Path:
         if (PRETRAINED / default / "config.json").is_file():
             return PRETRAINED / default
         return Path(train_levels("mario", **SHIPPED[default]))
-    return resolve_model(model, channels=0)
+    return resolve_model(model, channels=0, job="levels")
 
 
 def _level_config(folder: Path) -> dict:
@@ -559,7 +559,8 @@ def _write_levels(out: Path, grids: list[np.ndarray], legend, prefix: str = "lev
     return names
 
 
-def level_files(names: list[str]) -> list[str]:
+def written_files(names: list[str]) -> list[str]:
+    """The files _write_levels wrote for these names."""
     return [f"{name}{ext}" for name in names for ext in (".txt", ".png")]
 
 
@@ -605,7 +606,8 @@ def sample_levels(out_dir: str, model: str | None = None, n: int = 50, length: i
         ok = mario_playable(np.stack(levels), mode="level") if levels else np.zeros(0, bool)
         report.update(raw_playability=_rate(np.array(raw_ok)), delivered=_rate(ok),
                       rejected={"windows": rejected_windows, "restarts": restarts},
-                      originals_rate=f"{originals.get('levels_playable')} / {originals.get('levels')} full levels")
+                      originals_rate=f"{originals.get('levels_playable')} / {originals.get('levels')} of the model's training "
+                                     "levels")
         if len(levels) < n:
             report["shortfall"] = f"only {len(levels)} of {n} levels after {restarts} restarts (max_tries {max_tries})"
         grids = levels
@@ -630,7 +632,7 @@ def sample_levels(out_dir: str, model: str | None = None, n: int = 50, length: i
                       rejected={"unplayable": int((~raw_ok).sum()), "broken_pipes": int((raw_ok & ~pipes_ok).sum()),
                                 **({"not_as_asked": off_cond} if c is not None else {}),
                                 "copies_of_training_windows": 0 if raw else copied, "repeats": 0 if raw else repeats},
-                      originals_rate=f"{originals['units_playable']} / {originals['units']} training units")
+                      originals_rate=f"{originals['units_playable']} / {originals['units']} of the model's training units")
         if game == "mario":
             report["raw_pipes_ok"] = round(float(pipes_ok.mean()), 4)
         if len(grids) < n:
@@ -661,7 +663,7 @@ def _write_sample(out: Path, grids: list[np.ndarray], legend, report: dict, t0: 
     if rules is not None:
         report["rules"] = [{"file": f, **r} for f, r in zip(names, rules)]
     report["seconds"] = round(time.perf_counter() - t0, 2)
-    return write_report(out, report, level_files(names) + (["contact_sheet.png"] if grids else []))
+    return write_report(out, report, written_files(names) + (["contact_sheet.png"] if grids else []))
 
 
 # ---------------------------------------------------------------- blend
@@ -729,8 +731,9 @@ def sample_blend(out_dir: str, net, cfg: dict, folder: Path, n: int, blend: floa
 
 def interpolate_levels(level_a: str, level_b: str, out_dir: str, steps: int = 8, model: str | None = None) -> dict:
     """Decode `steps` points on the straight line between the encodings of two level files. Levels wider
-    than the model's window are encoded window by window (non-overlapping) and interpolated per window, so
-    full-length levels blend column block by column block (cut to the shorter level)."""
+    than the model's window are encoded window by window and interpolated per window, so full-length levels
+    blend column block by column block; the last window ends at the last column (it overlaps the one before:
+    no column is dropped). Levels of different widths blend over the shorter one's width (report["cut"])."""
     import torch
 
     net, cfg, folder = _load(model, INTERPOLATE_MODEL)
@@ -739,17 +742,22 @@ def interpolate_levels(level_a: str, level_b: str, out_dir: str, steps: int = 8,
     game = cfg["data"]["game"]
     legend = get_legend(game)
     rows, cols = net.cfg.shape
-    parts = []
+    levels = []
     for path in (level_a, level_b):
         g = read_level(Path(path), legend)
         if g.shape[0] != rows or g.shape[1] < cols:
             raise BadLevel(path, f"is {g.shape[0]} x {g.shape[1]}; this model needs {rows} rows and >= {cols} columns")
-        parts.append(windows(g, cols, cols))                     # (K, rows, cols), non-overlapping
-    k = min(len(parts[0]), len(parts[1]))
+        levels.append(g)
+    width = min(g.shape[1] for g in levels)
+    k = -(-width // cols)
+    starts = [min(i * cols, width - cols) for i in range(k)]
     with torch.no_grad():
-        mu = [net.encode(torch.from_numpy(p[:k].astype(np.int64)))[0] for p in parts]    # (K, latent) each
+        mu = [net.encode(torch.from_numpy(np.stack([g[:, s:s + cols] for s in starts]).astype(np.int64)))[0]
+              for g in levels]                                                      # (K, latent) each
         t = torch.linspace(0, 1, steps)[:, None, None]
-        grids = list(walk_windows(net, (1 - t) * mu[0] + t * mu[1], None))     # (steps, K, latent) at once
+        joined = walk_windows(net, (1 - t) * mu[0] + t * mu[1], None)       # (steps, rows, K * cols) at once
+    new = width - (k - 1) * cols                                  # columns of the last window not already covered
+    grids = [np.concatenate([g[:, :(k - 1) * cols], g[:, k * cols - new:]], 1) for g in joined]
     ok = mario_playable(np.stack(grids), mode="level" if k > 1 else "window") if game == "mario" \
         else check_units(game, np.stack(grids))
     out = Path(out_dir)
@@ -757,8 +765,11 @@ def interpolate_levels(level_a: str, level_b: str, out_dir: str, steps: int = 8,
     labels = [f"t={t:.2f}" for t in np.linspace(0, 1, steps)]
     write_bytes_atomic(out / "contact_sheet.png", contact_sheet(grids, legend, labels, columns=1))
     report = {"model": str(folder), "a": str(level_a), "b": str(level_b), "steps": steps, "windows": k,
-              "files": names, "playable": [bool(v) for v in ok]}
-    return write_report(out, report, level_files(names) + ["contact_sheet.png"])
+              "width": width, "files": names, "playable": [bool(v) for v in ok]}
+    if levels[0].shape[1] != levels[1].shape[1]:
+        report["cut"] = (f"A is {levels[0].shape[1]} columns, B {levels[1].shape[1]}: blended over the first "
+                         f"{width} of each")
+    return write_report(out, report, written_files(names) + ["contact_sheet.png"])
 
 
 # ---------------------------------------------------------------- check
@@ -813,13 +824,14 @@ def check_levels(path: str, game: str = "mario", mode: str = "auto", out_json: s
     return report
 
 
-# Measured on ../shared/data/vglc with these checkers (tests/test_playability.py re-measures them).
+# Measured on ../shared/data/vglc with these checkers (tests/test_playability.py re-measures them); named as such,
+# since a model's own training corpus (mario-gpt's copy for the shipped models) can differ (`sample` reports that).
 ORIGINAL_RATES = {
-    "mario": "full levels 15 / 15; 14x28 windows 2472 / 2518 (98.2 %); 14x16 windows 2649 / 2698 (98.2 %)",
-    "kid_icarus": "6 / 6 full levels reach row 7 (Mario's arcs; also their highest annotated row with the Kid "
+    "mario": "VGLC's SMB: full levels 15 / 15; 14x28 windows 2472 / 2518 (98.2 %); 14x16 windows 2649 / 2698 (98.2 %)",
+    "kid_icarus": "VGLC's: 6 / 6 full levels reach row 7 (Mario's arcs; also their highest annotated row with the Kid "
                   "Icarus arcs); 16 x 16 windows uncalibrated",
-    "lode_runner": "all gold in one run 131 / 149 levels with a spawn; each gold reachable 140 / 149",
-    "zelda": "358 / 407 rooms with a door or stair (387 with water passable, 405 with water and blocks)",
+    "lode_runner": "VGLC's: all gold in one run 131 / 149 levels with a spawn; each gold reachable 140 / 149",
+    "zelda": "VGLC's: 358 / 407 rooms with a door or stair (387 with water passable, 405 with water and blocks)",
 }
 
 

@@ -404,7 +404,7 @@ def resolve_music_model(name: str, key: str | None = None) -> Path:
 
     if name == "auto":
         name = PRETRAINED_KEY if key and (PRETRAINED / PRETRAINED_KEY / "config.json").is_file() else PRETRAINED_MELODY
-    return resolve_model(name, channels=0)
+    return resolve_model(name, channels=0, job="music")
 
 
 def load_music_model(folder: Path):

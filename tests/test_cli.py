@@ -83,3 +83,9 @@ def test_model_names_resolve_exactly_or_by_a_unique_prefix():
         resolve_model("skip-dae", 1)
     with pytest.raises(FileNotFoundError, match="matches no model.*skip-dae-gray"):
         resolve_model("nonesuch", 1)
+    with pytest.raises(FileNotFoundError, match="known music models") as e:     # only the job's own models listed
+        resolve_model("nonesuch", 0, job="music")
+    assert "music-chorale-4bar-key" in str(e.value) and "mario" not in str(e.value) and "skip-dae" not in str(e.value)
+    with pytest.raises(FileNotFoundError, match="matches no model"):
+        resolve_model("skip-dae-gray-s", 0, job="levels")                     # a denoiser's prefix, for a level job
+

@@ -262,7 +262,7 @@ def test_column_units_draw_only_training_columns_and_continue_across_seams(tmp_p
     assert g.shape == (14, 60) and {tuple(c) for c in g.T.tolist()} <= vocab
     r = interpolate_levels(str(data / "level 0.txt"), str(data / "level 1.txt"), str(tmp_path / "interp"), steps=2,
                            model=model)
-    assert [read_level(tmp_path / "interp" / f"{f}.txt", "mario").shape for f in r["files"]] == [(14, 56)] * 2
+    assert [read_level(tmp_path / "interp" / f"{f}.txt", "mario").shape for f in r["files"]] == [(14, 60)] * 2
     with pytest.raises(ValueError, match="cells or columns"):
         train_levels("mario", str(data), training=TINY_TRAINING, progress=False, units="rows")
 
@@ -313,12 +313,14 @@ def test_cond_draws_the_shipped_column_cvae_and_interpolate_the_cell_vae(tmp_pat
     assert many(asked) > 0.3 and many(free) < 0.15                    # 48 % vs 7 % over 1000 (bench/levels.py)
 
     (a, level_a), (b, level_b) = mario_gpt_levels()[:2]
-    for name, g in ((a, level_a), (b, level_b)):
-        (tmp_path / f"{name}.txt").write_text(grid_to_level(g[:, 40:68], "mario"))
+    for name, g, end in ((a, level_a, 101), (b, level_b, 110)):             # 61 and 70 columns: not whole windows
+        (tmp_path / f"{name}.txt").write_text(grid_to_level(g[:, 40:end], "mario"))
     blend = interpolate_levels(str(tmp_path / f"{a}.txt"), str(tmp_path / f"{b}.txt"), str(tmp_path / "blend"), steps=3)
     assert Path(blend["model"]).name == INTERPOLATE_MODEL == "mario-vae"
+    assert blend["width"] == 61 and blend["windows"] == 3 and "blended over the first 61" in blend["cut"]
     ends = [read_level(tmp_path / "blend" / f"{f}.txt", "mario") for f in (blend["files"][0], blend["files"][-1])]
-    assert np.mean(ends[0] == level_a[:, 40:68]) > 0.95 and np.mean(ends[1] == level_b[:, 40:68]) > 0.95
+    assert ends[0].shape == ends[1].shape == (14, 61)                      # no column dropped
+    assert np.mean(ends[0] == level_a[:, 40:101]) > 0.95 and np.mean(ends[1] == level_b[:, 40:101]) > 0.95
 
 
 def test_full_levels_are_drawn_together_and_every_level_is_checked_whole():
