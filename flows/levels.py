@@ -451,8 +451,9 @@ def full_levels(net, n: int, length: int, gen, cond: np.ndarray | None = None, c
     """n levels `length` columns long from latent walks, window by window, all n drawn and checked together.
     Each next window is chosen among `candidates` steps of its level's walk so that the joined prefix stays
     playable (the full-level checker, start near the top-left) and its pipes well formed: seams are checked,
-    not assumed. A prefix with no playable continuation starts again from a fresh z (a restart; once
-    `max_restarts` are spent, that level is given up). Returns (levels, rejected candidate windows, restarts).
+    not assumed. Of those, one that repeats no stretch of the level so far is preferred (repeats_itself). A
+    prefix with no playable continuation starts again from a fresh z (a restart; once `max_restarts` are spent,
+    that level is given up). Returns (levels, rejected candidate windows, restarts).
     cond: (n, K) a cvae's condition per level; asked: (1, K) the buckets asked for (-1: any), which every
     window must then have, as `sample --cond` delivers. `spread` scales the walk as in latent_walk."""
     import torch
@@ -482,9 +483,13 @@ def full_levels(net, n: int, length: int, gen, cond: np.ndarray | None = None, c
             ok = (mario_playable(flat, mode="level") & mario_pipes_ok(flat)).reshape(len(group), candidates)
             if asked is not None:                           # the new window has what --cond asked for
                 ok &= cond_ok(flat[:, :, -net.cfg.shape[1]:], asked).reshape(len(group), candidates)
+            fresh = ok.copy()                               # preferred: no stretch of the level comes back whole
+            if width:
+                fresh &= ~np.array([ok.flat[j] and repeats_itself(w, width) for j, w in enumerate(flat)]).reshape(
+                    len(group), candidates)
             for g, i in enumerate(group):
                 if ok[g].any():
-                    k = int(np.argmax(ok[g]))
+                    k = int(np.argmax(fresh[g] if fresh[g].any() else ok[g]))   # a repeat rather than a restart
                     rejected += k
                     levels[i], z[i] = wins[g, k], steps[g * candidates + k]
                 elif max_restarts is None or restarts < max_restarts:
@@ -495,6 +500,25 @@ def full_levels(net, n: int, length: int, gen, cond: np.ndarray | None = None, c
                     dropped.add(i)
         todo = [i for i in todo if i not in dropped and (levels[i] is None or levels[i].shape[1] < length)]
     return [g[:, :length] for g in levels if g is not None and g.shape[1] >= length], rejected, restarts
+
+
+REPEAT_COLUMNS = 16      # 2 of the 15 SMB levels repeat a stretch this long (16, 30 columns); 10 cvae walks of 200
+                         # columns asked for many enemies all did (16-59), 7 of 10 still do when non-repeats are preferred
+
+
+def repeats_itself(level: np.ndarray, old: int, span: int = REPEAT_COLUMNS) -> bool:
+    """Whether a stretch of `span` columns that reaches into the new columns (from `old` on) repeats an earlier,
+    non-overlapping stretch exactly. Stretches of fewer than 3 distinct columns (flat ground, sky) may repeat."""
+    cols = [level[:, j].tobytes() for j in range(level.shape[1])]
+    first: dict[tuple, int] = {}
+    for i in range(level.shape[1] - span + 1):
+        key = tuple(cols[i:i + span])
+        if len(set(key)) < 3:
+            continue
+        if i + span > old and key in first and first[key] + span <= i:
+            return True
+        first.setdefault(key, i)
+    return False
 
 
 def walk_windows(net, z, gen, cond=None, temperature: float = 0.0) -> np.ndarray:

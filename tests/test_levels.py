@@ -323,6 +323,22 @@ def test_cond_draws_the_shipped_column_cvae_and_interpolate_the_cell_vae(tmp_pat
     assert np.mean(ends[0] == level_a[:, 40:101]) > 0.95 and np.mean(ends[1] == level_b[:, 40:101]) > 0.95
 
 
+def test_a_stretch_that_comes_back_whole_is_a_repeat_unless_it_is_plain_ground():
+    from flows.levels import REPEAT_COLUMNS, repeats_itself
+
+    code = get_legend("mario").tiles.index
+    ground = np.full((14, 1), code("-"), np.uint8)
+    ground[12:] = code("X")
+    block = np.repeat(ground, REPEAT_COLUMNS, 1)
+    block[8, 3], block[11, 7], block[6, 10] = code("?"), code("E"), code("S")        # 4 kinds of column
+    plain = np.repeat(ground, 40, 1)
+    twice = np.concatenate([block, plain[:, :5], block], 1)
+    assert repeats_itself(twice, old=twice.shape[1] - 4)            # the new columns close the second copy
+    assert not repeats_itself(twice, old=twice.shape[1] - 4, span=REPEAT_COLUMNS + 1)
+    assert not repeats_itself(np.concatenate([block, plain], 1), old=REPEAT_COLUMNS + 10)   # flat ground repeats
+    assert not repeats_itself(np.concatenate([twice, plain], 1), old=twice.shape[1] + 12)  # the repeat is all old
+
+
 def test_full_levels_are_drawn_together_and_every_level_is_checked_whole():
     """Full-length levels for many levels at once, with both shipped Mario models: a batched latent walk gives
     the grids that walks one level at a time give, seam-checked levels are `length` long, playable as whole
