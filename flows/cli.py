@@ -523,6 +523,11 @@ def music_interpolate(
     r = report["reconstruction_accuracy"]
     out.print(f"  reconstruction accuracy of the end points: A {r['a']:.2f}, B {r['b']:.2f}; all steps in a row: "
               f"{Path(report['out_dir']) / 'morph.mid'}")
+    for label, flags in report.get("read_notes", {}).items():
+        out.print(f"  [yellow]{label.upper()}: {'; '.join(flags)}[/]")
+    if min(r.values()) < 0.5:                   # the shipped models reconstruct their own kind of tune at 0.86-0.97
+        out.print("  [yellow]the model does not hold an end point well (below 0.5): the morph starts or ends far from "
+                  "it; a model of the tune's kind (melody or chorale, `aeflow models`) does better[/]")
 
 
 @music_app.command("stats")

@@ -568,9 +568,12 @@ def interpolate_music(a: str, b: str, out_dir: str, model: str = "auto", steps: 
     folder = resolve_music_model(model)
     net, enc, window_bars, cols = load_music_model(folder)
     n = window_bars * BAR
-    xs, conds = [], []
-    for path in (a, b):
-        roll = midi_to_roll(Path(path), enc).roll
+    xs, conds, notes = [], [], {}
+    for label, path in (("a", a), ("b", b)):
+        clip = midi_to_roll(Path(path), enc)
+        roll = clip.roll
+        if clip.flags:                                  # what reading it into this model's encoding changed
+            notes[label] = clip.flags
         start = int(np.argmax((mm.sounding(roll, enc.lo) >= 0).any(0))) // BAR * BAR     # first bar with notes
         w = cut(roll, start, start + n, enc.lo)
         w = np.pad(w, ((0, 0), (0, n - w.shape[1])), constant_values=REST)
@@ -591,7 +594,8 @@ def interpolate_music(a: str, b: str, out_dir: str, model: str = "auto", steps: 
     report = {"model": str(folder), "a": str(a), "b": str(b), "steps": steps, "instruments": instruments(programs, enc),
               "clips": clips, "morph": morph,
               "reconstruction_accuracy": {"a": mm.reconstruction_accuracy(xs[0], rolls[0]),
-                                          "b": mm.reconstruction_accuracy(xs[1], rolls[-1])}, "out_dir": str(out)}
+                                          "b": mm.reconstruction_accuracy(xs[1], rolls[-1])}, "out_dir": str(out),
+              **({"read_notes": notes} if notes else {})}
     return write_report(out, report, clip_files(clips + [morph]))
 
 

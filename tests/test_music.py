@@ -302,6 +302,13 @@ def test_midi_folder_ingest_train_sample_interpolate_stats(tmp_path, monkeypatch
 
     morph = interpolate_music(str(src / "tune0.mid"), str(src / "tune1.mid"), str(tmp_path / "morph"), str(model), steps=3)
     assert read_back(tmp_path / "morph" / "morph.mid", MELODY).shape == (1, 96)
+    assert "read_notes" not in morph
+    wild = mido.MidiFile(ticks_per_beat=480)                      # notes below and above the melody range
+    wild.tracks.append(mido.MidiTrack([mido.Message("note_on", note=p, velocity=80, time=0 if i == 0 else 480)
+                                       for i, p in enumerate((20, 120))] + [mido.Message("note_off", note=120, time=480)]))
+    wild.save(tmp_path / "wild.mid")
+    odd = interpolate_music(str(tmp_path / "wild.mid"), str(src / "tune1.mid"), str(tmp_path / "odd"), str(model), steps=2)
+    assert list(odd["read_notes"]) == ["a"] and any("outside MIDI 48-83" in f for f in odd["read_notes"]["a"])
     stats = music_stats(str(src))
     assert stats["counts"] == {"files": 7, "read": 4, "failed": 3} and stats["mean"]["in_scale"] == 1.0
     if not shutil.which("fluidsynth"):                      # without it, --wav says what to install
