@@ -361,11 +361,20 @@ def schedule_list():
 @schedule_app.command("run")
 def schedule_run(name: str = typer.Argument(..., help="Deployment name (see `aeflow schedule list`)."),
                  wait: bool = typer.Option(False, "--wait", help="Wait for the run to finish.")):
-    """Run a scheduled job now."""
+    """Run a scheduled job now. With --wait, the job's report follows (exit status 1 when files failed)."""
     from flows.schedule import run_now
 
-    r = run_now(name, timeout=None if wait else 0)
+    warn = lambda m: Console(stderr=True).print(f"[yellow]{m}[/]")  # noqa: E731
+    r = run_now(name, timeout=None if wait else 0, on_queue=warn)
     out.print(f"flow run {r['name']} ({r['id']}): {r['state']}")
+    report = Path(r["parameters"]["out_dir"]) / ".aeflow" / "report.json"
+    if wait and r["state"] == "Completed" and report.is_file():
+        report = json.loads(report.read_text())
+        print_report(report)
+        if report["counts"]["failed"]:
+            raise typer.Exit(1)
+    elif wait and r["state"] != "Completed":
+        raise typer.Exit(1)
 
 
 @worker_app.command("start")

@@ -60,10 +60,17 @@ def schedule_denoise(in_dir: str, out_dir: str, cron: str, tz: str = "UTC", mode
                      dask_address: str | None = None) -> str:
     """Create or update the deployment that denoises IN_DIR into OUT_DIR on `cron` (in time zone `tz`).
     Returns its full name, `denoise-run/NAME`."""
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    from flows.denoise import check_folders
+
     require_server()
     src, dst = Path(in_dir).expanduser().resolve(), Path(out_dir).expanduser().resolve()
-    if not src.is_dir():
-        raise FileNotFoundError(f"{in_dir}: input folder not found")
+    check_folders(src, dst)                 # refused now, not at 02:00 with three retries a minute apart
+    try:
+        ZoneInfo(tz)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"--timezone {tz!r}: not a time zone; e.g. UTC, Europe/Paris, America/New_York") from None
     name = name or default_name(in_dir, out_dir)
     ensure_pool(pool)
     params = {"in_dir": str(src), "out_dir": str(dst), "model": model, "sigma": sigma, "batches": batches,
@@ -99,12 +106,31 @@ def list_schedules() -> list[dict]:
     return rows
 
 
-def run_now(name: str, timeout: float = 0) -> dict:
-    """Start a run of deployment NAME now (returns at once unless `timeout` > 0)."""
+def run_now(name: str, timeout: float | None = 0, on_queue=None) -> dict:
+    """Start a run of deployment NAME now (returns at once when `timeout` is 0, else waits that long; None: until
+    it ends). `on_queue(message)` hears, before any wait, that no worker has polled the deployment's pool in the
+    last minute (the run then waits for one). Returns the run and the deployment's parameters."""
     require_server()
     full = name if "/" in name else f"{FLOW_NAME}/{name}"
+    with get_client(sync_client=True) as client:
+        try:
+            deployment = client.read_deployment_by_name(full)
+        except ObjectNotFound:
+            known = ", ".join(d.name for d in client.read_deployments()) or "none yet (`aeflow schedule denoise`)"
+            raise FileNotFoundError(f"no scheduled job named {name!r}; known: {known}") from None
+        pool = deployment.work_pool_name or POOL
+        now = datetime.now(timezone.utc)
+        try:
+            workers = client.read_workers_for_work_pool(pool)
+        except ObjectNotFound:
+            workers = []
+        alive = [w for w in workers if w.last_heartbeat_time and (now - w.last_heartbeat_time).total_seconds() < 60]
+    if not alive and on_queue:
+        on_queue(f"no worker has polled pool {pool!r} in the last minute: the run waits for one "
+                 "(start it with `aeflow worker start`)")
     run = run_deployment(full, timeout=timeout, as_subflow=False)
-    return {"id": str(run.id), "name": run.name, "state": run.state.name if run.state else None}
+    return {"id": str(run.id), "name": run.name, "state": run.state.name if run.state else None,
+            "parameters": deployment.parameters}
 
 
 def worker_command(pool: str = POOL, name: str | None = None) -> list[str]:

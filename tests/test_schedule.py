@@ -65,12 +65,19 @@ def test_schedule_run_by_a_worker_is_incremental(server, tmp_path):
     assert "denoise-run/nightly" in out
     listing = aeflow(server, "schedule", "list")
     assert "nightly" in listing and "0 2 * * *" in listing and "Europe/Paris" in listing
+    for args, says in ((["run", "nosuch"], "no scheduled job named 'nosuch'; known: nightly"),
+                       (["denoise", str(src), str(src / "out"), "--cron", "0 2 * * *"], "must lie outside"),
+                       (["denoise", str(src), str(dst), "--cron", "0 2 * * *", "--timezone", "Mars/Base"],
+                        "not a time zone")):
+        r = subprocess.run(AEFLOW + ["schedule", *args], env=server, cwd=REPO, capture_output=True, text=True,
+                           timeout=120)
+        assert r.returncode == 2 and says in r.stderr.replace("\n", " ") and "Traceback" not in r.stderr, r.stderr
 
     worker = subprocess.Popen(AEFLOW + ["worker", "start"], env=server, cwd=REPO, stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         out = aeflow(server, "schedule", "run", "nightly", "--wait", timeout=240)
-        assert "Completed" in out, out
+        assert "Completed" in out and "4 processed" in out, out                     # the job's report follows
         report = json.loads((dst / ".aeflow" / "report.json").read_text())
         assert report["counts"]["processed"] == 4 and sorted(p.name for p in dst.glob("*.png")) == \
             [f"{i}.png" for i in range(4)]
