@@ -81,5 +81,5 @@ def resolve_model(name: str, channels: int, sigma: float | None = None, job: str
     if len(matches) == 1:
         return matches[0]
     what = "is ambiguous" if matches else "matches no model"
-    raise FileNotFoundError(f"--model {name!r} {what}; known {job + ' ' if job else ''}models: "
+    raise FileNotFoundError(f"model {name!r} {what}; known {job + ' ' if job else ''}models: "
                             f"{', '.join(f.name for f in models) or 'none'} (or give a model folder path)")

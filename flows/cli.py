@@ -172,6 +172,19 @@ def denoise_train(
     out.print(f"  {d['kind']}, {d['channels']} channel(s), sigma {d['sigma']}, {d['parameters']:,} parameters, "
               f"{cfg['steps']} steps in {cfg['seconds']:.0f} s ({cfg['patches_per_s']:.0f} patches/s, {cfg['device']})")
     out.print(f"  validation PSNR {cfg['metrics']['val_psnr']:.2f} dB; curve: {Path(folder) / 'curve.png'}")
+    _print_skipped(Path(cfg["data"]["ingest"]))
+
+
+def _print_skipped(ingest: Path) -> None:
+    """Files the ingest stage could not read: trained without, and said so (reasons in its manifest)."""
+    if not (ingest / "manifest.json").is_file():          # a model trained from a cache since cleared
+        return
+    manifest = json.loads((ingest / "manifest.json").read_text())
+    failed = manifest.get("failed") or manifest.get("bad") or []      # music, images
+    if failed:
+        first = failed[0]
+        out.print(f"  [yellow]{len(failed)} file(s) could not be read and were left out, e.g. {first['file']}: "
+                  f"{first['reason']} (all in {ingest / 'manifest.json'})[/]")
 
 
 @denoise_app.command("run")
@@ -479,6 +492,7 @@ def music_train(
               f"{cfg['steps']} steps in {cfg['seconds']:.0f} s")
     out.print(f"  held-out reconstruction accuracy {m['val_acc']:.3f}, ELBO {m['val_elbo']:.1f} nats/window, "
               f"KL {m['val_kl']:.1f}; sample with `aeflow music sample --model {Path(folder).name} OUT_DIR`")
+    _print_skipped(Path(folder).parents[1] / "ingest-music" / d.get("ingest", ""))
 
 
 @music_app.command("sample")
@@ -648,7 +662,8 @@ def levels_sample(
     blend: Optional[float] = typer.Option(None, "--blend", help="Game-blend cvae (--game mario+kid_icarus) only: weight of Kid Icarus in [0, 1]; 0 = pure Mario, 1 = pure Kid Icarus."),
     spread: float = typer.Option(1.0, "--spread", min=0, max=1, help="Latent spread in (0, 1]: 1 samples the whole prior; lower keeps to its centre, less varied and, for the cell model, more often playable (mario-vae windows at 0.6 with --temperature 1: 98.7 % raw playable, median of 5 seeds; the originals: 98.2 %)."),
 ):
-    """Sample new levels; by default only playable ones (how many were rejected is reported)."""
+    """Sample new levels; by default only playable ones (how many were rejected is reported). Exit status 1
+    when fewer than --n could be delivered."""
     from flows.levels import check_sample
     from flows.pipelines import levels_sample_flow
 
@@ -672,7 +687,10 @@ def levels_sample(
     if r.get("shortfall"):
         out.print(f"  [red]{r['shortfall']}[/]")
     _print_removed(r)
-    out.print(f"  contact sheet: {Path(out_dir) / 'contact_sheet.png'}; report: {Path(out_dir) / 'report.json'}")
+    sheet = f"contact sheet: {Path(out_dir) / 'contact_sheet.png'}; " if "contact_sheet.png" in r["outputs"] else ""
+    out.print(f"  {sheet}report: {Path(out_dir) / 'report.json'}")
+    if r.get("shortfall"):                      # fewer than asked: a script must not take it for the whole batch
+        raise typer.Exit(1)
 
 
 @levels_app.command("interpolate")

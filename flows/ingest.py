@@ -39,7 +39,8 @@ def resolve_sources(data: str | None) -> tuple[list[Path], Path, str]:
         return files, files[0].parent, "skimage-photos"
     root = Path(data).expanduser().resolve()
     if not root.is_dir():
-        raise FileNotFoundError(f"{data}: no such folder")
+        raise (NotADirectoryError(f"{data}: is a file; --data takes the folder that holds them") if root.is_file()
+               else FileNotFoundError(f"{data}: no such folder"))
     files = find_images(root)
     if not files:
         raise ValueError(f"{data}: no image files (.png .jpg .jpeg .tif .tiff .bmp .webp) found")

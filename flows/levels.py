@@ -80,7 +80,8 @@ def _sources(game: str, data: str | None) -> tuple[list[Path], str]:
         return [mario_gpt_file()], "mario-gpt"
     root = Path(data).expanduser()
     if not root.is_dir():
-        raise FileNotFoundError(f"{data}: no such folder")
+        raise (NotADirectoryError(f"{data}: is a file; --data takes the folder that holds them") if root.is_file()
+               else FileNotFoundError(f"{data}: no such folder"))
     folder = root / "processed" if (root / "processed").is_dir() else root
     pattern = game_spec(game).pattern
     files = level_files(folder, pattern)

@@ -376,8 +376,15 @@ def train_music(ingest_dir: str, bars: int = 2, model: dict | None = None, train
     """Windows of an ingest stage -> a trained (or cached) VAE / CVAE folder under outputs/train/."""
     (xt, lt), (xv, lv), enc, info = window_split(ingest_dir, bars)
     if len(xt) == 0 or len(xv) == 0:
-        raise ValueError(f"{ingest_dir}: no {bars}-bar windows in meters {', '.join(METERS)} "
-                         f"({info['pieces']} pieces, {info['pieces_in_meters']} in those meters); try fewer --bars")
+        manifest = json.loads((Path(ingest_dir) / "manifest.json").read_text())
+        source, failed = manifest["config"]["source"], manifest["failed"]
+        source = "the MIDI folder" if source == "midi" else source
+        if info["pieces"] == 0:                     # nothing readable: fewer bars would not help
+            why = f"; first: {failed[0]['file']}: {failed[0]['reason']}" if failed else ""
+            raise ValueError(f"{source}: no piece could be read ({len(failed)} files failed{why})")
+        raise ValueError(f"{source}: no {bars}-bar windows in meters {', '.join(METERS)} ({info['pieces']} "
+                         f"pieces, {info['pieces_in_meters']} in those meters)"
+                         + ("; try fewer --bars" if info["pieces_in_meters"] else ""))
     cols = cond_columns(condition)
     model = {"kind": "cvae" if cols else "vae", "dims": 1, "vocab": enc.vocab, "shape": [enc.voices, bars * BAR],
              **(model or {})}
