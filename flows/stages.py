@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import shutil
+import socket
 import tempfile
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -71,6 +73,24 @@ def read_manifest(folder: Path) -> dict | None:
     return manifest
 
 
+def sweep_killed_builds(folder: Path) -> list[Path]:
+    """Remove the temporary folders that killed builds of `folder` left (`kill -9` skips their clean-up): those
+    named for a process of this host that no longer runs. Another host's, or a live process's, stay."""
+    gone = []
+    for tmp in folder.parent.glob(f".tmp-{folder.name}-*"):
+        m = re.fullmatch(re.escape(f".tmp-{folder.name}-{socket.gethostname()}-") + r"(\d+)-\w+", tmp.name)
+        if not m:
+            continue
+        try:
+            os.kill(int(m.group(1)), 0)
+        except ProcessLookupError:
+            shutil.rmtree(tmp, ignore_errors=True)
+            gone.append(tmp)
+        except PermissionError:                 # alive, another user's
+            pass
+    return gone
+
+
 def run_stage(stage: Stage, fill: Callable[[Path], dict], refresh: bool = False) -> tuple[Path, dict, bool]:
     """Return (folder, manifest, cached). `fill(tmp)` writes the stage's files into `tmp` and returns
     extra manifest fields (small JSON: counts, metrics, reports)."""
@@ -78,7 +98,9 @@ def run_stage(stage: Stage, fill: Callable[[Path], dict], refresh: bool = False)
     if not refresh and (manifest := read_manifest(folder)) is not None:
         return folder, manifest, True
     folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".tmp-{folder.name}-"))
+    owner = f"{socket.gethostname()}-{os.getpid()}"
+    sweep_killed_builds(folder)
+    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".tmp-{folder.name}-{owner}-"))
     try:
         info = fill(tmp)
         files = {str(p.relative_to(tmp)): sha256_file(p) for p in sorted(tmp.rglob("*")) if p.is_file()}

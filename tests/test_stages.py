@@ -77,3 +77,25 @@ def test_ingest_key_follows_content_not_location(tmp_path, outputs_root):
     assert changed != first
     index = json.loads((outputs_root / "ingest" / changed.split("/")[-1] / MANIFEST).read_text())["images"]
     assert len(index) == 2
+
+
+def test_a_killed_build_leaves_nothing_behind_once_the_stage_runs_again(outputs_root):
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    calls = []
+    stage = Stage("unit", 1, "killed", {"a": 2}, contents=("abc",))
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    host, name = socket.gethostname(), stage.folder.name
+    stage.folder.parent.mkdir(parents=True, exist_ok=True)
+    killed = stage.folder.parent / f".tmp-{name}-{host}-{int(dead.stdout)}-k1ll3d00"   # its process has ended
+    live = stage.folder.parent / f".tmp-{name}-{host}-{os.getpid()}-l1v3b01d"          # a build still running
+    remote = stage.folder.parent / f".tmp-{name}-elsewhere-{int(dead.stdout)}-r3m0t3ab"  # another host's
+    for d in (killed, live, remote):
+        d.mkdir()
+        (d / "half.txt").write_text("partial")
+    folder, _, cached = run_stage(stage, fill_with("x", calls))
+    assert not cached and (folder / "out.txt").read_text() == "x"
+    assert not killed.exists() and live.is_dir() and remote.is_dir()
