@@ -95,9 +95,9 @@ def _device(value: str) -> str:
 
 
 def _out_folder(path: Path) -> None:
-    """An output path that is a file is refused before any work (it would fail after the model ran)."""
-    if path.exists() and not path.is_dir():
-        raise NotADirectoryError(f"{path}: output path exists and is not a folder")
+    from models.checkpoints import check_output_folder
+
+    check_output_folder(path)                 # before any work: it would fail after the model ran
 
 
 def _parse_sigma(text: str) -> float | list[float]:
@@ -250,9 +250,11 @@ def print_report(report: dict) -> None:
         images = report["images"]
         unscored = [r for r in images if "reference" in r]
         scored = len(images) - len(unscored)
-        out.print(f"  scored against {report['reference']}: {scored} of {len(images)} images"
-                  + (f" ({len(unscored)} not: " + "; ".join(f"{r['file']}: {r['reference']}" for r in unscored[:3])
-                     + (", ..." if len(unscored) > 3 else "") + ")" if unscored else ""))
+        line = f"  scored against {report['reference']}: {scored} of {len(images)} images"
+        if unscored:
+            reasons = "; ".join(f"{r['file']}: {r['reference']}" for r in unscored[:3])
+            line += f" ({len(unscored)} not: {reasons}{', ...' if len(unscored) > 3 else ''})"
+        out.print(line)
     if "mean" in report:
         m = report["mean"]
         out.print(f"  mean PSNR {_db(m['input_psnr'])} (input) -> {_db(m['psnr'])} (denoised), SSIM {m['ssim']:.3f}")

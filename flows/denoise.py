@@ -27,7 +27,7 @@ from flows.ingest import file_sha256
 from flows.progress import Bar
 from flows.stages import digest
 from formats.images import IMAGE_SUFFIXES, BadImage, DecodedImage, contact_sheet, encode_image, find_images, read_image
-from models.checkpoints import write_bytes_atomic, write_json_atomic
+from models.checkpoints import check_output_folder, write_bytes_atomic, write_json_atomic
 from models.inference import denoise_batch, denoise_image
 from models.registry import DENOISERS, load_model
 from models.trainer import pick_device
@@ -71,8 +71,7 @@ def check_folders(in_dir: Path, out_dir: Path) -> None:
         raise NotADirectoryError(f"{in_dir}: is a file; give the folder that holds the images")
     if not in_dir.is_dir():
         raise FileNotFoundError(f"{in_dir}: input folder not found")
-    if out_dir.exists() and not out_dir.is_dir():
-        raise NotADirectoryError(f"{out_dir}: output path exists and is not a folder")
+    check_output_folder(out_dir)
     if out_dir == in_dir or out_dir.is_relative_to(in_dir) or in_dir.is_relative_to(out_dir):
         raise ValueError(f"output folder {out_dir} must lie outside the input folder {in_dir} (and not contain it)")
 

@@ -58,6 +58,12 @@ def write_json_atomic(final: Path, obj) -> None:
     write_bytes_atomic(final, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
 
 
+def check_output_folder(path: Path) -> None:
+    """An output folder may exist or not; a file in its place is refused."""
+    if path.exists() and not path.is_dir():
+        raise NotADirectoryError(f"{path}: output path exists and is not a folder")
+
+
 def write_report(folder: Path, report: dict, files: list[str]) -> dict:
     """report.json of a job that writes `files` (names in `folder`) and replaces an earlier run's there: the
     files the earlier report listed and this run did not write again are removed, so that the folder holds
