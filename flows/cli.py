@@ -512,14 +512,14 @@ def music_sample(
     wav: bool = typer.Option(False, "--wav", help="Also render WAV with fluidsynth (needs fluidsynth and fluid-soundfont-gm)."),
 ):
     """Generate new MIDI clips (with piano-roll PNGs) from a music model."""
-    from flows.music import load_music_model, parse_key, resolve_music_model
+    from flows.music import music_data, parse_key, resolve_music_model
     from flows.pipelines import music_sample_flow
 
     _music_wav_check(wav)
     _out_folder(out_dir)
     if key:
         parse_key(key)                                    # mistakes before Prefect starts
-    load_music_model(resolve_music_model(model, key))
+    music_data(resolve_music_model(model, key))
     report = _run_flow(music_sample_flow, out_dir=str(out_dir), model=model, n=n, bars=bars, tempo=tempo,
                        program=program, key=key, seed=seed, wav=wav, angle=walk,
                        temperature=temperature)

@@ -484,13 +484,11 @@ def full_levels(net, n: int, length: int, gen, cond: np.ndarray | None = None, c
             ok = (mario_playable(flat, mode="level") & mario_pipes_ok(flat)).reshape(len(group), candidates)
             if asked is not None:                           # the new window has what --cond asked for
                 ok &= cond_ok(flat[:, :, -net.cfg.shape[1]:], asked).reshape(len(group), candidates)
-            fresh = ok.copy()                               # preferred: no stretch of the level comes back whole
-            if width:
-                fresh &= ~np.array([ok.flat[j] and repeats_itself(w, width) for j, w in enumerate(flat)]).reshape(
-                    len(group), candidates)
             for g, i in enumerate(group):
                 if ok[g].any():
-                    k = int(np.argmax(fresh[g] if fresh[g].any() else ok[g]))   # a repeat rather than a restart
+                    good = np.flatnonzero(ok[g])            # the first that repeats no stretch of the level so far
+                    k = next((int(j) for j in good if not width or not repeats_itself(wins[g, j], width)),
+                             int(good[0]))                  # else a repeat rather than a restart
                     rejected += k
                     levels[i], z[i] = wins[g, k], steps[g * candidates + k]
                 elif max_restarts is None or restarts < max_restarts:

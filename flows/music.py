@@ -418,12 +418,18 @@ def load_music_model(folder: Path):
     """(model in eval mode, encoding, window bars, condition columns) of a music model folder."""
     from models.registry import load_model
 
+    data = music_data(folder)
+    return load_model(folder), ENCODINGS[data["mode"]], int(data["bars"]), cond_columns(data.get("condition"))
+
+
+def music_data(folder: Path) -> dict:
+    """The data section of a music model's config; anything else is refused (read alone: no weights loaded)."""
     cfg = json.loads((Path(folder) / "config.json").read_text())
     data = cfg.get("data", {})
     if cfg["model"]["kind"] not in ("vae", "cvae") or "mode" not in data:
         raise ValueError(f"{folder}: not a music model (kind {cfg['model']['kind']}); see `aeflow models` "
                          "or train one with `aeflow music train`")
-    return load_model(folder), ENCODINGS[data["mode"]], int(data["bars"]), cond_columns(data.get("condition"))
+    return data
 
 
 # ---------------------------------------------------------------- sample
