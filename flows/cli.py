@@ -69,7 +69,10 @@ def _run_flow(flow_fn, **kwargs):
     from prefect.logging.handlers import PrefectConsoleHandler
     from prefect.settings import temporary_settings
 
+    from flows.settings import sweep_orphaned_servers
+
     if not os.environ.get("PREFECT_API_URL"):
+        sweep_orphaned_servers()
         Console(stderr=True).print("[dim]Prefect: starting a temporary local API (10-30 s; "
                                    "`aeflow server start` keeps one running for every command)[/]")
     for handler in logging.getLogger().handlers:           # set up when the flows were defined
@@ -353,13 +356,13 @@ def schedule_denoise(
     name: Optional[str] = typer.Option(None, "--name", help="Deployment name (default: from the folders)."),
 ):
     """Denoise whatever is new in IN_DIR into OUT_DIR on a schedule (same job as `denoise run`)."""
-    from flows.schedule import schedule_denoise as create
+    from flows.schedule import next_fire, schedule_denoise as create
 
     _check_task_runner(task_runner, dask_address)
     full = create(str(in_dir), str(out_dir), cron, timezone, model, sigma, str(reference) if reference else None,
                   batches, name, task_runner=task_runner, dask_address=dask_address)
-    out.print(f"scheduled [bold]{full}[/] ({cron}, {timezone}); start a worker with `aeflow worker start` "
-              f"and run it now with `aeflow schedule run {full.split('/')[1]}`")
+    out.print(f"scheduled [bold]{full}[/] ({cron}, {timezone}; next {next_fire(cron, timezone):%Y-%m-%d %H:%M %Z}); "
+              f"start a worker with `aeflow worker start` and run it now with `aeflow schedule run {full.split('/')[1]}`")
 
 
 @schedule_app.command("list")

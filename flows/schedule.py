@@ -37,6 +37,28 @@ def require_server() -> None:
                            "(or point PREFECT_API_URL at yours)")
 
 
+def next_fire(cron: str, tz: str = "UTC") -> datetime:
+    """When `cron` (the five standard fields, or @daily and the like) next fires in time zone `tz`; a clear
+    ValueError for anything else. Prefect's croniter also takes a sixth field (seconds, at the end, where
+    Quartz puts them first) and dates that never come ("0 0 30 2 *"): both are refused here."""
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    from prefect._vendor.croniter import CroniterBadDateError, croniter
+
+    try:
+        zone = ZoneInfo(tz)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"--timezone {tz!r}: not a time zone; e.g. UTC, Europe/Paris, America/New_York") from None
+    fields = cron.split()
+    if not (len(fields) == 5 or (len(fields) == 1 and cron.strip().startswith("@"))) or not croniter.is_valid(cron):
+        raise ValueError(f"--cron {cron!r}: not a cron schedule; give 5 fields, minute hour day month weekday "
+                         '(e.g. "0 2 * * *", every night at 02:00; "30 6 * * mon-fri"), or @daily, @hourly, @weekly')
+    try:
+        return croniter(cron, datetime.now(zone)).get_next(datetime)
+    except CroniterBadDateError:
+        raise ValueError(f"--cron {cron!r}: never fires (no such date)") from None
+
+
 def ensure_pool(name: str = POOL) -> None:
     from prefect.workers.process import ProcessWorker
 
@@ -60,17 +82,12 @@ def schedule_denoise(in_dir: str, out_dir: str, cron: str, tz: str = "UTC", mode
                      dask_address: str | None = None) -> str:
     """Create or update the deployment that denoises IN_DIR into OUT_DIR on `cron` (in time zone `tz`).
     Returns its full name, `denoise-run/NAME`."""
-    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
-
     from flows.denoise import check_folders
 
+    next_fire(cron, tz)
     require_server()
     src, dst = Path(in_dir).expanduser().resolve(), Path(out_dir).expanduser().resolve()
     check_folders(src, dst)                 # refused now, not at 02:00 with three retries a minute apart
-    try:
-        ZoneInfo(tz)
-    except (ZoneInfoNotFoundError, ValueError):
-        raise ValueError(f"--timezone {tz!r}: not a time zone; e.g. UTC, Europe/Paris, America/New_York") from None
     name = name or default_name(in_dir, out_dir)
     ensure_pool(pool)
     params = {"in_dir": str(src), "out_dir": str(dst), "model": model, "sigma": sigma, "batches": batches,

@@ -38,8 +38,31 @@ def running_server_url() -> str | None:
     return info["api_url"] if info else None
 
 
+def sweep_orphaned_servers() -> list[int]:
+    """Stop the temporary APIs that killed aeflow processes left (`kill -9` skips Prefect's atexit stop): Prefect
+    starts them with this process's environment, so each carries its starter's AEFLOW_PID; one whose parent is
+    no longer that process is an orphan. Linux (/proc); elsewhere, and for other users' processes, nothing."""
+    import signal
+
+    stopped = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            if b"prefect.server.api.server:create_app" not in (proc / "cmdline").read_bytes():
+                continue
+            environ = dict(v.split(b"=", 1) for v in (proc / "environ").read_bytes().split(b"\0") if b"=" in v)
+            ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            starter = environ.get(b"AEFLOW_PID")
+            if environ.get(b"PREFECT__SERVER_EPHEMERAL") == b"1" and starter and int(starter) != ppid:
+                os.kill(int(proc.name), signal.SIGTERM)
+                stopped.append(int(proc.name))
+        except (OSError, ValueError, IndexError):          # gone meanwhile, another user's, not ours
+            continue
+    return stopped
+
+
 def configure() -> None:
     env = os.environ
+    env["AEFLOW_PID"] = str(os.getpid())      # inherited by the temporary API Prefect may start (see above)
     env.setdefault("PREFECT_HOME", str(outputs_root() / ".prefect"))
     Path(env["PREFECT_HOME"]).expanduser().mkdir(parents=True, exist_ok=True)   # Prefect won't make parents
     env.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")

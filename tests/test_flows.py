@@ -176,3 +176,51 @@ def test_temporaries_of_a_killed_writer_are_swept_and_real_files_kept(tmp_path):
     (tmp_path / "notes.tmp").write_bytes(b"the user's own")          # not hidden: not ours
     assert sweep_temporaries(tmp_path) == 2
     assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == ["a.png", "notes.tmp"]
+
+
+ORPHAN_SCRIPT = """
+import time
+import flows.settings
+from prefect.server.api.server import SubprocessASGIServer
+server = SubprocessASGIServer()
+server.start()
+print(server.server_process.pid, flush=True)
+time.sleep(600)
+"""
+
+
+@pytest.mark.prefect
+def test_temporary_api_of_a_killed_command_is_stopped_by_the_next(tmp_path):
+    """kill -9 skips Prefect's atexit stop of its temporary API (a real uvicorn process); the next command's
+    sweep stops that orphan and leaves a live command's server alone."""
+    from flows.settings import sweep_orphaned_servers
+
+    env = {**os.environ, "PYTHONPATH": str(REPO), "AEFLOW_OUTPUTS": str(tmp_path / "outputs")}
+    env.pop("PREFECT_API_URL", None)
+    starters = [subprocess.Popen([sys.executable, "-c", ORPHAN_SCRIPT], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                                 text=True) for _ in range(2)]
+    try:
+        killed, live = starters
+        servers = [int(p.stdout.readline()) for p in starters]      # each prints once its API answers
+        killed.send_signal(signal.SIGKILL)
+        killed.wait()
+        assert Path(f"/proc/{servers[0]}").exists()                 # orphaned, still serving
+        assert sweep_orphaned_servers() == [servers[0]]
+        deadline = time.monotonic() + 30
+        while running(servers[0]) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not running(servers[0]) and running(servers[1]) and live.poll() is None
+    finally:
+        for p in starters:
+            p.send_signal(signal.SIGINT)                            # its atexit stops its server
+            p.wait(timeout=30)
+        sweep_orphaned_servers()
+    assert not running(servers[1])
+
+
+def running(pid: int) -> bool:
+    """A process that exists and is not a zombie waiting for its new parent to reap it."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -57,18 +58,37 @@ def aeflow(env, *args, timeout=180) -> str:
     return r.stdout
 
 
+def test_cron_next_fire_and_refusals():
+    from datetime import timedelta
+
+    from flows.schedule import next_fire
+
+    nightly = next_fire("0 2 * * *", "Europe/Paris")
+    assert (nightly.hour, nightly.minute, nightly.tzname()) in ((2, 0, "CET"), (2, 0, "CEST"))
+    assert timedelta(0) < nightly - datetime.now(nightly.tzinfo) <= timedelta(days=1)
+    assert next_fire("0 0 29 2 *").month == 2                # a leap day is rare, not impossible
+    for cron, says in (("0 0 30 2 *", "never fires"), ("0 0 31 4 *", "never fires"), ("0 0 2 * * *", "5 fields"),
+                       ("61 * * * *", "5 fields"), ("0 2 * *", "5 fields"), ("", "5 fields")):
+        with pytest.raises(ValueError, match=says):
+            next_fire(cron)
+    with pytest.raises(ValueError, match="not a time zone"):
+        next_fire("0 2 * * *", "Mars/Base")
+
+
 @pytest.mark.prefect
 def test_schedule_run_by_a_worker_is_incremental(server, tmp_path):
     src, dst = noisy_folder(tmp_path / "inbox", 4), tmp_path / "clean"
     out = aeflow(server, "schedule", "denoise", str(src), str(dst), "--cron", "0 2 * * *",
                  "--timezone", "Europe/Paris", "--name", "nightly")
-    assert "denoise-run/nightly" in out
+    assert "denoise-run/nightly" in out and "next 20" in out and ("CET" in out or "CEST" in out), out
     listing = aeflow(server, "schedule", "list")
     assert "nightly" in listing and "0 2 * * *" in listing and "Europe/Paris" in listing
     for args, says in ((["run", "nosuch"], "no scheduled job named 'nosuch'; known: nightly"),
                        (["denoise", str(src), str(src / "out"), "--cron", "0 2 * * *"], "must lie outside"),
                        (["denoise", str(src), str(dst), "--cron", "0 2 * * *", "--timezone", "Mars/Base"],
-                        "not a time zone")):
+                        "not a time zone"),
+                       (["denoise", str(src), str(dst), "--cron", "0 0 30 2 *"], "never fires"),
+                       (["denoise", str(src), str(dst), "--cron", "0 0 2 * * *"], "give 5 fields")):
         r = subprocess.run(AEFLOW + ["schedule", *args], env=server, cwd=REPO, capture_output=True, text=True,
                            timeout=120)
         assert r.returncode == 2 and says in r.stderr.replace("\n", " ") and "Traceback" not in r.stderr, r.stderr
