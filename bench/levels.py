@@ -142,6 +142,13 @@ def windows_rows(game: str, net, train: np.ndarray, n: int, seed: int, spread: f
     mk = chain.sample(n, train.shape[2], rng)
     mk_ok = check_units(game, mk)
     rows.append(row("column Markov chain", mk, mk_ok, train, time.perf_counter() - t0, game))
+    playable = check_units(game, train)
+    if not playable.all():       # the baseline for a model trained on the playable units only (flows/levels.py)
+        chain = ColumnMarkov(train[playable])
+        t0 = time.perf_counter()
+        mk = chain.sample(n, train.shape[2], np.random.default_rng([seed, 2]))
+        rows.append(row("column Markov chain, playable units only", mk, check_units(game, mk), train,
+                        time.perf_counter() - t0, game))
     return rows
 
 
@@ -225,13 +232,13 @@ CARD = """# {name}
 
 {what}
 Trained with the project's own code (`{command}`, i.e.
-`flows.levels.train_levels("mario"{units_arg})` with its defaults) and shipped as float16 safetensors
+`flows.levels.train_levels("mario"{units_arg})` with its other defaults) and shipped as float16 safetensors
 ({size_kb:.0f} kB, {params:,} parameters); loading casts back to float32.
 
 - **Data**: the 15 Super Mario Bros levels in the string constant of the `mario-gpt` 0.1.3 wheel (MIT;
   the VGLC annotated-path files minus their first 4 columns, path marks read as empty tiles; VGLC: Summerville,
   Snodgrass, Mateas, Ontañón 2016, MIT). {units} stride-1 windows of 14 x 28; level(s) {held_out} held out
-  for validation ({val_windows} windows), {train_windows} for training.
+  for validation ({val_windows} windows), {train_windows} for training{left_out}.
 - **Model**: widths {widths}, latent {latent}, beta {beta}{extra_model}.
 - **Training**: {steps:,} steps of batch {batch}, AdamW (peak lr {lr:g}, warm-up then cosine), {seconds:.0f} s on
   the shared 2-core CPU{cores}; kept weights: best validation ELBO {elbo:.1f} nats per window, tile accuracy
@@ -304,11 +311,15 @@ def ship(src: Path, cores: str = "") -> Path:
     extra["shipped_from"] = src.name
     save_model(load_model(src), dst, cfg["model"], dtype=torch.float16, extra=extra)
     m, t, d = cfg["model"], cfg["train"], cfg["data"]
+    every = "left_out_unplayable" not in d                 # trained before PLAYABLE_ONLY, or with --all-units
     (dst / "MODEL_CARD.md").write_text(CARD.format(
         name=name, what=WHAT[name].format(n_columns=len(m.get("columns", ())), ar=m.get("ar")),
         command="aeflow levels train" + (" --units columns" if columns else "")
-        + (" --model cvae" if kind == "cvae" else ""),
-        units_arg=(', units="columns"' if columns else "") + (', kind="cvae"' if kind == "cvae" else ""), cores=cores,
+        + (" --model cvae" if kind == "cvae" else "") + (" --all-units" if every else ""),
+        units_arg=(', units="columns"' if columns else "") + (', kind="cvae"' if kind == "cvae" else "")
+        + (", playable_only=False" if every else ""), cores=cores,
+        left_out="" if every else f" (the playable ones: the {d['left_out_unplayable']} unplayable training windows, "
+                                  "cuts that start over a gap, are left out; flows/levels.py PLAYABLE_ONLY)",
         playability="raw and delivered for each condition in the table below" if kind == "cvae" else
         "`python bench/levels.py`, 1000 samples; fill in from outputs/bench/levels.md",
         extra_model=f", ar {m['ar']}, {len(m['columns'])} column tokens" if columns else "",

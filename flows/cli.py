@@ -621,6 +621,7 @@ def levels_train(
     units: str = typer.Option("cells", "--units", help="cells: a softmax over tiles per cell; columns: over the whole columns of the training windows, each drawn after the ones before it (pipes, stairs and blocks come out whole; tile-pattern KL 10x lower on Mario)."),
     ar: Optional[int] = typer.Option(None, "--ar", help="Columns before each column that the decoder sees (default: 3 with --units columns, else 0; cells need 0)."),
     width: Optional[int] = typer.Option(None, "--width", help="Window width in columns (Mario: 28 default, 16 usual too; Kid Icarus: window height)."),
+    playable_only: Optional[bool] = typer.Option(None, "--playable-only/--all-units", help="Learn from the units the game's checker passes, or from all (default: playable only for Mario, whose unplayable windows are cuts that start over a gap; all for the other games, whose unplayable levels and rooms are content)."),
     steps: int = typer.Option(6000, "--steps", min=1, help="Optimiser steps (the shipped mario-vae: 6000, 9 minutes on 2 CPU cores)."),
     batch_size: int = typer.Option(64, "--batch-size", min=1),
     seed: int = typer.Option(0, "--seed"),
@@ -643,11 +644,13 @@ def levels_train(
     training = {"steps": steps, "batch_size": batch_size, "seed": seed, "device": device,
                 "epoch_steps": max(1, min(500, steps))}
     folder = _run_flow(levels_train_flow, game=game, data=str(data) if data else None, kind=model, model=model_cfg,
-                       training=training, width=width, refresh=refresh, units=units)
+                       training=training, width=width, refresh=refresh, units=units, playable_only=playable_only)
     cfg = json.loads((Path(folder) / "config.json").read_text())
     m = cfg["metrics"]
+    left_out = cfg["data"].get("left_out_unplayable")
     out.print(f"[bold]model[/] {folder}")
     out.print(f"  {cfg['model']['kind']} on {cfg['data']['train_windows']} {game} units "
+              f"{'' if left_out is None else f'(the playable ones; {left_out} left out) '}"
               f"{tuple(cfg['model']['shape'])}, {cfg['parameters']:,} parameters, {cfg['steps']} steps in {cfg['seconds']:.0f} s")
     out.print(f"  validation (held-out levels {', '.join(cfg['data']['held_out'])}): tile accuracy {m['val_acc']:.3f}, "
               f"ELBO {m['val_elbo']:.1f} nats, KL {m['val_kl']:.1f}")

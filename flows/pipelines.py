@@ -141,11 +141,11 @@ levels_check_task = task(name="levels-check", cache_policy=NO_CACHE)(check_level
 @flow(name="levels-train")
 def levels_train_flow(game: str = "mario", data: str | None = None, kind: str = "vae", model: dict | None = None,
                       training: dict | None = None, width: int | None = None, refresh: bool = False,
-                      progress: bool = True, units: str = "cells") -> str:
+                      progress: bool = True, units: str = "cells", playable_only: bool | None = None) -> str:
     """Ingest a game's levels, then train a vae/cvae on them (both stages cached)."""
     ingest_dir = levels_ingest_task(game, data, width, refresh)
     return levels_train_task(game, data, kind, model, training, width, refresh=refresh, progress=progress,
-                             ingest_dir=ingest_dir, units=units)
+                             ingest_dir=ingest_dir, units=units, playable_only=playable_only)
 
 
 @flow(name="levels-sample")

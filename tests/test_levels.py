@@ -234,6 +234,31 @@ def test_levels_flows_end_to_end(tmp_path):
     assert len(steps) == 3 and np.array_equal(steps[0], steps[-1])      # same level at both ends
 
 
+def test_mario_models_learn_from_playable_windows_unless_asked_for_all(tmp_path):
+    """Mario's unplayable windows (cuts that start over a gap) are left out of training by default, counted in the
+    model's config; --all-units keeps them; validation keeps them either way; a game without a checker refuses."""
+    from flows.levels import ingest_levels, load_ingest, train_levels
+    from formats.playability import mario_playable
+
+    data = tiny_corpus(tmp_path)
+    x, owner, levels, _ = load_ingest(ingest_levels("mario", str(data)))
+    unplayable = ~np.asarray(mario_playable(x, mode="window"))
+    assert unplayable.any() and not unplayable.all()           # windows that start in the 3-column gap
+    cfgs = [json.loads((Path(train_levels("mario", str(data), model=TINY, training=TINY_TRAINING, progress=False,
+                                          **kw)) / "config.json").read_text())["data"]
+            for kw in ({}, {"playable_only": False})]
+    mine, every = cfgs
+    assert every["train_windows"] + every["val_windows"] == len(x) and "left_out_unplayable" not in every
+    held = np.isin(owner, [i for i, (name, _) in enumerate(levels) if name in every["held_out"]])
+    assert mine["left_out_unplayable"] == int((unplayable & ~held).sum()) > 0
+    assert mine["train_windows"] == every["train_windows"] - mine["left_out_unplayable"]
+    assert mine["val_windows"] == every["val_windows"]
+    legend = tmp_path / "legend.json"
+    legend.write_text(json.dumps({"tiles": {"-": ["empty"], "X": ["solid"]}}))
+    with pytest.raises(ValueError, match="no playability checker"):
+        train_levels(str(legend), str(data), training=TINY_TRAINING, progress=False, playable_only=True)
+
+
 def test_column_units_draw_only_training_columns_and_continue_across_seams(tmp_path):
     """--units columns: the vocabulary is the training windows' distinct columns, every window sampled (most
     likely or drawn) is made of them, and a latent walk draws each window after the one before it."""
