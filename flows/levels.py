@@ -284,7 +284,10 @@ def train_levels(game: str = "mario", data: str | None = None, kind: str = "vae"
     ingest_dir = ingest_dir or ingest_levels(game, data, width, refresh)
     x, owner, levels, manifest = load_ingest(ingest_dir)
     if len(x) < 2:
-        raise ValueError(f"{ingest_dir}: {len(x)} training units; need at least 2 ({manifest['bad'][:3]})")
+        bad = manifest["bad"]
+        why = (f"{len(bad)} of {len(bad) + manifest['levels']} files unreadable; first: {bad[0]['reason']}" if bad
+               else f"{manifest['levels']} levels read, none as wide as a unit" + (f" (--width {width})" if width else ""))
+        raise ValueError(f"{data or manifest['source']}: {len(x)} {game} training units; need at least 2 ({why})")
     names = [n for n, _ in levels]
     held = blend_split(names, BLENDS[game]) if game in BLENDS else split_levels(names)
     val_mask = np.isin(owner, list(held))
@@ -644,8 +647,8 @@ def sample_levels(out_dir: str, model: str | None = None, n: int = 50, length: i
         ok = mario_playable(np.stack(levels), mode="level") if levels else np.zeros(0, bool)
         report.update(raw_playability=_rate(np.array(raw_ok)), delivered=_rate(ok),
                       rejected={"windows": rejected_windows, "restarts": restarts},
-                      originals_rate=f"{originals.get('levels_playable')} / {originals.get('levels')} of the model's training "
-                                     "levels")
+                      originals_rate=f"{originals.get('levels_playable')} / {originals.get('levels')} of the model's corpus "
+                                     "levels (training and held out)")
         if len(levels) < n:
             report["shortfall"] = f"only {len(levels)} of {n} levels after {restarts} restarts (max_tries {max_tries})"
         grids = levels
@@ -667,10 +670,12 @@ def sample_levels(out_dir: str, model: str | None = None, n: int = 50, length: i
         raw_ok, pipes_ok = np.concatenate(raw_ok), np.concatenate(pipes_ok)
         ok = check_units(game, np.stack(grids)) if grids else np.zeros(0, bool)
         report.update(raw_playability=_rate(raw_ok), delivered=_rate(ok),
-                      rejected={"unplayable": int((~raw_ok).sum()), "broken_pipes": int((raw_ok & ~pipes_ok).sum()),
-                                **({"not_as_asked": off_cond} if c is not None else {}),
-                                "copies_of_training_windows": 0 if raw else copied, "repeats": 0 if raw else repeats},
-                      originals_rate=f"{originals['units_playable']} / {originals['units']} of the model's training units")
+                      rejected={k: 0 if raw else v for k, v in {     # --raw keeps every draw: none rejected
+                          "unplayable": int((~raw_ok).sum()), "broken_pipes": int((raw_ok & ~pipes_ok).sum()),
+                          **({"not_as_asked": off_cond} if c is not None else {}),
+                          "copies_of_training_windows": copied, "repeats": repeats}.items()},
+                      originals_rate=f"{originals['units_playable']} / {originals['units']} of the model's corpus units "
+                                     "(training and held out)")
         if game == "mario":
             report["raw_pipes_ok"] = round(float(pipes_ok.mean()), 4)
         if len(grids) < n:
@@ -768,7 +773,8 @@ def sample_blend(out_dir: str, net, cfg: dict, folder: Path, n: int, blend: floa
 # ---------------------------------------------------------------- interpolate
 
 def interpolate_levels(level_a: str, level_b: str, out_dir: str, steps: int = 8, model: str | None = None) -> dict:
-    """Decode `steps` points on the straight line between the encodings of two level files. Levels wider
+    """Decode `steps` points on the straight line between the encodings of two level files (the first and last
+    are the model's decodings of A and B; report["ends_match"] says how many tiles come back). Levels wider
     than the model's window are encoded window by window and interpolated per window, so full-length levels
     blend column block by column block; the last window ends at the last column (it overlaps the one before:
     no column is dropped). Levels of different widths blend over the shorter one's width (report["cut"])."""
@@ -803,7 +809,10 @@ def interpolate_levels(level_a: str, level_b: str, out_dir: str, steps: int = 8,
     labels = [f"t={t:.2f}" for t in np.linspace(0, 1, steps)]
     write_bytes_atomic(out / "contact_sheet.png", contact_sheet(grids, legend, labels, columns=1))
     report = {"model": str(folder), "a": str(level_a), "b": str(level_b), "steps": steps, "windows": k,
-              "width": width, "files": names, "playable": [bool(v) for v in ok]}
+              "width": width, "files": names, "playable": [bool(v) for v in ok],
+              # the ends are decodings of A and B: the share of their tiles that come back
+              "ends_match": {"a": round(float((grids[0] == levels[0][:, :width]).mean()), 4),
+                             "b": round(float((grids[-1] == levels[1][:, :width]).mean()), 4)}}
     if levels[0].shape[1] != levels[1].shape[1]:
         report["cut"] = (f"A is {levels[0].shape[1]} columns, B {levels[1].shape[1]}: blended over the first "
                          f"{width} of each")
@@ -812,6 +821,20 @@ def interpolate_levels(level_a: str, level_b: str, out_dir: str, steps: int = 8,
 
 # ---------------------------------------------------------------- check
 
+def files_to_check(p: Path) -> list[Path]:
+    """A level file, or every *.txt under a folder (readme and hidden entries skipped); a clear error for a
+    missing path or a folder without any."""
+    if not p.exists():
+        raise FileNotFoundError(f"{p}: no such file or folder")
+    if p.is_file():
+        return [p]
+    files = sorted(q for q in p.rglob("*.txt") if q.stem.lower() != "readme"
+                   and not any(part.startswith(".") for part in q.relative_to(p).parts))
+    if not files:
+        raise FileNotFoundError(f"{p}: no level files (*.txt) under it")
+    return files
+
+
 def check_levels(path: str, game: str = "mario", mode: str = "auto", out_json: str | None = None) -> dict:
     """Playability of one level file or every *.txt under a folder (ours or not). Mario mode "auto": a
     level up to 32 columns wide is a window (start on the first 3 columns), wider is a full level (start
@@ -819,10 +842,7 @@ def check_levels(path: str, game: str = "mario", mode: str = "auto", out_json: s
     legend = get_legend(game)
     game_name = legend.game
     p = Path(path)
-    if not p.exists():
-        raise FileNotFoundError(f"{path}: no such file or folder")
-    files = [p] if p.is_file() else sorted(q for q in p.rglob("*.txt") if q.stem.lower() != "readme"
-                                           and not any(part.startswith(".") for part in q.relative_to(p).parts))
+    files = files_to_check(p)
     results, bad, verdicts = [], [], []
     for f in files:
         try:

@@ -17,6 +17,7 @@ import re
 import shutil
 import subprocess
 import time
+from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -40,7 +41,7 @@ SHIFTS = range(-5, 7)                      # transpositions tried for augmentati
 PRETRAINED_MELODY = "music-melody-2bar"
 PRETRAINED_KEY = "music-melody-2bar-key"     # key-conditioned: `--key` with the auto model uses it
 PRETRAINED_CHORALE = "music-chorale-4bar-key"  # four-part Bach chorale phrases, key-conditioned
-KEY_ROUNDS = 10            # `--key` with a key cvae: redraws of a clip that came out in another key (then moved)
+KEY_ROUNDS = 10            # `--key`: redraws of a clip that came out in another key (key cvae) or mode (other models)
 
 
 # ---------------------------------------------------------------- corpus units -> pieces (worker processes)
@@ -154,10 +155,14 @@ def ingest_music(source: str, mode: str = "melody", limit: int | None = None, wo
         slug, units = f"nottingham-{mode}", None
     elif folder.is_dir():
         files = find_midi(folder)
+        if not files:
+            raise FileNotFoundError(f"{folder}: no MIDI files (*.mid, *.midi) under it")
         if limit:
             files = _spread(files, limit)
         contents = tuple(_content_key(p) for p in files)
         config = {"source": "midi", "mode": mode, "limit": limit}
+        if mode == "melody":
+            config["melody"] = "skyline"  # the top line sounding (before: lower parts' onsets cut into it)
         slug, units = f"midi-{folder.name}-{mode}", None
     else:
         import music21
@@ -191,7 +196,8 @@ def ingest_music(source: str, mode: str = "melody", limit: int | None = None, wo
             meters[p["meter"]] = meters.get(p["meter"], 0) + 1
         return {"counts": {"units": len(parsed), "pieces": len(good), "failed": len(failed), "steps": int(offsets[-1])},
                 "meters": meters, "off_grid_notes": round(float(np.mean([p["off_grid"] for p in good])) if good else 0.0, 5),
-                "failed": failed, "seconds": round(time.perf_counter() - t0, 2), "encoding": enc.name}
+                "failed": failed, "seconds": round(time.perf_counter() - t0, 2), "encoding": enc.name,
+                **({"folder": str(folder.resolve())} if config["source"] == "midi" else {})}   # for messages only
 
     folder_out, _, _ = run_stage(stage, fill, refresh)
     return str(folder_out)
@@ -378,7 +384,7 @@ def train_music(ingest_dir: str, bars: int = 2, model: dict | None = None, train
     if len(xt) == 0 or len(xv) == 0:
         manifest = json.loads((Path(ingest_dir) / "manifest.json").read_text())
         source, failed = manifest["config"]["source"], manifest["failed"]
-        source = "the MIDI folder" if source == "midi" else source
+        source = manifest.get("folder", "the MIDI folder") if source == "midi" else source
         if info["pieces"] == 0:                     # nothing readable: fewer bars would not help
             why = f"; first: {failed[0]['file']}: {failed[0]['reason']}" if failed else ""
             raise ValueError(f"{source}: no piece could be read ({len(failed)} files failed{why})")
@@ -441,7 +447,9 @@ def generate_rolls(model, enc: Encoding, window_bars: int, n: int, bars: int, se
     (each cell drawn from softmax(logits / temperature); 0 = the most likely token) and joined. `key` ("D",
     "Bbm"): a key-conditioned cvae is asked for it, and a clip whose estimated key is another (a chorale phrase
     that settles in the dominant, say) is drawn again, up to `key_rounds` times, then moved to the key's tonic;
-    another model's clips are transposed (nearest shift that fits the range) from their estimated key to it.
+    another model's clips in the other mode are drawn again as often, and all are transposed (nearest shift that
+    fits the range) from their estimated key to it. A clip still in the other mode keeps it (sample_music
+    reports each clip's estimated key against the one asked).
     Without `key`, `key_counts` ((2, 12) windows per mode and tonic in the training corpus before transposition)
     gives each clip a key drawn as often as the corpus uses it: the models learn all 12 keys from transposed
     copies, the corpus itself sits in a few. Neither: keys as the model draws them (all 12 alike)."""
@@ -483,11 +491,11 @@ def generate_rolls(model, enc: Encoding, window_bars: int, n: int, bars: int, se
     if target is None and (keyed or p is None):
         return rolls
     est = mm.estimate_keys(np.stack(rolls), enc.lo)                        # (n, 2) [tonic, mode] as generated
-    for _ in range(key_rounds if keyed else 0):                            # in the key asked, or drawn again
-        off = np.flatnonzero((est != target).any(1))
+    for _ in range(key_rounds if target else 0):       # in the key asked (any model: in its mode), or drawn again
+        off = np.flatnonzero((est != target).any(1) if keyed else est[:, 1] != target[1])
         if not len(off):
             break
-        again = draw(keys[: len(off)], walks(len(off)))
+        again = draw(None if keys is None else keys[: len(off)], walks(len(off)))
         for i, roll in zip(off, again):
             rolls[i] = roll
         est[off] = mm.estimate_keys(np.stack(again), enc.lo)
@@ -564,6 +572,10 @@ def sample_music(out_dir: str, model: str = "auto", n: int = 20, bars: int = 8, 
               "instruments": instruments(programs, enc), "key": key, "seed": seed, "temperature": temperature,
               "clips": clips, "generate_seconds": round(seconds, 3),
               "clips_per_s": round(n / max(seconds, 1e-9), 1), "summary": mm.set_stats(rolls, enc.lo), "out_dir": str(out)}
+    if key:                                                  # the estimated key of each clip against the one asked
+        others = Counter(c["key"] for c in clips if parse_key(c["key"]) != parse_key(key))
+        report["in_key"] = {"asked": key, "clips": len(clips) - sum(others.values()), "of": len(clips),
+                            "others": dict(others.most_common())}
     return write_report(out, report, clip_files(clips))
 
 
@@ -641,7 +653,8 @@ def music_stats(target: str, mode: str = "melody") -> dict:
                      "meter": f"{clip.time_signature[0]}/{clip.time_signature[1]}", "flags": clip.flags,
                      **mm.roll_stats(clip.roll, enc.lo)})
     numeric = [k for k in (rows[0] if rows else {}) if isinstance(rows[0][k], (int, float)) and k != "tempo"]
-    mean = {k: float(np.nanmean([r[k] for r in rows])) for k in numeric} if rows else {}
+    finite = {k: [r[k] for r in rows if np.isfinite(r[k])] for k in numeric}       # NaN: undefined for that file
+    mean = {k: float(np.mean(v)) if v else None for k, v in finite.items()}
     return {"target": str(target), "mode": mode, "files": rows, "failed": failed, "mean": mean,
             "counts": {"files": len(files), "read": len(rows), "failed": len(failed)}}
 

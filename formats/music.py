@@ -124,6 +124,34 @@ def notes_to_roll(notes: np.ndarray, steps: int, enc: Encoding) -> np.ndarray:
     return roll
 
 
+def skyline(notes: np.ndarray) -> np.ndarray:
+    """Notes of several parts (N, 4) -> one voice's notes: each part is a line (a later onset cuts the note before
+    it; of notes starting together the highest), and at each step the highest line sounding is the melody. A note
+    starts where its line's note starts or where the melody moves to another pitch; a lower part's notes never cut
+    into a higher one that still sounds."""
+    notes = np.asarray(notes, dtype=np.int64).reshape(-1, 4)
+    if not len(notes):
+        return notes
+    steps = int((notes[:, 1] + notes[:, 2]).max())
+    parts = int(notes[:, 0].max()) + 1
+    pitch = np.full((parts, steps), -1, dtype=np.int64)
+    start = np.zeros((parts, steps), dtype=bool)
+    for v, on, dur, p in notes[np.lexsort((notes[:, 3], notes[:, 1], notes[:, 0]))]:
+        pitch[v, on:on + dur] = p                              # later and higher notes overwrite
+        start[v, on:on + dur] = False
+        start[v, on] = True
+    line = pitch.argmax(0)
+    top = pitch[line, np.arange(steps)]
+    onset = (top >= 0) & (start[line, np.arange(steps)] | (top != np.r_[-1, top[:-1]]))
+    ons = np.flatnonzero(onset)
+    ends = np.r_[ons[1:], steps]
+    out = []
+    for on, nxt in zip(ons, ends):
+        silent = np.flatnonzero(top[on:nxt] < 0)
+        out.append((0, on, (silent[0] if len(silent) else nxt - on), top[on]))
+    return np.array(out, dtype=np.int64).reshape(-1, 4)
+
+
 def fold_pitch(pitch: int, enc: Encoding) -> int:
     while pitch < enc.lo:
         pitch += 12
@@ -361,7 +389,7 @@ def _ticks_to_seconds(tick: int, tempo_map: list[tuple[int, int]], tpb: int) -> 
 
 def midi_to_roll(path: Path, enc: Encoding) -> MidiClip:
     """Read a MIDI file into a roll on the 16th grid. Voices: each track (or channel, in a type-0 file) with notes
-    is a voice, in file order; a melody takes the highest note of all of them (skyline). Drums (channel 10) are
+    is a voice, in file order; a melody takes the highest line sounding at each step (skyline). Drums (channel 10) are
     ignored; velocity-0 note_on is a note_off; notes still on at the end are closed there (flagged)."""
     mid = read_midi(path)
     tpb = mid.ticks_per_beat
@@ -397,12 +425,16 @@ def midi_to_roll(path: Path, enc: Encoding) -> MidiClip:
     used = sorted({r[0] for r in raw})
     if not raw:
         raise BadMidi(path, "no notes")
-    voice_of = {p: (0 if enc.voices == 1 else i) for i, p in enumerate(used)}
-    if enc.voices > 1 and len(used) > enc.voices:
-        flags.append(f"{len(used)} parts with notes; the first {enc.voices} kept")
+    voice_of = {p: i for i, p in enumerate(used)}
+    if enc.voices > 1 and len(used) != enc.voices:
+        flags.append(f"{len(used)} parts with notes; the first {enc.voices} kept" if len(used) > enc.voices else
+                     f"{len(used)} part(s) with notes: voices {len(used) + 1}-{enc.voices} are empty")
     step = tpb / STEPS_PER_BEAT
     arr = np.array([(voice_of[p], round(on / step), max(1, round(e / step) - round(on / step)), pitch)
-                    for p, on, e, pitch in raw if voice_of[p] < enc.voices], dtype=np.int64).reshape(-1, 4)
+                    for p, on, e, pitch in raw if enc.voices == 1 or voice_of[p] < enc.voices],
+                   dtype=np.int64).reshape(-1, 4)
+    if enc.voices == 1:
+        arr = skyline(arr)
     off_grid = float(np.mean([on % step != 0 for _, on, _, _ in raw]))
     out_of_range = int(((arr[:, 3] < enc.lo) | (arr[:, 3] > enc.hi)).sum())
     if out_of_range:

@@ -204,6 +204,7 @@ def test_levels_flows_end_to_end(tmp_path):
     report = levels_sample_flow(out_dir=str(out), model=model, n=3, seed=1, raw=True, spread=0.5)
     on_disk = json.loads((out / "report.json").read_text())
     assert on_disk["n"] == 3 and on_disk["raw"] is True and "originals" in on_disk and on_disk["spread"] == 0.5
+    assert set(on_disk["rejected"].values()) == {0}             # --raw keeps every draw, whatever its rate
     assert report["files"] == ["level-000", "level-001", "level-002"]
     grids = [read_level(out / f"{f}.txt", "mario") for f in report["files"]]
     assert all(g.shape == (14, 28) for g in grids) and (out / "contact_sheet.png").stat().st_size > 0
@@ -346,6 +347,8 @@ def test_cond_draws_the_shipped_column_cvae_and_interpolate_the_cell_vae(tmp_pat
     ends = [read_level(tmp_path / "blend" / f"{f}.txt", "mario") for f in (blend["files"][0], blend["files"][-1])]
     assert ends[0].shape == ends[1].shape == (14, 61)                      # no column dropped
     assert np.mean(ends[0] == level_a[:, 40:101]) > 0.95 and np.mean(ends[1] == level_b[:, 40:101]) > 0.95
+    assert blend["ends_match"] == {"a": round(float(np.mean(ends[0] == level_a[:, 40:101])), 4),
+                                   "b": round(float(np.mean(ends[1] == level_b[:, 40:101])), 4)}
 
 
 def test_a_stretch_that_comes_back_whole_is_a_repeat_unless_it_is_plain_ground():

@@ -124,6 +124,26 @@ def test_other_writers_velocity_zero_and_type_0(tmp_path):
     assert ch.tracks == 2 and ch.roll[1, 0] == tok(48, CHORALE) and (ch.roll[2:] == REST).all()
 
 
+def test_melody_of_several_parts_is_the_top_line_and_lower_onsets_never_cut_it(tmp_path):
+    """Two tracks: a soprano holding half notes over a bass moving in quarters (and below the melody range), then
+    the bass alone. The melody is the soprano held whole, then the bass where it is the only line sounding; only
+    the bass note the melody takes counts as moved into the range."""
+    mid = mido.MidiFile(type=1, ticks_per_beat=480)
+    soprano = [mido.Message("note_on", note=72, velocity=80, time=0), mido.Message("note_off", note=72, time=960),
+               mido.Message("note_on", note=74, velocity=80, time=0), mido.Message("note_off", note=74, time=960)]
+    bass = []
+    for i, pitch in enumerate((36, 38, 40, 41, 43)):                    # quarters; the last sounds alone
+        bass += [mido.Message("note_on", channel=1, note=pitch, velocity=80, time=0),
+                 mido.Message("note_off", channel=1, note=pitch, time=480)]
+    mid.tracks += [mido.MidiTrack(soprano), mido.MidiTrack(bass)]
+    mid.save(tmp_path / "two.mid")
+    clip = midi_to_roll(tmp_path / "two.mid", MELODY)
+    assert clip.roll[0, :20].tolist() == [tok(72)] + [HOLD] * 7 + [tok(74)] + [HOLD] * 7 + [tok(55)] + [HOLD] * 3
+    assert clip.flags == ["1 note(s) outside MIDI 48-83 moved by octaves"], clip.flags
+    chorale = midi_to_roll(tmp_path / "two.mid", CHORALE)
+    assert chorale.roll[1, :20].tolist().count(HOLD) == 15                # the bass keeps its own five notes
+
+
 def valid_bytes() -> bytes:
     return roll_to_midi(melody(), MELODY)
 
@@ -415,6 +435,22 @@ def test_key_with_the_auto_model_uses_the_key_conditioned_model(tmp_path):
     chroma = sum(mm.chroma(read_back(tmp_path / c["midi"], MELODY), MELODY.lo) for c in report["clips"])
     e_major = np.roll(mm.MAJOR, 4)
     assert chroma[e_major].sum() / chroma.sum() > 0.85          # E major's scale, not C's
+
+
+def test_key_with_a_plain_model_draws_the_mode_asked_and_reports_each_clips_key(tmp_path):
+    """The plain melody model knows no key: clips in the other mode are drawn again, then all move to the tonic.
+    report.json's in_key agrees with the key estimated from the MIDI files read back."""
+    from flows.music import generate_rolls, load_music_model, resolve_music_model, sample_music
+
+    report = sample_music(str(tmp_path), "music-melody-2bar", n=12, bars=4, key="Ebm", seed=0)
+    assert Path(report["model"]).name == "music-melody-2bar"
+    est = mm.estimate_keys(np.stack([read_back(tmp_path / c["midi"], MELODY) for c in report["clips"]]), MELODY.lo)
+    k = report["in_key"]
+    assert k["asked"] == "Ebm" and k["of"] == 12 and k["clips"] == int((est == (3, 1)).all(1).sum())
+    assert k["clips"] + sum(k["others"].values()) == 12 and k["clips"] >= 10
+    net, enc, window_bars, cols = load_music_model(resolve_music_model("music-melody-2bar", None))
+    once = generate_rolls(net, enc, window_bars, 12, 4, 0, "Ebm", cols, key_rounds=0)   # moved, never redrawn
+    assert (mm.estimate_keys(np.stack(once), enc.lo)[:, 1] == 1).sum() < k["clips"]       # most tunes are major
 
 
 def test_clips_take_the_corpus_keys_and_all_keys_without_them():
