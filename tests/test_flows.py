@@ -199,6 +199,7 @@ def test_temporary_api_of_a_killed_command_is_stopped_by_the_next(tmp_path):
     env.pop("PREFECT_API_URL", None)
     starters = [subprocess.Popen([sys.executable, "-c", ORPHAN_SCRIPT], cwd=REPO, env=env, stdout=subprocess.PIPE,
                                  text=True) for _ in range(2)]
+    servers: list[int] = []
     try:
         killed, live = starters
         servers = [int(p.stdout.readline()) for p in starters]      # each prints once its API answers
@@ -211,10 +212,13 @@ def test_temporary_api_of_a_killed_command_is_stopped_by_the_next(tmp_path):
             time.sleep(0.1)
         assert not running(servers[0]) and running(servers[1]) and live.poll() is None
     finally:
-        for p in starters:
-            p.send_signal(signal.SIGINT)                            # its atexit stops its server
-            p.wait(timeout=30)
+        for p in starters:                                         # the live one too: its server is then an orphan
+            p.kill()
+            p.wait()
         sweep_orphaned_servers()
+    deadline = time.monotonic() + 30
+    while running(servers[1]) and time.monotonic() < deadline:
+        time.sleep(0.1)
     assert not running(servers[1])
 
 
