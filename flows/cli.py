@@ -27,7 +27,7 @@ def _file_column() -> Column:
 
 
 # a mistake in what the user asked for: one line and exit 2 (raised by the checks and by the flows)
-USER_ERRORS = (FileNotFoundError, FileExistsError, NotADirectoryError, PermissionError, ValueError)
+USER_ERRORS = (FileNotFoundError, FileExistsError, NotADirectoryError, PermissionError, ValueError, ConnectionError)
 
 
 def main() -> None:

@@ -33,7 +33,7 @@ FLOW_NAME = scheduled_denoise_flow.name          # "denoise-run"
 
 def require_server() -> None:
     if not os.environ.get("PREFECT_API_URL") and running_server_url() is None:
-        raise RuntimeError("schedules need a running Prefect server: start one with `aeflow server start` "
+        raise ConnectionError("schedules need a running Prefect server: start one with `aeflow server start` "
                            "(or point PREFECT_API_URL at yours)")
 
 
@@ -82,12 +82,17 @@ def schedule_denoise(in_dir: str, out_dir: str, cron: str, tz: str = "UTC", mode
                      dask_address: str | None = None) -> str:
     """Create or update the deployment that denoises IN_DIR into OUT_DIR on `cron` (in time zone `tz`).
     Returns its full name, `denoise-run/NAME`."""
-    from flows.denoise import check_folders
+    import torch
+
+    from flows.denoise import Models, check_folders
 
     next_fire(cron, tz)
     require_server()
     src, dst = Path(in_dir).expanduser().resolve(), Path(out_dir).expanduser().resolve()
     check_folders(src, dst)                 # refused now, not at 02:00 with three retries a minute apart
+    if reference and not Path(reference).expanduser().is_dir():
+        raise FileNotFoundError(f"{reference}: reference folder not found")
+    Models(model, sigma, torch.device("cpu")).identity()       # an unknown model, as `denoise run` refuses it
     name = name or default_name(in_dir, out_dir)
     ensure_pool(pool)
     params = {"in_dir": str(src), "out_dir": str(dst), "model": model, "sigma": sigma, "batches": batches,
@@ -102,7 +107,9 @@ def schedule_denoise(in_dir: str, out_dir: str, cron: str, tz: str = "UTC", mode
 
 
 def list_schedules() -> list[dict]:
-    """Each deployment with its schedules, next scheduled runs and the last finished run."""
+    """Each deployment with its schedules, next scheduled runs (in the schedule's time zone) and the last finished run."""
+    from zoneinfo import ZoneInfo
+
     require_server()
     rows = []
     with get_client(sync_client=True) as client:
@@ -114,10 +121,12 @@ def list_schedules() -> list[dict]:
                               and r.expected_start_time and r.expected_start_time > now)
             finished = [r for r in runs if r.state and r.state.is_final()]
             last = max(finished, key=lambda r: r.end_time or r.expected_start_time) if finished else None
+            zones = [s.schedule.timezone for s in d.schedules if getattr(s.schedule, "timezone", None)]
+            zone = ZoneInfo(zones[0]) if zones else timezone.utc             # next runs in the schedule's own zone
             rows.append({"name": d.name, "paused": d.paused,
                          "schedules": [f"{s.schedule.cron} ({s.schedule.timezone})" for s in d.schedules
                                        if hasattr(s.schedule, "cron")],
-                         "next": [t.isoformat(timespec="minutes") for t in upcoming[:3]],
+                         "next": [f"{t.astimezone(zone):%Y-%m-%d %H:%M %Z}" for t in upcoming[:3]],
                          "last": f"{last.state.name} {(last.end_time or last.expected_start_time):%Y-%m-%d %H:%M}"
                                  if last else "", "parameters": d.parameters})
     return rows

@@ -15,8 +15,10 @@ from pathlib import Path
 
 
 def outputs_root() -> Path:
-    """Everything the pipeline writes lives here: $AEFLOW_OUTPUTS, else ./outputs."""
-    return Path(os.environ.get("AEFLOW_OUTPUTS", "outputs")).resolve()
+    """Everything the pipeline writes lives here: $AEFLOW_OUTPUTS, else this checkout's outputs/ (wherever the
+    command runs from: the same cache, models and server; nothing written into the folder a user is in)."""
+    default = Path(__file__).resolve().parents[1] / "outputs"
+    return Path(os.environ.get("AEFLOW_OUTPUTS", default)).expanduser().resolve()
 
 
 def server_file() -> Path:

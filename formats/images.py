@@ -202,8 +202,9 @@ def _reason(e: Exception) -> str:
     if isinstance(e, UnidentifiedImageError):
         return "not an image (unrecognised format; PNG, JPEG, TIFF, BMP and WebP are read)"
     if isinstance(e, Image.DecompressionBombError):  # Pillow's own check, above 2 x MAX_IMAGE_PIXELS
-        return f"image over {2 * (Image.MAX_IMAGE_PIXELS or 0) / 1e6:.0f} MP exceeds the " \
-               f"{MAX_PIXELS / 1e6:.0f} MP limit (decompression bomb)"
+        size = re.search(r"\((\d+) pixels\)", str(e))              # Pillow names the image's own size
+        what = f"{int(size.group(1)) / 1e6:.0f} MP" if size else f"over {2 * (Image.MAX_IMAGE_PIXELS or 0) / 1e6:.0f} MP"
+        return f"image of {what} exceeds the {MAX_PIXELS / 1e6:.0f} MP limit (decompression bomb)"
     msg = " ".join(str(e).split())[:160]
     if "truncated" in msg.lower():
         return "truncated image"

@@ -83,12 +83,16 @@ def test_schedule_run_by_a_worker_is_incremental(server, tmp_path):
     assert "denoise-run/nightly" in out and "next 20" in out and ("CET" in out or "CEST" in out), out
     listing = aeflow(server, "schedule", "list")
     assert "nightly" in listing and "0 2 * * *" in listing and "Europe/Paris" in listing
+    assert " 02:00 CE" in listing, listing                      # next runs in the schedule's zone, not UTC
     for args, says in ((["run", "nosuch"], "no scheduled job named 'nosuch'; known: nightly"),
                        (["denoise", str(src), str(src / "out"), "--cron", "0 2 * * *"], "must lie outside"),
                        (["denoise", str(src), str(dst), "--cron", "0 2 * * *", "--timezone", "Mars/Base"],
                         "not a time zone"),
                        (["denoise", str(src), str(dst), "--cron", "0 0 30 2 *"], "never fires"),
-                       (["denoise", str(src), str(dst), "--cron", "0 0 2 * * *"], "give 5 fields")):
+                       (["denoise", str(src), str(dst), "--cron", "0 0 2 * * *"], "give 5 fields"),
+                       (["denoise", str(src), str(dst), "--cron", "0 2 * * *", "--model", "nosuch"], "nosuch"),
+                       (["denoise", str(src), str(dst), "--cron", "0 2 * * *", "--reference", str(tmp_path / "no")],
+                        "reference folder not found")):
         r = subprocess.run(AEFLOW + ["schedule", *args], env=server, cwd=REPO, capture_output=True, text=True,
                            timeout=120)
         assert r.returncode == 2 and says in r.stderr.replace("\n", " ") and "Traceback" not in r.stderr, r.stderr

@@ -2,6 +2,7 @@
 
 import json
 import shutil
+from pathlib import Path
 
 from flows.stages import MANIFEST, Stage, read_manifest, run_stage
 
@@ -99,3 +100,14 @@ def test_a_killed_build_leaves_nothing_behind_once_the_stage_runs_again(outputs_
     folder, _, cached = run_stage(stage, fill_with("x", calls))
     assert not cached and (folder / "out.txt").read_text() == "x"
     assert not killed.exists() and live.is_dir() and remote.is_dir()
+
+
+def test_outputs_default_to_the_checkout_wherever_a_command_runs(monkeypatch, tmp_path):
+    """Without AEFLOW_OUTPUTS, a command run from any folder (an inbox, say) uses this checkout's outputs/."""
+    from flows.settings import outputs_root
+
+    monkeypatch.delenv("AEFLOW_OUTPUTS", raising=False)
+    monkeypatch.chdir(tmp_path)
+    assert outputs_root() == Path(__file__).resolve().parents[1] / "outputs"
+    monkeypatch.setenv("AEFLOW_OUTPUTS", str(tmp_path / "mine"))
+    assert outputs_root() == tmp_path / "mine"
