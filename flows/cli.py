@@ -215,17 +215,12 @@ def denoise_run(
 ):
     """Denoise every image in a folder (incremental: unchanged images already done are skipped). A file that
     cannot be read is reported and the rest are done; the exit status is then 1."""
-    import torch
-
-    from flows.denoise import Models, check_folders
+    from flows.denoise import check_job
     from flows.pipelines import denoise_run_flow
 
     _check_task_runner(task_runner, dask_address)
     # Fail in a second, not after Prefect has started: the folders and the model must make sense.
-    check_folders(in_dir.expanduser().resolve(), out_dir.expanduser().resolve())
-    if reference and not reference.is_dir():
-        raise FileNotFoundError(f"{reference}: reference folder not found")
-    Models(model, sigma, torch.device("cpu")).identity()
+    check_job(in_dir.expanduser().resolve(), out_dir.expanduser().resolve(), model, sigma, reference)
     report = _run_flow(denoise_run_flow, in_dir=str(in_dir), out_dir=str(out_dir), model=model, sigma=sigma,
                        reference=str(reference) if reference else None, device=device, ensemble=ensemble,
                        batches=batches, task_runner=task_runner, dask_address=dask_address)
@@ -497,8 +492,8 @@ def music_train(
                                  "of MIDI files", param_hint="--corpus")
     if corpus == "nottingham":
         nottingham_file()                                 # a missing file says where to put it, before Prefect starts
-    elif not known and not find_midi(Path(corpus).expanduser()):
-        raise FileNotFoundError(f"{corpus}: no MIDI files (*.mid, *.midi) under it")
+    elif not known:
+        find_midi(Path(corpus).expanduser())              # a folder without MIDI files, before Prefect starts
     if ar < 0:
         raise typer.BadParameter(f"{ar}: 0 (none) or a number of steps", param_hint="--ar")
     if condition not in ("none", "key", "mode", "meter"):
@@ -601,8 +596,8 @@ def music_stats(
         raise typer.BadParameter(f"{mode!r}: melody or chorale", param_hint="--mode")
     if not target.exists():
         raise FileNotFoundError(f"{target}: no such file or folder")
-    if target.is_dir() and not find_midi(target):
-        raise FileNotFoundError(f"{target}: no MIDI files (*.mid, *.midi) under it")
+    if target.is_dir():
+        find_midi(target)                                 # a folder without MIDI files, before Prefect starts
     report = _run_flow(music_stats_flow, target=str(target), mode=mode)
     if as_json:
         print(json.dumps(report, indent=2))

@@ -64,6 +64,17 @@ def thumbnail(x: np.ndarray, size: int = 512) -> np.ndarray:
     return np.ascontiguousarray(x[::step, ::step])
 
 
+def check_job(in_dir: Path, out_dir: Path, model: str, sigma: float | None, reference=None) -> None:
+    """What a denoise job (run now or scheduled) must have before any work: folders that make sense, a
+    reference folder that exists, a model that resolves."""
+    import torch
+
+    check_folders(in_dir, out_dir)
+    if reference and not Path(reference).expanduser().is_dir():
+        raise FileNotFoundError(f"{reference}: reference folder not found")
+    Models(model, sigma, torch.device("cpu")).identity()
+
+
 def check_folders(in_dir: Path, out_dir: Path) -> None:
     """Refuse an output folder equal to, inside, or containing the input folder: outputs could
     overwrite inputs (mirrored relative paths) or be taken as inputs on the next run."""

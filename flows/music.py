@@ -155,8 +155,6 @@ def ingest_music(source: str, mode: str = "melody", limit: int | None = None, wo
         slug, units = f"nottingham-{mode}", None
     elif folder.is_dir():
         files = find_midi(folder)
-        if not files:
-            raise FileNotFoundError(f"{folder}: no MIDI files (*.mid, *.midi) under it")
         if limit:
             files = _spread(files, limit)
         contents = tuple(_content_key(p) for p in files)

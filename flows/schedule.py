@@ -82,17 +82,12 @@ def schedule_denoise(in_dir: str, out_dir: str, cron: str, tz: str = "UTC", mode
                      dask_address: str | None = None) -> str:
     """Create or update the deployment that denoises IN_DIR into OUT_DIR on `cron` (in time zone `tz`).
     Returns its full name, `denoise-run/NAME`."""
-    import torch
-
-    from flows.denoise import Models, check_folders
+    from flows.denoise import check_job
 
     next_fire(cron, tz)
     require_server()
     src, dst = Path(in_dir).expanduser().resolve(), Path(out_dir).expanduser().resolve()
-    check_folders(src, dst)                 # refused now, not at 02:00 with three retries a minute apart
-    if reference and not Path(reference).expanduser().is_dir():
-        raise FileNotFoundError(f"{reference}: reference folder not found")
-    Models(model, sigma, torch.device("cpu")).identity()       # an unknown model, as `denoise run` refuses it
+    check_job(src, dst, model, sigma, reference)   # refused now, not at 02:00 with three retries a minute apart
     name = name or default_name(in_dir, out_dir)
     ensure_pool(pool)
     params = {"in_dir": str(src), "out_dir": str(dst), "model": model, "sigma": sigma, "batches": batches,

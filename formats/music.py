@@ -285,11 +285,14 @@ class MidiClip:
 
 
 def find_midi(folder: Path) -> list[Path]:
-    """MIDI files under `folder` by suffix, sorted; hidden entries skipped, directory links not followed."""
+    """MIDI files under `folder` by suffix, sorted; hidden entries skipped, directory links not followed. A folder
+    without any is a FileNotFoundError that says so."""
     found = []
     for root, dirs, files in os.walk(folder):
         dirs[:] = [d for d in dirs if not d.startswith(".")]
         found += [Path(root, f) for f in files if not f.startswith(".") and Path(f).suffix.lower() in MIDI_SUFFIXES]
+    if not found:
+        raise FileNotFoundError(f"{folder}: no MIDI files (*.mid, *.midi) under it")
     return sorted(found)
 
 
