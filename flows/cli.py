@@ -142,6 +142,8 @@ def denoise_train(
     widths: Optional[str] = typer.Option(None, "--widths", help="Features per level, e.g. 32,64,128."),
     blocks: Optional[str] = typer.Option(None, "--blocks", help="skip_dae residual blocks per level, e.g. 1,1,2."),
     channels: Optional[int] = typer.Option(None, "--channels", help="1 (gray) or 3 (colour); default: 3 if any training image has colour."),
+    noise: str = typer.Option("gaussian", "--noise", help="Training noise: gaussian (white, --sigma) or camera (a camera's pipeline: signal-dependent, demosaiced, JPEG; models/degrade.py)."),
+    noise_map: bool = typer.Option(False, "--noise-map", help="skip_dae: take a noise level as a second input (FFDNet) so that --strength steers it; it estimates the level itself when none is given."),
     seed: int = typer.Option(0, "--seed"),
     device: str = typer.Option("auto", "--device", callback=_device, help="auto (CUDA with bf16 when present, else all CPU cores), cpu or cuda."),
     init: Optional[str] = typer.Option(None, "--init", help="Fine-tune: start from this model (shipped name or folder); its architecture is kept."),
@@ -164,7 +166,12 @@ def denoise_train(
         model_cfg = {**base, "sigma": _parse_sigma(sigma)}
     else:
         model_cfg = {"kind": model, "sigma": _parse_sigma(sigma)}
-    for k, v in (("widths", _ints(widths)), ("blocks", _ints(blocks, "--blocks")), ("channels", channels)):
+    if noise not in ("gaussian", "camera"):
+        raise typer.BadParameter(f"{noise!r}: gaussian or camera", param_hint="--noise")
+    if (noise != "gaussian" or noise_map) and model != "skip_dae":
+        raise typer.BadParameter("--noise camera and --noise-map are skip_dae options", param_hint="--model")
+    for k, v in (("widths", _ints(widths)), ("blocks", _ints(blocks, "--blocks")), ("channels", channels),
+                 ("noise", None if noise == "gaussian" else noise), ("noise_map", noise_map or None)):
         if v is not None:
             model_cfg[k] = v
     if minutes is None and steps is None and epochs is None:

@@ -16,6 +16,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, field_validator
 
+from models.degrade import camera_noise, noise_level
+
 Sigma = float | tuple[float, float]
 
 
@@ -40,7 +42,10 @@ class DenoisingAE(nn.Module):
         return (s, s) if isinstance(s, (int, float)) else s
 
     def corrupt(self, x: torch.Tensor, gen: torch.Generator, sigma: float | None = None) -> torch.Tensor:
-        """x (B, C, H, W) in [0, 1] -> y = x + sigma/255 * N(0, 1); sigma drawn per image unless given."""
+        """x (B, C, H, W) in [0, 1] -> y = x + sigma/255 * N(0, 1); sigma drawn per image unless given.
+        A `camera` model draws camera noise instead (models/degrade.py), unless a sigma is given."""
+        if getattr(self.cfg, "noise", "gaussian") == "camera" and sigma is None:
+            return camera_noise(x, gen).to(x.dtype)
         lo, hi = (sigma, sigma) if sigma is not None else self.sigma_range()
         s = lo + (hi - lo) * torch.rand(x.shape[0], 1, 1, 1, generator=gen, device=x.device)
         return x + (s / 255.0) * torch.randn(x.shape, generator=gen, device=x.device, dtype=x.dtype)
@@ -50,9 +55,11 @@ class DenoisingAE(nn.Module):
 
     @torch.no_grad()
     def metrics(self, x: torch.Tensor, gen: torch.Generator) -> dict[str, float]:
-        """Validation at a fixed sigma (the model's own, or 25 for a blind model): loss and PSNR in dB."""
+        """Validation at a fixed sigma (the model's own, or 25 for a blind model; camera noise for a camera
+        model), the model estimating the level itself when it takes one: loss and PSNR in dB."""
         lo, hi = self.sigma_range()
-        sigma = lo if lo == hi else 25.0
+        camera = getattr(self.cfg, "noise", "gaussian") == "camera"
+        sigma = None if camera else lo if lo == hi else 25.0
         x_hat = self(self.corrupt(x, gen, sigma)).float().clamp(0, 1)
         mse = ((x_hat - x.float()) ** 2).flatten(1).mean(1)   # per image
         return {"loss": mse.mean().item(), "psnr": (-10 * torch.log10(mse.clamp_min(1e-10))).mean().item()}
@@ -116,6 +123,8 @@ class SkipDAEConfig(_Config):
     blocks: tuple[int, ...] = (1, 1, 2)             # residual blocks per level (the bottom gets the most)
     unshuffle: int = 2                              # pixel-unshuffle first (FFDNet): 4x less work per conv
     sigma: Sigma = 25.0
+    noise: Literal["gaussian", "camera"] = "gaussian"   # training corruption: white Gaussian, or a camera's
+    noise_map: bool = False                         # takes a noise level (FFDNet's map); estimates it when not given
 
     _sigma = field_validator("sigma")(_check_sigma)
 
@@ -158,13 +167,44 @@ class SkipDAE(DenoisingAE):
         self.up = nn.ModuleList(nn.ConvTranspose2d(w[i + 1], w[i], 2, stride=2) for i in reversed(range(len(w) - 1)))
         self.dec = nn.ModuleList(nn.Sequential(*[ResBlock(w[i]) for _ in range(cfg.blocks[i])]) for i in reversed(range(len(w) - 1)))
         self.tail = nn.Conv2d(w[0], cin, 3, padding=1)
+        if cfg.noise_map:
+            self.head = nn.Conv2d(cin + 1, w[0], 3, padding=1)      # + the noise-level map
+            # CBDNet-style estimator, apart from the denoiser: a log-level per place, averaged over the image
+            self.estimator = nn.Sequential(nn.Conv2d(cin, 32, 3, padding=1), nn.ReLU(inplace=True),
+                                           nn.Conv2d(32, 32, 3, stride=2, padding=1), nn.ReLU(inplace=True),
+                                           nn.Conv2d(32, 32, 3, stride=2, padding=1), nn.ReLU(inplace=True),
+                                           nn.Conv2d(32, 1, 1))
 
     def pad_multiple(self) -> int:
         return self.cfg.unshuffle * 2 ** (len(self.cfg.widths) - 1)
 
-    def forward(self, y: torch.Tensor) -> torch.Tensor:
+    def estimate_level(self, y: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) noisy -> (B,) estimated noise level on the 0-255 scale (a noise_map model only)."""
+        f = F.pixel_unshuffle(self._pad(y)[0], self.cfg.unshuffle)
+        return torch.expm1(self.estimator(f).float().mean((1, 2, 3)).clamp(0, 6))    # log1p(level) predicted
+
+    def loss(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        if not self.cfg.noise_map:
+            return super().loss(x, gen)
+        y = self.corrupt(x, gen)
+        level = noise_level(y, x)
+        f = F.pixel_unshuffle(self._pad(y)[0], self.cfg.unshuffle)
+        guess = self.estimator(f).float().mean((1, 2, 3))
+        est_loss = F.mse_loss(guess, torch.log1p(level))
+        # Half the batch sees the estimator's own guess, so blind use (no level given) is trained too.
+        told = torch.where(torch.rand(x.shape[0], generator=gen, device=x.device) < 0.5, level,
+                           torch.expm1(guess.detach().clamp(0, 6)))
+        return F.mse_loss(self(y, told).float(), x.float()) + 0.01 * est_loss
+
+    def forward(self, y: torch.Tensor, level: torch.Tensor | None = None) -> torch.Tensor:
+        """y (B, C, H, W) -> x_hat; level (B,) on the 0-255 scale for a noise_map model (estimated if None)."""
+        if self.cfg.noise_map and level is None:
+            level = self.estimate_level(y)
         y, h, w = self._pad(y)
         f = F.pixel_unshuffle(y, self.cfg.unshuffle)        # (B, C, H, W) -> (B, C*r*r, H/r, W/r)
+        if self.cfg.noise_map:
+            level = torch.as_tensor(level, device=y.device, dtype=f.dtype).reshape(-1, 1, 1, 1)
+            f = torch.cat([f, (level / 255).expand(f.shape[0], 1, *f.shape[-2:]).to(f.dtype)], 1)
         f = self.head(f)
         skips = []
         for enc, down in zip(self.enc, self.down):
