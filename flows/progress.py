@@ -14,7 +14,12 @@ class Console(rich.console.Console):
     """A rich console that never cuts a line it writes to a file or a pipe. rich lays out to the terminal's
     width, else to $COLUMNS, else to 80 columns: a path in a one-line error was split mid-name and table columns
     were cut ("clip…") in `cmd > log` and `cmd | grep`. To a terminal it fits the window as before; to anything
-    else a line is as long as what it holds. (Not `is_terminal`: FORCE_COLOR makes a pipe a "terminal".)"""
+    else a line is as long as what it holds, $COLUMNS or not. (Not `is_terminal`: FORCE_COLOR makes a pipe a
+    "terminal".) An explicit `width=` is kept."""
+
+    def __init__(self, *args, width: int | None = None, **kwargs):
+        super().__init__(*args, width=width, **kwargs)
+        self._asked_width = width                     # rich copies $COLUMNS into _width: not a request
 
     @property
     def size(self) -> rich.console.ConsoleDimensions:
@@ -24,11 +29,12 @@ class Console(rich.console.Console):
             tty = bool(isatty and isatty())
         except ValueError:                            # a closed file
             tty = False
-        return dims if self._width is not None or tty else rich.console.ConsoleDimensions(UNCUT, dims.height)
+        return dims if self._asked_width is not None or tty else rich.console.ConsoleDimensions(UNCUT, dims.height)
 
     @size.setter
     def size(self, new_size: tuple[int, int]) -> None:
         self._width, self._height = new_size
+        self._asked_width = self._width
 
 
 out = Console()                              # results: tables and reports
