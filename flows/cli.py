@@ -22,6 +22,8 @@ def _readable_help() -> None:
     follow: "Missing argument 'IN_DIR'"."""
     from typer.core import TyperArgument, TyperOption
 
+    if not hasattr(TyperOption, "display_type_rich"):     # an older typer: click's metavars read so already
+        return
     typed = TyperOption.display_type_rich
 
     def display_type_rich(self, ctx):
