@@ -3,22 +3,50 @@
 from __future__ import annotations
 
 import json
+import re
+import sys
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.console import Console
+from rich.markup import escape
 from rich.table import Column, Table
 
+from flows.progress import err, out
+
+
+def _readable_help() -> None:
+    """typer 0.2x writes `--refresh <bool>` for a flag (which takes no value) and `{in_dir} {out_dir}` in the usage
+    line; write `--refresh` and `IN_DIR OUT_DIR` (`[NAME]` when optional), as click and the README do. Error hints
+    follow: "Missing argument 'IN_DIR'"."""
+    from typer.core import TyperArgument, TyperOption
+
+    if not hasattr(TyperOption, "display_type_rich"):     # an older typer: click's metavars read so already
+        return
+    typed = TyperOption.display_type_rich
+
+    def display_type_rich(self, ctx):
+        return None if self.is_flag or self.count else typed(self, ctx)
+
+    def get_usage_pieces(self, ctx):
+        name = self.display_name_raw + ("..." if self.nargs != 1 else "")
+        return [name if self.required else f"[{name}]"]
+
+    TyperOption.display_type_rich = display_type_rich
+    TyperArgument.display_name_raw = property(lambda self: self.metavar or self.name.upper())
+    TyperArgument.get_usage_pieces = get_usage_pieces
+
+
+_readable_help()
+# a crash's traceback in rich's box is cut at 80 columns in a log file: plain Python there
 app = typer.Typer(help="aeflow: autoencoder pipelines as cached Prefect flows. Start with `aeflow demo`.",
-                  no_args_is_help=True, add_completion=False)
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=sys.stderr.isatty())
 denoise_app = typer.Typer(help="Train image denoisers and denoise whole folders.", no_args_is_help=True)
 server_app = typer.Typer(help="A local Prefect server (API + UI) that every aeflow command then uses.",
                          no_args_is_help=True)
 app.add_typer(denoise_app, name="denoise")
 app.add_typer(server_app, name="server")
-out = Console()
 
 
 def _file_column() -> Column:
@@ -31,23 +59,44 @@ USER_ERRORS = (FileNotFoundError, FileExistsError, NotADirectoryError, Permissio
 
 
 def main() -> None:
-    """Errors about the user's input (a missing folder, an unknown model, a bad file) print one line and
-    exit 2; AEFLOW_DEBUG=1 shows the traceback instead."""
+    """Errors about the user's input (a missing folder, an unknown model, a bad file) and argument mistakes
+    print one line and exit 2; AEFLOW_DEBUG=1 shows the traceback instead."""
     import gc
     import os
-    import sys
 
     try:
-        app()
+        from typer._click.exceptions import ClickException, NoArgsIsHelpError      # typer 0.2x bundles click
+    except ImportError:
+        from click.exceptions import ClickException, NoArgsIsHelpError
+
+    try:
+        code = app(standalone_mode=False)        # click's errors come back here instead of as a box at 80 columns
+    except NoArgsIsHelpError:                    # `aeflow denoise`: the help was printed
+        code = 2
+    except ClickException as e:                  # argument mistakes (usage 2), as click numbers them
+        usage = e.ctx.get_usage() if getattr(e, "ctx", None) else ""        # "Usage: aeflow denoise run ..."
+        error(f"{e.format_message().rstrip('.')}; u{usage[1:]}" if usage else e.format_message())
+        code = e.exit_code
+    except typer.Abort:
+        error("aborted")
+        code = 1
     except USER_ERRORS as e:
         if os.environ.get("AEFLOW_DEBUG"):
             raise
-        Console(stderr=True).print(f"[bold red]error:[/] {e}", highlight=False)
-        sys.exit(2)
+        error(str(e))
+        code = 2
     finally:
         # The interpreter's last garbage collection walks every object torch and Prefect created: 0.5-1 s
         # per command. Frozen objects are skipped; exit handlers (Prefect's log flush, temporary API) still run.
         gc.freeze()
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def error(message: str) -> None:
+    """One line on stderr, whatever it goes to: a terminal folds it on screen, a file or a pipe gets it whole
+    (a path split over two lines cannot be copied, nor found by grep)."""
+    one_line = re.sub(r"\s*\n\s*", " ", message.strip())
+    err.print(f"[bold red]error:[/] {escape(one_line)}", highlight=False, soft_wrap=True)
 
 
 def _console_filter(record) -> bool:
@@ -73,8 +122,8 @@ def _run_flow(flow_fn, **kwargs):
 
     if not os.environ.get("PREFECT_API_URL"):
         sweep_orphaned_servers()
-        Console(stderr=True).print("[dim]Prefect: starting a temporary local API (10-30 s; "
-                                   "`aeflow server start` keeps one running for every command)[/]")
+        err.print("[dim]Prefect: starting a temporary local API (10-30 s; "
+                  "`aeflow server start` keeps one running for every command)[/]")
     for handler in logging.getLogger().handlers:           # set up when the flows were defined
         if isinstance(handler, PrefectConsoleHandler):
             handler.addFilter(_console_filter)             # the same filter is added once
@@ -97,10 +146,24 @@ def _device(value: str) -> str:
     return value
 
 
-def _out_folder(path: Path) -> None:
-    from models.checkpoints import check_output_folder
+# The checks below use the standard library only, so that a mistyped folder is answered in a fraction of a
+# second, before torch (2 s) and Prefect (1-2 s) are imported; the jobs check again, with the same words.
+def _job_folders(in_dir: Path, out_dir: Path) -> None:
+    """The first checks of flows.denoise.check_folders: the input folder exists, the output lies outside it."""
+    in_dir, out_dir = in_dir.expanduser().resolve(), out_dir.expanduser().resolve()
+    if in_dir.is_file():
+        raise NotADirectoryError(f"{in_dir}: is a file; give the folder that holds the images")
+    if not in_dir.is_dir():
+        raise FileNotFoundError(f"{in_dir}: input folder not found")
+    _out_folder(out_dir)
+    if out_dir == in_dir or out_dir.is_relative_to(in_dir) or in_dir.is_relative_to(out_dir):
+        raise ValueError(f"output folder {out_dir} must lie outside the input folder {in_dir} (and not contain it)")
 
-    check_output_folder(path)                 # before any work: it would fail after the model ran
+
+def _out_folder(path: Path) -> None:
+    """As models.checkpoints.check_output_folder: before any work, which would fail after the model ran."""
+    if path.exists() and not path.is_dir():
+        raise NotADirectoryError(f"{path}: output path exists and is not a folder")
 
 
 def _parse_sigma(text: str) -> float | list[float]:
@@ -110,7 +173,8 @@ def _parse_sigma(text: str) -> float | list[float]:
             return [float(lo), float(hi)]
         return float(text)
     except ValueError:
-        raise typer.BadParameter(f"{text!r}: give a number (25) or a range for a blind model (0-55)") from None
+        raise typer.BadParameter(f"{text!r}: give a number (25) or a range for a blind model (0-55)",
+                                 param_hint="--sigma") from None
 
 
 def _ints(text: str | None, option: str = "--widths") -> list[int] | None:
@@ -151,11 +215,7 @@ def denoise_train(
 ):
     """Train a denoising autoencoder (cached: an unchanged second run trains nothing; a killed run resumes)."""
     from flows.catalog import resolve_model
-    from flows.pipelines import denoise_train_flow
-    from models.registry import DENOISERS
 
-    if model not in DENOISERS:
-        raise typer.BadParameter(f"{model!r}: image denoisers are {', '.join(DENOISERS)}", param_hint="--model")
     init_dir = None
     if init:
         try:
@@ -174,12 +234,18 @@ def denoise_train(
                  ("noise", None if noise == "gaussian" else noise), ("noise_map", noise_map or None)):
         if v is not None:
             model_cfg[k] = v
+    from models.registry import DENOISERS                  # torch: after the checks that need none
+
+    if model not in DENOISERS:
+        raise typer.BadParameter(f"{model!r}: image denoisers are {', '.join(DENOISERS)}", param_hint="--model")
     if minutes is None and steps is None and epochs is None:
         minutes = 10.0
     training = {k: v for k, v in dict(minutes=minutes, steps=steps, epochs=epochs, epoch_steps=epoch_steps,
                                       batch_size=batch_size, patch=patch, lr=lr, seed=seed, device=device).items()
                 if v is not None}
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    from flows.pipelines import denoise_train_flow
+
     folder = _run_flow(denoise_train_flow, data=str(data) if data else None, model=model_cfg, training=training,
                        refresh=refresh, init=str(init_dir) if init_dir else None)
     from flows.catalog import describe
@@ -222,10 +288,11 @@ def denoise_run(
 ):
     """Denoise every image in a folder (incremental: unchanged images already done are skipped). A file that
     cannot be read is reported and the rest are done; the exit status is then 1."""
+    _check_task_runner(task_runner, dask_address)
+    _job_folders(in_dir, out_dir)
     from flows.denoise import check_job
     from flows.pipelines import denoise_run_flow
 
-    _check_task_runner(task_runner, dask_address)
     # Fail in a second, not after Prefect has started: the folders and the model must make sense.
     check_job(in_dir.expanduser().resolve(), out_dir.expanduser().resolve(), model, sigma, reference)
     report = _run_flow(denoise_run_flow, in_dir=str(in_dir), out_dir=str(out_dir), model=model, sigma=sigma,
@@ -368,9 +435,10 @@ def schedule_denoise(
     name: Optional[str] = typer.Option(None, "--name", help="Deployment name (default: from the folders)."),
 ):
     """Denoise whatever is new in IN_DIR into OUT_DIR on a schedule (same job as `denoise run`)."""
+    _check_task_runner(task_runner, dask_address)
+    _job_folders(in_dir, out_dir)
     from flows.schedule import next_fire, schedule_denoise as create
 
-    _check_task_runner(task_runner, dask_address)
     full = create(str(in_dir), str(out_dir), cron, timezone, model, sigma, str(reference) if reference else None,
                   batches, name, task_runner=task_runner, dask_address=dask_address)
     out.print(f"scheduled [bold]{full}[/] ({cron}, {timezone}; next {next_fire(cron, timezone):%Y-%m-%d %H:%M %Z}); "
@@ -394,7 +462,7 @@ def schedule_run(name: str = typer.Argument(..., help="Deployment name (see `aef
     """Run a scheduled job now. With --wait, the job's report follows (exit status 1 when files failed)."""
     from flows.schedule import run_now
 
-    warn = lambda m: Console(stderr=True).print(f"[yellow]{m}[/]")  # noqa: E731
+    warn = lambda m: err.print(f"[yellow]{escape(m)}[/]", soft_wrap=True)  # noqa: E731
     r = run_now(name, timeout=None if wait else 0, on_queue=warn)
     out.print(f"flow run {r['name']} ({r['id']}): {r['state']}")
     report = Path(r["parameters"]["out_dir"]) / ".aeflow" / "report.json"
@@ -487,12 +555,15 @@ def music_train(
     refresh: bool = typer.Option(False, "--refresh", help="Re-ingest and retrain instead of reusing cached stages."),
 ):
     """Train a music VAE (cached: an unchanged second run trains nothing; a killed run resumes)."""
-    from flows.music import CORPORA, nottingham_file
-    from formats.music import find_midi
-    from flows.pipelines import music_train_flow
-
     if mode not in ("melody", "chorale"):
         raise typer.BadParameter(f"{mode!r}: melody or chorale", param_hint="--mode")
+    if ar < 0:
+        raise typer.BadParameter(f"{ar}: 0 (none) or a number of steps", param_hint="--ar")
+    if condition not in ("none", "key", "mode", "meter"):
+        raise typer.BadParameter(f"{condition!r}: none, key, mode or meter", param_hint="--condition")
+    from flows.music import CORPORA, nottingham_file
+    from formats.music import find_midi
+
     known = corpus in CORPORA or corpus == "nottingham" or Path(corpus).suffix == ".mat"
     if not known and not Path(corpus).expanduser().is_dir():
         raise typer.BadParameter(f"{corpus!r} is neither a corpus ({', '.join(CORPORA)}, nottingham) nor a folder "
@@ -501,15 +572,13 @@ def music_train(
         nottingham_file()                                 # a missing file says where to put it, before Prefect starts
     elif not known:
         find_midi(Path(corpus).expanduser())              # a folder without MIDI files, before Prefect starts
-    if ar < 0:
-        raise typer.BadParameter(f"{ar}: 0 (none) or a number of steps", param_hint="--ar")
-    if condition not in ("none", "key", "mode", "meter"):
-        raise typer.BadParameter(f"{condition!r}: none, key, mode or meter", param_hint="--condition")
     model = {"latent": latent, "beta": beta, "ar": ar, **({"widths": _ints(widths)} if widths else {})}
     if minutes is None and steps is None:
         minutes = 5.0
     training = {k: v for k, v in dict(minutes=minutes, steps=steps, epoch_steps=epoch_steps, batch_size=batch_size,
                                       lr=lr, seed=seed, device=device).items() if v is not None}
+    from flows.pipelines import music_train_flow
+
     folder = _run_flow(music_train_flow, source=corpus, mode=mode, bars=bars, limit=limit, model=model,
                        training=training, condition=None if condition == "none" else condition, refresh=refresh)
     cfg = json.loads((Path(folder) / "config.json").read_text())
@@ -538,11 +607,11 @@ def music_sample(
     wav: bool = typer.Option(False, "--wav", help="Also render WAV with fluidsynth (needs fluidsynth and fluid-soundfont-gm)."),
 ):
     """Generate new MIDI clips (with piano-roll PNGs) from a music model."""
+    _out_folder(out_dir)
     from flows.music import music_data, parse_key, resolve_music_model
     from flows.pipelines import music_sample_flow
 
     _music_wav_check(wav)
-    _out_folder(out_dir)
     if key:
         parse_key(key)                                    # mistakes before Prefect starts
     music_data(resolve_music_model(model, key))
@@ -564,17 +633,17 @@ def music_interpolate(
     wav: bool = typer.Option(False, "--wav", help="Also render WAV (fluidsynth)."),
 ):
     """Morph tune A into tune B through the model's latent space (spherical interpolation of their codes)."""
-    from flows.pipelines import music_interpolate_flow
-
     from formats.music import BadMidi, read_midi
 
-    _music_wav_check(wav)
     _out_folder(out_dir)
     for path, hint in ((a, "A"), (b, "B")):
         try:
             read_midi(path)                       # a clear error before Prefect starts
         except BadMidi as e:
             raise typer.BadParameter(str(e), param_hint=hint) from None
+    _music_wav_check(wav)
+    from flows.pipelines import music_interpolate_flow
+
     report = _run_flow(music_interpolate_flow, a=str(a), b=str(b), out_dir=str(out_dir), model=model,
                        steps=steps, tempo=tempo, program=program, wav=wav)
     _print_clips(report, "steps")
@@ -596,7 +665,6 @@ def music_stats(
 ):
     """Metrics of MIDI files: empty bars, pitch classes per bar, qualified notes, in-scale rate, range, intervals, key
     (and soprano-bass tonal distance for chorales). Bad files are listed with a reason (exit status 1)."""
-    from flows.pipelines import music_stats_flow
     from formats.music import find_midi
 
     if mode not in ("melody", "chorale"):
@@ -605,6 +673,8 @@ def music_stats(
         raise FileNotFoundError(f"{target}: no such file or folder")
     if target.is_dir():
         find_midi(target)                                 # a folder without MIDI files, before Prefect starts
+    from flows.pipelines import music_stats_flow
+
     report = _run_flow(music_stats_flow, target=str(target), mode=mode)
     if as_json:
         print(json.dumps(report, indent=2))
@@ -660,16 +730,15 @@ def levels_train(
     refresh: bool = typer.Option(False, "--refresh", help="Rebuild the cached ingest and training stages."),
 ):
     """Ingest a game's levels (cut into training units) and train a VAE on them; both stages are cached."""
+    if units not in ("cells", "columns"):
+        raise typer.BadParameter(f"{units}: cells or columns", param_hint="--units")
+    if ar is not None and (ar < 0 or (ar and units == "cells")):
+        raise typer.BadParameter(f"{ar}: columns >= 0; cells take 0", param_hint="--ar")
     from flows.levels import BLENDS, blend_sources
     from flows.pipelines import levels_train_flow
 
     if game in BLENDS:
         blend_sources(game, str(data) if data else None)     # a blend without its folders: say so before Prefect
-
-    if units not in ("cells", "columns"):
-        raise typer.BadParameter(f"{units}: cells or columns", param_hint="--units")
-    if ar is not None and (ar < 0 or (ar and units == "cells")):
-        raise typer.BadParameter(f"{ar}: columns >= 0; cells take 0", param_hint="--ar")
     model_cfg = {"beta": beta, "latent": latent, **({"widths": _ints(widths)} if widths else {}),
                  **({"ar": ar} if ar is not None else {})}
     training = {"steps": steps, "batch_size": batch_size, "seed": seed, "device": device,
@@ -703,10 +772,10 @@ def levels_sample(
 ):
     """Sample new levels; by default only playable ones (how many were rejected is reported). Exit status 1
     when fewer than --n could be delivered."""
+    _out_folder(out_dir)
     from flows.levels import check_sample
     from flows.pipelines import levels_sample_flow
 
-    _out_folder(out_dir)
     check_sample(None if model == "auto" else model, cond, spread, length, blend)     # mistakes before Prefect starts
     r = _run_flow(levels_sample_flow, out_dir=str(out_dir), model=None if model == "auto" else model, n=n,
                   length=length, seed=seed, cond=cond, raw=raw, temperature=temperature, blend=blend, spread=spread)
@@ -741,9 +810,9 @@ def levels_interpolate(
     model: str = typer.Option("auto", "--model", help="auto (the shipped mario-vae: its latent holds a window's tiles, so the ends come back nearly whole: 0.994 of held-out windows' tiles), a model folder, or a trained model name."),
 ):
     """Blend two levels through the latent space (wide levels window by window)."""
+    _out_folder(out_dir)
     from flows.pipelines import levels_interpolate_flow
 
-    _out_folder(out_dir)
     r = _run_flow(levels_interpolate_flow, level_a=str(level_a), level_b=str(level_b), out_dir=str(out_dir),
                   steps=steps, model=None if model == "auto" else model)
     out.print(f"{r['steps']} steps of {r['width']} columns ({r['windows']} window(s)) -> {out_dir}; playable: "
@@ -763,14 +832,14 @@ def levels_check(
 ):
     """Playability report for any level files (ours or not), beside the checker's pass rate on the originals.
     Files that cannot be read are listed with a reason (exit status 1); unplayable levels are a result, not an error."""
-    from flows.pipelines import levels_check_flow
     from formats.levels import get_legend
-
-    from flows.levels import files_to_check
 
     get_legend(game)                                      # an unknown game, before Prefect starts
     if mode not in ("auto", "window", "level"):
         raise typer.BadParameter(f"{mode!r}: auto, window or level", param_hint="--mode")
+    from flows.levels import files_to_check
+    from flows.pipelines import levels_check_flow
+
     files_to_check(target)                                # missing, or a folder without level files
     r = _run_flow(levels_check_flow, path=str(target), game=game, mode=mode)
     if as_json:

@@ -1,13 +1,44 @@
-"""Progress bars for long work (rich, on stderr; silent when disabled or not a terminal-friendly run)."""
+"""The consoles every command writes through, and progress bars for long work (rich, on stderr)."""
 
 from __future__ import annotations
 
 import time
 
-from rich.console import Console
+import rich.console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-console = Console(stderr=True)
+UNCUT = 100_000      # columns of a file or pipe: longer than any line a report, table or error holds
+
+
+class Console(rich.console.Console):
+    """A rich console that never cuts a line it writes to a file or a pipe. rich lays out to the terminal's
+    width, else to $COLUMNS, else to 80 columns: a path in a one-line error was split mid-name and table columns
+    were cut ("clip…") in `cmd > log` and `cmd | grep`. To a terminal it fits the window as before; to anything
+    else a line is as long as what it holds, $COLUMNS or not. (Not `is_terminal`: FORCE_COLOR makes a pipe a
+    "terminal".) An explicit `width=` is kept."""
+
+    def __init__(self, *args, width: int | None = None, **kwargs):
+        super().__init__(*args, width=width, **kwargs)
+        self._asked_width = width                     # rich copies $COLUMNS into _width: not a request
+
+    @property
+    def size(self) -> rich.console.ConsoleDimensions:
+        dims = super().size
+        isatty = getattr(self.file, "isatty", None)
+        try:
+            tty = bool(isatty and isatty())
+        except ValueError:                            # a closed file
+            tty = False
+        return dims if self._asked_width is not None or tty else rich.console.ConsoleDimensions(UNCUT, dims.height)
+
+    @size.setter
+    def size(self, new_size: tuple[int, int]) -> None:
+        self._width, self._height = new_size
+        self._asked_width = self._width
+
+
+out = Console()                              # results: tables and reports
+err = Console(stderr=True)                   # errors, warnings, progress bars
 
 
 class Bar:
@@ -17,7 +48,7 @@ class Bar:
         self.enabled = enabled
         self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                                  TextColumn("{task.fields[status]}"), TimeElapsedColumn(), TimeRemainingColumn(),
-                                 console=console, transient=False, disable=not enabled)
+                                 console=err, transient=False, disable=not enabled)
         self.task = self.progress.add_task(description, total=None, status="")
         self._last = 0.0
 

@@ -89,3 +89,110 @@ def test_model_names_resolve_exactly_or_by_a_unique_prefix():
     with pytest.raises(FileNotFoundError, match="matches no model"):
         resolve_model("skip-dae-gray-s", 0, job="levels")                     # a denoiser's prefix, for a level job
 
+
+
+def _cli(*args, **env):
+    """`aeflow ARGS` as a script runs it: stdout and stderr to pipes, nothing on stdin, COLUMNS=80 unless told."""
+    import os
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "flows.cli", *map(str, args)], capture_output=True, text=True,
+                          stdin=subprocess.DEVNULL, timeout=180, env={**os.environ, "COLUMNS": "80", **env})
+
+
+@pytest.mark.parametrize("columns", ["80", "300"])
+def test_an_error_naming_a_long_path_is_one_whole_line_in_a_pipe(tmp_path, columns):
+    """rich wrapped errors at 80 columns (or $COLUMNS) when stderr was not a terminal: a path split mid-name cannot
+    be copied nor grepped; and a folder named like rich markup lost its brackets."""
+    deep = tmp_path / ("a-folder-name-long-enough-to-wrap-" * 6) / "[dim]scans[/dim] of 2024" / "missing"
+    assert len(str(deep)) > 150
+    r = _cli("denoise", "run", deep, tmp_path / "out", COLUMNS=columns)
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.count("\n") == 1 and r.stderr.endswith("\n"), r.stderr          # exactly one line
+    assert r.stderr == f"error: {deep}: input folder not found\n"
+
+
+def test_an_argument_mistake_is_one_line_not_a_box():
+    r = _cli("denoise", "run", "--batches", "0", ".", "out")
+    assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+    assert r.stderr.startswith("error: Invalid value for '--batches'") and "IN_DIR OUT_DIR" in r.stderr
+    assert not set(r.stderr) & set("╭│╰─")
+    r = _cli("denoise", "run")
+    assert r.returncode == 2 and r.stderr.startswith("error: Missing argument 'IN_DIR'") and \
+        r.stderr.count("\n") == 1, r.stderr
+
+
+def test_help_reads_in_dir_out_dir_and_flags_take_no_value():
+    r = _cli("denoise", "run", "--help", COLUMNS="200")
+    assert r.returncode == 0, r.stderr
+    assert "denoise run [OPTIONS] IN_DIR OUT_DIR" in r.stdout and "{in_dir}" not in r.stdout
+    assert "<bool>" not in r.stdout and "--ensemble" in r.stdout
+    assert "<float range>" in r.stdout                                  # options that take a value keep their type
+    for line in r.stdout.splitlines():
+        if "--ensemble" in line or "--help" in line:
+            assert "<" not in line, line
+    r = _cli("levels", "train", "--help", COLUMNS="200")                # an on/off pair
+    assert "--playable-only" in r.stdout and "<bool>" not in r.stdout
+    r = _cli("levels", "interpolate", "--help", COLUMNS="200")                # click folds a long usage line
+    assert "levels interpolate [OPTIONS] LEVEL_A LEVEL_B OUT_DIR" in " ".join(r.stdout.split())
+
+
+# Mistakes the standard library can find: answered before torch (2 s) or Prefect (1-2 s) is imported.
+@pytest.mark.parametrize("args", [
+    ["denoise", "run", "MISSING", "OUT"],
+    ["denoise", "run", ".", "./out"],                                   # the output inside the input
+    ["denoise", "run", "--device", "cuda:x", ".", "OUT"],
+    ["denoise", "run", "--task-runner", "celery", ".", "OUT"],
+    ["denoise", "run"],
+    ["denoise", "train", "--sigma", "loud"],
+    ["denoise", "train", "--widths", "8,x"],
+    ["schedule", "denoise", "MISSING", "OUT", "--cron", "0 2 * * *"],
+    ["levels", "train", "--units", "rows"],
+    ["levels", "check", "--game", "nosuch", "."],
+    ["levels", "check", "--mode", "wide", "."],
+    ["levels", "sample", "--n", "0", "OUT"],
+    ["music", "train", "--condition", "tempo"],
+    ["music", "stats", "--mode", "foo", "."],
+    ["music", "stats", "MISSING"],
+    ["music", "sample", "--program", "-1", "OUT"],
+    ["nosuch"],
+])
+def test_argument_mistakes_answer_before_torch_or_prefect_is_imported(tmp_path, args):
+    args = [tmp_path / "missing" if a == "MISSING" else tmp_path / "out" if a == "OUT" else a for a in args]
+    r = _cli(*args, PYTHONPROFILEIMPORTTIME="1")                         # -X importtime: every import, on stderr
+    assert r.returncode == 2, r.stderr
+    imported = {line.rsplit("|", 1)[1].strip() for line in r.stderr.splitlines() if line.startswith("import time:")}
+    assert "typer" in imported and not imported & {"torch", "prefect"}, sorted(imported & {"torch", "prefect"})
+    errors = [line for line in r.stderr.splitlines() if not line.startswith("import time:")]
+    assert len(errors) == 1 and errors[0].startswith("error: "), errors
+    assert not (tmp_path / "out").exists()
+
+
+def test_help_is_answered_without_torch_or_prefect():
+    for args in (["--help"], ["denoise", "run", "--help"], ["levels"]):
+        r = _cli(*args, PYTHONPROFILEIMPORTTIME="1")
+        imported = {line.rsplit("|", 1)[1].strip() for line in r.stderr.splitlines() if line.startswith("import time:")}
+        assert "Usage" in r.stdout and not imported & {"torch", "prefect"}, args
+
+
+@pytest.mark.prefect
+def test_a_table_piped_is_not_cut(tmp_path):
+    """`music stats` into a pipe: rich laid the table out for 80 columns (or $COLUMNS), folding the file name over
+    13 lines and cutting headings to "pcs/b…"; a pipe now gets each row whole."""
+    import mido
+
+    name = "a-melody-whose-file-name-is-longer-than-any-terminal-" + "x" * 90 + ".mid"
+    mid = mido.MidiFile(type=0, ticks_per_beat=480)
+    mid.tracks.append(mido.MidiTrack([m for n in (60, 62, 64, 65, 67, 69, 71, 72) * 2 for m in (
+        mido.Message("note_on", note=n, velocity=80, time=0), mido.Message("note_off", note=n, velocity=0, time=480))]))
+    (tmp_path / "in").mkdir()
+    mid.save(tmp_path / "in" / name)
+    r = _cli("music", "stats", tmp_path / "in")
+    assert r.returncode == 0, r.stdout + r.stderr
+    header = next(line for line in r.stdout.splitlines() if "file" in line)
+    for head in ("bars", "notes", "empty bars", "pcs/bar", ">= 8th", "in scale", "range", "interval", "key"):
+        assert f" {head} " in header, header
+    row = next(line for line in r.stdout.splitlines() if "a-melody" in line)
+    assert name in row and row.rstrip("│ ").endswith("C"), row          # the whole name, and the key at the end
+    assert "…" not in r.stdout and "1 read, 0 failed of 1 files" in r.stdout
