@@ -43,6 +43,12 @@ def test_a_folder_link_inside_out_cannot_send_outputs_outside(tmp_path):
     assert [f["file"] for f in report["failed"]] == ["sub/x.png"]
     assert "outside" in report["failed"][0]["reason"] and str(elsewhere) in report["failed"][0]["reason"]
     assert (dst / "y.png").is_file() and report["counts"]["processed"] == 1
+    other = tmp_path / "out2"
+    other.mkdir()
+    (other / ".aeflow").symlink_to(elsewhere)                              # the bookkeeping folder too
+    with pytest.raises(ValueError, match="outside the output folder"):
+        run(src, other)
+    assert list(elsewhere.iterdir()) == []
 
 
 def test_a_corrupt_index_is_rebuilt_with_a_warning_naming_it(tmp_path):
@@ -127,15 +133,20 @@ def test_sigma_a_blind_model_cannot_take_is_warned_and_every_model_is_named(tmp_
 def test_gray_images_with_an_explicit_colour_model_are_replicated_with_a_warning(tmp_path):
     src, dst = tmp_path / "in", tmp_path / "out"
     noisy(src / "g.png", 0)
-    noisy(src / "c.png", 1, channels=3)
+    noisy(src / "g2.png", 2)                                               # same shape: one batch of two
+    noisy(src / "odd" / "g3.png", 3, h=40)                                 # alone: the tiled path
+    noisy(src / "c.png", 1, channels=3, h=40)
     report = run(src, dst, model="skip-dae-color")
-    assert report["counts"]["failed"] == 0 and report["counts"]["processed"] == 2
-    out = read_image(dst / "g.png")
-    assert out.pixels.shape == (48, 64, 1)                                 # still gray
-    assert np.abs(out.pixels - read_image(src / "g.png").pixels).mean() > 0.01    # and denoised
-    assert [w for w in report["warnings"] if "g.png" in w and "skip-dae-color" in w and "gray" in w]
+    assert report["counts"]["failed"] == 0 and report["counts"]["processed"] == 4
+    for name, clean in (("g.png", photo(0)), ("g2.png", photo(2)), ("odd/g3.png", photo(3, 40))):
+        out, noisy_in = read_image(dst / name).pixels, read_image(src / name).pixels
+        assert out.shape == clean.shape                                    # still gray
+        assert np.mean((out - clean) ** 2) < 0.8 * np.mean((noisy_in - clean) ** 2)     # and denoised (some)
+    assert [w for w in report["warnings"] if "3 gray image(s) (g.png, g2.png, odd/g3.png)" in w and "skip-dae-color" in w]
+    assert {r["file"]: r.get("note", "") for r in report["images"]}["g2.png"].startswith("gray image denoised by")
     auto = run(src, tmp_path / "auto")                                     # auto: each kind to its own model
-    assert {r["file"]: r["model"] for r in auto["images"]} == {"g.png": "skip-dae-gray", "c.png": "skip-dae-color"}
+    assert {r["file"]: r["model"] for r in auto["images"]} == {"g.png": "skip-dae-gray", "g2.png": "skip-dae-gray",
+                                                               "odd/g3.png": "skip-dae-gray", "c.png": "skip-dae-color"}
     assert not auto.get("warnings")
 
 
