@@ -257,10 +257,12 @@ def print_report(report: dict) -> None:
     out.print(f"[bold]{c['processed']} processed[/], {c['skipped']} skipped, "
               f"[{'red' if c['failed'] else 'green'}]{c['failed']} failed[/] of {c['images']} images "
               f"in {report['seconds']:.1f} s ({report['images_per_s']:.2f} images/s)")
+    from rich.markup import escape         # file names may hold [brackets]
+
     if report.get("models"):
-        out.print("  models: " + ", ".join(f"{name} ({n})" for name, n in report["models"].items()))
+        out.print("  models: " + escape(", ".join(f"{name} ({n})" for name, n in report["models"].items())))
     for w in report.get("warnings", []):
-        out.print(f"  [yellow]warning[/] {w}", highlight=False)
+        out.print(f"  [yellow]warning[/] {escape(w)}", highlight=False)
     for f in report["failed"][:10]:
         out.print(f"  [red]failed[/] {f['file']}: {f['reason']}")
     if len(report["failed"]) > 10:

@@ -125,6 +125,8 @@ def test_sigma_a_blind_model_cannot_take_is_warned_and_every_model_is_named(tmp_
     assert {r["file"]: r["model"] for r in report["images"]} == {"g.png": "skip-dae-gray", "c.png": "skip-dae-color"}
     assert report["models"] == {"skip-dae-color": 1, "skip-dae-gray": 1}
     assert not [w for w in run(src, tmp_path / "out25", sigma=25)["warnings"] if "skip-dae-gray" in w]  # s25 exists
+    fixed = run(src, tmp_path / "s25", model="skip-dae-gray-s25", sigma=15)["warnings"]
+    assert fixed == ["--sigma 15: skip-dae-gray-s25 was trained for sigma 25 only"]
     print_report(report)
     printed = capsys.readouterr().out
     assert "skip-dae-gray" in printed and "skip-dae-color" in printed and "--sigma 15" in printed
