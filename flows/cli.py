@@ -262,7 +262,7 @@ def print_report(report: dict) -> None:
     if report.get("models"):
         out.print("  models: " + escape(", ".join(f"{name} ({n})" for name, n in report["models"].items())))
     for w in report.get("warnings", []):
-        out.print(f"  [yellow]warning[/] {escape(w)}", highlight=False)
+        out.print(f"  [yellow]warning:[/] {escape(w)}", highlight=False)
     for f in report["failed"][:10]:
         out.print(f"  [red]failed[/] {f['file']}: {f['reason']}")
     if len(report["failed"]) > 10:

@@ -491,9 +491,8 @@ def _warnings(plan: dict, batches: list[dict], rows: list[dict]) -> list[str]:
             by_model.setdefault(r["model"], []).append(r["file"])
     for model, files in sorted(by_model.items()):
         lines.append(f"{model} is a colour model: {len(files)} gray image(s) ({', '.join(files[:3])}"
-                     f"{', ...' if len(files) > 3 else ''}) went in as three equal channels, luma taken back; it "
-                     "removes little of their noise (+2.5 dB on 3 gray photos at sigma 15-50, skip-dae-gray +7-17 dB): "
-                     "use --model auto or a gray model")
+                     f"{', ...' if len(files) > 3 else ''}) went in as three equal channels, luma taken back, and "
+                     "keep most of their noise (about +2.5 dB; a gray model +7-17 dB): use --model auto or a gray model")
     return list(dict.fromkeys(lines))
 
 
