@@ -380,7 +380,6 @@ def denoise_files(plan: dict, todo: list[list[str]], model: str = "auto", sigma:
             chunk = jobs[start:start + CHUNK]
             for job in chunk:
                 try:
-                    _check_inside(dst, job.rel)
                     job.image = read_image(src / job.rel)
                 except BadImage as e:
                     failed.append({"file": str(job.rel), "reason": e.reason})
@@ -391,6 +390,9 @@ def denoise_files(plan: dict, todo: list[list[str]], model: str = "auto", sigma:
                 if job.image is None or job.output is None:
                     continue
                 out_path = dst / job.rel
+                if (why := _outside(dst, job.rel)) is not None:         # checked where it is written
+                    failed.append({"file": str(job.rel), "reason": why})
+                    continue
                 data = encode_image(job.output, job.image)
                 with _disk_full(out_path, lambda: _kept(shard, entries)):
                     out_path.parent.mkdir(parents=True, exist_ok=True)
@@ -407,12 +409,13 @@ def denoise_files(plan: dict, todo: list[list[str]], model: str = "auto", sigma:
     return {"rows": rows, "failed": failed, "device": models.device.type, "warnings": models.notes}
 
 
-def _check_inside(dst: Path, rel: Path) -> None:
-    """Outputs never leave OUT_DIR: a folder link inside it (OUT/sub -> /elsewhere) would carry them out."""
+def _outside(dst: Path, rel: Path) -> str | None:
+    """Why the output of `rel` may not be written, or None. Outputs never leave OUT_DIR (`dst`, resolved):
+    a folder link inside it (OUT/sub -> /elsewhere) would carry them out."""
     parent = (dst / rel).parent.resolve()
-    if not parent.is_relative_to(dst):
-        raise BadImage(rel, f"its output would go to {parent}, outside {dst} (through a link in the output "
-                            "folder); nothing written")
+    if parent.is_relative_to(dst):
+        return None
+    return f"its output would go to {parent}, outside {dst} (through a link in the output folder); not written"
 
 
 def _kept(shard: Path, entries: dict) -> str:
