@@ -85,6 +85,12 @@ def main() -> None:
             raise
         error(str(e))
         code = 2
+    except Exception as e:
+        # a condition with its own exit status (flows.denoise: 3 folder locked, 4 disk full): one line too
+        if not isinstance(getattr(e, "exit_status", None), int) or os.environ.get("AEFLOW_DEBUG"):
+            raise
+        error(str(e))
+        code = e.exit_status
     finally:
         # The interpreter's last garbage collection walks every object torch and Prefect created: 0.5-1 s
         # per command. Frozen objects are skipped; exit handlers (Prefect's log flush, temporary API) still run.
@@ -290,11 +296,12 @@ def denoise_run(
     cannot be read is reported and the rest are done; the exit status is then 1."""
     _check_task_runner(task_runner, dask_address)
     _job_folders(in_dir, out_dir)
-    from flows.denoise import check_job
+    from flows.denoise import check_job, check_unlocked
     from flows.pipelines import denoise_run_flow
 
     # Fail in a second, not after Prefect has started: the folders and the model must make sense.
     check_job(in_dir.expanduser().resolve(), out_dir.expanduser().resolve(), model, sigma, reference)
+    check_unlocked(out_dir)
     report = _run_flow(denoise_run_flow, in_dir=str(in_dir), out_dir=str(out_dir), model=model, sigma=sigma,
                        reference=str(reference) if reference else None, device=device, ensemble=ensemble,
                        batches=batches, task_runner=task_runner, dask_address=dask_address)
@@ -324,6 +331,12 @@ def print_report(report: dict) -> None:
     out.print(f"[bold]{c['processed']} processed[/], {c['skipped']} skipped, "
               f"[{'red' if c['failed'] else 'green'}]{c['failed']} failed[/] of {c['images']} images "
               f"in {report['seconds']:.1f} s ({report['images_per_s']:.2f} images/s)")
+    from rich.markup import escape         # file names may hold [brackets]
+
+    if report.get("models"):
+        out.print("  models: " + escape(", ".join(f"{name} ({n})" for name, n in report["models"].items())))
+    for w in report.get("warnings", []):
+        out.print(f"  [yellow]warning:[/] {escape(w)}", highlight=False)
     for f in report["failed"][:10]:
         out.print(f"  [red]failed[/] {f['file']}: {f['reason']}")
     if len(report["failed"]) > 10:
@@ -341,8 +354,10 @@ def print_report(report: dict) -> None:
         m = report["mean"]
         out.print(f"  mean PSNR {_db(m['input_psnr'])} (input) -> {_db(m['psnr'])} (denoised), SSIM {m['ssim']:.3f}")
     out.print(f"  report: {Path(report['out_dir']) / '.aeflow' / 'report.json'}")
-    if report.get("contact_sheet"):
-        out.print(f"  contact sheet: {report['contact_sheet']}")
+    sheets = report.get("contact_sheets", [])
+    if sheets:
+        out.print(f"  contact sheet{'s' if len(sheets) > 1 else ''}: {sheets[0]}"
+                  + (f" ... {Path(sheets[-1]).name} ({len(sheets)} pages)" if len(sheets) > 1 else ""))
 
 
 @app.command("models")

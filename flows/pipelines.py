@@ -105,7 +105,9 @@ def denoise_run_flow(in_dir: str, out_dir: str, model: str = "auto", sigma: floa
     create_markdown_artifact(key="denoise-run-summary", markdown=(
         f"**{c['processed']} processed, {c['skipped']} skipped, {c['failed']} failed, {c['pending']} still being "
         f"written** in {report['seconds']:.1f} s ({report['images_per_s']:.2f} images/s)"
-        + (f"; mean {report['mean']}" if "mean" in report else "")))
+        + (f"; mean {report['mean']}" if "mean" in report else "")
+        + (f"; models: {', '.join(f'{m} ({n})' for m, n in report['models'].items())}" if report.get("models") else "")
+        + "".join(f"\n\n- warning: {w}" for w in report.get("warnings", []))))
     if retry_pending and report["pending"]:
         raise FilesStillBeingWritten(f"{len(report['pending'])} input(s) still being written: "
                                      + ", ".join(f["file"] for f in report["pending"][:5]))

@@ -293,24 +293,31 @@ def _tiff16(q: np.ndarray, icc: bytes | None) -> bytes:
 _LABEL_H, _PAD = 22, 4
 
 
-def contact_sheet(rows: list[list[np.ndarray]], labels: list[str] | None = None, cell: int = 256) -> bytes:
+def contact_sheet(rows: list[list[np.ndarray]], labels: list[str] | None = None, cell: int = 256,
+                  captions: list[str] | None = None) -> bytes:
     """PNG bytes of a grid, one row per image and one column per variant (e.g. noisy / denoised / clean).
     Each image (float (H, W, C) in [0, 1], grey or RGB) is scaled to fit `cell` px, keeping its aspect;
-    nearest-neighbour when enlarging so noise stays visible. `labels` name the columns, drawn on top."""
+    nearest-neighbour when enlarging so noise stays visible. `labels` name the columns, drawn on top;
+    `captions` name the rows (e.g. the file), drawn under each (a long one keeps its end)."""
     ncols = max((len(r) for r in rows), default=0)
     if not rows or ncols == 0:
         raise ValueError("contact_sheet needs at least one row with one image")
     if labels is not None and len(labels) > ncols:
         raise ValueError(f"{len(labels)} labels for {ncols} columns")
+    if captions is not None and len(captions) != len(rows):
+        raise ValueError(f"{len(captions)} captions for {len(rows)} rows")
     top = _LABEL_H if labels else 0
-    sheet = Image.new("RGB", (ncols * (cell + _PAD) + _PAD, top + len(rows) * (cell + _PAD) + _PAD),
-                      (235, 235, 235))
+    below = _LABEL_H if captions else 0          # under each row
+    pitch = cell + _PAD + below
+    width = ncols * (cell + _PAD) + _PAD
+    sheet = Image.new("RGB", (width, top + len(rows) * pitch + _PAD), (235, 235, 235))
     draw = ImageDraw.Draw(sheet)
     font = ImageFont.load_default(size=14)
     for j, text in enumerate(labels or []):
         centre = (_PAD + j * (cell + _PAD) + cell // 2, top // 2)
         draw.text(centre, text, fill=(0, 0, 0), font=font, anchor="mm")
     for i, row in enumerate(rows):
+        bottom = top + _PAD + i * pitch           # of the row's tallest image: its caption goes just under
         for j, img in enumerate(row):
             u8 = to_uint8(img)
             tile = Image.fromarray(u8.reshape(u8.shape[:2]) if u8.ndim == 3 and u8.shape[-1] == 1 else u8)
@@ -319,8 +326,14 @@ def contact_sheet(rows: list[list[np.ndarray]], labels: list[str] | None = None,
             tile = tile.convert("RGB").resize(
                 size, Image.Resampling.NEAREST if scale >= 1 else Image.Resampling.LANCZOS)
             x0 = _PAD + j * (cell + _PAD) + (cell - size[0]) // 2
-            y0 = top + _PAD + i * (cell + _PAD) + (cell - size[1]) // 2
+            y0 = top + _PAD + i * pitch + (cell - size[1]) // 2
             sheet.paste(tile, (x0, y0))
+            bottom = max(bottom, y0 + size[1])
+        if captions:
+            text = captions[i]
+            while len(text) > 1 and draw.textlength(text, font=font) > width - 2 * _PAD:
+                text = "..." + text[4:]          # a long path: keep the end, where the file name is
+            draw.text((width // 2, bottom + 3), text, fill=(0, 0, 0), font=font, anchor="mt")
     buf = io.BytesIO()
-    sheet.save(buf, "PNG")
+    sheet.save(buf, "PNG", compress_level=3)   # a preview, one page of many: 3.5x faster than 6, 10 % larger
     return buf.getvalue()

@@ -76,7 +76,7 @@ def test_train_then_denoise_twice_end_to_end(folders, tmp_path):
     assert read_image(out / "g0.png").pixels.shape == (48, 64, 1)
     scored = [r for r in report["images"] if r.get("psnr") is not None]
     assert len(scored) == 4 and report["mean"]["psnr"] > 0          # 4 images have a reference
-    assert (out / ".aeflow" / "report.json").is_file() and (out / ".aeflow" / "contact_sheet.png").is_file()
+    assert (out / ".aeflow" / "report.json").is_file() and (out / ".aeflow" / "contact_sheet-1.png").is_file()
 
     outputs = tree_hashes(out)
     again = denoise_run_flow(str(noisy), str(out), model=str(model_dir), progress=False)

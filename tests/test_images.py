@@ -357,3 +357,12 @@ def test_contact_sheet_is_a_png_of_the_expected_size(tmp_path):
     assert labelled.width == sheet.width and labelled.height > sheet.height
     with pytest.raises(ValueError):
         contact_sheet([[red]], labels=["a", "b"])
+
+
+def test_contact_sheet_names_each_row(tmp_path):
+    grey = np.full((40, 40, 1), 0.5, np.float32)
+    plain = Image.open(io.BytesIO(contact_sheet([[grey, grey]] * 2, cell=64)))
+    named = Image.open(io.BytesIO(contact_sheet([[grey, grey]] * 2, cell=64, captions=["a.png", "b/c.png"])))
+    assert named.width == plain.width and named.height > plain.height
+    strip = np.asarray(named.convert("L"))[4 + 64:4 + 64 + 18]              # under the first row
+    assert strip.min() < 100                                                # text drawn there
