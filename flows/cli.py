@@ -145,15 +145,20 @@ def denoise_train(
     seed: int = typer.Option(0, "--seed"),
     device: str = typer.Option("auto", "--device", callback=_device, help="auto (CUDA with bf16 when present, else all CPU cores), cpu or cuda."),
     init: Optional[str] = typer.Option(None, "--init", help="Fine-tune: start from this model (shipped name or folder); its architecture is kept."),
-    refresh: bool = typer.Option(False, "--refresh", help="Rebuild cached stages instead of reusing them."),
+    refresh: bool = typer.Option(False, "--refresh", help="Rebuild cached stages instead of reusing them, and discard a killed run's checkpoints instead of resuming them."),
+    name: Optional[str] = typer.Option(None, "--name", help="Name the model (folder outputs/train/NAME-<key>; `denoise run --model NAME`). A name in use for other settings or data is refused."),
 ):
     """Train a denoising autoencoder (cached: an unchanged second run trains nothing; a killed run resumes)."""
-    from flows.catalog import resolve_model
-    from flows.pipelines import denoise_train_flow
+    from flows.catalog import PRETRAINED, resolve_model
+    from flows.stages import slugify
     from models.registry import DENOISERS
 
     if model not in DENOISERS:
         raise typer.BadParameter(f"{model!r}: image denoisers are {', '.join(DENOISERS)}", param_hint="--model")
+    if name is not None and (slugify(name) != name or (PRETRAINED / name).exists()):
+        raise typer.BadParameter(f"{name!r}: a name is up to 40 lower-case letters, digits, '_' and '-', and not a "
+                                 "shipped model's", param_hint="--name")
+    from flows.pipelines import denoise_train_flow
     init_dir = None
     if init:
         try:
@@ -173,8 +178,16 @@ def denoise_train(
                                       batch_size=batch_size, patch=patch, lr=lr, seed=seed, device=device).items()
                 if v is not None}
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    folder = _run_flow(denoise_train_flow, data=str(data) if data else None, model=model_cfg, training=training,
-                       refresh=refresh, init=str(init_dir) if init_dir else None)
+    try:
+        folder = _run_flow(denoise_train_flow, data=str(data) if data else None, model=model_cfg, training=training,
+                           refresh=refresh, init=str(init_dir) if init_dir else None, name=name)
+    except OSError as e:
+        from models.checkpoints import storage_error
+
+        if storage_error(e) is None:
+            raise
+        Console(stderr=True).print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+        raise typer.Exit(4) from None
     from flows.catalog import describe
 
     d = describe(Path(folder))

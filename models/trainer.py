@@ -120,7 +120,7 @@ def train(model: torch.nn.Module, batches: Callable[[torch.Generator], torch.Ten
 
     model.train()
     t0 = time.perf_counter() - elapsed
-    run_t0, run_step0, next_estimate = time.perf_counter(), step, time.perf_counter() + 1.0
+    pace_t, pace_step, per_step, next_estimate = None, step, None, time.perf_counter() + 1.0
     epoch_loss, epoch_n, last_val = 0.0, 0, history[-1] if history else {}
     while total is None or step < total:
         # the same warm-up as before for a step or epoch budget; a time budget's follows its estimate
@@ -142,11 +142,14 @@ def train(model: torch.nn.Module, batches: Callable[[torch.Generator], torch.Ten
             spent = now - t0
             if spent >= budget:
                 total = step                     # out of time: this step is the last (validated, checkpointed)
-            elif now >= next_estimate and (total is None or step <= total // 2) and step - run_step0 >= 2:
-                per_step = (now - run_t0) / (step - run_step0)
+            elif pace_t is None:
+                pace_t, pace_step = now, step    # a run's first step pays for set-up (seconds): not in the pace
+            elif now >= next_estimate and (total is None or step <= total // 2):
+                per_step = (now - pace_t) / (step - pace_step)         # validations included
                 total = step + max(1, int((budget - spent) / per_step))
                 next_estimate = now + max(1.0, budget / 50)
-            info["seconds_left"] = max(0.0, budget - spent)
+            # what is left of the budget, or less when the (frozen) step count will be reached sooner
+            info["seconds_left"] = max(0.0, min(budget - spent, (total - step) * per_step if per_step else budget))
         if on_step:
             on_step(step, total or 0, info)
         if step % cfg.epoch_steps == 0 or step == total:
