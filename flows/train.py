@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import shutil
+import socket
 import tempfile
 from pathlib import Path
 
@@ -22,7 +24,7 @@ import numpy as np
 import torch
 from flows.ingest import load_ingested
 from flows.progress import TrainProgress
-from flows.stages import MANIFEST, Stage, read_manifest, run_stage
+from flows.stages import MANIFEST, Stage, read_manifest, run_stage, slugify
 from models.autoencoders import count_parameters
 from models.checkpoints import WEIGHTS, load_state, save_model, sha256_file, write_json_atomic
 from models.patches import PatchSampler, center_crops
@@ -166,7 +168,7 @@ class _collect:
 
 
 def _same_name(folder: Path, slug: str) -> bool:
-    return re.fullmatch(re.escape(slug) + r"-[0-9a-f]{12}", folder.name) is not None
+    return re.fullmatch(re.escape(slugify(slug)) + r"-[0-9a-f]{12}", folder.name) is not None
 
 
 def run_train_stage(stage: Stage, fill, refresh: bool, named: bool = False) -> Path:
@@ -176,7 +178,7 @@ def run_train_stage(stage: Stage, fill, refresh: bool, named: bool = False) -> P
     folders = [p.parent for p in stage.folder.parent.glob("*/" + MANIFEST)]
     taken = [f for f in folders if _same_name(f, stage.slug) and f.name != stage.folder.name]
     if named and taken:
-        raise FileExistsError(f"--name {stage.slug}: already names {taken[0]} (other settings or data); choose "
+        raise FileExistsError(f"--name {slugify(stage.slug)}: already names {taken[0]} (other settings or data); choose "
                               "another name, or delete that folder to give the name to this model")
     if not refresh and not stage.folder.exists():
         for other in folders:
@@ -192,7 +194,8 @@ def run_train_stage(stage: Stage, fill, refresh: bool, named: bool = False) -> P
 
 def _copy_stage(src: Path, manifest: dict, stage: Stage) -> None:
     """A finished stage folder of the same key under this stage's name (built aside, manifest last, renamed)."""
-    tmp = Path(tempfile.mkdtemp(dir=src.parent, prefix=f".tmp-{stage.folder.name}-copy-"))
+    owner = f"{socket.gethostname()}-{os.getpid()}"               # so that a killed copy is swept like a build
+    tmp = Path(tempfile.mkdtemp(dir=src.parent, prefix=f".tmp-{stage.folder.name}-{owner}-"))
     try:
         for rel in manifest["files"]:
             (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -210,6 +213,7 @@ def plot_curve(history: list[dict], path: Path, title: str, metric: str = "psnr"
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     steps = [h["step"] for h in history]
     marker = "o" if len(steps) <= 20 else None           # a line through one or two points is barely visible
@@ -221,6 +225,8 @@ def plot_curve(history: list[dict], path: Path, title: str, metric: str = "psnr"
     a.legend()
     b.plot(steps, [h[f"val_{metric}"] for h in history], color="tab:green", marker=marker)
     b.set(xlabel="step", ylabel="dB" if metric == "psnr" else metric, title=f"validation {metric}")
+    for axis in (a, b):
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))      # steps, not 2.95 ... 3.05
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path)
