@@ -273,8 +273,8 @@ def load_training_state(ckpt_root: Path, warn: Callable[[str], None] | None = No
     """(weights, state) of the newest checkpoint that verifies against its SHA256SUMS, or None when there is none.
 
     A checkpoint that fails (a flipped byte, a missing file, a pickled object) is said through `warn` (default:
-    a logging warning), moved aside as `.bad-step-...` so that it is neither pruned in place of a good one nor
-    tried again, and the previous one is used. The `latest` pointer is only a hint and may only name a step
+    a logging warning) and the previous one is used; the failed ones are then moved aside as `.bad-step-...`,
+    so that they are neither pruned in place of a good one nor tried again. The `latest` pointer is only a hint and may only name a step
     folder of `ckpt_root` itself (`../../elsewhere` is ignored, with a warning). Checkpoints that exist but of
     which none is usable raise a one-line ValueError (`--refresh` discards them).
     """
@@ -295,22 +295,25 @@ def load_training_state(ckpt_root: Path, warn: Callable[[str], None] | None = No
             candidates = [hinted] + [c for c in candidates if c != hinted]
         elif candidates or target:
             warn(f"{pointer}: names {target[:100]!r}, not a step folder of {ckpt_root}; ignored")
-    problems = []
+    problems, skipped = [], []
     for folder in candidates:
         if folder.is_symlink():
             problems.append(f"{folder}: a link, not a checkpoint folder")
         else:
             try:
-                return _read_checkpoint(folder)
+                loaded = _read_checkpoint(folder)
             except (OSError, ValueError) as e:
                 problems.append(str(e))
+            else:
+                for bad in skipped:              # only once a good one is found: else the next run would start over
+                    shutil.rmtree(bad.with_name(f".bad-{bad.name}"), ignore_errors=True)
+                    try:
+                        bad.rename(bad.with_name(f".bad-{bad.name}"))
+                    except OSError:
+                        pass
+                return loaded
         warn(f"checkpoint skipped: {problems[-1]}")
-        bad = folder.with_name(f".bad-{folder.name}")
-        shutil.rmtree(bad, ignore_errors=True)
-        try:
-            folder.rename(bad)
-        except OSError:
-            pass
+        skipped.append(folder)
     if problems:
         raise ValueError(f"no usable checkpoint to resume in {ckpt_root}: {problems[0]}; "
                          "--refresh discards the checkpoints and trains from the start")

@@ -187,6 +187,8 @@ def test_no_usable_checkpoint_is_one_line_naming_the_file(tmp_path):
                                          r".*--refresh") as e:
         tiny_run(tmp_path / "ckpt")
     assert "\n" not in str(e.value)
+    with pytest.raises(ValueError, match="no usable checkpoint"):        # still so: not a silent fresh start
+        tiny_run(tmp_path / "ckpt")
 
 
 def test_the_latest_pointer_cannot_leave_the_checkpoint_folder(tmp_path, caplog):
