@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import models
@@ -58,8 +59,9 @@ def family(folder: Path) -> str:
 
 def resolve_model(name: str, channels: int, sigma: float | None = None, job: str | None = None) -> Path:
     """`auto` -> the shipped model for this many channels (sigma-specific when one matches `sigma`, blind
-    otherwise); a folder path; a shipped name; or a unique prefix of a shipped or trained model's folder name
-    (of the `job`'s family: "denoise", "levels" or "music", when given)."""
+    otherwise); a folder path; a shipped name; a trained model's name (`denoise train --name NAME` makes the
+    folder `NAME-<key12>`); or a unique prefix of a shipped or trained model's folder name (of the `job`'s
+    family: "denoise", "levels" or "music", when given)."""
     if name == "auto":
         color = "color" if channels == 3 else "gray"
         candidates = ([f"skip-dae-{color}-s{sigma:g}"] if sigma is not None else []) + [f"skip-dae-{color}"]
@@ -77,9 +79,13 @@ def resolve_model(name: str, channels: int, sigma: float | None = None, job: str
         if folder.name == name:
             return folder
     models = [f for f in shipped_models() + trained_models() if job is None or family(f) == job]
+    named = [f for f in models if re.fullmatch(re.escape(name) + r"-[0-9a-f]{12}", f.name)]
+    if len(named) == 1:                   # the name itself, even when it prefixes other models' names
+        return named[0]
     matches = [f for f in models if f.name.startswith(name)]
     if len(matches) == 1:
         return matches[0]
-    what = "is ambiguous" if matches else "matches no model"
+    what = ("is ambiguous (give more of the name; `denoise train --name` names a model)" if matches
+            else "matches no model")
     raise FileNotFoundError(f"model {name!r} {what}; known {job + ' ' if job else ''}models: "
                             f"{', '.join(f.name for f in models) or 'none'} (or give a model folder path)")

@@ -217,11 +217,15 @@ def denoise_train(
     seed: int = typer.Option(0, "--seed"),
     device: str = typer.Option("auto", "--device", callback=_device, help="auto (CUDA with bf16 when present, else all CPU cores), cpu or cuda."),
     init: Optional[str] = typer.Option(None, "--init", help="Fine-tune: start from this model (shipped name or folder); its architecture is kept."),
-    refresh: bool = typer.Option(False, "--refresh", help="Rebuild cached stages instead of reusing them."),
+    refresh: bool = typer.Option(False, "--refresh", help="Rebuild cached stages instead of reusing them, and discard a killed run's checkpoints instead of resuming them."),
+    name: Optional[str] = typer.Option(None, "--name", help="Name the model (folder outputs/train/NAME-<key>; `denoise run --model NAME`). A name in use for other settings or data is refused."),
 ):
     """Train a denoising autoencoder (cached: an unchanged second run trains nothing; a killed run resumes)."""
-    from flows.catalog import resolve_model
+    from flows.catalog import PRETRAINED, resolve_model
 
+    if name is not None and (not re.fullmatch(r"[a-z0-9][a-z0-9_-]{0,39}", name) or (PRETRAINED / name).exists()):
+        raise typer.BadParameter(f"{name!r}: a name is up to 40 lower-case letters, digits, '_' and '-', and not a "
+                                 "shipped model's", param_hint="--name")
     init_dir = None
     if init:
         try:
@@ -252,8 +256,16 @@ def denoise_train(
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     from flows.pipelines import denoise_train_flow
 
-    folder = _run_flow(denoise_train_flow, data=str(data) if data else None, model=model_cfg, training=training,
-                       refresh=refresh, init=str(init_dir) if init_dir else None)
+    try:
+        folder = _run_flow(denoise_train_flow, data=str(data) if data else None, model=model_cfg, training=training,
+                           refresh=refresh, init=str(init_dir) if init_dir else None, name=name)
+    except OSError as e:
+        from models.checkpoints import storage_error
+
+        if storage_error(e) is None:
+            raise
+        error(str(e))
+        raise typer.Exit(4) from None
     from flows.catalog import describe
 
     d = describe(Path(folder))

@@ -31,11 +31,11 @@ train_task = task(name="train-model", cache_policy=NO_CACHE)(train_model)
 @flow(name="denoise-train")
 def denoise_train_flow(data: str | None = None, model: dict | None = None, training: dict | None = None,
                        val_fraction: float = 0.05, refresh: bool = False, progress: bool = True,
-                       init: str | None = None) -> str:
+                       init: str | None = None, name: str | None = None) -> str:
     """Ingest an image folder (default: scikit-image's bundled photos) and train a denoiser on it."""
     ingest_dir = ingest_task(data, refresh=refresh)
     model_dir = train_task(ingest_dir, model or {"kind": "skip_dae"}, training or {"minutes": 10},
-                           val_fraction=val_fraction, refresh=refresh, progress=progress, init=init)
+                           val_fraction=val_fraction, refresh=refresh, progress=progress, init=init, name=name)
     cfg = json.loads((Path(model_dir) / "config.json").read_text())
     create_table_artifact(key="denoise-train-metrics", table=cfg["history"],
                           description=f"Validation per epoch of {Path(model_dir).name}: {cfg['metrics']}")

@@ -2,27 +2,37 @@
 
 The folder holds the weights (safetensors + sha256), the completed config with data, metrics and
 history (config.json) and a loss/PSNR curve (curve.png). A killed run resumes from the checkpoints in
-the stage's work folder when the same command is run again.
+the stage's work folder when the same command is run again (`--refresh` discards them and starts clean).
+
+A model may be given a name (`--name`): it replaces the slug in the folder's name, `<name>-<key12>`, so the
+key still says what the folder holds. A name belongs to one key: another config or data under a name in use
+is refused; a key already trained under another name is copied, not trained again.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
+import re
+import shutil
+import socket
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 from flows.ingest import load_ingested
 from flows.progress import TrainProgress
-from flows.stages import Stage, run_stage
+from flows.stages import MANIFEST, Stage, read_manifest, run_stage, slugify
 from models.autoencoders import count_parameters
-from models.checkpoints import WEIGHTS, load_state, save_model, sha256_file
+from models.checkpoints import WEIGHTS, load_state, save_model, sha256_file, write_json_atomic
 from models.patches import PatchSampler, center_crops
 from models.registry import build, parse_config
 from models.trainer import TrainConfig, pick_device, train as train_loop
 
-VERSION = 2  # 2: time budgets re-estimated over the first half of the run
+VERSION = 3  # 2: time budgets re-estimated over the first half of the run; 3: budgets checked every step,
+             # checkpoints carry SHA256SUMS (a new key also leaves a killed older run's checkpoints behind)
 LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)   # ITU-R BT.601, for colour data into a gray model
 
 
@@ -44,10 +54,11 @@ def split_holdout(entries: list[dict], fraction: float) -> tuple[list[int], list
 
 
 def train_model(ingest_dir: str, model: dict, training: dict, val_fraction: float = 0.05,
-                refresh: bool = False, progress: bool = True, init: str | None = None) -> str:
+                refresh: bool = False, progress: bool = True, init: str | None = None, name: str | None = None) -> str:
     """Train (or find cached) a model on an ingest stage; returns the model folder.
 
     init: a model folder whose weights start the run (fine-tuning); its weights' sha256 joins the stage key.
+    name: the folder's name instead of `<kind>-<data>` (see the module's docstring).
     """
     upstream = json.loads((Path(ingest_dir) / "manifest.json").read_text())
     entries, images = load_ingested(ingest_dir)
@@ -59,7 +70,7 @@ def train_model(ingest_dir: str, model: dict, training: dict, val_fraction: floa
               "val_fraction": val_fraction}
     if init:
         config["init"] = {"model": Path(init).name, "weights_sha256": sha256_file(Path(init) / WEIGHTS)}
-    stage = Stage("train", VERSION, f"{model_cfg.kind}-{upstream['slug']}", config, upstream=(upstream["key"],))
+    stage = Stage("train", VERSION, name or f"{model_cfg.kind}-{upstream['slug']}", config, upstream=(upstream["key"],))
 
     def fill(tmp: Path) -> dict:
         device = pick_device(train_cfg.device)
@@ -78,11 +89,13 @@ def train_model(ingest_dir: str, model: dict, training: dict, val_fraction: floa
         net = net.to(device)
         sampler = PatchSampler([tensors[i] for i in train_idx], train_cfg.patch, train_cfg.batch_size, device)
         with TrainProgress(f"train {stage.folder.name}", enabled=progress) as bar:
+            warnings = _collect(bar.warn)
             result = train_loop(net, sampler, center_crops(val_imgs, val_size), train_cfg, stage.workdir / "ckpt",
-                           on_step=bar.update)
+                                on_step=bar.update, warn=warnings)
         metrics = {f"val_{k}": round(v, 4) for k, v in result.best.items()}
         info = {"metrics": metrics, "steps": result.steps, "seconds": result.seconds,
                 "patches_per_s": result.samples_per_s, "resumed_from_step": result.resumed_from,
+                **({"warnings": warnings.said} if warnings.said else {}),
                 "parameters": count_parameters(net), "device": device.type,
                 "data": {"ingest": ingest_dir, "train_images": len(train_idx), "val_images": len(val_idx),
                          "val_crop": val_size, "source": upstream.get("source")}}
@@ -90,8 +103,7 @@ def train_model(ingest_dir: str, model: dict, training: dict, val_fraction: floa
         plot_curve(result.history, tmp / "curve.png", title=stage.folder.name)
         return info
 
-    folder, _, _ = run_stage(stage, fill, refresh)
-    return str(folder)
+    return str(run_train_stage(stage, fill, refresh, named=bool(name)))
 
 
 def train_windows(slug: str, upstream: tuple[str, ...], data: dict, train: tuple[np.ndarray, np.ndarray | None],
@@ -129,18 +141,70 @@ def train_windows(slug: str, upstream: tuple[str, ...], data: dict, train: tuple
         torch.manual_seed(train_cfg.seed)
         net = build(model_cfg).to(device)
         with TrainProgress(f"train {stage.folder.name}", enabled=progress) as bar:
+            warnings = _collect(bar.warn)
             result = train_loop(net, batches, (vx, vc) if conditional else vx, train_cfg, stage.workdir / "ckpt",
-                                on_step=bar.update)
+                                on_step=bar.update, warn=warnings)
         info = {"metrics": {f"val_{k}": round(v, 4) for k, v in result.best.items()}, "steps": result.steps,
                 "seconds": result.seconds, "windows_per_s": result.samples_per_s,
                 "resumed_from_step": result.resumed_from, "parameters": count_parameters(net),
+                **({"warnings": warnings.said} if warnings.said else {}),
                 "device": device.type, "data": {**data, **(facts or {}), "train_windows": len(x_tr), "val_windows": len(x_va)}}
         save_model(net, tmp, config["model"], extra={"train": config["train"], "history": result.history, **info})
         plot_curve(result.history, tmp / "curve.png", title=stage.folder.name, metric=train_cfg.select)
         return info
 
+    return str(run_train_stage(stage, fill, refresh))
+
+
+class _collect:
+    """A `warn` callback that says each warning (on the bar's console) and keeps it for the manifest."""
+
+    def __init__(self, say):
+        self.say, self.said = say, []
+
+    def __call__(self, message: str) -> None:
+        self.said.append(message)
+        self.say(message)
+
+
+def _same_name(folder: Path, slug: str) -> bool:
+    return re.fullmatch(re.escape(slugify(slug)) + r"-[0-9a-f]{12}", folder.name) is not None
+
+
+def run_train_stage(stage: Stage, fill, refresh: bool, named: bool = False) -> Path:
+    """run_stage for a train stage. `--refresh` starts clean: the stage's checkpoints (a killed run's, or a
+    corrupted or poisoned one) are discarded instead of resumed. A finished folder of the same key under
+    another name is copied rather than trained again; a `named` stage refuses a name another key holds."""
+    folders = [p.parent for p in stage.folder.parent.glob("*/" + MANIFEST)]
+    taken = [f for f in folders if _same_name(f, stage.slug) and f.name != stage.folder.name]
+    if named and taken:
+        raise FileExistsError(f"--name {slugify(stage.slug)}: already names {taken[0]} (other settings or data); choose "
+                              "another name, or delete that folder to give the name to this model")
+    if not refresh and not stage.folder.exists():
+        for other in folders:
+            manifest = read_manifest(other) if other.name.endswith("-" + stage.key[:12]) else None
+            if manifest is not None and manifest.get("key") == stage.key and other != stage.folder:
+                _copy_stage(other, manifest, stage)
+                break
+    if refresh:
+        shutil.rmtree(stage.workdir, ignore_errors=True)
     folder, _, _ = run_stage(stage, fill, refresh)
-    return str(folder)
+    return folder
+
+
+def _copy_stage(src: Path, manifest: dict, stage: Stage) -> None:
+    """A finished stage folder of the same key under this stage's name (built aside, manifest last, renamed)."""
+    owner = f"{socket.gethostname()}-{os.getpid()}"               # so that a killed copy is swept like a build
+    tmp = Path(tempfile.mkdtemp(dir=src.parent, prefix=f".tmp-{stage.folder.name}-{owner}-"))
+    try:
+        for rel in manifest["files"]:
+            (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src / rel, tmp / rel)
+        write_json_atomic(tmp / MANIFEST, {**manifest, "slug": stage.slug, "copied_from": src.name})
+        tmp.rename(stage.folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def plot_curve(history: list[dict], path: Path, title: str, metric: str = "psnr") -> None:
@@ -149,16 +213,20 @@ def plot_curve(history: list[dict], path: Path, title: str, metric: str = "psnr"
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     steps = [h["step"] for h in history]
+    marker = "o" if len(steps) <= 20 else None           # a line through one or two points is barely visible
     fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.4), dpi=100)
-    a.plot(steps, [h["train_loss"] for h in history], label="train")
-    a.plot(steps, [h["val_loss"] for h in history], label="validation")
+    a.plot(steps, [h["train_loss"] for h in history], label="train", marker=marker)
+    a.plot(steps, [h["val_loss"] for h in history], label="validation", marker=marker)
     a.set(xlabel="step", ylabel="MSE" if metric == "psnr" else "loss", yscale="log" if metric == "psnr" else "linear",
           title="loss")
     a.legend()
-    b.plot(steps, [h[f"val_{metric}"] for h in history], color="tab:green")
+    b.plot(steps, [h[f"val_{metric}"] for h in history], color="tab:green", marker=marker)
     b.set(xlabel="step", ylabel="dB" if metric == "psnr" else metric, title=f"validation {metric}")
+    for axis in (a, b):
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))      # steps, not 2.95 ... 3.05
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path)

@@ -7,9 +7,13 @@ needs nothing else. Nothing is ever unpickled: weights are safetensors, and the 
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import io
 import json
+import logging
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -122,7 +126,10 @@ def read_config(folder: Path) -> dict:
     path = Path(folder) / CONFIG
     if not path.is_file():
         raise FileNotFoundError(f"{folder}: not a model folder (no {CONFIG})")
-    return json.loads(path.read_text())
+    try:
+        return json.loads(path.read_text())
+    except (UnicodeDecodeError, ValueError) as e:
+        raise ValueError(f"{path}: not valid JSON ({_first_line(e)})") from None
 
 
 def load_state(folder: Path) -> dict[str, torch.Tensor]:
@@ -133,39 +140,81 @@ def load_state(folder: Path) -> dict[str, torch.Tensor]:
         raise FileNotFoundError(f"{folder}: missing {WEIGHTS} or its .sha256 sidecar")
     if sha256_file(path) != sidecar.read_text().strip():
         raise ValueError(f"{path}: sha256 mismatch with its sidecar; refusing to load corrupted weights")
-    return safetensors.torch.load_file(str(path))
+    try:
+        return safetensors.torch.load_file(str(path))
+    except Exception as e:              # SafetensorError (a matching sidecar only proves the bytes are unchanged)
+        raise ValueError(f"{path}: not a valid safetensors file ({_first_line(e)})") from None
 
 
 # ---------------------------------------------------------------- training state
 
-LATEST = "latest"   # a small file naming the newest complete checkpoint directory
+LATEST = "latest"        # a small file naming the newest complete checkpoint directory (a hint; see below)
+SUMS = "SHA256SUMS"      # in each step folder, written last: "<sha256>  <name>" for every other file in it
+STEP_DIR = re.compile(r"step-\d{9}")
+STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}   # full disk, quota, file-size limit
+
+log = logging.getLogger("aeflow.checkpoints")
+
+
+class StorageFull(OSError):
+    """A checkpoint write that failed for lack of room: `str()` is the one-line message (file, cause, what was
+    kept), without the "[Errno 28]" prefix; `exit_status` is the command's exit status for a full disk."""
+
+    exit_status = 4
+
+    def __str__(self) -> str:
+        return self.strerror
+
+
+def storage_error(e: BaseException) -> int | None:
+    """The errno of a write that failed for lack of room (ENOSPC, EDQUOT, EFBIG), else None."""
+    return e.errno if isinstance(e, OSError) and e.errno in STORAGE_ERRNOS else None
 
 
 def save_training_state(ckpt_root: Path, step: int, model: torch.nn.Module, state: dict, keep: int = 2) -> Path:
     """Write `ckpt_root/step-<step>/` completely, then point `latest` at it, then prune old ones.
 
-    The pointer flips only once the new directory is whole, so a kill or a full disk at any moment
-    leaves the previous checkpoint loadable. `state` holds only tensors, numbers, strings, lists and
-    dicts, so that `torch.load(weights_only=True)` can read it back.
+    The folder holds the weights (safetensors), the rest of the state (`state.pt`) and, written last,
+    `SHA256SUMS` over both: a folder without it, or whose files fail it, is never resumed. The folder is
+    built under a temporary name and renamed into place, so a kill or a full disk at any moment leaves the
+    previous checkpoint loadable. `state` holds only tensors, numbers, strings, lists and dicts, so that
+    `torch.load(weights_only=True)` can read it back.
+
+    Both files are serialised in memory and written with plain file writes (checkpoints are a few MB):
+    torch's own writer reports a full disk as "unexpected pos", without an errno. A full disk raises
+    an OSError whose message names the file and says which checkpoint was kept.
     """
     ckpt_root = Path(ckpt_root)
     ckpt_root.mkdir(parents=True, exist_ok=True)
     final = ckpt_root / f"step-{step:09d}"
+    weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    files = {WEIGHTS: safetensors.torch.save(weights), "state.pt": buffer.getvalue()}
+    files[SUMS] = "".join(f"{hashlib.sha256(data).hexdigest()}  {name}\n" for name, data in files.items()).encode()
     tmp = Path(tempfile.mkdtemp(dir=ckpt_root, prefix=".tmp-"))
+    current = final                                   # what a failure message names
     try:
-        weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-        safetensors.torch.save_file(weights, str(tmp / WEIGHTS))
-        torch.save(state, tmp / "state.pt")
-        for f in tmp.iterdir():
-            with open(f, "rb+") as fh:
-                os.fsync(fh.fileno())
+        for name, data in files.items():              # SHA256SUMS last
+            current = final / name
+            with open(tmp / name, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+        current = final
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
         fsync_dir(ckpt_root)
+        current = ckpt_root / LATEST
         write_bytes_atomic(ckpt_root / LATEST, final.name.encode())
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        if (code := storage_error(e)) is not None:
+            kept = [p.name for p in _complete_steps(ckpt_root)]
+            kept_text = f"kept the previous checkpoint {kept[-1]}" if kept else "no earlier checkpoint to keep"
+            raise StorageFull(code, f"{current}: {os.strerror(code).lower()} while writing the checkpoint of step "
+                                    f"{step}; {kept_text} (free some space and run the same command to resume)") from None
         raise
     for old in sorted(ckpt_root.glob("step-*"))[:-keep]:
         if old.name != final.name:
@@ -173,12 +222,99 @@ def save_training_state(ckpt_root: Path, step: int, model: torch.nn.Module, stat
     return final
 
 
-def load_training_state(ckpt_root: Path) -> tuple[dict[str, torch.Tensor], dict] | None:
-    """(weights, state) of the newest complete checkpoint, or None when there is none."""
-    pointer = Path(ckpt_root) / LATEST
-    if not pointer.is_file():
-        return None
-    folder = Path(ckpt_root) / pointer.read_text().strip()
-    weights = safetensors.torch.load_file(str(folder / WEIGHTS))
-    state = torch.load(folder / "state.pt", map_location="cpu", weights_only=True)
+def _complete_steps(ckpt_root: Path) -> list[Path]:
+    """Step folders with a SHA256SUMS (not yet verified), oldest first."""
+    return sorted(p for p in Path(ckpt_root).glob("step-*") if STEP_DIR.fullmatch(p.name) and (p / SUMS).is_file())
+
+
+def _read_checkpoint(folder: Path) -> tuple[dict[str, torch.Tensor], dict]:
+    """Verify `folder` against its SHA256SUMS and load it; ValueError (one line, naming the file) if not."""
+    try:
+        listed = {}
+        for line in (folder / SUMS).read_text().splitlines():
+            digest, name = line.split("  ", 1)
+            listed[name] = digest
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{folder / SUMS}: missing or unreadable ({e.__class__.__name__}), so the checkpoint "
+                         "cannot be verified") from None
+    present = {p.name for p in folder.iterdir()} - {SUMS}
+    if present != set(listed) or not {WEIGHTS, "state.pt"} <= present:
+        raise ValueError(f"{folder}: holds {sorted(present)}, its {SUMS} lists {sorted(listed)}")
+    data = {}
+    for name, digest in listed.items():
+        if (folder / name).is_symlink():
+            raise ValueError(f"{folder / name}: a link, not a checkpoint file")
+        blob = (folder / name).read_bytes()               # hashed and loaded from the same bytes
+        if hashlib.sha256(blob).hexdigest() != digest:
+            raise ValueError(f"{folder / name}: sha256 mismatch with {SUMS} (corrupted or modified)")
+        data[name] = blob
+    try:
+        weights = safetensors.torch.load(data[WEIGHTS])
+    except Exception as e:                                 # SafetensorError and friends
+        raise ValueError(f"{folder / WEIGHTS}: not a valid safetensors file ({_first_line(e)})") from None
+    try:
+        state = torch.load(io.BytesIO(data["state.pt"]), map_location="cpu", weights_only=True)
+    except Exception as e:                                 # UnpicklingError, RuntimeError, EOFError, ...
+        what = re.search(r"Unsupported global: GLOBAL \S+", str(e))
+        raise ValueError(f"{folder / 'state.pt'}: refused, not a plain-data training state "
+                         f"({what.group(0) if what else _first_line(e)})") from None
+    if not isinstance(state, dict):
+        raise ValueError(f"{folder / 'state.pt'}: refused, not a training state (a {type(state).__name__})")
     return weights, state
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{e.__class__.__name__}: {text[0][:200]}" if text else e.__class__.__name__
+
+
+def load_training_state(ckpt_root: Path, warn: Callable[[str], None] | None = None
+                        ) -> tuple[dict[str, torch.Tensor], dict] | None:
+    """(weights, state) of the newest checkpoint that verifies against its SHA256SUMS, or None when there is none.
+
+    A checkpoint that fails (a flipped byte, a missing file, a pickled object) is said through `warn` (default:
+    a logging warning) and the previous one is used; the failed ones are then moved aside as `.bad-step-...`,
+    so that they are neither pruned in place of a good one nor tried again. The `latest` pointer is only a hint and may only name a step
+    folder of `ckpt_root` itself (`../../elsewhere` is ignored, with a warning). Checkpoints that exist but of
+    which none is usable raise a one-line ValueError (`--refresh` discards them).
+    """
+    ckpt_root = Path(ckpt_root)
+    warn = warn or log.warning
+    if not ckpt_root.is_dir():
+        return None
+    candidates = sorted((p for p in ckpt_root.glob("step-*") if STEP_DIR.fullmatch(p.name) and p.is_dir()),
+                        reverse=True)
+    pointer = ckpt_root / LATEST
+    if pointer.is_file() or pointer.is_symlink():
+        try:
+            target = pointer.read_text().strip()
+        except (OSError, ValueError):
+            target = "(unreadable)"
+        hinted = ckpt_root / target
+        if STEP_DIR.fullmatch(target) and not pointer.is_symlink() and hinted.is_dir() and not hinted.is_symlink():
+            candidates = [hinted] + [c for c in candidates if c != hinted]
+        elif candidates or target:
+            warn(f"{pointer}: names {target[:100]!r}, not a step folder of {ckpt_root}; ignored")
+    problems, skipped = [], []
+    for folder in candidates:
+        if folder.is_symlink():
+            problems.append(f"{folder}: a link, not a checkpoint folder")
+        else:
+            try:
+                loaded = _read_checkpoint(folder)
+            except (OSError, ValueError) as e:
+                problems.append(str(e))
+            else:
+                for bad in skipped:              # only once a good one is found: else the next run would start over
+                    shutil.rmtree(bad.with_name(f".bad-{bad.name}"), ignore_errors=True)
+                    try:
+                        bad.rename(bad.with_name(f".bad-{bad.name}"))
+                    except OSError:
+                        pass
+                return loaded
+        warn(f"checkpoint skipped: {problems[-1]}")
+        skipped.append(folder)
+    if problems:
+        raise ValueError(f"no usable checkpoint to resume in {ckpt_root}: {problems[0]}; "
+                         "--refresh discards the checkpoints and trains from the start")
+    return None

@@ -3,8 +3,9 @@ to train and `model.metrics(x, gen)` to validate, and keeps the weights with the
 
 Determinism: every random draw (patches, flips, noise) comes from one generator whose state is part
 of the checkpoint, the learning rate is a pure function of the step, and checkpoints are taken at
-epoch ends; so a run killed at any point and restarted ends with the same weights as one that was not
-(on the CPU; CUDA kernels are not bit-reproducible).
+epoch ends and at the last step; so a run with a step or epoch budget killed at any point and restarted
+ends with the same weights as one that was not (on the CPU; CUDA kernels are not bit-reproducible).
+A time budget depends on the machine's pace, so its runs are not reproducible.
 """
 
 from __future__ import annotations
@@ -76,13 +77,21 @@ def lr_at(step: int, total: int, cfg: TrainConfig, warmup: int) -> float:
 
 
 def train(model: torch.nn.Module, batches: Callable[[torch.Generator], torch.Tensor], val: torch.Tensor,
-          cfg: TrainConfig, ckpt_dir: Path, on_step: Callable[[int, int, dict], None] | None = None) -> TrainResult:
+          cfg: TrainConfig, ckpt_dir: Path, on_step: Callable[[int, int, dict], None] | None = None,
+          warn: Callable[[str], None] | None = None) -> TrainResult:
     """Train `model` in place (it ends holding the best weights) and return what happened.
 
     batches(gen) -> (B, ...) training batch on the model's device (a tensor, or a tuple such as (x, cond));
     val: a fixed validation batch of the same form.
-    ckpt_dir: where resumable checkpoints live; an existing one is resumed.
-    on_step(step, total, metrics): progress callback (metrics: last loss, last validation).
+    ckpt_dir: where resumable checkpoints live; an existing one is resumed (a corrupted one is skipped for the
+    one before it, said through `warn`).
+    on_step(step, total, info): progress callback; info holds the last loss, the last validation and, for a
+    time budget, `seconds_left`; total is 0 until known (a time budget's is an estimate, revised early on).
+
+    A time budget (`minutes`) is checked after every step: the run ends, validated and checkpointed, at the
+    first step past the budget. Its step count, which the learning-rate schedule needs, is sized from the
+    pace of this run's steps (validations included), re-estimated over the first half of the run (the
+    machine's load drifts) and then frozen, so that the cosine tail is smooth.
     """
     device = next(model.parameters()).device
     amp = device.type == "cuda"                  # bf16 autocast on GPUs; plain fp32 on the CPU
@@ -93,21 +102,29 @@ def train(model: torch.nn.Module, batches: Callable[[torch.Generator], torch.Ten
 
     total = cfg.steps or (cfg.epochs * cfg.epoch_steps if cfg.epochs else None)
     step, elapsed, history, best, best_state = 0, 0.0, [], None, None
-    resumed = load_training_state(ckpt_dir)
+    resumed = load_training_state(ckpt_dir, warn=warn)
     if resumed is not None:
         weights, st = resumed
-        model.load_state_dict(weights)
-        opt.load_state_dict(st["optimizer"])
-        gen.set_state(st["generator"])
-        step, elapsed, total = st["step"], st["elapsed"], st["total"]
-        history, best, best_state = st["history"], st["best"], st["best_state"]
+        try:
+            model.load_state_dict(weights)
+            opt.load_state_dict(st["optimizer"])
+            gen.set_state(st["generator"])
+            step, elapsed, total = st["step"], st["elapsed"], st["total"]
+            history, best, best_state = st["history"], st["best"], st["best_state"]
+        except (KeyError, RuntimeError, ValueError, TypeError) as e:
+            raise ValueError(f"{ckpt_dir}: its checkpoint does not fit this run ({e.__class__.__name__}: "
+                             f"{str(e).strip().splitlines()[0][:200] if str(e).strip() else ''}); --refresh "
+                             "discards the checkpoints and trains from the start") from None
     resumed_from = step
-    warmup = min(cfg.warmup_steps, cfg.epoch_steps, max(1, (total or cfg.epoch_steps) // 10))
+    budget = cfg.minutes * 60 if cfg.minutes is not None else None
 
     model.train()
     t0 = time.perf_counter() - elapsed
-    epoch_loss, epoch_n, epoch_t0, last_val = 0.0, 0, time.perf_counter(), history[-1] if history else {}
+    pace_t, pace_step, per_step, next_estimate = None, step, None, time.perf_counter() + 1.0
+    epoch_loss, epoch_n, last_val = 0.0, 0, history[-1] if history else {}
     while total is None or step < total:
+        # the same warm-up as before for a step or epoch budget; a time budget's follows its estimate
+        warmup = min(cfg.warmup_steps, cfg.epoch_steps, max(1, (total or cfg.epoch_steps) // 10))
         for g in opt.param_groups:
             g["lr"] = lr_at(step, total or 10 ** 9, cfg, warmup)
         x = batches(gen)
@@ -119,8 +136,22 @@ def train(model: torch.nn.Module, batches: Callable[[torch.Generator], torch.Ten
         step += 1
         epoch_loss += loss.item()
         epoch_n += 1
+        info = {"loss": loss.item(), **last_val}
+        if budget is not None:                   # one clock read per step: cheap next to any step
+            now = time.perf_counter()
+            spent = now - t0
+            if spent >= budget:
+                total = step                     # out of time: this step is the last (validated, checkpointed)
+            elif pace_t is None:
+                pace_t, pace_step = now, step    # a run's first step pays for set-up (seconds): not in the pace
+            elif now >= next_estimate and (total is None or step <= total // 2):
+                per_step = (now - pace_t) / (step - pace_step)         # validations included
+                total = step + max(1, int((budget - spent) / per_step))
+                next_estimate = now + max(1.0, budget / 50)
+            # what is left of the budget, or less when the (frozen) step count will be reached sooner
+            info["seconds_left"] = max(0.0, min(budget - spent, (total - step) * per_step if per_step else budget))
         if on_step:
-            on_step(step, total or 0, {"loss": loss.item(), **last_val})
+            on_step(step, total or 0, info)
         if step % cfg.epoch_steps == 0 or step == total:
             model.eval()
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
@@ -133,18 +164,10 @@ def train(model: torch.nn.Module, batches: Callable[[torch.Generator], torch.Ten
             if best is None or metrics[cfg.select] > best[cfg.select]:
                 best = metrics
                 best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-            if cfg.minutes is not None and (total is None or step <= total // 2):
-                # Time budget: size the run from the last epoch's pace (validation included), re-estimated
-                # over the first half (the machine's load drifts), then frozen so the cosine tail is smooth.
-                per_step = (time.perf_counter() - epoch_t0) / epoch_n
-                more = int((cfg.minutes * 60 - elapsed) / per_step) // cfg.epoch_steps * cfg.epoch_steps
-                total = max(step, step + more)
-            epoch_loss, epoch_n, epoch_t0 = 0.0, 0, time.perf_counter()
+            epoch_loss, epoch_n = 0.0, 0
             save_training_state(ckpt_dir, step, model, {
                 "optimizer": opt.state_dict(), "generator": gen.get_state(), "step": step,
                 "elapsed": elapsed, "total": total, "history": history, "best": best, "best_state": best_state})
-            if cfg.minutes is not None and elapsed > cfg.minutes * 60 * 1.15:
-                break                # the machine slowed down: stop rather than overrun the budget
     model.load_state_dict(best_state)
     model.eval()
     seconds = time.perf_counter() - t0

@@ -68,6 +68,24 @@ def test_corrupted_weights_are_refused(tmp_path):
         load_model(tmp_path / "m")
 
 
+@pytest.mark.parametrize("broken", ["model.safetensors", "config.json"])
+def test_an_invalid_model_file_with_a_matching_checksum_is_one_line_naming_it(tmp_path, broken):
+    """The sidecar only proves the bytes are unchanged: bytes that are not safetensors (or a config that is not
+    JSON) are a ValueError naming the file. Before: SafetensorError / JSONDecodeError without a file."""
+    import hashlib
+
+    model = build(parse_config({"kind": "conv_ae", "widths": [4]}))
+    save_model(model, tmp_path / "m", model.cfg.model_dump(mode="json"))
+    path = tmp_path / "m" / broken
+    path.write_bytes(b"\x00" * 8 + b"not a model")
+    sidecar = tmp_path / "m" / "model.safetensors.sha256"
+    sidecar.write_text(hashlib.sha256((tmp_path / "m" / "model.safetensors").read_bytes()).hexdigest() + "\n")
+    with pytest.raises(ValueError, match=f"{path}: not valid" if broken == "config.json" else
+                       f"{path}: not a valid safetensors file") as e:
+        load_model(tmp_path / "m")
+    assert "\n" not in str(e.value)
+
+
 @pytest.mark.parametrize("length,core,margin", [(10, 4, 2), (100, 32, 8), (33, 64, 16), (129, 64, 16)])
 def test_tile_windows_cover_every_pixel_once(length, core, margin):
     covered = torch.zeros(length, dtype=torch.int32)
