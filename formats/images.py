@@ -144,8 +144,7 @@ def _decode(path, fh, max_pixels: int, integers_above: int | None) -> DecodedIma
     im = Image.open(fh, formats=FORMATS)
     w, h = im.size
     if w * h > max_pixels:  # from the header, before any pixel is decoded (milliseconds)
-        raise BadImage(path, f"{w}x{h} = {w * h / 1e6:.0f} MP exceeds the {max_pixels / 1e6:.0f} MP limit "
-                             "(--max-pixels)")
+        raise BadImage(path, f"{w}x{h} = {_mp(w * h)} exceeds the {_mp(max_pixels)} limit (--max-pixels)")
     fmt = "JPEG" if im.format == "MPO" else im.format  # MPO = a JPEG with extra frames (phone cameras)
     icc = im.info.get("icc_profile") or None
     frames = getattr(im, "n_frames", 1)
@@ -257,9 +256,9 @@ def _memmap_tiff(fh, im: Image.Image) -> np.ndarray | None:
 
     try:
         fh.seek(0)
-        tif = tifffile.TiffFile(fh)  # on our file object: the O_NOFOLLOW descriptor, no reopening by name
+        tif = tifffile.TiffFile(fh, name="input.tif")  # on our file object: the O_NOFOLLOW descriptor, no reopening by name
         page = tif.pages.first
-        if not (page.is_memmappable and page.compression == 1 and page.orientation in (0, 1)
+        if not (page.is_memmappable and page.compression == 1 and page.tags.valueof(274, 1) == 1
                 and page.photometric in (1, 2) and page.dtype in (np.uint8, np.uint16)
                 and (page.samplesperpixel, page.photometric) in ((1, 1), (3, 2)) and page.planarconfig in (1,)
                 and im.mode in ("L", "RGB", "I;16", "I;16B", "I;16L")):
@@ -339,6 +338,10 @@ def _split(x: np.ndarray, fmt: str, icc: bytes | None, integers_above: int | Non
     return DecodedImage(np.ascontiguousarray(f), alpha, fmt, 8 * x.itemsize, icc, **meta)
 
 
+def _mp(pixels: int) -> str:
+    return f"{pixels / 1e6:.0f} MP" if pixels >= 10_000_000 else f"{pixels / 1e6:.2g} MP"
+
+
 def _file_kind(mode: int) -> str:
     for test, name in ((stat.S_ISDIR, "a directory"), (stat.S_ISLNK, "a symbolic link"),
                        (stat.S_ISFIFO, "a named pipe"), (stat.S_ISSOCK, "a socket")):
@@ -353,13 +356,38 @@ def _reason(e: Exception, max_pixels: int = MAX_PIXELS) -> str:
         return "not an image (unrecognised format; PNG, JPEG, TIFF, BMP, WebP and GIF are read)"
     if isinstance(e, Image.DecompressionBombError):  # Pillow's own check, above 2 x MAX_IMAGE_PIXELS
         size = re.search(r"\((\d+) pixels\)", str(e))              # Pillow names the image's own size
-        what = f"{int(size.group(1)) / 1e6:.0f} MP" if size else f"over {2 * (Image.MAX_IMAGE_PIXELS or 0) / 1e6:.0f} MP"
-        return f"image of {what} exceeds the {max_pixels / 1e6:.0f} MP limit (decompression bomb; --max-pixels)"
+        what = _mp(int(size.group(1))) if size else f"over {_mp(2 * (Image.MAX_IMAGE_PIXELS or 0))}"
+        return f"image of {what} exceeds the {_mp(max_pixels)} limit (decompression bomb; --max-pixels)"
     msg = " ".join(str(e).split())[:160]
     if "truncated" in msg.lower():
         return "truncated image"
     return f"corrupt or unsupported data ({type(e).__name__}: {msg})" if msg else \
         f"corrupt or unsupported data ({type(e).__name__})"
+
+
+def map_bands(x: np.ndarray, fn, rows: int = 448, margin: int = 32) -> np.ndarray:
+    """Apply `fn` to an image held as integers (H, W, C) uint8 / uint16 (read_image's `integers_above`; a
+    memory map is fine) one band of rows at a time, and return the result as integers of the same depth.
+
+    fn takes float32 (h, W, C) in [0, 1], the band plus `margin` rows of context on each side, and returns
+    floats of that shape; only the band's own rows are kept, clipped and rounded. Memory follows the band:
+    the only whole-image arrays are the integer input and output (a 400 MP RGB scan: 1.2 GB each at 8 bits
+    instead of 4.8 GB per float32 copy). Bands all have one height (rows + 2 margin, the last one shifted
+    up, as models.inference places its tiles); 448 + 2 x 32 = 512 rows fit one tile row of the denoiser."""
+    h = x.shape[0]
+    top = np.iinfo(x.dtype).max
+    out = np.empty(x.shape, np.uint8 if top == 255 else np.uint16)
+    size = min(h, rows + 2 * margin)
+    for s in range(0, h, rows):
+        e = min(s + rows, h)
+        w0 = min(max(0, s - margin), h - size)
+        band = x[w0:w0 + size].astype(np.float32)  # (size, W, C): from a memory map, only these rows are read
+        band /= np.float32(top)
+        y = np.asarray(fn(band))
+        if y.shape != band.shape:
+            raise ValueError(f"map_bands: fn returned shape {y.shape} for a band of shape {band.shape}")
+        out[s:e] = _quantise(y[s - w0:e - w0], top)
+    return out
 
 
 def to_uint8(x01: np.ndarray) -> np.ndarray:

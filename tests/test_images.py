@@ -13,7 +13,7 @@ import tifffile
 from PIL import Image
 
 from formats.images import (
-    MAX_PIXELS, BadImage, DecodedImage, contact_sheet, encode_image, find_images, read_image, to_uint8,
+    MAX_PIXELS, BadImage, DecodedImage, contact_sheet, encode_image, find_images, map_bands, read_image, to_uint8,
 )
 
 RNG = np.random.default_rng(0)
@@ -513,3 +513,64 @@ def test_folder_links_are_listed_as_left_out(tmp_path):
     left_out = []
     assert [p.name for p in find_images(root, left_out)] == ["a.png"]
     assert [(p.name, r.split(",")[0]) for p, r in left_out] == [("link", "folder link")]
+
+
+# ---------------------------------------------------------------- huge images (issue 17)
+
+def test_max_pixels_refuses_from_the_header_in_milliseconds_and_can_be_raised(tmp_path):
+    import time
+
+    bomb = _write(tmp_path / "bomb.png", _png(10000, 10000, 1, 0, zlib.compress(b"")[:0]))  # claims 100 MP
+    t = time.perf_counter()
+    assert _reason_with(bomb, max_pixels=50_000_000) == "10000x10000 = 100 MP exceeds the 50 MP limit (--max-pixels)"
+    assert time.perf_counter() - t < 0.5
+    # 400 MP: above Pillow's own bomb error (2 x 89 MP); with the cap raised, the size check lets it through
+    # (and the file then fails for its missing data, not its size).
+    scan = _write(tmp_path / "scan.png", _png(20000, 20000, 1, 0, b""))
+    assert "exceeds the 120 MP limit" in _reason_with(scan)
+    assert "limit" not in _reason_with(scan, max_pixels=400_000_000)
+
+
+def _reason_with(path, **kw) -> str:
+    with pytest.raises(BadImage) as info:
+        read_image(path, **kw)
+    return info.value.reason
+
+
+@pytest.mark.parametrize("bits", [8, 16])
+def test_integers_above_keeps_one_integer_copy_and_map_bands_matches_whole_image(tmp_path, bits):
+    a = RNG.integers(0, 2 ** bits, (1000, 37, 3), dtype=np.uint8 if bits == 8 else np.uint16)
+    src = _write(tmp_path / "a.png", _png16(a) if bits == 16 else encode_image(
+        a / np.float32(255), DecodedImage(a, None, "PNG", 8, None)))
+    whole = read_image(src)
+    d = read_image(src, integers_above=1000)
+    assert d.pixels.dtype == a.dtype and np.array_equal(d.pixels, a)
+    assert read_image(src, integers_above=10 ** 6).pixels.dtype == np.float32  # small: floats as before
+
+    def blur(x):  # depends on the rows around: a band without context would differ at its edges
+        return (np.roll(x, 1, 0) + x + np.roll(x, -1, 0)) / 3
+
+    ref = blur(whole.pixels)
+    ref[0], ref[-1] = whole.pixels[0], whole.pixels[-1]  # the image's own edges: no neighbours outside
+
+    def blur_band(x):
+        y = blur(x)
+        y[0], y[-1] = x[0], x[-1]
+        return y
+
+    out = map_bands(d.pixels, blur_band, rows=100, margin=2)
+    assert out.dtype == a.dtype
+    top = 2 ** bits - 1
+    np.testing.assert_array_equal(out, np.rint(np.clip(ref, 0, 1) * top))
+    # integers in, integers out: encode_image writes them as they are
+    assert np.array_equal(read_image(_write(tmp_path / "o.png", encode_image(out, d)), integers_above=0).pixels, out)
+
+
+def test_uncompressed_tiff_is_memory_mapped(tmp_path):
+    a = RNG.integers(0, 256, (300, 200, 3), dtype=np.uint8)
+    tifffile.imwrite(tmp_path / "raw.tif", a, photometric="rgb")
+    d = read_image(tmp_path / "raw.tif", integers_above=1000)
+    assert isinstance(d.pixels, np.memmap) and np.array_equal(d.pixels, a)
+    tifffile.imwrite(tmp_path / "z.tif", a, photometric="rgb", compression="zlib")
+    z = read_image(tmp_path / "z.tif", integers_above=1000)
+    assert not isinstance(z.pixels, np.memmap) and np.array_equal(z.pixels, a)
