@@ -27,7 +27,7 @@ from flows.ingest import file_sha256
 from flows.progress import Bar
 from flows.stages import digest
 from formats.images import (IMAGE_SUFFIXES, MAX_PIXELS, BadImage, DecodedImage, contact_sheet, encode_image, find_images,
-                           map_bands, read_image)
+                           map_bands, read_image, read_thumbnail)
 from models.checkpoints import check_output_folder, write_bytes_atomic, write_json_atomic
 from models.inference import denoise_batch, denoise_image
 from models.registry import DENOISERS, load_model
@@ -331,9 +331,9 @@ def _sheet(rels: list[Path], src: Path, dst: Path, ref: Path | None) -> bytes:
     rows = []
     for rel in rels:
         try:
-            cells = [thumbnail(read_image(src / rel).pixels), thumbnail(read_image(dst / rel).pixels)]
+            cells = [read_thumbnail(src / rel), read_thumbnail(dst / rel)]      # no whole float copy
             if ref is not None and (p := find_reference(ref, rel)) is not None:
-                cells.append(thumbnail(read_image(p).pixels))
+                cells.append(read_thumbnail(p))
         except BadImage:
             continue
         rows.append(cells)

@@ -365,6 +365,15 @@ def _reason(e: Exception, max_pixels: int = MAX_PIXELS) -> str:
         f"corrupt or unsupported data ({type(e).__name__})"
 
 
+def read_thumbnail(path: Path, size: int = 512, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """float32 (h, w, C) in [0, 1], a strided copy of the image no larger than `size` px: decoded once as
+    integers, never as a whole float copy (contact sheets of 100 MP scans). Raises BadImage like read_image."""
+    x = read_image(path, max_pixels, integers_above=0).pixels
+    step = max(1, -(-max(x.shape[:2]) // size))
+    t = x[::step, ::step]
+    return np.ascontiguousarray(t) if t.dtype.kind == "f" else t.astype(np.float32) / np.float32(np.iinfo(t.dtype).max)
+
+
 def map_bands(x: np.ndarray, fn, rows: int = 448, margin: int = 32) -> np.ndarray:
     """Apply `fn` to an image held as integers (H, W, C) uint8 / uint16 (read_image's `integers_above`; a
     memory map is fine) one band of rows at a time, and return the result as integers of the same depth.

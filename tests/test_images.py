@@ -574,3 +574,13 @@ def test_uncompressed_tiff_is_memory_mapped(tmp_path):
     tifffile.imwrite(tmp_path / "z.tif", a, photometric="rgb", compression="zlib")
     z = read_image(tmp_path / "z.tif", integers_above=1000)
     assert not isinstance(z.pixels, np.memmap) and np.array_equal(z.pixels, a)
+
+
+def test_read_thumbnail_is_the_strided_float_image(tmp_path):
+    from formats.images import read_thumbnail
+
+    a = RNG.integers(0, 256, (1030, 700, 3), dtype=np.uint8)
+    src = _save(tmp_path / "a.png", a)
+    t = read_thumbnail(src, 512)
+    assert t.dtype == np.float32 and t.shape == (344, 234, 3)  # every 3rd pixel: ceil(1030 / 512)
+    np.testing.assert_array_equal(t, read_image(src).pixels[::3, ::3])
