@@ -16,6 +16,7 @@ import re
 import stat
 import struct
 import sys
+import threading
 import warnings
 import zlib
 from dataclasses import dataclass, replace
@@ -38,6 +39,7 @@ _IJG_LUMA = np.array([16, 11, 10, 16, 24, 40, 51, 61, 12, 12, 14, 19, 26, 58, 60
                       14, 17, 22, 29, 51, 87, 80, 62, 18, 22, 37, 56, 68, 109, 103, 77, 24, 35, 55, 64, 81, 104, 113,
                       92, 49, 64, 78, 87, 103, 121, 120, 101, 72, 92, 95, 98, 112, 100, 103, 99], np.float64)
 _GREY_16 = ("I;16", "I;16L", "I;16B", "I;16N")
+_WARNINGS_LOCK = threading.Lock()  # see read_image
 
 
 class BadImage(ValueError):
@@ -119,9 +121,11 @@ def read_image(path: Path, max_pixels: int = MAX_PIXELS, integers_above: int | N
             if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
                 raise BadImage(path, "not a regular file (changed while opening)")
             # Pillow's warnings (corrupt EXIF, odd TIFF tags...) would go to stderr, unseen in a batch:
-            # they become notes of the image, for the report. (catch_warnings is process-wide: a warning
-            # of another thread decoding at the same moment may land here; it is only a note.)
-            with warnings.catch_warnings(record=True) as caught:
+            # they become notes of the image, for the report. catch_warnings swaps process-wide state, so
+            # two threads inside it at once could leave warnings recorded into a dead list for good: one
+            # decode at a time holds it (decoding is a small part of a denoise; another thread's warning
+            # in this window may still land here, as a note).
+            with _WARNINGS_LOCK, warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
                 # Pillow warns above 89 MP; the size check in _decode decides. Palette + alpha bytes are
                 # converted to RGBA on purpose (Pillow's advice in that warning).
@@ -137,10 +141,10 @@ def read_image(path: Path, max_pixels: int = MAX_PIXELS, integers_above: int | N
 
 
 def _decode(path, fh, max_pixels: int, integers_above: int | None) -> DecodedImage:
-    if Image.MAX_IMAGE_PIXELS is not None and max_pixels > Image.MAX_IMAGE_PIXELS:
-        # Pillow refuses above 2 x its own MAX_IMAGE_PIXELS at open; our check below is the cap, so
-        # Pillow's may only be raised (never lowered: other threads may be decoding under it).
-        Image.MAX_IMAGE_PIXELS = max_pixels
+    if Image.MAX_IMAGE_PIXELS is not None and max_pixels >= 2 * Image.MAX_IMAGE_PIXELS:
+        # Pillow refuses above 2 x its own MAX_IMAGE_PIXELS (179 MP) at open; our check below is the cap,
+        # so Pillow's is raised for a larger --max-pixels (never lowered: other threads may rely on it).
+        Image.MAX_IMAGE_PIXELS = max_pixels // 2 + 1
     im = Image.open(fh, formats=FORMATS)
     w, h = im.size
     if w * h > max_pixels:  # from the header, before any pixel is decoded (milliseconds)

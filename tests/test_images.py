@@ -584,3 +584,16 @@ def test_read_thumbnail_is_the_strided_float_image(tmp_path):
     t = read_thumbnail(src, 512)
     assert t.dtype == np.float32 and t.shape == (344, 234, 3)  # every 3rd pixel: ceil(1030 / 512)
     np.testing.assert_array_equal(t, read_image(src).pixels[::3, ::3])
+
+
+def test_concurrent_reads_leave_the_warnings_machinery_as_it_was(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    bad_exif = (b"Exif\0\0II*\0" + struct.pack("<IH", 8, 1)
+                + struct.pack("<HHII", 0x010F, 2, 100, 1000) + struct.pack("<I", 0))
+    path = _save(tmp_path / "w.jpg", RNG.integers(0, 256, (256, 256, 3), dtype=np.uint8), exif=bad_exif)
+    filters, show = list(warnings.filters), warnings.showwarning
+    with ThreadPoolExecutor(8) as pool:
+        notes = list(pool.map(lambda _: read_image(path).notes, range(64)))
+    assert all(n == ("UserWarning: Tag data larger than file. Skipping tag 271",) for n in notes)
+    assert warnings.filters == filters and warnings.showwarning is show
