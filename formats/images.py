@@ -191,6 +191,8 @@ def _decode(path, fh, max_pixels: int, integers_above: int | None) -> DecodedIma
         text=tuple((str(k), str(v)) for k, v in info.get("text", info).items() if isinstance(v, str))
         if fmt == "PNG" else (),  # Pillow keeps PNG text chunks as the str values of info
     )
+    if fmt == "TIFF":
+        meta.update(exif=_tiff_exif(im))
     if mode == "P":
         meta.update(palette=bytes(im.getpalette("RGB") or b""), transparency=key)
     if fmt == "JPEG":
@@ -204,6 +206,20 @@ def _upright(im: Image.Image) -> Image.Image:
     if im.getexif().get(0x0112, 1) in (2, 3, 4, 5, 6, 7, 8):
         return ImageOps.exif_transpose(im)
     return im
+
+
+_TIFF_TEXT_TAGS = (270, 271, 272, 305, 306, 315, 33432)  # description, make, model, software, date, artist, copyright
+
+
+def _tiff_exif(im: Image.Image) -> bytes | None:
+    """A TIFF's descriptive tags (scanner make and model, date, artist...) as an EXIF block: its other tags
+    describe the file's layout and must not be copied (Pillow writes no Exif sub-IFD to TIFF either)."""
+    tags = im.getexif()
+    keep = Image.Exif()
+    for t in _TIFF_TEXT_TAGS:
+        if isinstance(tags.get(t), str) and tags[t]:
+            keep[t] = tags[t]
+    return keep.tobytes() if len(keep) else None
 
 
 def _exif_bytes(exif) -> bytes | None:
@@ -456,7 +472,7 @@ def encode_image(pixels: np.ndarray, like: DecodedImage, strip_metadata: bool = 
     if sixteen and like.format == "PNG":
         return _png16(q, icc, dpi, text)  # Pillow writes 16-bit grey only
     if sixteen:
-        return _tiff16(q, icc, dpi)
+        return _tiff16(q, icc, dpi, exif)
     options = {
         "PNG": {}, "BMP": {}, "GIF": {},
         "JPEG": {"quality": quality or like.quality or DEFAULT_JPEG_QUALITY,
@@ -466,7 +482,7 @@ def encode_image(pixels: np.ndarray, like: DecodedImage, strip_metadata: bool = 
     }[like.format]
     if icc and like.format not in ("BMP", "GIF"):
         options["icc_profile"] = icc
-    if exif and like.format in ("JPEG", "PNG", "WEBP"):
+    if exif and like.format in ("JPEG", "PNG", "WEBP", "TIFF"):
         options["exif"] = exif
     if dpi and like.format in ("JPEG", "PNG", "TIFF", "BMP"):
         options["dpi"] = dpi
@@ -541,7 +557,8 @@ def _png16(q: np.ndarray, icc: bytes | None, dpi: tuple[float, float] | None = N
         struct.pack(">I", len(d)) + t + d + struct.pack(">I", zlib.crc32(t + d)) for t, d in chunks)
 
 
-def _tiff16(q: np.ndarray, icc: bytes | None, dpi: tuple[float, float] | None = None) -> bytes:
+def _tiff16(q: np.ndarray, icc: bytes | None, dpi: tuple[float, float] | None = None,
+            exif: bytes | None = None) -> bytes:
     import tifffile  # only 16-bit TIFF output needs it (Pillow cannot write 16-bit colour)
 
     c = q.shape[-1]
@@ -551,8 +568,18 @@ def _tiff16(q: np.ndarray, icc: bytes | None, dpi: tuple[float, float] | None = 
         planarconfig="contig" if c > 1 else None, extrasamples=["unassalpha"] if c in (2, 4) else None,
         compression="zlib", predictor=True,  # horizontal differencing: much smaller on smooth images
         iccprofile=icc, metadata=None,  # metadata=None: no tifffile JSON description
-        resolution=dpi, resolutionunit="INCH" if dpi else None)
+        resolution=dpi, resolutionunit="INCH" if dpi else None, software=None,
+        extratags=_ascii_tags(exif))
     return buf.getvalue()
+
+
+def _ascii_tags(exif: bytes | None) -> list[tuple]:
+    """tifffile extratags for the descriptive ASCII tags of an EXIF block (see _tiff_exif)."""
+    if not exif:
+        return []
+    tags = Image.Exif()
+    tags.load(exif)
+    return [(t, "s", 0, tags[t], True) for t in _TIFF_TEXT_TAGS if isinstance(tags.get(t), str)]
 
 
 _LABEL_H, _PAD = 22, 4

@@ -597,3 +597,22 @@ def test_concurrent_reads_leave_the_warnings_machinery_as_it_was(tmp_path):
         notes = list(pool.map(lambda _: read_image(path).notes, range(64)))
     assert all(n == ("UserWarning: Tag data larger than file. Skipping tag 271",) for n in notes)
     assert warnings.filters == filters and warnings.showwarning is show
+
+
+@pytest.mark.parametrize("bits", [8, 16])
+def test_tiff_keeps_scanner_tags_and_dpi(tmp_path, bits):
+    tags = Image.Exif()
+    tags[271], tags[272], tags[306] = "Epson", "Perfection V850", "2024:01:02 03:04:05"
+    if bits == 8:
+        src = _save(tmp_path / "s.tif", RNG.integers(0, 256, (8, 8, 3), dtype=np.uint8), exif=tags, dpi=(1200, 1200))
+    else:
+        src = tmp_path / "s.tif"
+        tifffile.imwrite(src, RNG.integers(0, 65536, (8, 8, 3), dtype=np.uint16), photometric="rgb",
+                         resolution=(1200, 1200), resolutionunit="INCH",
+                         extratags=[(271, "s", 0, "Epson", True), (272, "s", 0, "Perfection V850", True),
+                                    (306, "s", 0, "2024:01:02 03:04:05", True)])
+    d = read_image(src)
+    out = _write(tmp_path / "o.tif", encode_image(d.pixels, d))
+    got = Image.open(out).getexif()
+    assert (got.get(271), got.get(272), got.get(306)) == ("Epson", "Perfection V850", "2024:01:02 03:04:05")
+    assert read_image(out).dpi == (1200.0, 1200.0) and read_image(out).bit_depth == bits
