@@ -163,6 +163,7 @@ def _decode(path, fh, max_pixels: int, integers_above: int | None) -> DecodedIma
     mapped = _memmap_tiff(fh, im) if integers_above is not None and w * h > integers_above and fmt == "TIFF" \
         else None
     info = im.info  # (not loaded: the chunks before the pixel data)
+    text = {k: v for k, v in info.items() if isinstance(v, str)}  # Pillow keeps PNG text chunks as str values
     if mapped is not None:
         x = mapped  # uncompressed TIFF: pages come from the file as the bands are read
     elif im.mode in ("RGB", "RGBA") and ";16" in rawmode:
@@ -171,7 +172,8 @@ def _decode(path, fh, max_pixels: int, integers_above: int | None) -> DecodedIma
         im.load()  # full decode now: truncated or corrupt data raises here, not later
         upright = _upright(im)
         x = _to_array(path, upright)
-        info = {**upright.info, **({"text": im.text} if fmt == "PNG" else {})}  # PNG text after IDAT too
+        info = upright.info
+        text = im.text if fmt == "PNG" else {}  # PNG: with the chunks after IDAT
         del upright
     if key is not None and im.mode not in ("P", "PA") and x.shape[-1] in (1, 3):
         # PNG tRNS on grey or RGB: one colour means transparent. Pillow keeps 2- and 4-bit grey keys
@@ -188,8 +190,7 @@ def _decode(path, fh, max_pixels: int, integers_above: int | None) -> DecodedIma
     meta = dict(
         exif=_exif_bytes(info.get("exif")), mode=mode, lossy=lossy, notes=notes,
         dpi=(float(dpi[0]), float(dpi[1])) if dpi and min(dpi) > 0 else None,
-        text=tuple((str(k), str(v)) for k, v in info.get("text", info).items() if isinstance(v, str))
-        if fmt == "PNG" else (),  # Pillow keeps PNG text chunks as the str values of info
+        text=tuple((str(k), str(v)) for k, v in text.items() if isinstance(v, str)) if fmt == "PNG" else (),
     )
     if fmt == "TIFF":
         meta.update(exif=_tiff_exif(im))
@@ -222,13 +223,19 @@ def _tiff_exif(im: Image.Image) -> bytes | None:
     return keep.tobytes() if len(keep) else None
 
 
-def _exif_bytes(exif) -> bytes | None:
-    """EXIF as Pillow's writers take it: bytes starting with "Exif\0\0" (WebP stores it without)."""
-    if isinstance(exif, Image.Exif):
-        exif = exif.tobytes()
+def _exif_bytes(exif: bytes | None) -> bytes | None:
+    """EXIF as Pillow's writers take it: bytes starting with "Exif\0\0" (WebP stores it without), with no
+    Orientation other than 1 (the pixels were turned upright; 16-bit colour PNGs are read without Pillow's
+    exif_transpose removing it)."""
     if not exif:
         return None
-    return exif if exif.startswith(b"Exif\0\0") else b"Exif\0\0" + exif
+    exif = exif if exif.startswith(b"Exif\0\0") else b"Exif\0\0" + exif
+    tags = Image.Exif()
+    tags.load(exif)
+    if tags.get(0x0112, 1) != 1:
+        del tags[0x0112]
+        exif = tags.tobytes()  # keeps the Exif and GPS sub-IFDs
+    return exif
 
 
 def _jpeg_quality(im: Image.Image) -> int | None:
@@ -470,7 +477,7 @@ def encode_image(pixels: np.ndarray, like: DecodedImage, strip_metadata: bool = 
         icc = None
     exif, dpi, text = (None, None, ()) if strip_metadata else (like.exif, like.dpi, like.text)
     if sixteen and like.format == "PNG":
-        return _png16(q, icc, dpi, text)  # Pillow writes 16-bit grey only
+        return _png16(q, icc, dpi, text, exif)  # Pillow writes 16-bit grey only
     if sixteen:
         return _tiff16(q, icc, dpi, exif)
     options = {
@@ -534,7 +541,7 @@ def _to_palette(im: Image.Image, like: DecodedImage) -> Image.Image:
 
 
 def _png16(q: np.ndarray, icc: bytes | None, dpi: tuple[float, float] | None = None,
-           text: tuple[tuple[str, str], ...] = ()) -> bytes:
+           text: tuple[tuple[str, str], ...] = (), exif: bytes | None = None) -> bytes:
     """16-bit PNG of q (H, W, C) uint16, C = 1..4 (grey, grey+alpha, RGB, RGBA); PNG spec section 11-12."""
     h, w, c = q.shape
     rows = q.astype(">u2").reshape(h, w * c).view(np.uint8)  # (H, W*C*2) big-endian bytes
@@ -545,6 +552,8 @@ def _png16(q: np.ndarray, icc: bytes | None, dpi: tuple[float, float] | None = N
     chunks = [(b"IHDR", struct.pack(">IIBBBBB", w, h, 16, {1: 0, 2: 4, 3: 2, 4: 6}[c], 0, 0, 0))]
     if icc:
         chunks.append((b"iCCP", b"icc\0\0" + zlib.compress(icc)))  # name, NUL, method 0 (deflate)
+    if exif:  # eXIf holds the TIFF structure without the "Exif\0\0" of JPEG's APP1
+        chunks.append((b"eXIf", exif[6:] if exif.startswith(b"Exif\0\0") else exif))
     if dpi:  # pHYs: pixels per metre, unit 1 (metre)
         chunks.append((b"pHYs", struct.pack(">IIB", round(dpi[0] / 0.0254), round(dpi[1] / 0.0254), 1)))
     for key, value in text:

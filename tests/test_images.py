@@ -616,3 +616,20 @@ def test_tiff_keeps_scanner_tags_and_dpi(tmp_path, bits):
     got = Image.open(out).getexif()
     assert (got.get(271), got.get(272), got.get(306)) == ("Epson", "Perfection V850", "2024:01:02 03:04:05")
     assert read_image(out).dpi == (1200.0, 1200.0) and read_image(out).bit_depth == bits
+
+
+def test_16bit_colour_png_exif_orientation_is_applied_once(tmp_path):
+    exif = _camera_exif()
+    exif[0x0112] = 6
+    a = RNG.integers(0, 65536, (4, 6, 3), dtype=np.uint16)
+    d = read_image(_write(tmp_path / "r.png", _png16(a, [(b"eXIf", exif.tobytes()[6:])])))
+    assert d.pixels.shape == (6, 4, 3) and d.bit_depth == 16
+    out = _write(tmp_path / "o.png", encode_image(d.pixels, d))
+    assert Image.open(out).getexif().get(0x0112) is None and _exif_of(out)[:3] == _exif_of(tmp_path / "r.png")[:3]
+    assert read_image(out).pixels.shape == (6, 4, 3)
+
+
+def test_a_png_text_chunk_named_text_is_kept(tmp_path):
+    a = RNG.integers(0, 65536, (4, 6, 3), dtype=np.uint16)
+    d = read_image(_write(tmp_path / "t.png", _png16(a, [(b"tEXt", b"text\0hello")])))
+    assert d.text == (("text", "hello"),)
