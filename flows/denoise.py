@@ -26,8 +26,8 @@ from flows.catalog import resolve_model, weights_key
 from flows.ingest import file_sha256
 from flows.progress import Bar
 from flows.stages import digest
-from formats.images import (IMAGE_SUFFIXES, MAX_PIXELS, BadImage, DecodedImage, contact_sheet, encode_image, find_images,
-                           map_bands, read_image, read_thumbnail)
+from formats.images import (IMAGE_SUFFIXES, MAX_PIXELS, BadImage, DecodedImage, contact_sheet, encode_image,
+                           find_images, map_bands, read_image, read_thumbnail)
 from models.checkpoints import check_output_folder, write_bytes_atomic, write_json_atomic
 from models.inference import denoise_batch, denoise_image
 from models.registry import DENOISERS, load_model

@@ -283,7 +283,7 @@ def _memmap_tiff(fh, im: Image.Image) -> np.ndarray | None:
 
     try:
         fh.seek(0)
-        tif = tifffile.TiffFile(fh, name="input.tif")  # on our file object: the O_NOFOLLOW descriptor, no reopening by name
+        tif = tifffile.TiffFile(fh, name="input.tif")  # our O_NOFOLLOW descriptor, not the name reopened
         page = tif.pages.first
         if not (page.is_memmappable and page.compression == 1 and page.tags.valueof(274, 1) == 1
                 and page.photometric in (1, 2) and page.dtype in (np.uint8, np.uint16)
