@@ -289,6 +289,9 @@ def _print_skipped(ingest: Path) -> None:
         first = failed[0]
         out.print(f"  [yellow]{len(failed)} file(s) could not be read and were left out, e.g. {first['file']}: "
                   f"{first['reason']} (all in {ingest / 'manifest.json'})[/]")
+    if dups := manifest.get("duplicates"):                               # images: same content, trained on once
+        out.print(f"  {len(dups)} duplicate file(s) (same content as another) left out, e.g. {dups[0]['file']} "
+                  f"= {dups[0]['same_as']} (all in {ingest / 'manifest.json'})")
 
 
 @denoise_app.command("run")
@@ -303,6 +306,9 @@ def denoise_run(
     batches: int = typer.Option(1, "--batches", min=1, help="Split the work into N batches run concurrently (fan-out)."),
     task_runner: str = typer.Option("threads", "--task-runner", help="threads: the batches share this machine's cores; dask: they run on a Dask cluster (the `dask` extra)."),
     dask_address: Optional[str] = typer.Option(None, "--dask-address", help="Scheduler of the Dask cluster (tcp://host:8786); default: a temporary local cluster."),
+    max_pixels: int = typer.Option(120_000_000, "--max-pixels", min=1, help="Refuse images with more pixels (read from the header, before decoding: decompression bombs). Raise it for big scans; images above 360,000 pixels are denoised band by band from 8/16-bit samples."),
+    strip_metadata: bool = typer.Option(False, "--strip-metadata", help="Do not copy EXIF (camera, date, GPS), DPI and PNG text to the outputs (kept by default; the ICC colour profile is always kept)."),
+    jpeg_quality: Optional[int] = typer.Option(None, "--jpeg-quality", min=1, max=100, help="Quality of JPEG and lossy WebP outputs; default: JPEG at the quality estimated from each input, WebP 90."),
 ):
     """Denoise every image in a folder (incremental: unchanged images already done are skipped). A file that
     cannot be read is reported and the rest are done; the exit status is then 1."""
@@ -316,7 +322,8 @@ def denoise_run(
     check_unlocked(out_dir)
     report = _run_flow(denoise_run_flow, in_dir=str(in_dir), out_dir=str(out_dir), model=model, sigma=sigma,
                        reference=str(reference) if reference else None, device=device, ensemble=ensemble,
-                       batches=batches, task_runner=task_runner, dask_address=dask_address)
+                       batches=batches, task_runner=task_runner, dask_address=dask_address, max_pixels=max_pixels,
+                       strip_metadata=strip_metadata, jpeg_quality=jpeg_quality)
     print_report(report)
     if report["counts"]["failed"]:
         raise typer.Exit(1)
@@ -353,6 +360,12 @@ def print_report(report: dict) -> None:
         out.print(f"  [red]failed[/] {f['file']}: {f['reason']}")
     if len(report["failed"]) > 10:
         out.print(f"  ... and {len(report['failed']) - 10} more (see report.json)")
+    notes = [(r["file"], n) for r in report["images"] for n in r.get("notes", [])] \
+        + [(f["file"], f["reason"]) for f in report.get("left_out", [])]
+    for file, note in notes[:10]:                 # frames or pages left out, Pillow warnings, folder links
+        out.print(f"  [yellow]note[/] {file}: {note}")
+    if len(notes) > 10:
+        out.print(f"  ... and {len(notes) - 10} more notes (see report.json)")
     if report.get("reference"):
         images = report["images"]
         unscored = [r for r in images if "reference" in r]

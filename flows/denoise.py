@@ -30,7 +30,8 @@ from flows.catalog import resolve_model, weights_key
 from flows.ingest import file_sha256
 from flows.progress import Bar
 from flows.stages import digest
-from formats.images import IMAGE_SUFFIXES, BadImage, DecodedImage, contact_sheet, encode_image, find_images, read_image
+from formats.images import (IMAGE_SUFFIXES, MAX_PIXELS, BadImage, DecodedImage, contact_sheet, encode_image,
+                           find_images, map_bands, read_image, read_thumbnail)
 from models.checkpoints import check_output_folder, write_bytes_atomic, write_json_atomic
 from models.inference import denoise_batch, denoise_image
 from models.registry import DENOISERS, load_model
@@ -306,7 +307,7 @@ def sweep_temporaries(out_dir: Path) -> int:
 
 
 def plan_job(in_dir: str, out_dir: str, model: str = "auto", sigma: float | None = None,
-             ensemble: bool = False, settle: float = 1.0) -> dict:
+             ensemble: bool = False, settle: float = 1.0, encoding: dict | None = None) -> dict:
     """What a run has to do: images new or changed since the last run with the same model ("todo"),
     the ones already done ("skipped"), unreadable ones ("failed") and ones still being written
     ("pending": their size or mtime changed during `settle` seconds; only files modified in the last
@@ -314,15 +315,19 @@ def plan_job(in_dir: str, out_dir: str, model: str = "auto", sigma: float | None
     src, dst = Path(in_dir).expanduser().resolve(), Path(out_dir).expanduser().resolve()
     check_folders(src, dst)
     identity = Models(model, sigma, torch.device("cpu"), ensemble).identity()
+    if encoding:   # outputs written with other options (--strip-metadata, --jpeg-quality) are other outputs
+        identity = digest({"model": identity, "encoding": encoding})
     sweep_temporaries(dst)
     index, warnings = _load_index(dst / BOOKKEEPING)
-    files = find_images(src)
+    left_out: list[tuple[Path, str]] = []
+    files = find_images(src, left_out)
     looks = {f: _look(f) for f in files}
     recent = [f for f, st in looks.items() if st and time.time() - st[1] / 1e9 < 60]
     if recent and settle > 0:
         time.sleep(settle)
     plan = {"in_dir": str(src), "out_dir": str(dst), "identity": identity, "images": len(files),
-            "todo": [], "skipped": [], "failed": [], "pending": [], "reindex": {}, "warnings": warnings}
+            "todo": [], "skipped": [], "failed": [], "pending": [], "reindex": {}, "warnings": warnings,
+            "left_out": [{"file": str(f.relative_to(src)), "reason": why} for f, why in left_out]}
     for f in files:
         rel = str(f.relative_to(src))
         if f in recent and _look(f) != looks[f]:
@@ -355,8 +360,10 @@ def _look(path: Path) -> tuple[int, int] | None:
 
 def denoise_files(plan: dict, todo: list[list[str]], model: str = "auto", sigma: float | None = None,
                   device: str = "auto", ensemble: bool = False, progress: bool = True,
-                  threads: int | None = None) -> dict:
+                  threads: int | None = None, max_pixels: int = MAX_PIXELS, strip_metadata: bool = False,
+                  jpeg_quality: int | None = None) -> dict:
     """Denoise one batch of a plan's todo list ([relative path, sha256] pairs) and write the outputs.
+    max_pixels: larger images are refused from their header; strip_metadata, jpeg_quality: see encode_image.
 
     Writes what it has done to its own index shard (.aeflow/index.d/) every few seconds, so a killed
     run loses at most those seconds and concurrent batches never write one file. Returns small JSON."""
@@ -380,7 +387,8 @@ def denoise_files(plan: dict, todo: list[list[str]], model: str = "auto", sigma:
             chunk = jobs[start:start + CHUNK]
             for job in chunk:
                 try:
-                    job.image = read_image(src / job.rel)
+                    # above WHOLE_IMAGE_PIXELS (denoised alone, in tiles): integer samples, one copy
+                    job.image = read_image(src / job.rel, max_pixels, integers_above=WHOLE_IMAGE_PIXELS)
                 except BadImage as e:
                     failed.append({"file": str(job.rel), "reason": e.reason})
             _denoise_chunk([j for j in chunk if j.image is not None], models)
@@ -393,13 +401,14 @@ def denoise_files(plan: dict, todo: list[list[str]], model: str = "auto", sigma:
                 if (why := _outside(dst, job.rel)) is not None:         # checked where it is written
                     failed.append({"file": str(job.rel), "reason": why})
                     continue
-                data = encode_image(job.output, job.image)
+                data = encode_image(job.output, job.image, strip_metadata, jpeg_quality)
                 with _disk_full(out_path, lambda: _kept(shard, entries)):
                     out_path.parent.mkdir(parents=True, exist_ok=True)
                     write_bytes_atomic(out_path, data)
                 entries[str(job.rel)] = {"input_sha256": job.sha, "model": plan["identity"],
                                          "model_name": job.row["model"], **_output_record(out_path, data)}
-                rows.append({"file": str(job.rel), "status": "processed", **job.row})
+                notes = {"notes": list(job.image.notes)} if job.image.notes else {}  # frames left out, warnings
+                rows.append({"file": str(job.rel), "status": "processed", **job.row, **notes})
                 job.image = job.output = None
             if time.monotonic() - last_save > 5:             # a killed run loses at most a few seconds
                 save_index()
@@ -465,7 +474,8 @@ def finish_job(plan: dict, batches: list[dict], reference: str | None = None, se
                          "skipped": len(plan["skipped"]), "failed": len(failed), "pending": len(plan["pending"])},
               "seconds": round(seconds, 3), "images_per_s": round(len(processed) / seconds, 3) if processed else 0.0,
               "models": dict(sorted(models.items())), "warnings": _warnings(plan, batches, rows),
-              "failed": failed, "pending": plan["pending"], "images": sorted(rows, key=lambda r: r["file"])}
+              "failed": failed, "pending": plan["pending"], "left_out": plan.get("left_out", []),
+              "images": sorted(rows, key=lambda r: r["file"])}
     scored = [r for r in rows if "ssim" in r]
     if scored:
         report["mean"] = {k: round(float(np.mean(v)), 4) if (v := [r[k] for r in scored if r[k] is not None])
@@ -522,9 +532,9 @@ def _sheet(rels: list[Path], src: Path, dst: Path, ref: Path | None) -> bytes | 
     rows, names = [], []
     for rel in rels:
         try:
-            cells = [thumbnail(read_image(src / rel).pixels), thumbnail(read_image(dst / rel).pixels)]
+            cells = [read_thumbnail(src / rel), read_thumbnail(dst / rel)]      # no whole float copy
             if ref is not None and (p := find_reference(ref, rel)) is not None:
-                cells.append(thumbnail(read_image(p).pixels))
+                cells.append(read_thumbnail(p))
         except BadImage:
             continue
         rows.append(cells)
@@ -538,7 +548,8 @@ def _sheet(rels: list[Path], src: Path, dst: Path, ref: Path | None) -> bytes | 
 
 def denoise_folder(in_dir: str, out_dir: str, model: str = "auto", sigma: float | None = None,
                    reference: str | None = None, device: str = "auto", ensemble: bool = False,
-                   progress: bool = True, run: str | None = None, wait: float = 0.0, settle: float = 1.0) -> dict:
+                   progress: bool = True, run: str | None = None, wait: float = 0.0, settle: float = 1.0,
+                   max_pixels: int = MAX_PIXELS, strip_metadata: bool = False, jpeg_quality: int | None = None) -> dict:
     """Denoise every image under `in_dir` into `out_dir` in one batch; returns the report (also written
     to OUT_DIR/.aeflow/report.json). ensemble: average over 8 flips/rotations (8x slower, ~0.1 dB
     better). The Prefect flow runs the same three steps, with the batches fanned out."""
@@ -547,10 +558,17 @@ def denoise_folder(in_dir: str, out_dir: str, model: str = "auto", sigma: float 
         raise FileNotFoundError(f"{reference}: reference folder not found")
     check_folders(Path(in_dir).expanduser().resolve(), Path(out_dir).expanduser().resolve())
     with job_lock(out_dir, run, wait):
-        plan = plan_job(in_dir, out_dir, model, sigma, ensemble, settle)
-        batch = denoise_files(plan, plan["todo"], model, sigma, device, ensemble, progress)
+        plan = plan_job(in_dir, out_dir, model, sigma, ensemble, settle, encoding(strip_metadata, jpeg_quality))
+        batch = denoise_files(plan, plan["todo"], model, sigma, device, ensemble, progress, max_pixels=max_pixels,
+                              strip_metadata=strip_metadata, jpeg_quality=jpeg_quality)
         return finish_job(plan, [batch], reference, time.perf_counter() - t0,
-                          {"model": model, "sigma": sigma, "ensemble": ensemble})
+                          {"model": model, "sigma": sigma, "ensemble": ensemble, "max_pixels": max_pixels,
+                           "strip_metadata": strip_metadata, "jpeg_quality": jpeg_quality})
+
+
+def encoding(strip_metadata: bool = False, jpeg_quality: int | None = None) -> dict:
+    """The output options that change output bytes, when not the defaults (part of the index identity)."""
+    return {k: v for k, v in (("strip_metadata", strip_metadata), ("jpeg_quality", jpeg_quality)) if v}
 
 
 def _denoise_chunk(jobs: list[Job], models: Models) -> None:
@@ -577,16 +595,30 @@ def _denoise_group(group: list[Job], models: Models) -> None:
     # luma comes back. Noise identical across channels is not what it learnt: on camera, moon and coins
     # (256 px crops, sigma 15/25/50) it gains 2.3-2.6 dB where skip-dae-gray gains 7-17 dB; hence the warning.
     as_colour = channels == 1 and net.cfg.channels == 3
-    if len(group) == 1:                      # possibly huge: no stacked copy, tiles inside
+
+    def one(x: torch.Tensor) -> torch.Tensor:                               # (C, H, W) -> (C', H, W)
+        return denoise_image(net, x.expand(3, -1, -1) if as_colour else x, ensemble=models.ensemble)
+
+    if len(group) == 1 and group[0].image.pixels.dtype.kind == "u":
+        # a large image held as integers: denoised band by band into an integer output (no float copy of it)
+        def band(b: np.ndarray) -> np.ndarray:                            # (h, W, C) float32 -> (h, W, C)
+            with torch.inference_mode():
+                y = one(torch.from_numpy(b).permute(2, 0, 1))[None]       # (1, C', h, W)
+                if as_colour:
+                    y = torch.einsum("bchw,c->bhw", y, torch.tensor(LUMA, dtype=y.dtype))[:, None]
+                return y[0].permute(1, 2, 0).numpy()
+        y = [map_bands(group[0].image.pixels, band)]
+    elif len(group) == 1:                      # possibly huge: no stacked copy, tiles inside
         x = torch.from_numpy(group[0].image.pixels).permute(2, 0, 1)               # (H, W, C) -> (C, H, W)
-        y = denoise_image(net, x.expand(3, -1, -1) if as_colour else x, ensemble=models.ensemble)[None]
+        y = one(x)[None]
     else:
         x = torch.from_numpy(np.stack([j.image.pixels for j in group])).permute(0, 3, 1, 2)
         y = denoise_batch(net, x.expand(-1, 3, -1, -1) if as_colour else x, models.ensemble)
-    with torch.inference_mode():                                                   # y is an inference tensor
-        if as_colour:                                                              # (B, 3, H, W) -> (B, 1, H, W)
-            y = torch.einsum("bchw,c->bhw", y, torch.tensor(LUMA, dtype=y.dtype))[:, None]
-        y = y.clamp_(0, 1).permute(0, 2, 3, 1).numpy()                             # (B, H, W, C) views
+    if torch.is_tensor(y):
+        with torch.inference_mode():                                               # y is an inference tensor
+            if as_colour:                                                          # (B, 3, H, W) -> (B, 1, H, W)
+                y = torch.einsum("bchw,c->bhw", y, torch.tensor(LUMA, dtype=y.dtype))[:, None]
+            y = y.clamp_(0, 1).permute(0, 2, 3, 1).numpy()                         # (B, H, W, C) views
     for job, out in zip(group, y):
         job.output = out
         job.image = replace(job.image, pixels=np.empty((0, 0, 0), np.float32))   # free the input early

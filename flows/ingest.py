@@ -1,7 +1,8 @@
 """Ingest: image files -> one cached stage folder of training tensors (`images.safetensors`, uint16).
 
 Bad files (empty, truncated, not an image, broken checksum, absurd size) are listed in the manifest's
-`bad` with a one-line reason; they never stop the stage.
+`bad` with a one-line reason; they never stop the stage. Files whose content repeats an earlier file's are
+trained on once and listed in `duplicates` (with the file they repeat).
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ def resolve_sources(data: str | None) -> tuple[list[Path], Path, str]:
                else FileNotFoundError(f"{data}: no such folder"))
     files = find_images(root)
     if not files:
-        raise ValueError(f"{data}: no image files (.png .jpg .jpeg .tif .tiff .bmp .webp) found")
+        raise ValueError(f"{data}: no image files (.png .jpg .jpeg .tif .tiff .bmp .webp .gif) found")
     return files, root, root.name
 
 
@@ -67,11 +68,14 @@ def ingest_images(data: str | None = None, refresh: bool = False) -> str:
     stage = Stage("ingest", VERSION, slug, config={}, contents=tuple(h for h in hashes if h))
 
     def fill(tmp: Path) -> dict:
-        arrays, index, seen = {}, [], set()
+        arrays, index, seen, duplicates = {}, [], {}, []
         for f, sha in zip(files, hashes):
-            if sha is None or sha in seen:            # unreadable, or a duplicate of an earlier file
+            if sha is None:                           # unreadable: already in `bad`
                 continue
-            seen.add(sha)
+            if sha in seen:                           # same bytes as an earlier file: would weigh twice
+                duplicates.append({"file": str(f.relative_to(root)), "same_as": str(seen[sha].relative_to(root))})
+                continue
+            seen[sha] = f
             try:
                 img = read_image(f)
             except BadImage as e:
@@ -85,7 +89,7 @@ def ingest_images(data: str | None = None, refresh: bool = False) -> str:
             raise ValueError(f"{root}: none of the {len(files)} files could be decoded: "
                              + "; ".join(f"{b['file']}: {b['reason']}" for b in bad[:5]))
         safetensors.numpy.save_file(arrays, str(tmp / "images.safetensors"))
-        return {"source": str(root), "images": index, "bad": bad}
+        return {"source": str(root), "images": index, "bad": bad, "duplicates": duplicates}
 
     folder, _, _ = run_stage(stage, fill, refresh)
     return str(folder)

@@ -16,7 +16,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
 from flows.demo import prepare_demo
-from flows.denoise import denoise_files, finish_job, job_lock, plan_job
+from flows.denoise import denoise_files, encoding, finish_job, job_lock, plan_job
 from flows.ingest import ingest_images
 from flows.levels import (check_levels, demo_levels, ingest_levels, interpolate_levels, sample_levels,
                           sample_summary, train_levels)
@@ -72,20 +72,23 @@ def dask_batches(address: str | None):
 def denoise_run_flow(in_dir: str, out_dir: str, model: str = "auto", sigma: float | None = None,
                      reference: str | None = None, device: str = "auto", ensemble: bool = False,
                      batches: int = 1, wait: float = 0.0, retry_pending: bool = False, progress: bool = True,
-                     task_runner: str = "threads", dask_address: str | None = None) -> dict:
+                     task_runner: str = "threads", dask_address: str | None = None, max_pixels: int | None = None,
+                     strip_metadata: bool = False, jpeg_quality: int | None = None) -> dict:
     """Denoise a folder incrementally: plan, `batches` concurrent batch tasks, finish; publishes the
     per-image table and a summary as artifacts. OUT_DIR is locked for the whole run.
 
     task_runner: "threads" runs the batches on this machine's cores; "dask" sends them to the Dask
-    cluster at `dask_address` (a temporary local one when None)."""
+    cluster at `dask_address` (a temporary local one when None). max_pixels (default 120 MP), strip_metadata,
+    jpeg_quality: how images are read and written (formats.images.read_image / encode_image)."""
     if task_runner not in ("threads", "dask"):
         raise ValueError(f"task_runner {task_runner!r}: use 'threads' or 'dask'")
     t0 = time.perf_counter()
     with job_lock(out_dir, str(flow_run.get_id() or ""), wait):
-        plan = plan_task(in_dir, out_dir, model, sigma, ensemble)
+        plan = plan_task(in_dir, out_dir, model, sigma, ensemble, encoding=encoding(strip_metadata, jpeg_quality))
         todo = plan["todo"]
         n = max(1, min(batches, len(todo)))
-        common = dict(model=model, sigma=sigma, device=device, ensemble=ensemble)
+        common = dict(model=model, sigma=sigma, device=device, ensemble=ensemble, strip_metadata=strip_metadata,
+                      jpeg_quality=jpeg_quality, **({"max_pixels": max_pixels} if max_pixels else {}))
         if task_runner == "dask":
             results = dask_batches(dask_address)(plan, [todo[i::n] for i in range(n)], common)
         elif n == 1:
@@ -96,7 +99,8 @@ def denoise_run_flow(in_dir: str, out_dir: str, model: str = "auto", sigma: floa
             results = [f.result() for f in futures]
         report = finish_task(plan, results, reference, time.perf_counter() - t0,
                              {"model": model, "sigma": sigma, "ensemble": ensemble, "batches": n,
-                              "task_runner": task_runner})
+                              "task_runner": task_runner, "max_pixels": common.get("max_pixels"),
+                              "strip_metadata": strip_metadata, "jpeg_quality": jpeg_quality})
     table = report["images"] + [{"file": f["file"], "status": "failed", "reason": f["reason"]} for f in report["failed"]] \
         + [{"file": f["file"], "status": "pending", "reason": f["reason"]} for f in report["pending"]]
     if table:

@@ -228,3 +228,66 @@ def running(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
     except FileNotFoundError:
         return False
+
+
+def test_denoise_folder_keeps_kinds_and_metadata_and_reports_what_it_left_out(tmp_path):
+    """Issue 17: a camera JPEG keeps its EXIF (or drops it with strip_metadata, which re-does the outputs), a
+    GIF is denoised, an animated GIF / a multi-page TIFF / a folder link / a Pillow warning are in the report,
+    a large image is denoised band by band from integers like the float path, max_pixels refuses from the header."""
+    import struct
+
+    import torch
+    from PIL import Image
+
+    from flows.denoise import denoise_folder
+    from models.checkpoints import save_model
+    from models.inference import denoise_image
+    from models.registry import build, parse_config
+
+    torch.manual_seed(0)
+    model = build(parse_config({**TINY_MODEL, "channels": 1}))
+    save_model(model, tmp_path / "model", model.cfg.model_dump(mode="json"))
+    src, out = tmp_path / "in", tmp_path / "out"
+    (src / "sub").mkdir(parents=True)
+    u8 = lambda x: (np.clip(x, 0, 1) * 255).round().astype(np.uint8).squeeze(-1 if x.shape[-1] == 1 else ())  # noqa: E731
+    exif = Image.Exif()
+    exif[0x010F], exif[0x0110] = "Canon", "EOS R5"
+    exif.get_ifd(0x8769)[0x9003] = "2024:05:06 07:08:09"
+    Image.fromarray(u8(photo(1, 96, 128, 3))).save(src / "cam.jpg", quality=80, exif=exif, dpi=(300, 300))
+    Image.fromarray(u8(photo(2, 40, 50, 3))).save(src / "scan.gif")
+    frames = [Image.fromarray(u8(photo(i, 40, 50, 3))) for i in (3, 4)]
+    frames[0].save(src / "anim.gif", save_all=True, append_images=frames[1:])
+    pages = [Image.fromarray(u8(photo(i, 40, 50))) for i in (5, 6, 7)]
+    pages[0].save(src / "pages.tif", save_all=True, append_images=pages[1:])
+    bad_exif = (b"Exif\0\0II*\0" + struct.pack("<IH", 8, 1) + struct.pack("<HHII", 0x010F, 2, 100, 1000)
+                + struct.pack("<I", 0))                                  # Make: data past the end of the block
+    Image.fromarray(u8(photo(8))).save(src / "warn.jpg", exif=bad_exif)
+    big = u8(photo(9, 700, 650))                                          # 455,000 px: banded, from integers
+    Image.fromarray(big).save(src / "sub" / "big.png")
+    (src / "link").symlink_to(src / "sub", target_is_directory=True)
+
+    report = denoise_folder(str(src), str(out), model=str(tmp_path / "model"), progress=False, settle=0)
+    assert report["counts"]["processed"] == 6 and report["counts"]["failed"] == 0
+    notes = {r["file"]: r.get("notes", []) for r in report["images"]}
+    assert "only the first" in notes["anim.gif"][0] and "pages 2-3" in notes["pages.tif"][0]
+    assert notes["warn.jpg"] == ["UserWarning: Tag data larger than file. Skipping tag 271"]
+    assert report["left_out"] == [{"file": "link", "reason": report["left_out"][0]["reason"]}]
+    assert report["left_out"][0]["reason"].startswith("folder link")
+    cam = Image.open(out / "cam.jpg")
+    assert (cam.getexif().get(0x0110), cam.getexif().get_ifd(0x8769).get(0x9003)) == ("EOS R5", "2024:05:06 07:08:09")
+    assert cam.info["dpi"] == (300, 300) and read_image(out / "cam.jpg").quality == 80
+    assert Image.open(out / "scan.gif").format == "GIF" and Image.open(out / "scan.gif").mode == "P"
+    with torch.inference_mode():                                          # the float path on the whole image
+        whole = denoise_image(model, torch.from_numpy(big[None] / np.float32(255)).float())
+    expected = np.rint(whole.clamp(0, 1)[0].numpy() * 255)
+    got = np.asarray(Image.open(out / "sub" / "big.png")).astype(float)
+    assert np.abs(got - expected).max() <= 1 and (got != expected).mean() < 0.01
+
+    again = denoise_folder(str(src), str(out), model=str(tmp_path / "model"), progress=False, settle=0,
+                           strip_metadata=True)
+    assert again["counts"]["processed"] == 6                              # other options: other outputs
+    assert not Image.open(out / "cam.jpg").getexif()
+    small = denoise_folder(str(src), str(tmp_path / "out2"), model=str(tmp_path / "model"), progress=False,
+                           settle=0, max_pixels=100_000)
+    assert {f["file"]: f["reason"] for f in small["failed"]}["sub/big.png"] == \
+        "650x700 = 0.46 MP exceeds the 0.1 MP limit (--max-pixels)"

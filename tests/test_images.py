@@ -13,7 +13,7 @@ import tifffile
 from PIL import Image
 
 from formats.images import (
-    MAX_PIXELS, BadImage, DecodedImage, contact_sheet, encode_image, find_images, read_image, to_uint8,
+    MAX_PIXELS, BadImage, DecodedImage, contact_sheet, encode_image, find_images, map_bands, read_image, to_uint8,
 )
 
 RNG = np.random.default_rng(0)
@@ -277,8 +277,8 @@ def test_empty_truncated_and_not_an_image(tmp_path, good_png):
     assert _reason(_write(tmp_path / "e.png", b"")) == "empty file"
     assert _reason(_write(tmp_path / "t.png", good_png[: len(good_png) // 2])) == "truncated image"
     assert "unrecognised format" in _reason(_write(tmp_path / "x.png", b"hello, not an image\n"))
-    _save(tmp_path / "g.png", np.zeros((4, 4), np.uint8), "GIF")
-    assert "unrecognised format" in _reason(tmp_path / "g.png")  # GIF decoder not enabled
+    _save(tmp_path / "g.png", np.zeros((4, 4), np.uint8), "PCX")
+    assert "unrecognised format" in _reason(tmp_path / "g.png")  # PCX decoder not enabled
 
 
 def test_flipped_crc_and_flipped_data_are_rejected(tmp_path, good_png):
@@ -308,7 +308,7 @@ def test_bombs_are_rejected_before_decoding(tmp_path):
     huge = _write(tmp_path / "huge.png", _png(20000, 20000, 1, 0, b""))  # 400 MP: Pillow's own error
     assert "exceeds the 120 MP limit" in _reason(huge)
     big = _write(tmp_path / "big.png", _png(12000, 11000, 1, 0, b""))  # 132 MP: only a Pillow warning
-    assert _reason(big) == "12000x11000 = 132 MP exceeds the 120 MP limit"
+    assert _reason(big) == "12000x11000 = 132 MP exceeds the 120 MP limit (--max-pixels)"
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a warning escaping read_image would fail here
         ok = _write(tmp_path / "ok.png", _png(10000, 10000, 1, 0, b"\0" * 100))  # 100 MP: within the cap
@@ -366,3 +366,279 @@ def test_contact_sheet_names_each_row(tmp_path):
     assert named.width == plain.width and named.height > plain.height
     strip = np.asarray(named.convert("L"))[4 + 64:4 + 64 + 18]              # under the first row
     assert strip.min() < 100                                                # text drawn there
+
+
+# ---------------------------------------------------------------- kind and metadata kept (issue 17)
+
+def _photo(h=256, w=384) -> np.ndarray:
+    """(H, W, 3) uint8 natural photo content (JPEG sizes on random noise say nothing)."""
+    from skimage import data
+    return np.ascontiguousarray(data.astronaut()[:h, :w])
+
+
+def _camera_exif() -> Image.Exif:
+    exif = Image.Exif()
+    exif[0x010F], exif[0x0110] = "Canon", "Canon EOS 5D Mark IV"   # Make, Model
+    exif[0x0112] = 1                                                  # Orientation: upright
+    exif.get_ifd(0x8769)[0x9003] = "2024:05:06 07:08:09"              # Exif IFD: DateTimeOriginal
+    gps = exif.get_ifd(0x8825)
+    gps[1], gps[2] = "N", (48.0, 51.0, 29.0)                         # GPS latitude
+    return exif
+
+
+def _exif_of(path) -> tuple:
+    exif = Image.open(path).getexif()
+    return (exif.get(0x010F), exif.get(0x0110), exif.get_ifd(0x8769).get(0x9003),
+            exif.get_ifd(0x8825).get(1), tuple(exif.get_ifd(0x8825).get(2) or ()))
+
+
+def test_camera_jpeg_keeps_exif_dpi_icc_quality_and_size(tmp_path):
+    icc = bytes(16) + b"RGB " + bytes(108)
+    src = _save(tmp_path / "cam.jpg", _photo(), quality=85, subsampling=2, exif=_camera_exif(), dpi=(300, 300),
+                icc_profile=icc)
+    d = read_image(src)
+    assert (d.quality, d.subsampling, d.dpi) == (85, 2, (300.0, 300.0))
+    out = _write(tmp_path / "out.jpg", encode_image(d.pixels, d))
+    assert _exif_of(out) == ("Canon", "Canon EOS 5D Mark IV", "2024:05:06 07:08:09", "N", (48.0, 51.0, 29.0))
+    again = read_image(out)
+    assert again.dpi == (300.0, 300.0) and again.icc_profile == icc and again.quality == 85
+    assert again.subsampling == 2
+    # Same content at the estimated quality: about the input's size (quality 95 4:4:4 made it 50-60 % larger).
+    assert abs(out.stat().st_size / src.stat().st_size - 1) < 0.2, (out.stat().st_size, src.stat().st_size)
+    # --jpeg-quality overrides the estimate
+    assert read_image(_write(tmp_path / "q60.jpg", encode_image(d.pixels, d, quality=60))).quality == 60
+
+
+def test_rotated_jpeg_keeps_exif_without_orientation(tmp_path):
+    exif = _camera_exif()
+    exif[0x0112] = 6
+    d = read_image(_save(tmp_path / "r.jpg", _photo(64, 96), exif=exif))
+    assert d.pixels.shape == (96, 64, 3)
+    out = _write(tmp_path / "o.jpg", encode_image(d.pixels, d))
+    assert Image.open(out).getexif().get(0x0112) is None and _exif_of(out)[:3] == _exif_of(tmp_path / "r.jpg")[:3]
+    assert read_image(out).pixels.shape == (96, 64, 3)
+
+
+def test_strip_metadata_drops_exif_dpi_and_text_but_keeps_icc(tmp_path):
+    icc = bytes(16) + b"RGB " + bytes(108)
+    d = read_image(_save(tmp_path / "a.jpg", _photo(64, 64), exif=_camera_exif(), dpi=(300, 300), icc_profile=icc))
+    out = _write(tmp_path / "o.jpg", encode_image(d.pixels, d, strip_metadata=True))
+    assert not Image.open(out).getexif() and "dpi" not in Image.open(out).info
+    assert read_image(out).icc_profile == icc
+
+
+@pytest.mark.parametrize("bits", [8, 16])
+def test_png_keeps_text_dpi_and_exif(tmp_path, bits):
+    from PIL import PngImagePlugin
+
+    info = PngImagePlugin.PngInfo()
+    info.add_text("Title", "scan 12")
+    info.add_text("Comment", "Zürich → Genève")  # not Latin-1: iTXt
+    a = RNG.integers(0, 256, (12, 10, 3), dtype=np.uint8)
+    if bits == 8:
+        src = _save(tmp_path / "a.png", a, pnginfo=info, dpi=(600, 600), exif=_camera_exif())
+    else:
+        src = _write(tmp_path / "a.png", _png16(a.astype(np.uint16) * 257, [
+            (b"tEXt", b"Title\0scan 12"), (b"pHYs", struct.pack(">IIB", 23622, 23622, 1))]))
+    d = read_image(src)
+    assert d.bit_depth == bits and ("Title", "scan 12") in d.text and d.dpi == pytest.approx((600, 600), abs=0.1)
+    out = _write(tmp_path / "o.png", encode_image(d.pixels, d))
+    again = read_image(out)
+    assert again.text == d.text and again.dpi == pytest.approx((600, 600), abs=0.1) and again.bit_depth == bits
+    if bits == 8:
+        assert _exif_of(out)[:3] == ("Canon", "Canon EOS 5D Mark IV", "2024:05:06 07:08:09")
+    assert read_image(_write(tmp_path / "s.png", encode_image(d.pixels, d, strip_metadata=True))).text == ()
+
+
+def test_lossy_webp_stays_lossy_and_lossless_stays_lossless(tmp_path):
+    a = _photo(64, 64)
+    lossy = read_image(_save(tmp_path / "l.webp", a, quality=80))
+    exact = read_image(_save(tmp_path / "x.webp", a, lossless=True))
+    assert lossy.lossy and not exact.lossy
+    assert read_image(_write(tmp_path / "lo.webp", encode_image(lossy.pixels, lossy))).lossy
+    out = read_image(_write(tmp_path / "xo.webp", encode_image(exact.pixels, exact)))
+    assert not out.lossy and np.array_equal(out.pixels, exact.pixels)
+    anim = [Image.fromarray(a), Image.fromarray(a[::-1])]
+    anim[0].save(tmp_path / "anim.webp", save_all=True, append_images=anim[1:], quality=70)
+    d = read_image(tmp_path / "anim.webp")
+    assert d.lossy and any("2 frames" in n for n in d.notes)
+
+
+@pytest.mark.parametrize("fmt", ["png", "gif"])
+def test_palette_stays_palette_with_its_own_colours(tmp_path, fmt):
+    pal = [255, 0, 0, 0, 255, 0, 0, 0, 255, 10, 20, 30] + [0] * 12 * 3  # 16 entries: a 4-bit PNG
+    im = Image.fromarray(RNG.integers(0, 4, (10, 12), dtype=np.uint8), "P")
+    im.putpalette(pal)
+    src = _save(tmp_path / f"p.{fmt}", im, transparency=3)
+    d = read_image(src)
+    assert d.mode == "P" and d.format == fmt.upper() and d.alpha is not None
+    noisy = np.clip(d.pixels + RNG.normal(0, 0.05, d.pixels.shape).astype(np.float32), 0, 1)  # a denoiser's output
+    out = Image.open(_write(tmp_path / f"o.{fmt}", encode_image(noisy, d)))
+    assert out.mode == "P" and out.getpalette()[:12] == pal[:12]
+    # nearest colour of the same palette: the indices come back; the transparent pixels stay transparent
+    assert np.array_equal(np.asarray(out), np.asarray(Image.open(src)))
+    assert out.info.get("transparency") == 3
+    if fmt == "png":
+        assert Image.open(tmp_path / "o.png").tile[0].args == Image.open(src).tile[0].args  # same bit depth
+
+
+def test_single_frame_gif_and_animated_gif_and_multipage_tiff(tmp_path):
+    a = RNG.integers(0, 256, (20, 30, 3), dtype=np.uint8)
+    d = read_image(_save(tmp_path / "s.gif", a))
+    assert d.format == "GIF" and d.mode == "P" and d.notes == ()
+    assert Image.open(_write(tmp_path / "o.gif", encode_image(d.pixels, d))).format == "GIF"
+    frames = [Image.fromarray(a), Image.fromarray(a[::-1])]
+    frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:])
+    assert any("2 frames" in n and "only the first" in n for n in read_image(tmp_path / "anim.gif").notes)
+    pages = [Image.new("RGB", (64, 48), "red"), Image.new("RGB", (32, 32)), Image.new("L", (16, 80))]
+    pages[0].save(tmp_path / "m.tif", save_all=True, append_images=pages[1:])
+    assert read_image(tmp_path / "m.tif").notes == ("3 pages: only page 1 was denoised, pages 2-3 are not in "
+                                                    "the output",)
+    assert ".gif" in {p.suffix for p in find_images(tmp_path)}
+
+
+def test_cmyk_jpeg_stays_cmyk(tmp_path):
+    cmyk_icc = bytes(16) + b"CMYK" + bytes(108)
+    d = read_image(_save(tmp_path / "c.jpg", Image.fromarray(_photo(32, 48)).convert("CMYK"), icc_profile=cmyk_icc))
+    assert d.mode == "CMYK" and d.pixels.shape == (32, 48, 3)
+    out = _write(tmp_path / "o.jpg", encode_image(d.pixels, d))
+    assert Image.open(out).mode == "CMYK" and read_image(out).icc_profile == cmyk_icc
+    np.testing.assert_allclose(read_image(out).pixels, d.pixels, atol=0.06)
+
+
+def test_pillow_warnings_become_notes_not_stderr(tmp_path, recwarn):
+    bad_exif = (b"Exif\0\0II*\0" + struct.pack("<IH", 8, 1)
+                + struct.pack("<HHII", 0x010F, 2, 100, 1000) + struct.pack("<I", 0))  # Make: data past the end
+    d = read_image(_save(tmp_path / "w.jpg", np.zeros((8, 8, 3), np.uint8), exif=bad_exif))
+    assert d.notes == ("UserWarning: Tag data larger than file. Skipping tag 271",)
+    assert not [w for w in recwarn if issubclass(w.category, UserWarning)]
+
+
+def test_folder_links_are_listed_as_left_out(tmp_path):
+    root = tmp_path / "in"
+    (root / "sub").mkdir(parents=True)
+    (root / "sub" / "a.png").write_bytes(b"x")
+    (root / "link").symlink_to(root / "sub", target_is_directory=True)
+    left_out = []
+    assert [p.name for p in find_images(root, left_out)] == ["a.png"]
+    assert [(p.name, r.split(",")[0]) for p, r in left_out] == [("link", "folder link")]
+
+
+# ---------------------------------------------------------------- huge images (issue 17)
+
+def test_max_pixels_refuses_from_the_header_in_milliseconds_and_can_be_raised(tmp_path):
+    import time
+
+    bomb = _write(tmp_path / "bomb.png", _png(10000, 10000, 1, 0, zlib.compress(b"")[:0]))  # claims 100 MP
+    t = time.perf_counter()
+    assert _reason_with(bomb, max_pixels=50_000_000) == "10000x10000 = 100 MP exceeds the 50 MP limit (--max-pixels)"
+    assert time.perf_counter() - t < 0.5
+    # 400 MP: above Pillow's own bomb error (2 x 89 MP); with the cap raised, the size check lets it through
+    # (and the file then fails for its missing data, not its size).
+    scan = _write(tmp_path / "scan.png", _png(20000, 20000, 1, 0, b""))
+    assert "exceeds the 120 MP limit" in _reason_with(scan)
+    assert "limit" not in _reason_with(scan, max_pixels=400_000_000)
+
+
+def _reason_with(path, **kw) -> str:
+    with pytest.raises(BadImage) as info:
+        read_image(path, **kw)
+    return info.value.reason
+
+
+@pytest.mark.parametrize("bits", [8, 16])
+def test_integers_above_keeps_one_integer_copy_and_map_bands_matches_whole_image(tmp_path, bits):
+    a = RNG.integers(0, 2 ** bits, (1000, 37, 3), dtype=np.uint8 if bits == 8 else np.uint16)
+    src = _write(tmp_path / "a.png", _png16(a) if bits == 16 else encode_image(
+        a / np.float32(255), DecodedImage(a, None, "PNG", 8, None)))
+    whole = read_image(src)
+    d = read_image(src, integers_above=1000)
+    assert d.pixels.dtype == a.dtype and np.array_equal(d.pixels, a)
+    assert read_image(src, integers_above=10 ** 6).pixels.dtype == np.float32  # small: floats as before
+
+    def blur(x):  # depends on the rows around: a band without context would differ at its edges
+        return (np.roll(x, 1, 0) + x + np.roll(x, -1, 0)) / 3
+
+    ref = blur(whole.pixels)
+    ref[0], ref[-1] = whole.pixels[0], whole.pixels[-1]  # the image's own edges: no neighbours outside
+
+    def blur_band(x):
+        y = blur(x)
+        y[0], y[-1] = x[0], x[-1]
+        return y
+
+    out = map_bands(d.pixels, blur_band, rows=100, margin=2)
+    assert out.dtype == a.dtype
+    top = 2 ** bits - 1
+    np.testing.assert_array_equal(out, np.rint(np.clip(ref, 0, 1) * top))
+    # integers in, integers out: encode_image writes them as they are
+    assert np.array_equal(read_image(_write(tmp_path / "o.png", encode_image(out, d)), integers_above=0).pixels, out)
+
+
+def test_uncompressed_tiff_is_memory_mapped(tmp_path):
+    a = RNG.integers(0, 256, (300, 200, 3), dtype=np.uint8)
+    tifffile.imwrite(tmp_path / "raw.tif", a, photometric="rgb")
+    d = read_image(tmp_path / "raw.tif", integers_above=1000)
+    assert isinstance(d.pixels, np.memmap) and np.array_equal(d.pixels, a)
+    tifffile.imwrite(tmp_path / "z.tif", a, photometric="rgb", compression="zlib")
+    z = read_image(tmp_path / "z.tif", integers_above=1000)
+    assert not isinstance(z.pixels, np.memmap) and np.array_equal(z.pixels, a)
+
+
+def test_read_thumbnail_is_the_strided_float_image(tmp_path):
+    from formats.images import read_thumbnail
+
+    a = RNG.integers(0, 256, (1030, 700, 3), dtype=np.uint8)
+    src = _save(tmp_path / "a.png", a)
+    t = read_thumbnail(src, 512)
+    assert t.dtype == np.float32 and t.shape == (344, 234, 3)  # every 3rd pixel: ceil(1030 / 512)
+    np.testing.assert_array_equal(t, read_image(src).pixels[::3, ::3])
+
+
+def test_concurrent_reads_leave_the_warnings_machinery_as_it_was(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    bad_exif = (b"Exif\0\0II*\0" + struct.pack("<IH", 8, 1)
+                + struct.pack("<HHII", 0x010F, 2, 100, 1000) + struct.pack("<I", 0))
+    path = _save(tmp_path / "w.jpg", RNG.integers(0, 256, (256, 256, 3), dtype=np.uint8), exif=bad_exif)
+    filters, show = list(warnings.filters), warnings.showwarning
+    with ThreadPoolExecutor(8) as pool:
+        notes = list(pool.map(lambda _: read_image(path).notes, range(64)))
+    assert all(n == ("UserWarning: Tag data larger than file. Skipping tag 271",) for n in notes)
+    assert warnings.filters == filters and warnings.showwarning is show
+
+
+@pytest.mark.parametrize("bits", [8, 16])
+def test_tiff_keeps_scanner_tags_and_dpi(tmp_path, bits):
+    tags = Image.Exif()
+    tags[271], tags[272], tags[306] = "Epson", "Perfection V850", "2024:01:02 03:04:05"
+    if bits == 8:
+        src = _save(tmp_path / "s.tif", RNG.integers(0, 256, (8, 8, 3), dtype=np.uint8), exif=tags, dpi=(1200, 1200))
+    else:
+        src = tmp_path / "s.tif"
+        tifffile.imwrite(src, RNG.integers(0, 65536, (8, 8, 3), dtype=np.uint16), photometric="rgb",
+                         resolution=(1200, 1200), resolutionunit="INCH",
+                         extratags=[(271, "s", 0, "Epson", True), (272, "s", 0, "Perfection V850", True),
+                                    (306, "s", 0, "2024:01:02 03:04:05", True)])
+    d = read_image(src)
+    out = _write(tmp_path / "o.tif", encode_image(d.pixels, d))
+    got = Image.open(out).getexif()
+    assert (got.get(271), got.get(272), got.get(306)) == ("Epson", "Perfection V850", "2024:01:02 03:04:05")
+    assert read_image(out).dpi == (1200.0, 1200.0) and read_image(out).bit_depth == bits
+
+
+def test_16bit_colour_png_exif_orientation_is_applied_once(tmp_path):
+    exif = _camera_exif()
+    exif[0x0112] = 6
+    a = RNG.integers(0, 65536, (4, 6, 3), dtype=np.uint16)
+    d = read_image(_write(tmp_path / "r.png", _png16(a, [(b"eXIf", exif.tobytes()[6:])])))
+    assert d.pixels.shape == (6, 4, 3) and d.bit_depth == 16
+    out = _write(tmp_path / "o.png", encode_image(d.pixels, d))
+    assert Image.open(out).getexif().get(0x0112) is None and _exif_of(out)[:3] == _exif_of(tmp_path / "r.png")[:3]
+    assert read_image(out).pixels.shape == (6, 4, 3)
+
+
+def test_a_png_text_chunk_named_text_is_kept(tmp_path):
+    a = RNG.integers(0, 65536, (4, 6, 3), dtype=np.uint16)
+    d = read_image(_write(tmp_path / "t.png", _png16(a, [(b"tEXt", b"text\0hello")])))
+    assert d.text == (("text", "hello"),)

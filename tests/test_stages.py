@@ -111,3 +111,19 @@ def test_outputs_default_to_the_checkout_wherever_a_command_runs(monkeypatch, tm
     assert outputs_root() == Path(__file__).resolve().parents[1] / "outputs"
     monkeypatch.setenv("AEFLOW_OUTPUTS", str(tmp_path / "mine"))
     assert outputs_root() == tmp_path / "mine"
+
+
+def test_ingest_lists_duplicate_files_it_left_out(tmp_path, outputs_root):
+    from conftest import photo
+    from flows.ingest import ingest_images
+    from formats.images import DecodedImage, encode_image
+
+    a = tmp_path / "a"
+    (a / "copy").mkdir(parents=True)
+    like = DecodedImage(pixels=photo(0), alpha=None, format="PNG", bit_depth=8, icc_profile=None)
+    for i in range(2):
+        (a / f"p{i}.png").write_bytes(encode_image(photo(i), like))
+    shutil.copy(a / "p0.png", a / "copy" / "p0 (1).png")                 # same bytes, another name
+    manifest = json.loads((Path(ingest_images(str(a))) / MANIFEST).read_text())
+    assert len(manifest["images"]) == 2
+    assert manifest["duplicates"] == [{"file": "p0.png", "same_as": "copy/p0 (1).png"}]   # sorted order: first kept
