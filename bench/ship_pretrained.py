@@ -1,4 +1,4 @@
-"""Copy trained model folders into models/pretrained/<name>/ as float16 (each file under 2 MB), with a
+"""Copy trained model folders into models/pretrained/<name>/ as float16 (each file under 8 MB), with a
 model card whose PSNR figures come from a bench/denoise.py run of the *shipped* (float16) weights.
 
     python bench/ship_pretrained.py skip-dae-gray=FOLDER skip-dae-color=FOLDER ...   # copy

@@ -57,19 +57,28 @@ def family(folder: Path) -> str:
     return "levels" if "game" in data else "music" if "mode" in data else "denoise"
 
 
-def resolve_model(name: str, channels: int, sigma: float | None = None, job: str | None = None) -> Path:
-    """`auto` -> the shipped model for this many channels (sigma-specific when one matches `sigma`, blind
-    otherwise); a folder path; a shipped name; a trained model's name (`denoise train --name NAME` makes the
-    folder `NAME-<key12>`); or a unique prefix of a shipped or trained model's folder name (of the `job`'s
-    family: "denoise", "levels" or "music", when given)."""
+NOISES = ("auto", "camera", "gaussian")
+
+
+def resolve_model(name: str, channels: int, sigma: float | None = None, job: str | None = None,
+                  noise: str = "auto") -> Path:
+    """`auto` -> the shipped model for this many channels: for real photos and scans (camera noise) unless
+    `noise` is "gaussian" or a `sigma` is given, then the white-Gaussian one (sigma-specific when one matches
+    `sigma`, blind otherwise); a folder path; a shipped name; or a unique prefix of a shipped or trained model's
+    folder name (of the `job`'s family: "denoise", "levels" or "music", when given)."""
+    if noise not in NOISES:
+        raise ValueError(f"--noise {noise!r}: one of {', '.join(NOISES)}")
     if name == "auto":
         color = "color" if channels == 3 else "gray"
-        candidates = ([f"skip-dae-{color}-s{sigma:g}"] if sigma is not None else []) + [f"skip-dae-{color}"]
+        camera = "skip-dae-camera" if channels == 3 else "skip-dae-camera-gray"
+        gaussian = ([f"skip-dae-{color}-s{sigma:g}"] if sigma is not None else []) + [f"skip-dae-{color}"]
+        candidates = [camera] if noise == "camera" else gaussian if noise == "gaussian" or sigma is not None \
+            else [camera] + gaussian
         for c in candidates:
             if (PRETRAINED / c / "config.json").is_file():
                 return PRETRAINED / c
-        raise FileNotFoundError(f"no shipped {color} model in {PRETRAINED}; train one with `aeflow denoise train` "
-                                "and pass it with --model")
+        raise FileNotFoundError(f"no shipped {color} model ({' or '.join(candidates)}) in {PRETRAINED}; train one "
+                                "with `aeflow denoise train` and pass it with --model")
     if Path(name).expanduser().is_dir():
         folder = Path(name).expanduser().resolve()
         if not (folder / "config.json").is_file():

@@ -299,7 +299,9 @@ def denoise_run(
     in_dir: Path = typer.Argument(..., help="Folder of images to denoise (recursive; never modified)."),
     out_dir: Path = typer.Argument(..., help="Where the denoised tree goes (must not be inside IN_DIR)."),
     model: str = typer.Option("auto", "--model", help="auto (shipped models), a shipped or trained model name, or a model folder."),
-    sigma: Optional[float] = typer.Option(None, "--sigma", min=0, max=255, help="Noise level of the inputs if known (0-255): picks a sigma-specific model when one exists."),
+    sigma: Optional[float] = typer.Option(None, "--sigma", min=0, max=255, help="Noise level of the inputs if known (0-255, white Gaussian): picks a sigma-specific model when one exists, else tells the blind noise-map model the level."),
+    noise: str = typer.Option("auto", "--noise", help="Which shipped model auto takes: camera (real photos and scans: the default) or gaussian (white noise, as in the benchmarks)."),
+    strength: float = typer.Option(1.0, "--strength", help="Turn denoising up (>1) or down (<1): a factor on the noise level the model reads (noise-map models; 0-4)."),
     reference: Optional[Path] = typer.Option(None, "--reference", help="Folder of clean originals (same relative paths) to score PSNR/SSIM."),
     device: str = typer.Option("auto", "--device", callback=_device),
     ensemble: bool = typer.Option(False, "--ensemble", help="Average over the 8 flips/rotations: 8x slower, about 0.1 dB better."),
@@ -313,14 +315,19 @@ def denoise_run(
     """Denoise every image in a folder (incremental: unchanged images already done are skipped). A file that
     cannot be read is reported and the rest are done; the exit status is then 1."""
     _check_task_runner(task_runner, dask_address)
+    if noise not in ("auto", "camera", "gaussian"):
+        raise typer.BadParameter(f"{noise!r}: auto, camera or gaussian", param_hint="--noise")
+    if not 0 < strength <= 4:
+        raise typer.BadParameter(f"{strength:g}: a factor in (0, 4]; 1 is the level the model reads", param_hint="--strength")
     _job_folders(in_dir, out_dir)
     from flows.denoise import check_job, check_unlocked
     from flows.pipelines import denoise_run_flow
 
     # Fail in a second, not after Prefect has started: the folders and the model must make sense.
-    check_job(in_dir.expanduser().resolve(), out_dir.expanduser().resolve(), model, sigma, reference)
+    check_job(in_dir.expanduser().resolve(), out_dir.expanduser().resolve(), model, sigma, reference, noise, strength)
     check_unlocked(out_dir)
     report = _run_flow(denoise_run_flow, in_dir=str(in_dir), out_dir=str(out_dir), model=model, sigma=sigma,
+                       noise=noise, strength=strength,
                        reference=str(reference) if reference else None, device=device, ensemble=ensemble,
                        batches=batches, task_runner=task_runner, dask_address=dask_address, max_pixels=max_pixels,
                        strip_metadata=strip_metadata, jpeg_quality=jpeg_quality)
@@ -354,6 +361,11 @@ def print_report(report: dict) -> None:
 
     if report.get("models"):
         out.print("  models: " + escape(", ".join(f"{name} ({n})" for name, n in report["models"].items())))
+    levels = sorted(r["noise_level"] for r in report["images"] if r.get("status") == "processed" and "noise_level" in r)
+    if levels:
+        strength = report.get("strength", 1)
+        out.print(f"  noise level read: {levels[0]:.1f}-{levels[-1]:.1f} (median {levels[len(levels) // 2]:.1f}, "
+                  f"0-255 scale){f'; denoised at {strength:g}x that (--strength)' if strength != 1 else ''}")
     for w in report.get("warnings", []):
         out.print(f"  [yellow]warning:[/] {escape(w)}", highlight=False)
     for f in report["failed"][:10]:

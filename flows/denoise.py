@@ -33,7 +33,7 @@ from flows.stages import digest
 from formats.images import (IMAGE_SUFFIXES, MAX_PIXELS, BadImage, DecodedImage, contact_sheet, encode_image,
                            find_images, map_bands, read_image, read_thumbnail)
 from models.checkpoints import check_output_folder, write_bytes_atomic, write_json_atomic
-from models.inference import denoise_batch, denoise_image
+from models.inference import denoise_batch, denoise_image, estimate_levels, takes_level
 from models.registry import DENOISERS, load_model
 from models.trainer import pick_device
 
@@ -97,7 +97,8 @@ def thumbnail(x: np.ndarray, size: int = 512) -> np.ndarray:
     return np.ascontiguousarray(x[::step, ::step])
 
 
-def check_job(in_dir: Path, out_dir: Path, model: str, sigma: float | None, reference=None) -> None:
+def check_job(in_dir: Path, out_dir: Path, model: str, sigma: float | None, reference=None,
+              noise: str = "auto", strength: float = 1.0) -> None:
     """What a denoise job (run now or scheduled) must have before any work: folders that make sense, a
     reference folder that exists, a model that resolves."""
     import torch
@@ -105,7 +106,9 @@ def check_job(in_dir: Path, out_dir: Path, model: str, sigma: float | None, refe
     check_folders(in_dir, out_dir)
     if reference and not Path(reference).expanduser().is_dir():
         raise FileNotFoundError(f"{reference}: reference folder not found")
-    Models(model, sigma, torch.device("cpu")).identity()
+    if not 0 < strength <= 4:
+        raise ValueError(f"--strength {strength:g}: use a factor in (0, 4] (1 = the level the model reads)")
+    Models(model, sigma, torch.device("cpu"), noise=noise, strength=strength).identity()
 
 
 def check_folders(in_dir: Path, out_dir: Path) -> None:
@@ -138,31 +141,40 @@ class Job:
     output: np.ndarray | None = None
     error: str | None = None
     row: dict = field(default_factory=dict)
+    row_extra: dict = field(default_factory=dict)     # the noise level it was denoised at (noise-map models)
 
 
 class Models:
     """Loads each model once, on the chosen device, and chooses per image by channel count. `notes` says
     what of the request a chosen model cannot honour (a --sigma that a blind model takes no notice of)."""
 
-    def __init__(self, request: str, sigma: float | None, device: torch.device, ensemble: bool = False):
+    def __init__(self, request: str, sigma: float | None, device: torch.device, ensemble: bool = False,
+                 noise: str = "auto", strength: float = 1.0):
         self.request, self.sigma, self.device, self.ensemble, self.loaded = request, sigma, device, ensemble, {}
+        self.noise, self.strength = noise, strength
         self.folders: dict[int, Path] = {}
         self.notes: list[str] = []
 
     def folder(self, channels: int) -> Path:
         """The model folder for images of `channels` channels, resolved and checked once (called per image)."""
         if channels not in self.folders:
-            folder = resolve_model(self.request, channels, self.sigma, job="denoise")
+            folder = resolve_model(self.request, channels, self.sigma, job="denoise", noise=self.noise)
             cfg = json.loads((folder / "config.json").read_text())["model"]
             if cfg["kind"] not in DENOISERS:
                 raise ValueError(f"--model {self.request}: {folder.name} is a {cfg['kind']}, not an image denoiser "
                                  f"({', '.join(DENOISERS)}); see `aeflow models`")
             self.folders[channels] = folder
+            if cfg.get("noise_map"):                 # it takes a level: --sigma and --strength set it
+                return folder
             self._note_sigma(folder, cfg.get("sigma"), channels)
+            if self.strength != 1 and (note := f"--strength {self.strength:g}: {folder.name} takes no noise "
+                                               "level (not a --noise-map model); it denoises at full strength") \
+                    not in self.notes:
+                self.notes.append(note)
         return self.folders[channels]
 
     def _note_sigma(self, folder: Path, trained, channels: int) -> None:
-        """The models take no noise level as input: a --sigma only chooses among them. Say when it cannot."""
+        """A model without a noise-level input takes no --sigma: it only chooses among them. Say when it cannot."""
         if self.sigma is None or trained == self.sigma:
             return
         missing = f"no shipped {'colour' if channels == 3 else 'gray'} model for sigma {self.sigma:g}; " \
@@ -184,7 +196,28 @@ class Models:
                 errors.append(e)
         if len(errors) == 2:
             raise errors[0]                      # no usable model at all: say so before touching any file
-        return digest({"weights": keys, "ensemble": self.ensemble, "version": 1})
+        asked = {} if self.sigma is None and self.strength == 1 else {"sigma": self.sigma, "strength": self.strength}
+        return digest({"weights": keys, "ensemble": self.ensemble, "version": 1, **asked})
+
+    def levels(self, net: torch.nn.Module, group: list) -> list[float] | None:
+        """The noise level each image of `group` is denoised at, for a noise-map model (None for others):
+        --sigma when given, else the model's own estimate (from a central crop), times --strength."""
+        if not takes_level(net):
+            return None
+        out = []
+        for job in group:
+            if self.sigma is not None:
+                level = float(self.sigma)
+            else:
+                px = job.image.pixels
+                h, w = px.shape[:2]
+                crop = px[max(0, (h - 512) // 2):][:512, max(0, (w - 512) // 2):][:, :512]
+                x = torch.from_numpy(np.asarray(crop, dtype=np.float32) / (np.iinfo(px.dtype).max if px.dtype.kind == "u" else 1))
+                x = x.permute(2, 0, 1)[None]
+                level = float(estimate_levels(net, x)[0])
+            job.row_extra = {"noise_level": round(level, 2), **({"strength": self.strength} if self.strength != 1 else {})}
+            out.append(level * self.strength)
+        return out
 
     def __call__(self, channels: int) -> tuple[torch.nn.Module, Path]:
         folder = self.folder(channels)
@@ -307,14 +340,15 @@ def sweep_temporaries(out_dir: Path) -> int:
 
 
 def plan_job(in_dir: str, out_dir: str, model: str = "auto", sigma: float | None = None,
-             ensemble: bool = False, settle: float = 1.0, encoding: dict | None = None) -> dict:
+             ensemble: bool = False, settle: float = 1.0, encoding: dict | None = None, noise: str = "auto",
+             strength: float = 1.0) -> dict:
     """What a run has to do: images new or changed since the last run with the same model ("todo"),
     the ones already done ("skipped"), unreadable ones ("failed") and ones still being written
     ("pending": their size or mtime changed during `settle` seconds; only files modified in the last
     minute are watched, so older folders cost no wait). Small JSON, for a Prefect task to return."""
     src, dst = Path(in_dir).expanduser().resolve(), Path(out_dir).expanduser().resolve()
     check_folders(src, dst)
-    identity = Models(model, sigma, torch.device("cpu"), ensemble).identity()
+    identity = Models(model, sigma, torch.device("cpu"), ensemble, noise, strength).identity()
     if encoding:   # outputs written with other options (--strip-metadata, --jpeg-quality) are other outputs
         identity = digest({"model": identity, "encoding": encoding})
     sweep_temporaries(dst)
@@ -361,7 +395,7 @@ def _look(path: Path) -> tuple[int, int] | None:
 def denoise_files(plan: dict, todo: list[list[str]], model: str = "auto", sigma: float | None = None,
                   device: str = "auto", ensemble: bool = False, progress: bool = True,
                   threads: int | None = None, max_pixels: int = MAX_PIXELS, strip_metadata: bool = False,
-                  jpeg_quality: int | None = None) -> dict:
+                  jpeg_quality: int | None = None, noise: str = "auto", strength: float = 1.0) -> dict:
     """Denoise one batch of a plan's todo list ([relative path, sha256] pairs) and write the outputs.
     max_pixels: larger images are refused from their header; strip_metadata, jpeg_quality: see encode_image.
 
@@ -370,7 +404,7 @@ def denoise_files(plan: dict, todo: list[list[str]], model: str = "auto", sigma:
     src, dst = Path(plan["in_dir"]), Path(plan["out_dir"])
     shard = dst / BOOKKEEPING / "index.d" / f"{digest(todo)[:16]}.json"
     shard.parent.mkdir(parents=True, exist_ok=True)
-    models = Models(model, sigma, pick_device(device), ensemble)
+    models = Models(model, sigma, pick_device(device), ensemble, noise, strength)
     if threads:
         torch.set_num_threads(threads)           # concurrent batches share the cores
     rows, failed, entries, last_save = [], [], {}, time.monotonic()
@@ -464,7 +498,8 @@ def finish_job(plan: dict, batches: list[dict], reference: str | None = None, se
     def unwritten() -> str:
         return "the outputs and index.json are written; the report and contact sheets are not"
 
-    sheets = _sheets(book, [Path(r["file"]) for r in processed], src, dst, ref, unwritten) if processed \
+    levels = {r["file"]: f"noise level {r['noise_level']:.1f}" for r in processed if "noise_level" in r}
+    sheets = _sheets(book, [Path(r["file"]) for r in processed], src, dst, ref, unwritten, levels) if processed \
         else [p for p in before.get("contact_sheets", []) if Path(p).is_file()]
     models = Counter(r["model"] for r in rows if r.get("model"))
     report = {"in_dir": str(src), "out_dir": str(dst), **(settings or {}),
@@ -505,16 +540,17 @@ def _warnings(plan: dict, batches: list[dict], rows: list[dict]) -> list[str]:
     for model, files in sorted(by_model.items()):
         lines.append(f"{model} is a colour model: {len(files)} gray image(s) ({', '.join(files[:3])}"
                      f"{', ...' if len(files) > 3 else ''}) went in as three equal channels, luma taken back, and "
-                     "keep most of their noise (about +2.5 dB; a gray model +7-17 dB): use --model auto or a gray model")
+                     "noise equal in all three channels is not what it learnt: use --model auto or a gray model")
     return list(dict.fromkeys(lines))
 
 
-def _sheets(book: Path, rels: list[Path], src: Path, dst: Path, ref: Path | None, unwritten) -> list[str]:
+def _sheets(book: Path, rels: list[Path], src: Path, dst: Path, ref: Path | None, unwritten,
+            extra: dict[str, str] | None = None) -> list[str]:
     """contact_sheet-1.png, -2.png...: every image of `rels`, SHEET_ROWS a page, each row named; the pages
     of an earlier run are replaced (a sheet shows one run's work)."""
     pages = []
     for start in range(0, len(rels), SHEET_ROWS):
-        data = _sheet(rels[start:start + SHEET_ROWS], src, dst, ref)
+        data = _sheet(rels[start:start + SHEET_ROWS], src, dst, ref, extra or {})
         if data is not None:
             path = book / f"contact_sheet-{len(pages) + 1}.png"
             with _disk_full(path, unwritten):
@@ -526,7 +562,7 @@ def _sheets(book: Path, rels: list[Path], src: Path, dst: Path, ref: Path | None
     return pages
 
 
-def _sheet(rels: list[Path], src: Path, dst: Path, ref: Path | None) -> bytes | None:
+def _sheet(rels: list[Path], src: Path, dst: Path, ref: Path | None, extra: dict[str, str]) -> bytes | None:
     """Contact sheet of input / denoised (/ reference) thumbnails, re-read from disk, the file name under
     each row; None when none of them can be read back."""
     rows, names = [], []
@@ -538,7 +574,8 @@ def _sheet(rels: list[Path], src: Path, dst: Path, ref: Path | None) -> bytes | 
         except BadImage:
             continue
         rows.append(cells)
-        names.append(str(rel).encode("utf-8", "replace").decode())     # a name that is not UTF-8 still draws
+        name = str(rel).encode("utf-8", "replace").decode()            # a name that is not UTF-8 still draws
+        names.append(f"{name}  ({extra[str(rel)]})" if str(rel) in extra else name)
     if not rows:
         return None
     with_ref = all(len(c) == 3 for c in rows)
@@ -549,21 +586,25 @@ def _sheet(rels: list[Path], src: Path, dst: Path, ref: Path | None) -> bytes | 
 def denoise_folder(in_dir: str, out_dir: str, model: str = "auto", sigma: float | None = None,
                    reference: str | None = None, device: str = "auto", ensemble: bool = False,
                    progress: bool = True, run: str | None = None, wait: float = 0.0, settle: float = 1.0,
-                   max_pixels: int = MAX_PIXELS, strip_metadata: bool = False, jpeg_quality: int | None = None) -> dict:
+                   max_pixels: int = MAX_PIXELS, strip_metadata: bool = False, jpeg_quality: int | None = None,
+                   noise: str = "auto", strength: float = 1.0) -> dict:
     """Denoise every image under `in_dir` into `out_dir` in one batch; returns the report (also written
-    to OUT_DIR/.aeflow/report.json). ensemble: average over 8 flips/rotations (8x slower, ~0.1 dB
-    better). The Prefect flow runs the same three steps, with the batches fanned out."""
+    to OUT_DIR/.aeflow/report.json). ensemble: average over 8 flips/rotations (8x slower). noise: which
+    shipped model `auto` takes ("auto"/"camera": real-photo noise; "gaussian": white noise); strength: a
+    factor on the noise level a noise-map model is told. The Prefect flow runs the same three steps, with the
+    batches fanned out."""
     t0 = time.perf_counter()
     if reference is not None and not Path(reference).expanduser().is_dir():
         raise FileNotFoundError(f"{reference}: reference folder not found")
     check_folders(Path(in_dir).expanduser().resolve(), Path(out_dir).expanduser().resolve())
     with job_lock(out_dir, run, wait):
-        plan = plan_job(in_dir, out_dir, model, sigma, ensemble, settle, encoding(strip_metadata, jpeg_quality))
+        plan = plan_job(in_dir, out_dir, model, sigma, ensemble, settle, encoding(strip_metadata, jpeg_quality),
+                        noise, strength)
         batch = denoise_files(plan, plan["todo"], model, sigma, device, ensemble, progress, max_pixels=max_pixels,
-                              strip_metadata=strip_metadata, jpeg_quality=jpeg_quality)
+                              strip_metadata=strip_metadata, jpeg_quality=jpeg_quality, noise=noise, strength=strength)
         return finish_job(plan, [batch], reference, time.perf_counter() - t0,
-                          {"model": model, "sigma": sigma, "ensemble": ensemble, "max_pixels": max_pixels,
-                           "strip_metadata": strip_metadata, "jpeg_quality": jpeg_quality})
+                          {"model": model, "sigma": sigma, "noise": noise, "strength": strength, "ensemble": ensemble,
+                           "max_pixels": max_pixels, "strip_metadata": strip_metadata, "jpeg_quality": jpeg_quality})
 
 
 def encoding(strip_metadata: bool = False, jpeg_quality: int | None = None) -> dict:
@@ -592,12 +633,15 @@ def _denoise_group(group: list[Job], models: Models) -> None:
     channels = group[0].image.pixels.shape[2]
     net, folder = models(channels)
     # A colour model named for a folder with gray images: the gray goes in as three equal channels and its
-    # luma comes back. Noise identical across channels is not what it learnt: on camera, moon and coins
-    # (256 px crops, sigma 15/25/50) it gains 2.3-2.6 dB where skip-dae-gray gains 7-17 dB; hence the warning.
+    # luma comes back. Noise identical across channels is not what it learnt (the old skip-dae-color gained 2.3-2.6
+    # dB on camera, moon and coins at sigma 15-50, skip-dae-gray 7-17 dB); hence the warning.
     as_colour = channels == 1 and net.cfg.channels == 3
 
+    levels = models.levels(net, group)
+
     def one(x: torch.Tensor) -> torch.Tensor:                               # (C, H, W) -> (C', H, W)
-        return denoise_image(net, x.expand(3, -1, -1) if as_colour else x, ensemble=models.ensemble)
+        return denoise_image(net, x.expand(3, -1, -1) if as_colour else x, ensemble=models.ensemble,
+                             level=levels[0] if levels else None)
 
     if len(group) == 1 and group[0].image.pixels.dtype.kind == "u":
         # a large image held as integers: denoised band by band into an integer output (no float copy of it)
@@ -613,7 +657,8 @@ def _denoise_group(group: list[Job], models: Models) -> None:
         y = one(x)[None]
     else:
         x = torch.from_numpy(np.stack([j.image.pixels for j in group])).permute(0, 3, 1, 2)
-        y = denoise_batch(net, x.expand(-1, 3, -1, -1) if as_colour else x, models.ensemble)
+        y = denoise_batch(net, x.expand(-1, 3, -1, -1) if as_colour else x, models.ensemble,
+                          torch.tensor(levels) if levels else None)
     if torch.is_tensor(y):
         with torch.inference_mode():                                               # y is an inference tensor
             if as_colour:                                                          # (B, 3, H, W) -> (B, 1, H, W)
@@ -622,7 +667,8 @@ def _denoise_group(group: list[Job], models: Models) -> None:
     for job, out in zip(group, y):
         job.output = out
         job.image = replace(job.image, pixels=np.empty((0, 0, 0), np.float32))   # free the input early
-        job.row = {"model": folder.name, "seconds": round((time.perf_counter() - t) / len(group), 4)}
+        job.row = {"model": folder.name, "seconds": round((time.perf_counter() - t) / len(group), 4),
+                   **job.row_extra}
         if as_colour:
             job.row["note"] = GRAY_AS_COLOUR
 

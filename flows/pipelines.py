@@ -73,7 +73,8 @@ def denoise_run_flow(in_dir: str, out_dir: str, model: str = "auto", sigma: floa
                      reference: str | None = None, device: str = "auto", ensemble: bool = False,
                      batches: int = 1, wait: float = 0.0, retry_pending: bool = False, progress: bool = True,
                      task_runner: str = "threads", dask_address: str | None = None, max_pixels: int | None = None,
-                     strip_metadata: bool = False, jpeg_quality: int | None = None) -> dict:
+                     strip_metadata: bool = False, jpeg_quality: int | None = None, noise: str = "auto",
+                     strength: float = 1.0) -> dict:
     """Denoise a folder incrementally: plan, `batches` concurrent batch tasks, finish; publishes the
     per-image table and a summary as artifacts. OUT_DIR is locked for the whole run.
 
@@ -84,11 +85,12 @@ def denoise_run_flow(in_dir: str, out_dir: str, model: str = "auto", sigma: floa
         raise ValueError(f"task_runner {task_runner!r}: use 'threads' or 'dask'")
     t0 = time.perf_counter()
     with job_lock(out_dir, str(flow_run.get_id() or ""), wait):
-        plan = plan_task(in_dir, out_dir, model, sigma, ensemble, encoding=encoding(strip_metadata, jpeg_quality))
+        plan = plan_task(in_dir, out_dir, model, sigma, ensemble, encoding=encoding(strip_metadata, jpeg_quality),
+                         noise=noise, strength=strength)
         todo = plan["todo"]
         n = max(1, min(batches, len(todo)))
         common = dict(model=model, sigma=sigma, device=device, ensemble=ensemble, strip_metadata=strip_metadata,
-                      jpeg_quality=jpeg_quality, **({"max_pixels": max_pixels} if max_pixels else {}))
+                      jpeg_quality=jpeg_quality, noise=noise, strength=strength, **({"max_pixels": max_pixels} if max_pixels else {}))
         if task_runner == "dask":
             results = dask_batches(dask_address)(plan, [todo[i::n] for i in range(n)], common)
         elif n == 1:
@@ -98,7 +100,8 @@ def denoise_run_flow(in_dir: str, out_dir: str, model: str = "auto", sigma: floa
             futures = [batch_task.submit(plan, todo[i::n], progress=False, threads=threads, **common) for i in range(n)]
             results = [f.result() for f in futures]
         report = finish_task(plan, results, reference, time.perf_counter() - t0,
-                             {"model": model, "sigma": sigma, "ensemble": ensemble, "batches": n,
+                             {"model": model, "sigma": sigma, "noise": noise, "strength": strength,
+                              "ensemble": ensemble, "batches": n,
                               "task_runner": task_runner, "max_pixels": common.get("max_pixels"),
                               "strip_metadata": strip_metadata, "jpeg_quality": jpeg_quality})
     table = report["images"] + [{"file": f["file"], "status": "failed", "reason": f["reason"]} for f in report["failed"]] \

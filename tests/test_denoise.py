@@ -121,7 +121,9 @@ def test_sigma_a_blind_model_cannot_take_is_warned_and_every_model_is_named(tmp_
     noisy(src / "c.png", 1, channels=3)
     report = run(src, dst, sigma=15)
     warnings = [w for w in report["warnings"] if "--sigma 15" in w]
-    assert len(warnings) == 2 and all("blind" in w for w in warnings)     # no s15 model: one per blind model used
+    assert len(warnings) == 1 and "skip-dae-gray is blind" in warnings[0]  # no s15 model: the blind gray one says so
+    levels = {r["file"]: r.get("noise_level") for r in report["images"]}
+    assert levels == {"g.png": None, "c.png": 15}                          # the colour noise-map model takes it
     assert {r["file"]: r["model"] for r in report["images"]} == {"g.png": "skip-dae-gray", "c.png": "skip-dae-color"}
     assert report["models"] == {"skip-dae-color": 1, "skip-dae-gray": 1}
     assert not [w for w in run(src, tmp_path / "out25", sigma=25)["warnings"] if "skip-dae-gray" in w]  # s25 exists
@@ -147,8 +149,9 @@ def test_gray_images_with_an_explicit_colour_model_are_replicated_with_a_warning
     assert [w for w in report["warnings"] if "3 gray image(s) (g.png, g2.png, odd/g3.png)" in w and "skip-dae-color" in w]
     assert {r["file"]: r.get("note", "") for r in report["images"]}["g2.png"].startswith("gray image denoised by")
     auto = run(src, tmp_path / "auto")                                     # auto: each kind to its own model
-    assert {r["file"]: r["model"] for r in auto["images"]} == {"g.png": "skip-dae-gray", "g2.png": "skip-dae-gray",
-                                                               "odd/g3.png": "skip-dae-gray", "c.png": "skip-dae-color"}
+    gray, colour = "skip-dae-camera-gray", "skip-dae-camera"                 # auto: the real-photo models
+    assert {r["file"]: r["model"] for r in auto["images"]} == {"g.png": gray, "g2.png": gray, "odd/g3.png": gray,
+                                                               "c.png": colour}
     assert not auto.get("warnings")
 
 
@@ -220,3 +223,19 @@ def test_the_flow_raises_the_lock_error_the_command_turns_into_exit_3(tmp_path):
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_auto_takes_the_camera_model_and_strength_steers_a_noise_map_model(tmp_path):
+    src = tmp_path / "in"
+    noisy(src / "c.png", 1, channels=3)
+    moved = []
+    for strength in (0.5, 1.0, 2.0):
+        report = run(src, tmp_path / f"out{strength}", strength=strength)
+        row = report["images"][0]
+        assert row["model"] == "skip-dae-camera" and report["models"] == {"skip-dae-camera": 1}
+        assert row["noise_level"] > 0 and row.get("strength", 1.0) == strength
+        out, inp = read_image(tmp_path / f"out{strength}" / "c.png").pixels, read_image(src / "c.png").pixels
+        moved.append(float(np.mean(np.abs(out - inp))))
+    assert moved[0] < moved[1] < moved[2], moved            # more strength, more taken out
+    gaussian = run(src, tmp_path / "gauss", noise="gaussian")
+    assert gaussian["images"][0]["model"] == "skip-dae-color"
