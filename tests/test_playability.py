@@ -1,6 +1,7 @@
 """Playability checkers: hand-made tiny levels that must pass and must fail, then the calibration against
 the original VGLC levels and their path annotations (shared/notes/levels.md, Tables C and §4)."""
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +11,8 @@ from formats.levels import get_legend, level_files, level_to_grid, read_level, w
 from formats.playability import (MARIO_ARCS, MARIO_SOLID, kid_icarus_playable, load_arcs, lode_runner_check,
                                  mario_playable, mario_reach, zelda_check)
 
-VGLC = Path(__file__).resolve().parents[2] / "shared" / "data" / "vglc"
+# ../shared/data/vglc beside the checkout; AEFLOW_VGLC for a checkout elsewhere (a git worktree)
+VGLC = Path(os.environ.get("AEFLOW_VGLC") or Path(__file__).resolve().parents[2] / "shared" / "data" / "vglc")
 needs_vglc = pytest.mark.skipif(not VGLC.is_dir(), reason=f"VGLC data not found at {VGLC}")
 
 
