@@ -154,6 +154,12 @@ def test_mario_gpt_corpus_equals_the_vglc_paths():
     if VGLC.is_dir():
         p = read_level(VGLC / "super_mario_bros" / "paths" / "mario-1-1_Annotated_Path.txt", "mario")
         assert np.array_equal(levels[0][1], p[:, 4:])               # `x` read as empty on both sides
+    # `sample --length` gives these as its originals: 15 / 15 as `levels check` gives VGLC's (it said 13 / 15:
+    # 1-2 and 4-2 started at a fixed cell inside their ceiling), and says whose copy they are
+    from flows.levels import MARIO_GPT_NOTE, ingest_levels, load_ingest
+
+    originals = load_ingest(ingest_levels("mario"))[3]["originals"]
+    assert (originals["levels_playable"], originals["levels"]) == (15, 15) and "first 4 columns" in MARIO_GPT_NOTE
 
 
 @needs_vglc
@@ -308,6 +314,43 @@ def test_a_one_row_or_one_column_level_is_reported_and_the_rest_go_on(tmp_path):
     assert result.exit_code == 0, result.output
     assert "2 file(s) could not be read and were left out" in result.output and "14 rows high" in result.output
     assert "unplayable left out" in result.output
+
+
+@needs_vglc
+def test_check_of_a_vglc_game_folder_skips_the_path_annotations():
+    """SMB's paths/*_Annotated_Path.txt are copies of processed/ with the path drawn in: checked once, not twice
+    (15 / 15, not 30 / 30), listed as skipped; the paths/ folder alone is checked as levels."""
+    from flows.levels import check_levels
+
+    r = check_levels(str(VGLC / "super_mario_bros"))
+    assert (r["checked"], r["summary"]["playable"], len(r["skipped"])) == (15, 15, 15) and not r["bad"]
+    assert all(s["file"].startswith("paths/") and "_Annotated_Path" in s["file"] for s in r["skipped"])
+    alone = check_levels(str(VGLC / "super_mario_bros" / "paths"))
+    assert (alone["checked"], len(alone["skipped"])) == (15, 0)
+
+
+def test_a_weak_model_s_shortfall_says_what_to_do_and_zelda_counts_no_pipes(tmp_path):
+    """A model trained 2 steps delivers (almost) nothing: the shortfall names the way out (train longer, or
+    --raw). A game without pipes reports no "broken pipes"."""
+    from flows.levels import sample_levels, train_levels
+
+    legend = get_legend("zelda")
+    data = tmp_path / "zelda"
+    data.mkdir()
+    for i in range(3):
+        rooms = []
+        for j in range(2):
+            room = np.full((16, 11), legend.index("W"), np.uint8)
+            room[2:14, 2:9] = legend.index("F")
+            room[7:9, 1] = room[7:9, 9] = legend.index("D")
+            room[4 + i, 3 + j] = legend.index("B")
+            rooms.append(room)
+        (data / f"tloz{i}_1.txt").write_text(grid_to_level(np.concatenate(rooms, 1), legend))
+    model = train_levels("zelda", str(data), model=TINY, training=TINY_TRAINING, progress=False)
+    r = sample_levels(str(tmp_path / "out"), model=model, n=4, seed=0, max_tries=1)
+    assert "broken_pipes" not in r["rejected"] and "unplayable" in r["rejected"]
+    assert r["delivered"]["of"] < 4 and "--raw" in r["shortfall"] and "--steps" in r["shortfall"]
+    assert "trained 2 steps" in r["shortfall"]
 
 
 def test_mario_models_learn_from_playable_windows_unless_asked_for_all(tmp_path):
