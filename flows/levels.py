@@ -85,7 +85,9 @@ def _sources(game: str, data: str | None) -> tuple[list[Path], str]:
     if not root.is_dir():
         raise (NotADirectoryError(f"{data}: is a file; --data takes the folder that holds them") if root.is_file()
                else FileNotFoundError(f"{data}: no such folder"))
-    folder = root / "processed" if (root / "processed").is_dir() else root
+    # processed/ here (../shared/data/vglc), Processed/ in a clone of TheVGLC ("Super Mario Bros/Processed")
+    sub = next((root / n for n in ("processed", "Processed") if (root / n).is_dir()), None)
+    folder = sub or root
     pattern = game_spec(game).pattern
     files = level_files(folder, pattern)
     if not files:
