@@ -147,7 +147,8 @@ def ingest_levels(game: str = "mario", data: str | None = None, width: int | Non
         if len(set(shapes)) > 1:               # a legend-file game's units must share one shape
             common = max(set(shapes), key=lambda sh: (shapes.count(sh), -shapes.index(sh)))
             if 2 * shapes.count(common) <= len(shapes):     # no shape most levels have: a question of --width
-                raise ValueError(f"{data}: levels of different shapes {sorted(set(shapes))}; give --width to cut windows")
+                raise ValueError(f"{data}: levels of different shapes {sorted(set(shapes))}; give --width to cut "
+                                 "windows")
             keep = [j for j, sh in enumerate(shapes) if sh == common]   # the odd few are bad files
             for j, sh in enumerate(shapes):
                 if sh != common:
@@ -671,10 +672,11 @@ def sample_levels(out_dir: str, model: str | None = None, n: int = 50, length: i
         levels, raw_ok, rejected_windows, restarts = _full_levels(net, n, length, gen, c, raw, temperature, max_tries,
                                                                   known, spread)
         ok = mario_playable(np.stack(levels), mode="level") if levels else np.zeros(0, bool)
+        whose = MARIO_GPT_NOTE if cfg["data"].get("source") == "mario-gpt" else ""
         report.update(raw_playability=_rate(np.array(raw_ok)), delivered=_rate(ok),
                       rejected={"windows": rejected_windows, "restarts": restarts},
                       originals_rate=f"{originals.get('levels_playable')} / {originals.get('levels')} of the model's corpus "
-                                     f"levels (training and held out{MARIO_GPT_NOTE if cfg['data'].get('source') == 'mario-gpt' else ''})")
+                                     f"levels (training and held out{whose})")
         if len(levels) < n:
             report["shortfall"] = (f"only {len(levels)} of {n} levels after {restarts} restarts (max_tries {max_tries})"
                                    + _weak_hint(report["raw_playability"], cfg))

@@ -232,7 +232,7 @@ def read_level(path: Path, legend: Legend | str) -> np.ndarray:
     return level_to_grid(data, legend, str(path))
 
 
-ANNOTATED = "_Annotated_Path"       # VGLC paths/NAME_Annotated_Path.txt: processed/NAME.txt with the player's path in `x`
+ANNOTATED = "_Annotated_Path"       # VGLC paths/NAME_Annotated_Path.txt: processed/NAME.txt, the path drawn in `x`
 
 
 def annotation_copies(files: list[Path]) -> dict[Path, Path]:

@@ -238,9 +238,9 @@ def roll_to_midi(roll: np.ndarray, enc: Encoding, tempo: float = 100.0, programs
                  title: str | None = None, key: str | None = None) -> bytes:
     """Encode a type-1 MIDI file (bytes; the caller writes them atomically): a conductor track (tempo, time
     signature, title, and the key signature when `key` is given: "D", "F#m", "Bb" as mido spells them; without
-    one, notation apps show C major) and one track per voice on its own channel with a program change. Note-offs come before
-    note-ons at the same tick (else readers that close the latest note_on turn a repeated pitch into a 0-length
-    note); downbeats are accented a little (velocity 92 / 86 / 80 on bar / beat / other onsets)."""
+    one, notation apps show C major) and one track per voice on its own channel with a program change. Note-offs
+    come before note-ons at the same tick (else readers that close the latest note_on turn a repeated pitch into a
+    0-length note); downbeats are accented a little (velocity 92 / 86 / 80 on bar / beat / other onsets)."""
     roll = np.asarray(roll)
     if roll.ndim != 2 or roll.shape[0] != enc.voices:
         raise ValueError(f"roll shape {roll.shape} does not match {enc.name} ({enc.voices} voices, steps)")
