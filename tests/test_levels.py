@@ -221,6 +221,26 @@ def test_unnamed_conditions_follow_the_corpus_and_delivery_checks_the_named_ones
     assert mario_conditions(g[None])[0, 2] == 0
 
 
+def test_a_level_of_another_shape_is_a_bad_file_for_a_legend_json_game(tmp_path):
+    """A legend-file game's units share the shape most levels give; a 1-row level among them is a bad file
+    (it used to stop the ingest: "levels of different shapes"); no shape most levels share is still an error."""
+    from flows.levels import ingest_levels, load_ingest
+
+    data = tmp_path / "toy"
+    data.mkdir()
+    legend = tmp_path / "toy.json"
+    legend.write_text(json.dumps({"tiles": {"#": ["solid"], ".": ["passable", "empty"]}}))
+    for i in range(3):
+        (data / f"room{i}.txt").write_text("######\n#" + "." * i + "#" * (4 - i) + "#\n######\n")
+    (data / "flat.txt").write_text("######\n")
+    x, _, levels, manifest = load_ingest(ingest_levels(str(legend), str(data), width=4))
+    assert x.shape == (9, 3, 4) and len(levels) == 3
+    assert [b["file"] for b in manifest["bad"]] == ["flat"] and "units of 1 x 4" in manifest["bad"][0]["reason"]
+    (data / "room1.txt").write_text("######\n######\n")
+    with pytest.raises(ValueError, match="levels of different shapes"):
+        ingest_levels(str(legend), str(data), width=4)
+
+
 def test_any_game_through_a_vglc_legend_json(tmp_path):
     from flows.levels import sample_levels, train_levels
 
