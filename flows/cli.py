@@ -802,8 +802,10 @@ def levels_train(
     left_out = cfg["data"].get("left_out_unplayable")
     out.print(f"[bold]model[/] {folder}")
     out.print(f"  {cfg['model']['kind']} on {cfg['data']['train_windows']} {game} units "
-              f"{'' if left_out is None else f'(the playable ones; {left_out} left out) '}"
+              f"{'' if left_out is None else f'(the playable ones; {left_out} unplayable left out) '}"
               f"{tuple(cfg['model']['shape'])}, {cfg['parameters']:,} parameters, {cfg['steps']} steps in {cfg['seconds']:.0f} s")
+    # files the ingest could not use, told apart from the unplayable units above ("0 left out" hid 409 of them)
+    _print_skipped(Path(folder).parents[1] / "levels-ingest" / cfg["data"]["ingest"])
     out.print(f"  validation (held-out levels {', '.join(cfg['data']['held_out'])}): tile accuracy {m['val_acc']:.3f}, "
               f"ELBO {m['val_elbo']:.1f} nats, KL {m['val_kl']:.1f}")
     out.print(f"  sample with: aeflow levels sample --model {folder} OUT_DIR")
@@ -879,7 +881,7 @@ def levels_interpolate(
 def levels_check(
     target: Path = typer.Argument(..., help="A level file, or a folder (every *.txt under it)."),
     game: str = typer.Option("mario", "--game", help=f"Game: {GAMES_HELP}."),
-    mode: str = typer.Option("auto", "--mode", help="Mario: window (start in the first 3 columns), level (start near the top-left), or auto (window up to 32 columns)."),
+    mode: str = typer.Option("auto", "--mode", help="Mario: window, level, or auto (window up to 32 columns); both start on any standable cell of the first 3 columns and must reach the last column."),
     as_json: bool = typer.Option(False, "--json", help="Print the full report as JSON."),
 ):
     """Playability report for any level files (ours or not), beside the checker's pass rate on the originals.
@@ -911,6 +913,9 @@ def levels_check(
         unit = " rooms" if r["unit"] == "rooms" else ""
         out.print(f"[bold]{s['playable']} / {s['of']}{unit} playable[/] ({s['rate']:.1%}, 95 % CI {s['ci95'][0]:.1%}-{s['ci95'][1]:.1%})"
                   f"; originals under this checker: {r['originals']}")
+    if r.get("skipped"):
+        out.print(f"  skipped {len(r['skipped'])} VGLC path annotation(s), copies of levels checked here, e.g. "
+                  f"{r['skipped'][0]['file']}")
     for f in r["bad"][:10]:
         out.print(f"  [red]bad[/] {f['reason']}")
     if r["bad"]:

@@ -11,21 +11,23 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import stat
 import time
 from pathlib import Path
 
 import numpy as np
 
 from flows.stages import Stage, run_stage
-from formats.levels import (BLEND_SHAPE, BLENDS, GAMES, BadLevel, contact_sheet, copies, cut_units, diversity,
-                            game_spec, game_tile_shares, get_legend, grid_to_level, level_files, mario_gpt_file,
-                            mario_gpt_levels, novelty, pad_top, png_bytes, read_level, remap, render_level, tpkl,
-                            wilson, windows, zelda_rooms)
+from formats.levels import (BLEND_SHAPE, BLENDS, GAMES, BadLevel, annotation_copies, contact_sheet, copies, cut_units,
+                            diversity, game_spec, game_tile_shares, get_legend, grid_to_level, level_files,
+                            mario_gpt_file, mario_gpt_levels, novelty, pad_top, png_bytes, read_level, remap,
+                            render_level, tpkl, wilson, windows, zelda_rooms)
 from formats.playability import (AS_MARIO, CHECKERS, MARIO_SOLID, as_game, blend_playable, mario_pipes_ok,
                                  mario_playable, playable, zelda_check)
 from models.checkpoints import sha256_file, write_bytes_atomic, write_json_atomic, write_report
 
-VERSION = 1
+VERSION = 2     # 2: full Mario levels start on the standable cells of the first columns (originals' rates change)
 # The shipped Mario models (models/pretrained/) that "auto" names: `sample` draws whole columns (pipes, stairs and
 # brick blocks come out whole; tile patterns 30-40x closer to the corpus than the cell VAE's), `sample --cond` the
 # column cvae, and `interpolate` encodes with the cell VAE, whose z holds a window (0.994 of tiles, the column
@@ -83,12 +85,24 @@ def _sources(game: str, data: str | None) -> tuple[list[Path], str]:
     if not root.is_dir():
         raise (NotADirectoryError(f"{data}: is a file; --data takes the folder that holds them") if root.is_file()
                else FileNotFoundError(f"{data}: no such folder"))
-    folder = root / "processed" if (root / "processed").is_dir() else root
+    # processed/ here (../shared/data/vglc), Processed/ in a clone of TheVGLC ("Super Mario Bros/Processed")
+    sub = next((root / n for n in ("processed", "Processed") if (root / n).is_dir()), None)
+    folder = sub or root
     pattern = game_spec(game).pattern
     files = level_files(folder, pattern)
     if not files:
         raise ValueError(f"{folder}: no level files ({pattern})")
     return files, root.resolve().name
+
+
+def _content(f: Path) -> str:
+    """A level file's sha256 for the stage key; a link or other non-file by its name only: read_level refuses
+    it, and hashing it would read whatever it points at."""
+    try:
+        regular = stat.S_ISREG(os.lstat(f).st_mode)
+    except OSError:
+        regular = False
+    return sha256_file(f) if regular else hashlib.sha256(f"not a regular file: {f.name}".encode()).hexdigest()
 
 
 def ingest_levels(game: str = "mario", data: str | None = None, width: int | None = None,
@@ -99,7 +113,7 @@ def ingest_levels(game: str = "mario", data: str | None = None, width: int | Non
         return ingest_blend(game, data, refresh)
     legend = get_legend(game)
     files, source = _sources(game, data)
-    contents = tuple(sha256_file(f) for f in files)
+    contents = tuple(sha256_file(f) if source == "mario-gpt" else _content(f) for f in files)
     spec = game_spec(game, width)
     config = {"game": game, "width": width, "unit": spec.unit}
     if game not in GAMES:                      # a legend file: its content is part of the key, not its path
@@ -107,29 +121,42 @@ def ingest_levels(game: str = "mario", data: str | None = None, width: int | Non
     stage = Stage("levels-ingest", VERSION, f"{legend.game}-{source}-{width or ''}", config, contents=contents)
 
     def fill(tmp: Path) -> dict:
-        levels, bad = [], []
+        read, bad = [], []                     # read: (name, grid, file)
         if source == "mario-gpt":
-            levels = mario_gpt_levels(files[0])
+            read = [(name, grid, files[0]) for name, grid in mario_gpt_levels(files[0])]
         else:
             for f in files:
                 try:
-                    levels.append((f.stem, read_level(f, legend)))
+                    read.append((f.stem, read_level(f, legend), f))
                 except BadLevel as e:
                     bad.append({"file": f.name, "reason": str(e)})
-        units, owner, level_ok = [], [], []
-        for i, (name, grid) in enumerate(levels):
+        levels, units, owner, level_ok = [], [], [], []
+        for name, grid, f in read:
             try:
                 u = cut_units(game, grid, width)
-            except ValueError as e:
-                bad.append({"file": name, "reason": str(e)})
+            except ValueError as e:            # a level of the wrong shape is a bad file, not the end of the stage
+                bad.append({"file": f.name if f.stem == name else name, "reason": f"{f}: {e}"})
                 continue
+            i = len(levels)
+            levels.append((name, grid))
             units.append(u)
             owner += [i] * len(u)
-            if game == "mario":                    # full-level check, start near the top-left (notes §4.1)
+            if game == "mario":                    # full-level check (notes §4.1)
                 level_ok.append({"level": name, "playable": bool(mario_playable(grid, legend, "level"))})
-        shapes = {u.shape[1:] for u in units}
-        if len(shapes) > 1:                    # whole levels of a legend-file game must share one shape
-            raise ValueError(f"{data}: levels of different shapes {sorted(shapes)}; give --width to cut windows")
+        shapes = [u.shape[1:] for u in units]
+        if len(set(shapes)) > 1:               # a legend-file game's units must share one shape
+            common = max(set(shapes), key=lambda sh: (shapes.count(sh), -shapes.index(sh)))
+            if 2 * shapes.count(common) <= len(shapes):     # no shape most levels have: a question of --width
+                raise ValueError(f"{data}: levels of different shapes {sorted(set(shapes))}; give --width to cut "
+                                 "windows")
+            keep = [j for j, sh in enumerate(shapes) if sh == common]   # the odd few are bad files
+            for j, sh in enumerate(shapes):
+                if sh != common:
+                    bad.append({"file": levels[j][0], "reason": f"{levels[j][0]}: units of {sh[0]} x {sh[1]}; the "
+                                f"other levels' are {common[0]} x {common[1]}"})
+            owner = [keep.index(o) for o in owner if o in keep]
+            levels, units = [levels[j] for j in keep], [units[j] for j in keep]
+            level_ok = [level_ok[j] for j in keep] if level_ok else level_ok
         x = np.concatenate(units) if units else np.empty((0, *spec.shape), np.uint8)
         ok = check_units(game, x)
         np.save(tmp / "units.npy", x)                                       # (N, rows, cols) uint8
@@ -469,7 +496,7 @@ def full_levels(net, n: int, length: int, gen, cond: np.ndarray | None = None, c
                 max_restarts: int | None = None, asked: np.ndarray | None = None) -> tuple[list[np.ndarray], int, int]:
     """n levels `length` columns long from latent walks, window by window, all n drawn and checked together.
     Each next window is chosen among `candidates` steps of its level's walk so that the joined prefix stays
-    playable (the full-level checker, start near the top-left) and its pipes well formed: seams are checked,
+    playable (the full-level checker) and its pipes well formed: seams are checked,
     not assumed. Of those, one that repeats no stretch of the level so far is preferred (repeats_itself). A
     prefix with no playable continuation starts again from a fresh z (a restart; once `max_restarts` are spent,
     that level is given up). Returns (levels, rejected candidate windows, restarts).
@@ -645,12 +672,14 @@ def sample_levels(out_dir: str, model: str | None = None, n: int = 50, length: i
         levels, raw_ok, rejected_windows, restarts = _full_levels(net, n, length, gen, c, raw, temperature, max_tries,
                                                                   known, spread)
         ok = mario_playable(np.stack(levels), mode="level") if levels else np.zeros(0, bool)
+        whose = MARIO_GPT_NOTE if cfg["data"].get("source") == "mario-gpt" else ""
         report.update(raw_playability=_rate(np.array(raw_ok)), delivered=_rate(ok),
                       rejected={"windows": rejected_windows, "restarts": restarts},
                       originals_rate=f"{originals.get('levels_playable')} / {originals.get('levels')} of the model's corpus "
-                                     "levels (training and held out)")
+                                     f"levels (training and held out{whose})")
         if len(levels) < n:
-            report["shortfall"] = f"only {len(levels)} of {n} levels after {restarts} restarts (max_tries {max_tries})"
+            report["shortfall"] = (f"only {len(levels)} of {n} levels after {restarts} restarts (max_tries {max_tries})"
+                                   + _weak_hint(report["raw_playability"], cfg))
         grids = levels
     else:
         drawn, grids, raw_ok, pipes_ok, off_cond, copied, repeats, seen = 0, [], [], [], 0, 0, 0, set()
@@ -671,7 +700,8 @@ def sample_levels(out_dir: str, model: str | None = None, n: int = 50, length: i
         ok = check_units(game, np.stack(grids)) if grids else np.zeros(0, bool)
         report.update(raw_playability=_rate(raw_ok), delivered=_rate(ok),
                       rejected={k: 0 if raw else v for k, v in {     # --raw keeps every draw: none rejected
-                          "unplayable": int((~raw_ok).sum()), "broken_pipes": int((raw_ok & ~pipes_ok).sum()),
+                          "unplayable": int((~raw_ok).sum()),
+                          **({"broken_pipes": int((raw_ok & ~pipes_ok).sum())} if game == "mario" else {}),
                           **({"not_as_asked": off_cond} if c is not None else {}),
                           "copies_of_training_windows": copied, "repeats": repeats}.items()},
                       originals_rate=f"{originals['units_playable']} / {originals['units']} of the model's corpus units "
@@ -679,7 +709,8 @@ def sample_levels(out_dir: str, model: str | None = None, n: int = 50, length: i
         if game == "mario":
             report["raw_pipes_ok"] = round(float(pipes_ok.mean()), 4)
         if len(grids) < n:
-            report["shortfall"] = f"only {len(grids)} acceptable of {drawn} drawn (max_tries {max_tries})"
+            report["shortfall"] = (f"only {len(grids)} acceptable of {drawn} drawn (max_tries {max_tries})"
+                                   + _weak_hint(report["raw_playability"], cfg))
     if grids and not full:
         g = np.stack(grids)
         report.update(novelty=novelty(g, train_units), diversity=diversity(g),
@@ -693,6 +724,22 @@ def sample_levels(out_dir: str, model: str | None = None, n: int = 50, length: i
         report["cond_match"] = {k: round(float((feats[:, i] == c[0, i]).mean()), 3) for i, k in enumerate(COND_NAMES)
                                 if c[0, i] >= 0}
     return _write_sample(Path(out_dir), grids, legend, report, t0)
+
+
+# Why `sample --length`'s originals can differ from `levels check` on VGLC's folder: the model's corpus is
+# mario-gpt's copy, each level without its first 4 columns (formats/levels.py mario_gpt_levels); with the fixed
+# start cell (2, 2) two of them (1-2, 4-2: a ceiling there) failed, 13 / 15 against 15 / 15; both start on the
+# standable cells of the first columns now and agree.
+MARIO_GPT_NOTE = "; mario-gpt's copy of VGLC's 15 SMB levels, each without its first 4 columns"
+
+
+def _weak_hint(raw: dict, cfg: dict) -> str:
+    """What to do when `sample` falls short: a weak model (few steps) rarely draws a playable level."""
+    steps = cfg.get("steps")
+    trained = f"trained {steps} steps" if steps else "this model"
+    rate = "n/a" if raw["rate"] is None else f"{raw['rate']:.1%}"
+    return (f"; raw draws were {rate} playable ({trained}): train longer (levels train --steps, default "
+            f"{DEFAULT_TRAINING['steps']}), or keep the raw decoder output with --raw")
 
 
 def _write_sample(out: Path, grids: list[np.ndarray], legend, report: dict, t0: float,
@@ -762,7 +809,8 @@ def sample_blend(out_dir: str, net, cfg: dict, folder: Path, n: int, blend: floa
               if not raw else {"unplayable": 0, "broken_pipes": 0},
               "originals_rate": f"{originals['units_playable']} / {originals['units']} training units pass either rule"}
     if len(grids) < n:
-        report["shortfall"] = f"only {len(grids)} acceptable of {drawn} drawn (max_tries {max_tries})"
+        report["shortfall"] = (f"only {len(grids)} acceptable of {drawn} drawn (max_tries {max_tries})"
+                               + _weak_hint(report["raw_playability"], cfg))
     if grids:
         g = np.stack(grids)
         report.update(tile_shares=game_tile_shares(g, game), novelty=novelty(g, train_units), diversity=diversity(g),
@@ -837,49 +885,56 @@ def files_to_check(p: Path) -> list[Path]:
 
 def check_levels(path: str, game: str = "mario", mode: str = "auto", out_json: str | None = None) -> dict:
     """Playability of one level file or every *.txt under a folder (ours or not). Mario mode "auto": a
-    level up to 32 columns wide is a window (start on the first 3 columns), wider is a full level (start
-    near the top-left). Bad files are reported and skipped. Prints nothing; returns the report."""
+    level up to 32 columns wide is a window, wider is a full level (both start on a standable cell of the
+    first 3 columns). Bad files (unreadable, links, a shape no checker takes) are reported and skipped; VGLC
+    path annotations whose level is checked too are skipped and listed. Prints nothing; returns the report."""
     legend = get_legend(game)
     game_name = legend.game
+    if game_name not in CHECKERS:
+        raise ValueError(f"no playability checker for {game_name!r} (mario, kid_icarus, lode_runner, zelda)")
     p = Path(path)
     files = files_to_check(p)
+    copies_of = annotation_copies(files)
+    skipped = [{"file": str(f.relative_to(p)) if p.is_dir() else f.name,
+                "reason": f"VGLC path annotation: a copy of {lv.relative_to(p) if p.is_dir() else lv.name} with the "
+                          "player's path marked"} for f, lv in copies_of.items()]
     results, bad, verdicts = [], [], []
     for f in files:
-        try:
+        if f in copies_of:
+            continue
+        try:                                    # per-file boundary: one bad file never stops the others
             g = read_level(f, legend)
-        except BadLevel as e:
-            bad.append({"file": str(f), "reason": str(e)})
-            continue
-        rel = str(f.relative_to(p)) if p.is_dir() else f.name
-        if game_name == "mario":
-            m = mode if mode != "auto" else ("window" if g.shape[1] <= 32 else "level")
-            ok = bool(mario_playable(g, legend, m))
-            results.append({"file": rel, "shape": list(g.shape), "mode": m, "playable": ok})
-        elif game_name == "zelda" and g.shape != (16, 11):   # a dungeon map: score its rooms with a door or stair
-            checks = [zelda_check(r) for r in zelda_rooms(g)]
-            scored = [c["playable"] for c in checks if c["doors"] or c["stairs"]]
-            verdicts += scored
-            results.append({"file": rel, "shape": list(g.shape), "mode": "rooms", "rooms": len(checks),
-                            "rooms_with_doors": len(scored), "rooms_playable": sum(scored),
-                            "playable": all(scored)})
-            continue
-        elif game_name == "kid_icarus":           # full levels: the top rows are walled off (paths end at rows 4-7)
-            ok = bool(playable(g, game_name, goal_row=7 if g.shape[0] > 16 else 0))
-            results.append({"file": rel, "shape": list(g.shape), "playable": ok})
-        elif game_name in ("lode_runner", "zelda"):
-            results.append({"file": rel, "shape": list(g.shape), "playable": bool(playable(g, game_name))})
-        else:
-            raise ValueError(f"no playability checker for {game_name!r} (mario, kid_icarus, lode_runner, zelda)")
-    verdicts += [r["playable"] for r in results if r.get("mode") != "rooms"]
+            results.append(_check_one(g, game_name, legend, mode, str(f.relative_to(p)) if p.is_dir() else f.name))
+        except (BadLevel, ValueError) as e:
+            bad.append({"file": str(f), "reason": str(e) if isinstance(e, BadLevel) else f"{f}: {e}"})
+    for r in results:
+        verdicts += r.pop("_rooms") if r.get("mode") == "rooms" else [r["playable"]]
     k = sum(r["playable"] for r in results)
     report = {"path": str(p), "game": game_name, "files": len(files), "checked": len(results), "bad": bad,
-              "summary": _rate(np.array(verdicts)) if verdicts else None,
+              "skipped": skipped, "summary": _rate(np.array(verdicts)) if verdicts else None,
               "unit": "rooms" if any(r.get("mode") == "rooms" for r in results) else "files",
               "originals": ORIGINAL_RATES.get(game_name), "levels": results}
     report["playable"] = k
     if out_json:
         write_json_atomic(Path(out_json), report)
     return report
+
+
+def _check_one(g: np.ndarray, game: str, legend, mode: str, rel: str) -> dict:
+    """One level's row of check_levels (a Zelda map: its rooms' verdicts in "_rooms")."""
+    if game == "mario":
+        m = mode if mode != "auto" else ("window" if g.shape[1] <= 32 else "level")
+        return {"file": rel, "shape": list(g.shape), "mode": m, "playable": bool(mario_playable(g, legend, m))}
+    if game == "zelda" and g.shape != (16, 11):      # a dungeon map: score its rooms with a door or stair
+        checks = [zelda_check(r) for r in zelda_rooms(g)]       # ValueError: not a grid of rooms
+        scored = [c["playable"] for c in checks if c["doors"] or c["stairs"]]
+        return {"file": rel, "shape": list(g.shape), "mode": "rooms", "rooms": len(checks),
+                "rooms_with_doors": len(scored), "rooms_playable": sum(scored), "playable": all(scored),
+                "_rooms": scored}
+    if game == "kid_icarus":                 # full levels: the top rows are walled off (paths end at rows 4-7)
+        return {"file": rel, "shape": list(g.shape),
+                "playable": bool(playable(g, game, goal_row=7 if g.shape[0] > 16 else 0))}
+    return {"file": rel, "shape": list(g.shape), "playable": bool(playable(g, game))}
 
 
 # Measured on ../shared/data/vglc with these checkers (tests/test_playability.py re-measures them); named as such,

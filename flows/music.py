@@ -26,8 +26,8 @@ import numpy as np
 from flows.stages import Stage, run_stage
 from formats import music_metrics as mm
 from formats.music import (ENCODINGS, GM_PROGRAMS, HOLD, MAX_BYTES, OFFSET, REST, STEPS_PER_BEAT, BadMidi, Encoding,
-                           canonical, cut, find_midi, midi_to_roll, notes_to_roll, roll_to_midi, roll_to_notes,
-                           roll_to_png, transpose)
+                           canonical, cut, find_midi, is_key_signature, midi_to_roll, notes_to_roll, roll_to_midi,
+                           roll_to_notes, roll_to_png, transpose)
 from models.checkpoints import write_bytes_atomic, write_report
 
 INGEST_VERSION = 1                         # bump when parsing or the ABC meter filter (METERS) changes
@@ -531,15 +531,35 @@ def to_key(roll: np.ndarray, enc: Encoding, tonic: int, target: int) -> np.ndarr
     return roll
 
 
-def write_clip(roll: np.ndarray, out_dir: Path, name: str, enc: Encoding, tempo: float, programs, wav: bool) -> dict:
-    """name.mid + name.png (+ name.wav) written atomically; returns the file names and the clip's stats."""
+def write_clip(roll: np.ndarray, out_dir: Path, name: str, enc: Encoding, tempo: float, programs, wav: bool,
+               asked: str | None = None) -> dict:
+    """name.mid + name.png (+ name.wav) written atomically; returns the file names and the clip's stats. The MIDI
+    file's key signature is the clip's key as the stats give it (its estimated key: for `--key` the key asked,
+    spelled as asked, unless the clip stayed in the other mode); a silent clip has none."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_bytes_atomic(out_dir / f"{name}.mid", roll_to_midi(roll, enc, tempo=tempo, programs=programs, title=name))
+    stats = mm.roll_stats(roll, enc.lo)
+    key = None
+    if (mm.sounding(roll, enc.lo) >= 0).any():
+        key = stats["key"]
+        spelled = _mido_key(asked) if asked else None
+        if spelled and parse_key(asked) == parse_key(key):
+            key = spelled                                 # "Db" as asked, not the estimate's "C#"
+    write_bytes_atomic(out_dir / f"{name}.mid", roll_to_midi(roll, enc, tempo=tempo, programs=programs, title=name,
+                                                             key=key))
     write_bytes_atomic(out_dir / f"{name}.png", roll_to_png(roll, enc))
-    entry = {"midi": f"{name}.mid", "png": f"{name}.png", **mm.roll_stats(roll, enc.lo)}
+    entry = {"midi": f"{name}.mid", "png": f"{name}.png", **stats}
     if wav:
         entry["wav"] = render_wav(out_dir / f"{name}.mid")
     return entry
+
+
+def _mido_key(text: str) -> str | None:
+    """A --key as written ("db", "Bbm", "Fs") -> mido's spelling ("Dbm", "Bbm", "F#"), None if mido has no such
+    signature (A# major: 10 sharps)."""
+    _, minor = parse_key(text)
+    m = re.fullmatch(r"\s*([A-Ga-g])([#sb]?)", re.sub(r"(m|min|minor)\s*$", "", text.strip()))
+    name = m.group(1).upper() + m.group(2).replace("s", "#") + ("m" if minor else "") if m else ""
+    return name if is_key_signature(name) else None
 
 
 def clip_files(clips: list[dict]) -> list[str]:
@@ -565,7 +585,7 @@ def sample_music(out_dir: str, model: str = "auto", n: int = 20, bars: int = 8, 
     seconds = time.perf_counter() - t0
     programs = (program,) if program is not None else None
     out = Path(out_dir)
-    clips = [write_clip(r, out, f"clip-{i:03d}", enc, tempo, programs, wav) for i, r in enumerate(rolls)]
+    clips = [write_clip(r, out, f"clip-{i:03d}", enc, tempo, programs, wav, key) for i, r in enumerate(rolls)]
     report = {"model": str(folder), "mode": enc.name, "window_bars": window_bars, "bars": bars, "tempo": tempo,
               "instruments": instruments(programs, enc), "key": key, "seed": seed, "temperature": temperature,
               "clips": clips, "generate_seconds": round(seconds, 3),

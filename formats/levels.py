@@ -13,7 +13,9 @@ import ast
 import io
 import json
 import math
+import os
 import re
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -149,18 +151,20 @@ def get_legend(game: str | Legend) -> Legend:
 
 def level_to_grid(text: str | bytes, legend: Legend | str, path: str = "<level>") -> np.ndarray:
     """VGLC text -> uint8 (rows, cols) grid. Accepts CRLF/CR line ends, a UTF-8 BOM, a missing final
-    newline and trailing blank lines; anything else wrong raises BadLevel naming line and column."""
+    newline and trailing blank lines; anything else wrong raises BadLevel naming line and column (columns
+    count characters of the UTF-8 text, as an editor shows them, not bytes)."""
     legend = get_legend(legend)
-    if isinstance(text, str):
-        text = text.encode("utf-8", errors="surrogateescape")
-    if text.startswith(b"\xef\xbb\xbf"):
-        text = text[3:]
-    if b"\0" in text:
-        line = text[: text.index(b"\0")].count(b"\n") + 1
-        raise BadLevel(path, "binary data (NUL byte): not a text level", line)
-    lines = text.replace(b"\r\n", b"\n").replace(b"\r", b"\n").split(b"\n")
+    if isinstance(text, bytes):
+        # surrogateescape: a byte that is not UTF-8 stays one character (U+DC80..U+DCFF), reported below
+        text = text.decode("utf-8", errors="surrogateescape")
+    if text.startswith("\ufeff"):
+        text = text[1:]
+    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
     while lines and not lines[-1].strip():
         lines.pop()
+    for r, row in enumerate(lines):
+        if "\0" in row:
+            raise BadLevel(path, "binary data (NUL byte): not a text level", r + 1, row.index("\0") + 1)
     if not lines:
         raise BadLevel(path, "empty level (no rows)")
     width = len(lines[0])
@@ -170,11 +174,13 @@ def level_to_grid(text: str | bytes, legend: Legend | str, path: str = "<level>"
         if len(row) != width:
             raise BadLevel(path, f"ragged rows: this row has {len(row)} tiles, the first has {width}", r + 1,
                            min(len(row), width) + 1)
-        idx = table[np.frombuffer(row, dtype=np.uint8)]
+        code = np.frombuffer(row.encode("utf-32-le", errors="surrogatepass"), dtype=np.uint32)   # (width,) code points
+        idx = np.where(code < 256, table[np.minimum(code, 255)], -1)
         if (idx < 0).any():
             c = int(np.argmax(idx < 0))
-            ch = row[c:c + 1].decode("latin-1")
-            raise BadLevel(path, f"tile {ch!r} is not in the {legend.game} legend; known tiles: {legend.tiles}",
+            ch = row[c]
+            what = f"byte 0x{ord(ch) - 0xDC00:02x} (not UTF-8)" if 0xDC80 <= ord(ch) <= 0xDCFF else f"tile {ch!r}"
+            raise BadLevel(path, f"{what} is not in the {legend.game} legend; known tiles: {legend.tiles}",
                            r + 1, c + 1)
         grid[r] = idx
     if width == 0:
@@ -189,23 +195,60 @@ def grid_to_level(grid: np.ndarray, legend: Legend | str) -> str:
     return "".join(r.tobytes().decode("latin-1") + "\n" for r in rows)
 
 
+def _file_kind(mode: int) -> str:
+    for test, name in ((stat.S_ISDIR, "a directory"), (stat.S_ISLNK, "a symbolic link"),
+                       (stat.S_ISFIFO, "a named pipe"), (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return name
+    return "a device"
+
+
 def read_level(path: Path, legend: Legend | str) -> np.ndarray:
-    """One level file -> grid, or BadLevel saying what is wrong with it."""
+    """One level file -> grid, or BadLevel saying what is wrong with it. Links are refused, as the image
+    reader does (formats/images.py read_image): a link may point out of the input folder, and an error
+    would quote the target's first odd character; a FIFO would block the read."""
     path = Path(path)
     try:
-        if not path.is_file():
-            raise BadLevel(path, "not a regular file" if path.exists() else "no such file")
-        if path.stat().st_size > MAX_LEVEL_BYTES:
-            raise BadLevel(path, f"{path.stat().st_size} bytes: too big for a level (limit {MAX_LEVEL_BYTES})")
-        data = path.read_bytes()
+        st = os.lstat(path)
+    except FileNotFoundError:
+        raise BadLevel(path, "no such file") from None
+    except OSError as e:
+        raise BadLevel(path, f"cannot stat ({e.strerror})") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise BadLevel(path, f"not a regular file ({_file_kind(st.st_mode)})")
+    if st.st_size > MAX_LEVEL_BYTES:
+        raise BadLevel(path, f"{st.st_size} bytes: too big for a level (limit {MAX_LEVEL_BYTES})")
+    try:
+        # O_NOFOLLOW | O_NONBLOCK: swapped for a link or a FIFO since lstat -> fail, never follow or hang
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        with os.fdopen(fd, "rb") as fh:
+            if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+                raise BadLevel(path, "not a regular file (changed while opening)")
+            data = fh.read(MAX_LEVEL_BYTES + 1)
     except OSError as e:
         raise BadLevel(path, f"unreadable ({e.strerror})") from None
+    if len(data) > MAX_LEVEL_BYTES:
+        raise BadLevel(path, f"too big for a level (limit {MAX_LEVEL_BYTES} bytes)")
     return level_to_grid(data, legend, str(path))
 
 
+ANNOTATED = "_Annotated_Path"       # VGLC paths/NAME_Annotated_Path.txt: processed/NAME.txt, the path drawn in `x`
+
+
+def annotation_copies(files: list[Path]) -> dict[Path, Path]:
+    """{annotation: its level} for each VGLC `paths/*_Annotated_Path.txt` whose level (same name without the
+    suffix) is among `files` too: a copy of that level with the path drawn over it, not a level of its own
+    (a game folder would count every level twice). An annotation alone is a level like any other."""
+    by_name = {p.name: p for p in files}
+    return {p: by_name[p.stem[:-len(ANNOTATED)] + p.suffix] for p in files
+            if p.stem.endswith(ANNOTATED) and p.stem[:-len(ANNOTATED)] + p.suffix in by_name}
+
+
 def level_files(folder: Path, pattern: str = "*.txt") -> list[Path]:
-    """Level files in `folder`, in natural order ("Level 2" before "Level 10"); legend/readme files skipped."""
-    files = [p for p in Path(folder).glob(pattern) if p.is_file() and p.stem.lower() != "readme"]
+    """Level files in `folder`, in natural order ("Level 2" before "Level 10"); legend/readme files skipped.
+    Links are listed (read_level reports them), folders named *.txt are not."""
+    files = [p for p in Path(folder).glob(pattern) if (p.is_file() or p.is_symlink()) and not p.is_dir()
+             and p.stem.lower() != "readme"]
     return sorted(files, key=lambda p: [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", p.name)])
 
 
@@ -278,6 +321,11 @@ def cut_units(game: str, grid: np.ndarray, width: int | None = None) -> np.ndarr
     """One level -> its training units (N, rows, cols) by the game's convention (game_spec)."""
     spec = game_spec(game, width)
     rows, cols = spec.shape
+    # windows keep the level's other side whole: it must be the game's (a 1-row Mario level is no level)
+    if spec.unit == "window" and rows and grid.shape[0] != rows:
+        raise ValueError(f"a {game} level is {rows} rows high, this one is {grid.shape[0]}")
+    if spec.unit == "vwindow" and cols and grid.shape[1] != cols:
+        raise ValueError(f"a {game} level is {cols} columns wide, this one is {grid.shape[1]}")
     if spec.unit == "window":
         return windows(grid, width or cols, 1, axis=1)
     if spec.unit == "vwindow":

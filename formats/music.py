@@ -224,13 +224,23 @@ def transpose(roll: np.ndarray, shift: int, enc: Encoding) -> np.ndarray | None:
 
 # ---------------------------------------------------------------- MIDI out
 
+def is_key_signature(name: str) -> bool:
+    """Whether mido writes `name` as a key signature ("C", "F#m", "Bb", "Ebm"; not "A#", 10 sharps)."""
+    try:
+        mido.MetaMessage("key_signature", key=name)
+    except Exception:                                          # KeySignatureError, ValueError
+        return False
+    return True
+
+
 def roll_to_midi(roll: np.ndarray, enc: Encoding, tempo: float = 100.0, programs: tuple[int, ...] | None = None,
                  time_signature: tuple[int, int] = (4, 4), ticks_per_beat: int = 480, velocity: int = 80,
-                 title: str | None = None) -> bytes:
+                 title: str | None = None, key: str | None = None) -> bytes:
     """Encode a type-1 MIDI file (bytes; the caller writes them atomically): a conductor track (tempo, time
-    signature, title) and one track per voice on its own channel with a program change. Note-offs come before
-    note-ons at the same tick (else readers that close the latest note_on turn a repeated pitch into a 0-length
-    note); downbeats are accented a little (velocity 92 / 86 / 80 on bar / beat / other onsets)."""
+    signature, title, and the key signature when `key` is given: "D", "F#m", "Bb" as mido spells them; without
+    one, notation apps show C major) and one track per voice on its own channel with a program change. Note-offs
+    come before note-ons at the same tick (else readers that close the latest note_on turn a repeated pitch into a
+    0-length note); downbeats are accented a little (velocity 92 / 86 / 80 on bar / beat / other onsets)."""
     roll = np.asarray(roll)
     if roll.ndim != 2 or roll.shape[0] != enc.voices:
         raise ValueError(f"roll shape {roll.shape} does not match {enc.name} ({enc.voices} voices, steps)")
@@ -247,6 +257,10 @@ def roll_to_midi(roll: np.ndarray, enc: Encoding, tempo: float = 100.0, programs
                            mido.MetaMessage("set_tempo", tempo=mido.bpm2tempo(tempo), time=0),
                            mido.MetaMessage("time_signature", numerator=time_signature[0],
                                             denominator=time_signature[1], time=0)])
+    if key is not None:
+        if not is_key_signature(key):
+            raise ValueError(f"key {key!r}: not a key signature (e.g. C, F#m, Bb, Ebm)")
+        meta.append(mido.MetaMessage("key_signature", key=key, time=0))
     mid.tracks.append(meta)
     names = ("soprano", "alto", "tenor", "bass") if enc.voices == 4 else ("melody",)
     notes = roll_to_notes(roll, enc.lo)

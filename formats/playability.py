@@ -170,32 +170,37 @@ def _as_batch(grids) -> tuple[np.ndarray, bool]:
     return (g[None], True) if g.ndim == 2 else (g, False)
 
 
+START_COLUMNS = 3      # the player starts on any standable cell of the first 3 columns
+
+
 def mario_reach(grids, legend: Legend | str = "mario", mode: str = "level",
                 arcs: tuple[Arc, ...] | None = None) -> np.ndarray:
-    """Cells the Mario pathfinder reaches: (N, H, W) bool (or (H, W) for one grid).
+    """Cells the Mario pathfinder reaches: (N, H, W) bool (or (H, W) for one grid), for grids of any shape.
 
-    mode "level": start at (x 2, y 2), as in the VGLC annotator; "window": start on every standable cell
-    (free, solid below) of the first 3 columns. Arcs default to MARIO_ARCS mirrored.
+    Start: every standable cell (free, solid below) of the first START_COLUMNS columns, in both modes. Full
+    levels ("level") once started at the VGLC annotator's fixed cell (x 2, y 2), which fails a level whose
+    cell (2, 2) is solid (an SMB2-Japan level that VGLC's own path completes); the modes now differ only in
+    name, kept for callers. Arcs default to MARIO_ARCS mirrored.
     """
+    if mode not in ("level", "window"):
+        raise ValueError(f"mode must be 'level' or 'window', got {mode!r}")
     legend = get_legend(legend)
     g, single = _as_batch(grids)
     block = legend.mask(MARIO_SOLID)[g]
     arcs = arcs or MARIO_ARCS + tuple(tuple((-dx, dy) for dx, dy in a) for a in MARIO_ARCS)
     start = np.zeros_like(block)
-    if mode == "level":
-        start[:, 2, 2] = True
-    elif mode == "window":
-        start[:, :-1, :3] = ~block[:, :-1, :3] & block[:, 1:, :3]
-    else:
-        raise ValueError(f"mode must be 'level' or 'window', got {mode!r}")
+    k = START_COLUMNS
+    start[:, :-1, :k] = ~block[:, :-1, :k] & block[:, 1:, :k]       # empty slices for 1-row or narrow grids
     reach = platformer_reach(block, block, start, arcs)
     return reach[0] if single else reach
 
 
 def mario_playable(grids, legend: Legend | str = "mario", mode: str = "level") -> np.ndarray | bool:
-    """Mario jump-arc playability (notes §4.1): the last column is reached. Originals: 15 / 15 full levels,
-    98.2 % of 14 x 16 and 14 x 28 windows (mode "window"). Enemies are ignored; the check is lenient
-    (no lifts, falling drift bridges some gaps), so it is an upper bound on what the A* player finishes."""
+    """Mario jump-arc playability (notes §4.1): from a standable cell of the first 3 columns the last column
+    is reached. Originals: 15 / 15 full levels (VGLC's, and mario-gpt's copy without their first 4 columns),
+    98.2 % of 14 x 16 and 14 x 28 windows. Enemies are ignored; the check is lenient (no lifts, falling drift
+    bridges some gaps), so it is an upper bound on what the A* player finishes. A grid with no standable
+    cell there (1 row, all solid) is unplayable, not an error."""
     reach = np.asarray(mario_reach(grids, legend, mode))
     ok = reach[..., -1].any(-1)
     return bool(ok) if ok.ndim == 0 else ok
@@ -376,13 +381,15 @@ def zelda_check(room: np.ndarray, legend: Legend | str = "zelda", walk: str = ZE
     legend = get_legend(legend)
     t = np.array(list(legend.tiles))[np.asarray(room, dtype=np.intp)]
     h, w = t.shape
+    if (h, w) != (16, 11):                    # the door cells are fixed: another shape is no room (1 row: no crash)
+        return {"doors": [], "stairs": int((t == "S").sum()), "frame": False, "playable": False}
     frame = (t[0] == "W").all() and (t[-1] == "W").all() and (t[:, 0] == "W").all() and (t[:, -1] == "W").all()
     doors = {side: [c for c in cells if t[c] == "D"] for side, cells in ZELDA_DOORS.items()}
     doors = {k: v for k, v in doors.items() if v}
     stairs = [tuple(map(int, c)) for c in zip(*np.nonzero(t == "S"))]
     info = {"doors": sorted(doors), "stairs": len(stairs), "frame": bool(frame)}
     targets = [v for v in doors.values()] + [[s] for s in stairs]
-    if not frame or (h, w) != (16, 11) or not targets:
+    if not frame or not targets:
         return {**info, "playable": False}
     ok = np.isin(t, list(walk))
     seen, todo = {targets[0][0]}, deque([targets[0][0]])

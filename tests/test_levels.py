@@ -2,6 +2,7 @@
 on a tiny model (2 training steps)."""
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,8 @@ from formats.levels import (LEGENDS, BadLevel, contact_sheet, cut_units, diversi
                             grid_to_onehot, legend_from_json, level_files, level_to_grid, mario_gpt_levels,
                             novelty, onehot_to_grid, read_level, render_level, tpkl, wilson, windows, zelda_rooms)
 
-VGLC = Path(__file__).resolve().parents[2] / "shared" / "data" / "vglc"
+# ../shared/data/vglc beside the checkout; AEFLOW_VGLC for a checkout elsewhere (a git worktree)
+VGLC = Path(os.environ.get("AEFLOW_VGLC") or Path(__file__).resolve().parents[2] / "shared" / "data" / "vglc")
 needs_vglc = pytest.mark.skipif(not VGLC.is_dir(), reason=f"VGLC data not found at {VGLC}")
 TINY = {"widths": [8, 16], "latent": 4}
 TINY_TRAINING = {"steps": 2, "epoch_steps": 1, "batch_size": 4}
@@ -41,7 +43,7 @@ def test_line_end_quirks_are_accepted_and_path_marks_read_as_empty():
 @pytest.mark.parametrize("data, where, words", [
     (b"--X\n-QZ\n", ":2:3", "'Z' is not in the mario legend"),
     (b"--X\n-X\n", ":2:3", "ragged rows"),
-    (b"--X\n-\x00X\n", ":2", "binary data"),
+    (b"--X\n-\x00X\n", ":2:2", "binary data"),
     (b"", "", "empty level"),
     (b"--X\n\xff-X\n", ":2:1", "not in the mario legend"),
 ])
@@ -53,6 +55,48 @@ def test_bad_level_files_name_file_line_and_column(tmp_path, data, where, words)
     assert str(e.value).startswith(f"{path}{where}: ") and words in str(e.value)
     with pytest.raises(BadLevel, match="no such file"):
         read_level(tmp_path / "missing.txt", "mario")
+
+
+def test_columns_count_characters_not_bytes(tmp_path):
+    """A multibyte UTF-8 tile is one column, as an editor shows it: the error points at the character, and a
+    legend JSON's non-ASCII tile reads (it used to count as 2 tiles, a ragged row)."""
+    path = tmp_path / "a.txt"
+    path.write_text("-é-X\n--Z-\n", encoding="utf-8")
+    with pytest.raises(BadLevel) as e:
+        read_level(path, "mario")
+    assert str(e.value).startswith(f"{path}:1:2: tile 'é'")
+    legend = tmp_path / "legend.json"
+    legend.write_text(json.dumps({"tiles": {"-": ["empty"], "é": ["solid"]}}), encoding="utf-8")
+    lg = legend_from_json(legend)
+    path.write_text("-é-\né-Z\n", encoding="utf-8")
+    with pytest.raises(BadLevel) as e:
+        read_level(path, lg)
+    assert str(e.value).startswith(f"{path}:2:3: tile 'Z'")                # bytes would say column 4
+    path.write_text("-é-\né--\n", encoding="utf-8")
+    assert read_level(path, lg).tolist() == [[0, 1, 0], [1, 0, 0]]
+
+
+def test_links_are_refused_and_never_read(tmp_path):
+    """A file link in the input folder may point anywhere (/etc/passwd): refused as "not a regular file", as
+    the image reader does, and its target's content never appears in an error; the other files go on."""
+    secret = tmp_path / "secret.txt"
+    secret.write_text("Q-hunter2\n")                        # 'Q' is a Mario tile; 'h' is what an error would quote
+    data = tiny_corpus(tmp_path)
+    (data / "link.txt").symlink_to(secret)
+    (data / "dangling.txt").symlink_to(tmp_path / "gone.txt")
+    for link in ("link.txt", "dangling.txt"):
+        with pytest.raises(BadLevel, match="not a regular file \\(a symbolic link\\)"):
+            read_level(data / link, "mario")
+    assert {"link.txt", "dangling.txt"} <= {p.name for p in level_files(data)}     # listed, so reported
+    from flows.levels import check_levels, ingest_levels
+
+    report = check_levels(str(data))
+    assert report["checked"] == 3
+    assert sorted(Path(b["file"]).name for b in report["bad"]) == ["dangling.txt", "link.txt"]
+    assert "hunter2" not in json.dumps(report) and "'h'" not in json.dumps(report)
+    manifest = json.loads((Path(ingest_levels("mario", str(data))) / "manifest.json").read_text())
+    assert manifest["levels"] == 3 and sorted(b["file"] for b in manifest["bad"]) == ["dangling.txt", "link.txt"]
+    assert "hunter2" not in json.dumps(manifest)
 
 
 def test_natural_order_windows_rooms_and_legend_json(tmp_path):
@@ -111,6 +155,12 @@ def test_mario_gpt_corpus_equals_the_vglc_paths():
     if VGLC.is_dir():
         p = read_level(VGLC / "super_mario_bros" / "paths" / "mario-1-1_Annotated_Path.txt", "mario")
         assert np.array_equal(levels[0][1], p[:, 4:])               # `x` read as empty on both sides
+    # `sample --length` gives these as its originals: 15 / 15 as `levels check` gives VGLC's (it said 13 / 15:
+    # 1-2 and 4-2 started at a fixed cell inside their ceiling), and says whose copy they are
+    from flows.levels import MARIO_GPT_NOTE, ingest_levels, load_ingest
+
+    originals = load_ingest(ingest_levels("mario"))[3]["originals"]
+    assert (originals["levels_playable"], originals["levels"]) == (15, 15) and "first 4 columns" in MARIO_GPT_NOTE
 
 
 @needs_vglc
@@ -169,6 +219,26 @@ def test_unnamed_conditions_follow_the_corpus_and_delivery_checks_the_named_ones
     assert cond_ok(g[None], parse_cond("enemies=many")).tolist() == [True]
     assert cond_ok(g[None], parse_cond("enemies=many,gaps=some")).tolist() == [False]   # no gap in it
     assert mario_conditions(g[None])[0, 2] == 0
+
+
+def test_a_level_of_another_shape_is_a_bad_file_for_a_legend_json_game(tmp_path):
+    """A legend-file game's units share the shape most levels give; a 1-row level among them is a bad file
+    (it used to stop the ingest: "levels of different shapes"); no shape most levels share is still an error."""
+    from flows.levels import ingest_levels, load_ingest
+
+    data = tmp_path / "toy"
+    data.mkdir()
+    legend = tmp_path / "toy.json"
+    legend.write_text(json.dumps({"tiles": {"#": ["solid"], ".": ["passable", "empty"]}}))
+    for i in range(3):
+        (data / f"room{i}.txt").write_text("######\n#" + "." * i + "#" * (4 - i) + "#\n######\n")
+    (data / "flat.txt").write_text("######\n")
+    x, _, levels, manifest = load_ingest(ingest_levels(str(legend), str(data), width=4))
+    assert x.shape == (9, 3, 4) and len(levels) == 3
+    assert [b["file"] for b in manifest["bad"]] == ["flat"] and "units of 1 x 4" in manifest["bad"][0]["reason"]
+    (data / "room1.txt").write_text("######\n######\n")
+    with pytest.raises(ValueError, match="levels of different shapes"):
+        ingest_levels(str(legend), str(data), width=4)
 
 
 def test_any_game_through_a_vglc_legend_json(tmp_path):
@@ -233,6 +303,75 @@ def test_levels_flows_end_to_end(tmp_path):
     r = interpolate_levels(str(first), str(first), str(tmp_path / "interp"), steps=3, model=model)
     steps = [read_level(tmp_path / "interp" / f"{f}.txt", "mario") for f in r["files"]]
     assert len(steps) == 3 and np.array_equal(steps[0], steps[-1])      # same level at both ends
+
+
+@pytest.mark.prefect
+def test_a_one_row_or_one_column_level_is_reported_and_the_rest_go_on(tmp_path):
+    """`levels check` and `levels train` used to stop at an IndexError on a 1-row or 1-column level. check: every
+    checker answers for any shape (unplayable), a Zelda map that is no grid of rooms is a bad file; train: a
+    level of the wrong height is a bad file, counted apart from the unplayable units it leaves out."""
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+    from flows.levels import check_levels
+    from flows.pipelines import levels_check_flow
+
+    data = tiny_corpus(tmp_path)
+    (data / "a.txt").write_text("-" * 35 + "\n")
+    (data / "b.txt").write_text("-\n-\n-\n")
+    checked = levels_check_flow(path=str(data), game="mario")
+    verdicts = {r["file"]: r["playable"] for r in checked["levels"]}
+    assert checked["checked"] == 5 and not checked["bad"] and not verdicts["a.txt"] and not verdicts["b.txt"]
+    for game in ("kid_icarus", "lode_runner", "zelda"):
+        one = tmp_path / game
+        one.mkdir()
+        (one / "a.txt").write_text("-" * 35 + "\n")
+        (one / "b.txt").write_text("-\n-\n-\n")
+        r = check_levels(str(one), game=game)
+        assert r["checked"] + len(r["bad"]) == 2 and r["playable"] == 0, game
+        assert all(str(one) in b["reason"] for b in r["bad"])            # zelda: "not a grid of rooms", file named
+    result = CliRunner().invoke(app, ["levels", "train", "--data", str(data), "--widths", "8,16", "--latent", "4",
+                                      "--steps", "2", "--batch-size", "4"], terminal_width=300)
+    assert result.exit_code == 0, result.output
+    assert "2 file(s) could not be read and were left out" in result.output and "14 rows high" in result.output
+    assert "unplayable left out" in result.output
+
+
+@needs_vglc
+def test_check_of_a_vglc_game_folder_skips_the_path_annotations():
+    """SMB's paths/*_Annotated_Path.txt are copies of processed/ with the path drawn in: checked once, not twice
+    (15 / 15, not 30 / 30), listed as skipped; the paths/ folder alone is checked as levels."""
+    from flows.levels import check_levels
+
+    r = check_levels(str(VGLC / "super_mario_bros"))
+    assert (r["checked"], r["summary"]["playable"], len(r["skipped"])) == (15, 15, 15) and not r["bad"]
+    assert all(s["file"].startswith("paths/") and "_Annotated_Path" in s["file"] for s in r["skipped"])
+    alone = check_levels(str(VGLC / "super_mario_bros" / "paths"))
+    assert (alone["checked"], len(alone["skipped"])) == (15, 0)
+
+
+def test_a_weak_model_s_shortfall_says_what_to_do_and_zelda_counts_no_pipes(tmp_path):
+    """A model trained 2 steps delivers (almost) nothing: the shortfall names the way out (train longer, or
+    --raw). A game without pipes reports no "broken pipes"."""
+    from flows.levels import sample_levels, train_levels
+
+    legend = get_legend("zelda")
+    data = tmp_path / "zelda"
+    data.mkdir()
+    for i in range(3):
+        rooms = []
+        for j in range(2):
+            room = np.full((16, 11), legend.index("W"), np.uint8)
+            room[2:14, 2:9] = legend.index("F")
+            room[7:9, 1] = room[7:9, 9] = legend.index("D")
+            room[4 + i, 3 + j] = legend.index("B")
+            rooms.append(room)
+        (data / f"tloz{i}_1.txt").write_text(grid_to_level(np.concatenate(rooms, 1), legend))
+    model = train_levels("zelda", str(data), model=TINY, training=TINY_TRAINING, progress=False)
+    r = sample_levels(str(tmp_path / "out"), model=model, n=4, seed=0, max_tries=1)
+    assert "broken_pipes" not in r["rejected"] and "unplayable" in r["rejected"]
+    assert r["delivered"]["of"] < 4 and "--raw" in r["shortfall"] and "--steps" in r["shortfall"]
+    assert "trained 2 steps" in r["shortfall"]
 
 
 def test_mario_models_learn_from_playable_windows_unless_asked_for_all(tmp_path):

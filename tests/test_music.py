@@ -437,6 +437,29 @@ def test_key_with_the_auto_model_uses_the_key_conditioned_model(tmp_path):
     assert chroma[e_major].sum() / chroma.sum() > 0.85          # E major's scale, not C's
 
 
+def test_midi_files_carry_the_key_signature_of_the_clip(tmp_path):
+    """--key D: notation apps read the key signature meta message (without one they show C major). Each clip's
+    file holds the key its report entry gives (the asked key, spelled as asked, when the clip is in it); a
+    silent roll has none; a key mido cannot write is a clear error."""
+    from flows.music import parse_key, sample_music
+
+    path = tmp_path / "d.mid"
+    path.write_bytes(roll_to_midi(melody(), MELODY, key="D"))
+    keys = [m.key for m in mido.MidiFile(path).tracks[0] if m.type == "key_signature"]
+    assert keys == ["D"]
+    path.write_bytes(roll_to_midi(melody(), MELODY))
+    assert not any(m.type == "key_signature" for t in mido.MidiFile(path).tracks for m in t)
+    with pytest.raises(ValueError, match="not a key signature"):
+        roll_to_midi(melody(), MELODY, key="A#")
+    for asked, spelled in (("D", "D"), ("Gb", "Gb")):             # Gb as asked, not the estimate's F#
+        out = tmp_path / asked
+        report = sample_music(str(out), "auto", n=4, bars=2, key=asked, seed=0)
+        found = [[m.key for t in mido.MidiFile(out / c["midi"]).tracks for m in t if m.type == "key_signature"]
+                 for c in report["clips"]]
+        assert found == [[spelled if parse_key(c["key"]) == parse_key(asked) else c["key"]] for c in report["clips"]]
+        assert sum(f == [spelled] for f in found) >= 3                   # the key asked, in the files
+
+
 def test_key_with_a_plain_model_draws_the_mode_asked_and_reports_each_clips_key(tmp_path):
     """The plain melody model knows no key: clips in the other mode are drawn again, then all move to the tonic.
     report.json's in_key agrees with the key estimated from the MIDI files read back."""

@@ -1,6 +1,8 @@
 """Playability checkers: hand-made tiny levels that must pass and must fail, then the calibration against
 the original VGLC levels and their path annotations (shared/notes/levels.md, Tables C and §4)."""
 
+import importlib.util
+import os
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +12,8 @@ from formats.levels import get_legend, level_files, level_to_grid, read_level, w
 from formats.playability import (MARIO_ARCS, MARIO_SOLID, kid_icarus_playable, load_arcs, lode_runner_check,
                                  mario_playable, mario_reach, zelda_check)
 
-VGLC = Path(__file__).resolve().parents[2] / "shared" / "data" / "vglc"
+# ../shared/data/vglc beside the checkout; AEFLOW_VGLC for a checkout elsewhere (a git worktree)
+VGLC = Path(os.environ.get("AEFLOW_VGLC") or Path(__file__).resolve().parents[2] / "shared" / "data" / "vglc")
 needs_vglc = pytest.mark.skipif(not VGLC.is_dir(), reason=f"VGLC data not found at {VGLC}")
 
 
@@ -67,6 +70,40 @@ def test_mario_window_needs_a_start_and_level_mode_falls_from_the_top():
     assert not mario_playable(mario(["-" * 8] * 6), mode="level")          # falls out of the bottom
     reach = mario_reach(mario(FLAT), mode="level")
     assert reach[4].all() and not reach[5].any()                           # walks the row above the ground
+
+
+def test_a_full_level_starts_on_a_standable_cell_of_the_first_columns():
+    """A full level used to start at the fixed cell (row 2, column 2): under a ceiling that cell is solid and
+    the level failed (a held-out SMB2-Japan level that VGLC's path completes; mario-gpt's copies of 1-2 and 4-2,
+    which lack VGLC's first 4 columns). Now it starts as a window does, on the standable cells of the first 3
+    columns; no standable cell (nothing to stand on, a 1-row level) is unplayable, not an error."""
+    cave = ["X" * 30] * 3 + ["-" * 30] * 9 + ["X" * 30] * 2            # ceiling rows 0-2: cell (2, 2) is solid
+    assert mario_playable(mario(cave), mode="level") and mario_playable(mario(cave), mode="window")
+    assert not mario_reach(mario(cave), mode="level")[:3].any()            # never inside the ceiling
+    for rows in (["-" * 35], ["-"] * 3, ["X"], ["X" * 8] * 4):
+        assert not mario_playable(mario(rows), mode="level") and not mario_playable(mario(rows), mode="window")
+
+
+def test_every_checker_answers_for_any_shape():
+    """1-row, 1-column and tiny grids of random tiles: a verdict from every checker, never an IndexError."""
+    from formats.playability import playable
+
+    rng = np.random.default_rng(0)
+    for shape in ((1, 35), (3, 1), (1, 1), (2, 2), (14, 1), (2, 40), (16, 1), (16, 11)):
+        for game in ("mario", "kid_icarus", "lode_runner", "zelda"):
+            for _ in range(5):
+                g = rng.integers(0, get_legend(game).vocab, shape).astype(np.uint8)
+                assert isinstance(playable(g, game), bool), (game, shape)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("mario_gpt") is None, reason="the mario-gpt package is not installed")
+def test_mario_gpt_copies_of_the_levels_pass_as_vglc_s_do():
+    """`sample --length` reports its corpus (mario-gpt's copy, each level 4 columns short) beside its samples;
+    it said 13 / 15 where `levels check` on VGLC's files says 15 / 15: both 15 / 15 now."""
+    from formats.levels import mario_gpt_levels
+
+    levels = mario_gpt_levels()
+    assert len(levels) == 15 and all(mario_playable(g, mode="level") for _, g in levels)
 
 
 def test_kid_icarus_wraps_around_and_platforms_are_one_way():
