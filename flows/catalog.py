@@ -40,7 +40,8 @@ def describe(folder: Path) -> dict:
                                                                      if cond else "")
         val = f"acc {metrics['val_acc']:.3f}" if "val_acc" in metrics else ""
     else:
-        takes = f"{'gray' if m.get('channels') == 1 else 'colour'}, sigma {sigma}"
+        noise = "camera noise" if m.get("noise") == "camera" else f"sigma {sigma}"
+        takes = f"{'gray' if m.get('channels') == 1 else 'colour'}, {noise}" + (", level input" if m.get("noise_map") else "")
         val = f"{metrics['val_psnr']:.2f} dB" if "val_psnr" in metrics else ""
     return {"name": Path(folder).name, "kind": m["kind"], "channels": m.get("channels"), "sigma": sigma,
             "takes": takes, "validation": val, "parameters": cfg.get("parameters"),
