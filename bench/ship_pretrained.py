@@ -25,15 +25,16 @@ from models.registry import load_model  # noqa: E402
 
 CARD = """# {name}
 
-`{kind}` denoiser for {what} images, {sigma_text}. Trained with the project's own
-`aeflow denoise train` (commands in `bench/pretrain.sh`) and shipped as float16 safetensors
-({size_kb:.0f} kB, {params:,} parameters); loading casts back to float32.
+`{kind}` denoiser for {what} images, {sigma_text}.{level_text} Trained with the project's own
+training stage (`bench/pretrain.py`, which prints the equivalent `aeflow denoise train` command; the older
+gray models: `bench/pretrain.sh`) and shipped as float16 safetensors ({size_kb:.0f} kB, {params:,} parameters);
+loading casts back to float32.{default_text}
 
 - **Data**: {data}
 - **Training**: {steps:,} steps of {batch} patches of {patch}x{patch} px, AdamW (peak lr {lr:g}, warm-up then
   cosine), {minutes:g} minutes on {device_text}; validation PSNR {val_psnr:.2f} dB on {val} held-out crops
-  at sigma {val_sigma}.
-- **Noise**: additive white Gaussian, {sigma_text} on the 0-255 scale.{specific}
+  at {val_sigma}.
+- **Noise**: {noise_text}{specific}
 
 ## Measured PSNR (dB), DnCNN protocol, these float16 weights on the CPU
 
@@ -44,6 +45,8 @@ CARD = """# {name}
 
 
 DATA_NAMES = {"train400": "Train400 (DnCNN's 400 gray 180x180 BSDS crops, `../shared/data/denoise/train400`)",
+              "cbsd432": "CBSD432 (the 432 BSDS500 colour photos not in CBSD68, light JPEG as distributed, "
+                         "`../shared/data/denoise/cbsd432`; Corel photos for non-commercial research, as Train400)",
               "skimage-photos": "scikit-image's bundled photos (`BUNDLED_PHOTOS` in flows/ingest.py; gray ones "
                                 "repeated into three channels)"}
 
@@ -59,6 +62,10 @@ def ship(name: str, src: Path) -> Path:
     save_model(model, dst, cfg["model"], dtype=torch.float16, extra=extra)
     shutil.copy(src / "curve.png", dst / "curve.png")
     return dst
+
+
+def sigma_text_of(sigma) -> str:
+    return f"blind over sigma in [{sigma[0]:g}, {sigma[1]:g}]" if isinstance(sigma, list) else f"sigma = {sigma:g}"
 
 
 def card(name: str, bench: Path | None) -> None:
@@ -88,13 +95,22 @@ def card(name: str, bench: Path | None) -> None:
     slug = Path(data["ingest"]).name.rsplit("-", 1)[0]
     text = CARD.format(
         name=name, kind=m["kind"], what="colour" if m["channels"] == 3 else "grayscale",
-        sigma_text=f"blind over sigma in [{sigma[0]:g}, {sigma[1]:g}]" if blind else f"sigma = {sigma:g}",
+        sigma_text="trained on camera noise" if m.get("noise") == "camera" else sigma_text_of(sigma),
         size_kb=(folder / "model.safetensors").stat().st_size / 1024, params=cfg["parameters"],
         data=f"{DATA_NAMES.get(slug, slug)} ({data['train_images']} training images, {data['val_images']} held out)",
         steps=cfg["steps"], batch=t["batch_size"], patch=t["patch"], lr=t["lr"], minutes=t["minutes"] or 0,
         device_text="one NVIDIA H200 (bf16 autocast)" if cfg["device"] == "cuda" else "the CPU",
-        val_psnr=cfg["metrics"]["val_psnr"], val=data["val_images"], val_sigma=25 if blind else f"{sigma:g}",
-        bench=table, specific="" if blind else (
+        val_psnr=cfg["metrics"]["val_psnr"], val=data["val_images"], val_sigma="camera noise" if m.get("noise") == "camera" else "sigma 25" if blind else f"sigma {sigma:g}",
+        level_text=" It takes the noise level as a second input (a noise-level map, FFDNet style) and estimates it "
+                   "itself when none is given: `denoise run --strength` scales it." if m.get("noise_map") else "",
+        default_text={"skip-dae-camera": " The default of `aeflow denoise run` for colour photos.",
+                      "skip-dae-camera-gray": " The default of `aeflow denoise run` for gray images (scans)."}.get(name, ""),
+        noise_text=("a camera's pipeline (`models/degrade.py`): inverse tone curve and gamma, colour correction and "
+                    "white balance (Brooks et al., CVPR 2019), Poisson-Gaussian sensor noise at random gains, Bayer "
+                    "demosaic of the noise, 8-bit levels, JPEG at quality 60-95 (60 % of draws); 20 % of draws plain "
+                    "white Gaussian, sigma 0-50." if m.get("noise") == "camera"
+                    else f"additive white Gaussian, {sigma_text_of(sigma)} on the 0-255 scale."),
+        bench=table, specific="" if blind or m.get("noise") == "camera" else (
             f" Use it only near sigma {sigma:g}: elsewhere the blind model is better (see the table); "
             f"`aeflow denoise run --sigma {sigma:g}` picks it."))
     (folder / "MODEL_CARD.md").write_text(text)
