@@ -37,6 +37,9 @@ def main() -> None:
     import os
     import sys
 
+    from flows import server
+
+    server.START_EARLY = True          # a command that imports its flows starts the Prefect API meanwhile
     try:
         app()
     except USER_ERRORS as e:
@@ -61,25 +64,17 @@ def _console_filter(record) -> bool:
 
 
 def _run_flow(flow_fn, **kwargs):
-    """One flow run per command; Prefect's per-run heartbeat thread costs ~1 s at exit and is not needed
-    for a flow that lives as long as this process."""
+    """One flow run per command (flows.pipelines.run_flow: which Prefect API, heartbeat off)."""
     import logging
-    import os
 
     from prefect.logging.handlers import PrefectConsoleHandler
-    from prefect.settings import temporary_settings
 
-    from flows.settings import sweep_orphaned_servers
+    from flows.pipelines import run_flow
 
-    if not os.environ.get("PREFECT_API_URL"):
-        sweep_orphaned_servers()
-        Console(stderr=True).print("[dim]Prefect: starting a temporary local API (10-30 s; "
-                                   "`aeflow server start` keeps one running for every command)[/]")
     for handler in logging.getLogger().handlers:           # set up when the flows were defined
         if isinstance(handler, PrefectConsoleHandler):
             handler.addFilter(_console_filter)             # the same filter is added once
-    with temporary_settings(updates={"flows.heartbeat_frequency": None}):
-        return flow_fn(**kwargs)
+    return run_flow(flow_fn, kwargs, announce=lambda m: Console(stderr=True).print(f"[dim]{m}[/]", highlight=False))
 
 
 def _device(value: str) -> str:

@@ -228,3 +228,42 @@ def running(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
     except FileNotFoundError:
         return False
+
+
+@pytest.mark.prefect
+def test_commands_share_a_kept_temporary_api_on_loopback_that_stops_when_unused(tmp_path):
+    """Without a server, the first command starts a temporary Prefect API (announced), the next reuses it (no
+    start-up of its own: Prefect's own temporary server is disabled for it), and it stops itself once unused."""
+    import fcntl
+
+    src = tmp_path / "in"
+    write(src / "a.png", photo(1))
+    outputs = tmp_path / "outputs"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "AEFLOW_OUTPUTS": str(outputs), "AEFLOW_API_IDLE_S": "2"}
+    env.pop("PREFECT_API_URL", None)
+    cmd = [sys.executable, "-m", "flows.cli", "denoise", "run", str(src), str(tmp_path / "out")]
+    (outputs / "server").mkdir(parents=True)
+    holder = open(outputs / "server" / "temporary.lock", "a+")
+    fcntl.flock(holder, fcntl.LOCK_SH)               # as a command in use would: it cannot stop meanwhile
+    try:
+        first = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
+        assert first.returncode == 0 and "started a temporary local API" in first.stderr, first.stderr
+        info = json.loads((outputs / "server" / "temporary.json").read_text())
+        port = int(info["api_url"].split(":")[2].split("/")[0])
+        listening = [line.split()[1] for line in Path("/proc/net/tcp").read_text().splitlines()[1:]
+                     if line.split()[3] == "0A"]
+        assert f"0100007F:{port:04X}" in listening                  # bound to 127.0.0.1 only
+        second = subprocess.run(cmd, env={**env, "PREFECT_SERVER_EPHEMERAL_ENABLED": "false"}, cwd=REPO,
+                                capture_output=True, text=True, timeout=300)
+        assert second.returncode == 0 and "1 skipped" in second.stdout, second.stdout + second.stderr
+        assert "temporary local API" not in second.stderr, second.stderr
+        assert json.loads((outputs / "server" / "temporary.json").read_text())["pid"] == info["pid"]
+        time.sleep(4)
+        assert running(info["pid"])                                 # in use: kept past its idle time
+    finally:
+        holder.close()
+    deadline = time.monotonic() + 60
+    while running(info["pid"]) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not running(info["pid"]) and not (outputs / "server" / "temporary.json").exists()
+    assert "unused for" in (outputs / "server" / "temporary.log").read_text()
