@@ -648,11 +648,11 @@ def levels_train(
     refresh: bool = typer.Option(False, "--refresh", help="Rebuild the cached ingest and training stages."),
 ):
     """Ingest a game's levels (cut into training units) and train a VAE on them; both stages are cached."""
-    from flows.levels import BLENDS, blend_sources
+    from flows.levels import BLENDS, _sources, blend_sources
     from flows.pipelines import levels_train_flow
 
-    if game in BLENDS:
-        blend_sources(game, str(data) if data else None)     # a blend without its folders: say so before Prefect
+    # no --data, or no level files in it: said before Prefect starts, not as a failed flow run
+    (blend_sources if game in BLENDS else _sources)(game, str(data) if data else None)
 
     if units not in ("cells", "columns"):
         raise typer.BadParameter(f"{units}: cells or columns", param_hint="--units")

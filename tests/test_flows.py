@@ -267,3 +267,18 @@ def test_commands_share_a_kept_temporary_api_on_loopback_that_stops_when_unused(
         time.sleep(0.2)
     assert not running(info["pid"]) and not (outputs / "server" / "temporary.json").exists()
     assert "unused for" in (outputs / "server" / "temporary.log").read_text()
+
+
+@pytest.mark.parametrize("args, says", [
+    (["--game", "zelda"], "--data is needed for zelda"),
+    (["--game", "zelda", "--data", "EMPTY"], "no level files"),
+])
+def test_levels_train_without_its_data_is_a_line_before_prefect(tmp_path, args, says):
+    (tmp_path / "empty").mkdir()
+    args = [str(tmp_path / "empty") if a == "EMPTY" else a for a in args]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "AEFLOW_OUTPUTS": str(tmp_path / "outputs"), "COLUMNS": "300"}
+    r = subprocess.run([sys.executable, "-m", "flows.cli", "levels", "train", *args], env=env, cwd=REPO,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and says in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert "temporary local API" not in r.stderr                    # no flow run was started
+    assert not (tmp_path / "outputs" / "server" / "temporary.json").exists()   # nor an API left behind
