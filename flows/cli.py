@@ -367,13 +367,38 @@ def schedule_denoise(
 
 @schedule_app.command("list")
 def schedule_list():
-    """Deployments, their schedules, next runs and last result."""
+    """Deployments: their folders, schedules, next runs (or paused) and the last run's outcome."""
     from flows.schedule import list_schedules
 
-    table = Table("name", "schedule", "next runs", "last run", "paused")
+    table = Table("name", Column("IN -> OUT", overflow="fold"), "schedule", "next runs", "last run")
     for r in list_schedules():
-        table.add_row(r["name"], ", ".join(r["schedules"]), "\n".join(r["next"]), r["last"], str(r["paused"]))
+        table.add_row(r["name"], f"{r['in_dir']} -> {r['out_dir']}", ", ".join(r["schedules"]),
+                      "paused" if r["paused"] else "\n".join(r["next"]), r["last"])
     out.print(table)
+
+
+@schedule_app.command("pause")
+def schedule_pause(name: str = typer.Argument(..., help="Deployment name (see `aeflow schedule list`).")):
+    """Stop NAME's scheduled runs until `schedule resume` (`schedule run` still runs it by hand)."""
+    from flows.schedule import pause
+
+    out.print(f"paused {pause(name)}")
+
+
+@schedule_app.command("resume")
+def schedule_resume(name: str = typer.Argument(..., help="Deployment name (see `aeflow schedule list`).")):
+    """Run NAME on its schedule again."""
+    from flows.schedule import resume
+
+    out.print(f"resumed {resume(name)}")
+
+
+@schedule_app.command("delete")
+def schedule_delete(name: str = typer.Argument(..., help="Deployment name (see `aeflow schedule list`).")):
+    """Delete NAME and its scheduled runs (its output folder and past runs stay)."""
+    from flows.schedule import delete
+
+    out.print(f"deleted {delete(name)}")
 
 
 @schedule_app.command("run")

@@ -15,7 +15,7 @@ from flows.server import start_early
 
 start_early()      # the command line's temporary Prefect API starts now, while Prefect and torch load below
 
-from prefect import flow, task  # noqa: E402
+from prefect import flow, get_run_logger, task  # noqa: E402
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
@@ -106,6 +106,8 @@ def denoise_run_flow(in_dir: str, out_dir: str, model: str = "auto", sigma: floa
     if task_runner not in ("threads", "dask"):
         raise ValueError(f"task_runner {task_runner!r}: use 'threads' or 'dask'")
     t0 = time.perf_counter()
+    log = get_run_logger()               # one line at the start and end of each run: a worker's output shows them
+    log.info(f"denoise {in_dir} -> {out_dir}: started (model {model})")
     with job_lock(out_dir, str(flow_run.get_id() or ""), wait):
         plan = plan_task(in_dir, out_dir, model, sigma, ensemble)
         todo = plan["todo"]
@@ -127,6 +129,8 @@ def denoise_run_flow(in_dir: str, out_dir: str, model: str = "auto", sigma: floa
     if table:
         create_table_artifact(key="denoise-run-images", table=table, description=f"{in_dir} -> {out_dir}")
     c = report["counts"]
+    log.info(f"denoise {in_dir} -> {out_dir}: {c['processed']} processed, {c['skipped']} skipped, {c['failed']} failed, "
+             f"{c['pending']} still being written in {report['seconds']:.1f} s")
     create_markdown_artifact(key="denoise-run-summary", markdown=(
         f"**{c['processed']} processed, {c['skipped']} skipped, {c['failed']} failed, {c['pending']} still being "
         f"written** in {report['seconds']:.1f} s ({report['images_per_s']:.2f} images/s)"
