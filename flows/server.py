@@ -249,13 +249,13 @@ def stop_temporary() -> bool:
         temporary_file().unlink(missing_ok=True)
         return False
     try:
-        os.kill(info["pid"], signal.SIGTERM)
-        for _ in range(100):
+        os.kill(info["pid"], signal.SIGTERM)        # uvicorn finishes a start-up under way first: up to 10 s here
+        for i in range(150):
             if not _ours(info["pid"]):
                 break
+            if i == 100:
+                os.kill(info["pid"], signal.SIGKILL)
             time.sleep(0.1)
-        else:
-            os.kill(info["pid"], signal.SIGKILL)
     except ProcessLookupError:
         pass
     temporary_file().unlink(missing_ok=True)

@@ -231,7 +231,7 @@ def running(pid: int) -> bool:
 
 
 @pytest.mark.prefect
-def test_commands_share_a_kept_temporary_api_on_loopback_that_stops_when_unused(tmp_path):
+def test_commands_share_a_kept_temporary_api_on_loopback_that_stops_when_unused(tmp_path, monkeypatch):
     """Without a server, the first command starts a temporary Prefect API (announced), the next reuses it (no
     start-up of its own: Prefect's own temporary server is disabled for it), and it stops itself once unused."""
     import fcntl
@@ -267,6 +267,16 @@ def test_commands_share_a_kept_temporary_api_on_loopback_that_stops_when_unused(
         time.sleep(0.2)
     assert not running(info["pid"]) and not (outputs / "server" / "temporary.json").exists()
     assert "unused for" in (outputs / "server" / "temporary.log").read_text()
+
+    monkeypatch.setenv("AEFLOW_OUTPUTS", str(outputs))              # `aeflow server stop` stops one too
+    from flows.server import start_temporary
+
+    info, started = start_temporary(idle_s=600)
+    assert started and running(info["pid"])
+    r = subprocess.run([sys.executable, "-m", "flows.cli", "server", "stop"], env=env, cwd=REPO,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and "stopped" in r.stdout, r.stdout + r.stderr
+    assert not running(info["pid"]) and not (outputs / "server" / "temporary.json").exists()
 
 
 @pytest.mark.parametrize("args, says", [
