@@ -59,6 +59,15 @@ def next_fire(cron: str, tz: str = "UTC") -> datetime:
         raise ValueError(f"--cron {cron!r}: never fires (no such date)") from None
 
 
+def _fires(cron: str, tz: str, n: int) -> list[datetime]:
+    from zoneinfo import ZoneInfo
+
+    from prefect._vendor.croniter import croniter
+
+    it = croniter(cron, datetime.now(ZoneInfo(tz)))
+    return [it.get_next(datetime) for _ in range(n)]
+
+
 def ensure_pool(name: str = POOL) -> None:
     from prefect.workers.process import ProcessWorker
 
@@ -137,6 +146,9 @@ def list_schedules() -> list[dict]:
             zones = [s.schedule.timezone for s in d.schedules if getattr(s.schedule, "timezone", None)]
             zone = ZoneInfo(zones[0]) if zones else timezone.utc             # next runs in the schedule's own zone
             params = d.parameters or {}
+            if not upcoming and not d.paused:       # the scheduler service has not made them yet (it polls)
+                upcoming = sorted(t for s in d.schedules if s.active and hasattr(s.schedule, "cron")
+                                  for t in _fires(s.schedule.cron, s.schedule.timezone or "UTC", 3))
             rows.append({"name": d.name, "paused": d.paused,
                          "in_dir": params.get("in_dir", ""), "out_dir": params.get("out_dir", ""),
                          "schedules": [f"{s.schedule.cron} ({s.schedule.timezone})" for s in d.schedules
