@@ -28,6 +28,7 @@ from flows.levels import (check_levels, demo_levels, ingest_levels, interpolate_
 from flows.music import demo_music, ingest_music, interpolate_music, music_stats, sample_music, train_music
 from flows.train import train_model
 
+
 def run_flow(flow_fn, params: dict, announce=None):
     """One command's flow run. On PREFECT_API_URL when set (a user's server, or `aeflow server start`'s:
     flows.settings), else on the kept temporary API (flows/server.py), which the next commands reuse instead
