@@ -64,6 +64,9 @@ def main() -> None:
     import gc
     import os
 
+    from flows import server
+
+    server.START_EARLY = True          # a command that imports its flows starts the Prefect API meanwhile
     try:
         from typer._click.exceptions import ClickException, NoArgsIsHelpError      # typer 0.2x bundles click
     except ImportError:
@@ -116,25 +119,17 @@ def _console_filter(record) -> bool:
 
 
 def _run_flow(flow_fn, **kwargs):
-    """One flow run per command; Prefect's per-run heartbeat thread costs ~1 s at exit and is not needed
-    for a flow that lives as long as this process."""
+    """One flow run per command (flows.pipelines.run_flow: which Prefect API, heartbeat off)."""
     import logging
-    import os
 
     from prefect.logging.handlers import PrefectConsoleHandler
-    from prefect.settings import temporary_settings
 
-    from flows.settings import sweep_orphaned_servers
+    from flows.pipelines import run_flow
 
-    if not os.environ.get("PREFECT_API_URL"):
-        sweep_orphaned_servers()
-        err.print("[dim]Prefect: starting a temporary local API (10-30 s; "
-                  "`aeflow server start` keeps one running for every command)[/]")
     for handler in logging.getLogger().handlers:           # set up when the flows were defined
         if isinstance(handler, PrefectConsoleHandler):
             handler.addFilter(_console_filter)             # the same filter is added once
-    with temporary_settings(updates={"flows.heartbeat_frequency": None}):
-        return flow_fn(**kwargs)
+    return run_flow(flow_fn, kwargs, announce=lambda m: Console(stderr=True).print(f"[dim]{m}[/]", highlight=False))
 
 
 def _device(value: str) -> str:
@@ -499,13 +494,38 @@ def schedule_denoise(
 
 @schedule_app.command("list")
 def schedule_list():
-    """Deployments, their schedules, next runs and last result."""
+    """Deployments: their folders, schedules, next runs (or paused) and the last run's outcome."""
     from flows.schedule import list_schedules
 
-    table = Table("name", "schedule", "next runs", "last run", "paused")
+    table = Table("name", Column("IN -> OUT", overflow="fold"), "schedule", "next runs", "last run")
     for r in list_schedules():
-        table.add_row(r["name"], ", ".join(r["schedules"]), "\n".join(r["next"]), r["last"], str(r["paused"]))
+        table.add_row(r["name"], f"{r['in_dir']} -> {r['out_dir']}", ", ".join(r["schedules"]),
+                      "paused" if r["paused"] else "\n".join(r["next"]), r["last"])
     out.print(table)
+
+
+@schedule_app.command("pause")
+def schedule_pause(name: str = typer.Argument(..., help="Deployment name (see `aeflow schedule list`).")):
+    """Stop NAME's scheduled runs until `schedule resume` (`schedule run` still runs it by hand)."""
+    from flows.schedule import pause
+
+    out.print(f"paused {pause(name)}")
+
+
+@schedule_app.command("resume")
+def schedule_resume(name: str = typer.Argument(..., help="Deployment name (see `aeflow schedule list`).")):
+    """Run NAME on its schedule again."""
+    from flows.schedule import resume
+
+    out.print(f"resumed {resume(name)}")
+
+
+@schedule_app.command("delete")
+def schedule_delete(name: str = typer.Argument(..., help="Deployment name (see `aeflow schedule list`).")):
+    """Delete NAME and its scheduled runs (its output folder and past runs stay)."""
+    from flows.schedule import delete
+
+    out.print(f"deleted {delete(name)}")
 
 
 @schedule_app.command("run")
@@ -786,11 +806,12 @@ def levels_train(
         raise typer.BadParameter(f"{units}: cells or columns", param_hint="--units")
     if ar is not None and (ar < 0 or (ar and units == "cells")):
         raise typer.BadParameter(f"{ar}: columns >= 0; cells take 0", param_hint="--ar")
-    from flows.levels import BLENDS, blend_sources
+    from flows.levels import BLENDS, _sources, blend_sources
+
+    # no --data, or no level files in it: said before Prefect starts, not as a failed flow run
+    (blend_sources if game in BLENDS else _sources)(game, str(data) if data else None)
     from flows.pipelines import levels_train_flow
 
-    if game in BLENDS:
-        blend_sources(game, str(data) if data else None)     # a blend without its folders: say so before Prefect
     model_cfg = {"beta": beta, "latent": latent, **({"widths": _ints(widths)} if widths else {}),
                  **({"ar": ar} if ar is not None else {})}
     training = {"steps": steps, "batch_size": batch_size, "seed": seed, "device": device,

@@ -8,9 +8,14 @@ from __future__ import annotations
 import json
 import os
 import time
+from contextlib import ExitStack
 from pathlib import Path
 
-from prefect import flow, task
+from flows.server import start_early
+
+start_early()      # the command line's temporary Prefect API starts now, while Prefect and torch load below
+
+from prefect import flow, get_run_logger, task  # noqa: E402
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
@@ -22,6 +27,27 @@ from flows.levels import (check_levels, demo_levels, ingest_levels, interpolate_
                           sample_summary, train_levels)
 from flows.music import demo_music, ingest_music, interpolate_music, music_stats, sample_music, train_music
 from flows.train import train_model
+
+
+def run_flow(flow_fn, params: dict, announce=None):
+    """One command's flow run. On PREFECT_API_URL when set (a user's server, or `aeflow server start`'s:
+    flows.settings), else on the kept temporary API (flows/server.py), which the next commands reuse instead
+    of each starting and migrating their own (7-30 s). Prefect's per-run heartbeat thread is off: it costs
+    ~1 s at exit and a run that lives as long as its process does not need it. `announce(message)` hears
+    when a temporary API is started."""
+    from prefect.settings import temporary_settings
+
+    from flows.server import temporary_api
+    from flows.settings import sweep_orphaned_servers
+
+    updates = {"flows.heartbeat_frequency": None}
+    with ExitStack() as stack:
+        if not os.environ.get("PREFECT_API_URL"):
+            sweep_orphaned_servers()             # Prefect's own temporary APIs that killed processes left
+            updates["api.url"] = stack.enter_context(temporary_api(announce))
+        stack.enter_context(temporary_settings(updates=updates))
+        return flow_fn(**params)
+
 
 # Our stages cache themselves by content (flows/stages.py): Prefect's own result cache stays off.
 ingest_task = task(name="ingest-images", cache_policy=NO_CACHE)(ingest_images)
@@ -84,6 +110,8 @@ def denoise_run_flow(in_dir: str, out_dir: str, model: str = "auto", sigma: floa
     if task_runner not in ("threads", "dask"):
         raise ValueError(f"task_runner {task_runner!r}: use 'threads' or 'dask'")
     t0 = time.perf_counter()
+    log = get_run_logger()               # one line at the start and end of each run: a worker's output shows them
+    log.info(f"denoise {in_dir} -> {out_dir}: started (model {model})")
     with job_lock(out_dir, str(flow_run.get_id() or ""), wait):
         plan = plan_task(in_dir, out_dir, model, sigma, ensemble, encoding=encoding(strip_metadata, jpeg_quality),
                          noise=noise, strength=strength)
@@ -109,6 +137,8 @@ def denoise_run_flow(in_dir: str, out_dir: str, model: str = "auto", sigma: floa
     if table:
         create_table_artifact(key="denoise-run-images", table=table, description=f"{in_dir} -> {out_dir}")
     c = report["counts"]
+    log.info(f"denoise {in_dir} -> {out_dir}: {c['processed']} processed, {c['skipped']} skipped, {c['failed']} failed, "
+             f"{c['pending']} still being written in {report['seconds']:.1f} s")
     create_markdown_artifact(key="denoise-run-summary", markdown=(
         f"**{c['processed']} processed, {c['skipped']} skipped, {c['failed']} failed, {c['pending']} still being "
         f"written** in {report['seconds']:.1f} s ({report['images_per_s']:.2f} images/s)"

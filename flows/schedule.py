@@ -10,6 +10,7 @@ path, the same outputs/ storage and PREFECT_API_URL pointing at the server.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import sys
 from datetime import datetime, timezone
@@ -23,12 +24,11 @@ from prefect.deployments import run_deployment
 from prefect.exceptions import ObjectNotFound
 from prefect.schedules import Cron
 
-from flows.pipelines import scheduled_denoise_flow
 from flows.settings import running_server_url
 
 REPO = Path(__file__).resolve().parents[1]
 POOL = "aeflow"
-FLOW_NAME = scheduled_denoise_flow.name          # "denoise-run"
+FLOW_NAME = "denoise-run"      # flows.pipelines.scheduled_denoise_flow's name; imported only to deploy (torch)
 
 
 def require_server() -> None:
@@ -57,6 +57,15 @@ def next_fire(cron: str, tz: str = "UTC") -> datetime:
         return croniter(cron, datetime.now(zone)).get_next(datetime)
     except CroniterBadDateError:
         raise ValueError(f"--cron {cron!r}: never fires (no such date)") from None
+
+
+def _fires(cron: str, tz: str, n: int) -> list[datetime]:
+    from zoneinfo import ZoneInfo
+
+    from prefect._vendor.croniter import croniter
+
+    it = croniter(cron, datetime.now(ZoneInfo(tz)))
+    return [it.get_next(datetime) for _ in range(n)]
 
 
 def ensure_pool(name: str = POOL) -> None:
@@ -94,6 +103,8 @@ def schedule_denoise(in_dir: str, out_dir: str, cron: str, tz: str = "UTC", mode
               "reference": str(Path(reference).expanduser().resolve()) if reference else None,
               "retry_pending": True, "wait": 600.0, "progress": False,
               "task_runner": task_runner, "dask_address": dask_address}
+    from flows.pipelines import scheduled_denoise_flow
+
     flow = scheduled_denoise_flow.from_source(str(REPO), "flows/pipelines.py:scheduled_denoise_flow")
     flow.deploy(name=name, work_pool_name=pool, schedules=[Cron(cron, timezone=tz)], parameters=params,
                 build=False, push=False, print_next_steps=False, ignore_warnings=True,
@@ -101,8 +112,24 @@ def schedule_denoise(in_dir: str, out_dir: str, cron: str, tz: str = "UTC", mode
     return f"{FLOW_NAME}/{name}"
 
 
+def _outcome(run, params: dict, zone) -> str:
+    """"Completed, 2 files failed (2026-03-01 02:00 CET)": the run's state, and for a completed run what its
+    report.json in OUT_DIR says went wrong (a run whose files failed still completes)."""
+    state = run.state.name
+    if run.state.is_completed():
+        try:
+            counts = json.loads((Path(params["out_dir"]) / ".aeflow" / "report.json").read_text())["counts"]
+            for key, what in (("failed", "failed"), ("pending", "still being written")):
+                if counts.get(key):
+                    state += f", {counts[key]} file{'s' if counts[key] != 1 else ''} {what}"
+        except (OSError, ValueError, KeyError, TypeError):
+            pass                                            # no report (yet): the state alone
+    return f"{state} ({(run.end_time or run.expected_start_time).astimezone(zone):%Y-%m-%d %H:%M %Z})"
+
+
 def list_schedules() -> list[dict]:
-    """Each deployment with its schedules, next scheduled runs (in the schedule's time zone) and the last finished run."""
+    """Each deployment with its folders, schedules, next scheduled runs (in the schedule's time zone) and the
+    outcome of the last finished run."""
     from zoneinfo import ZoneInfo
 
     require_server()
@@ -118,13 +145,53 @@ def list_schedules() -> list[dict]:
             last = max(finished, key=lambda r: r.end_time or r.expected_start_time) if finished else None
             zones = [s.schedule.timezone for s in d.schedules if getattr(s.schedule, "timezone", None)]
             zone = ZoneInfo(zones[0]) if zones else timezone.utc             # next runs in the schedule's own zone
+            params = d.parameters or {}
+            if not upcoming and not d.paused:       # the scheduler service has not made them yet (it polls)
+                upcoming = sorted(t for s in d.schedules if s.active and hasattr(s.schedule, "cron")
+                                  for t in _fires(s.schedule.cron, s.schedule.timezone or "UTC", 3))
             rows.append({"name": d.name, "paused": d.paused,
+                         "in_dir": params.get("in_dir", ""), "out_dir": params.get("out_dir", ""),
                          "schedules": [f"{s.schedule.cron} ({s.schedule.timezone})" for s in d.schedules
                                        if hasattr(s.schedule, "cron")],
-                         "next": [f"{t.astimezone(zone):%Y-%m-%d %H:%M %Z}" for t in upcoming[:3]],
-                         "last": f"{last.state.name} {(last.end_time or last.expected_start_time):%Y-%m-%d %H:%M}"
-                                 if last else "", "parameters": d.parameters})
+                         "next": [] if d.paused else [f"{t.astimezone(zone):%Y-%m-%d %H:%M %Z}" for t in upcoming[:3]],
+                         "last": _outcome(last, params, zone) if last else "", "parameters": params})
     return rows
+
+
+def _deployment(client, name: str):
+    """Deployment NAME (or FLOW/NAME), or a one-line error that lists the known ones."""
+    try:
+        return client.read_deployment_by_name(name if "/" in name else f"{FLOW_NAME}/{name}")
+    except ObjectNotFound:
+        known = ", ".join(d.name for d in client.read_deployments()) or "none yet (`aeflow schedule denoise`)"
+        raise FileNotFoundError(f"no scheduled job named {name!r}; known: {known}") from None
+
+
+def pause(name: str) -> str:
+    """Pause NAME's schedule: Prefect deletes its scheduled runs and makes no new ones until `resume`
+    (`schedule run` still runs it by hand)."""
+    require_server()
+    with get_client(sync_client=True) as client:
+        d = _deployment(client, name)
+        client.pause_deployment(d.id)
+    return d.name
+
+
+def resume(name: str) -> str:
+    require_server()
+    with get_client(sync_client=True) as client:
+        d = _deployment(client, name)
+        client.resume_deployment(d.id)
+    return d.name
+
+
+def delete(name: str) -> str:
+    """Delete NAME and its scheduled runs; its output folder and finished runs' history stay."""
+    require_server()
+    with get_client(sync_client=True) as client:
+        d = _deployment(client, name)
+        client.delete_deployment(d.id)
+    return d.name
 
 
 def run_now(name: str, timeout: float | None = 0, on_queue=None) -> dict:
@@ -134,11 +201,7 @@ def run_now(name: str, timeout: float | None = 0, on_queue=None) -> dict:
     require_server()
     full = name if "/" in name else f"{FLOW_NAME}/{name}"
     with get_client(sync_client=True) as client:
-        try:
-            deployment = client.read_deployment_by_name(full)
-        except ObjectNotFound:
-            known = ", ".join(d.name for d in client.read_deployments()) or "none yet (`aeflow schedule denoise`)"
-            raise FileNotFoundError(f"no scheduled job named {name!r}; known: {known}") from None
+        deployment = _deployment(client, name)
         pool = deployment.work_pool_name or POOL
         now = datetime.now(timezone.utc)
         try:
@@ -166,4 +229,7 @@ def start_worker(pool: str = POOL, name: str | None = None) -> None:
     ensure_pool(pool)
     cmd = worker_command(pool, name)
     os.chdir(REPO)
+    # commands keep Prefect's console to warnings (they print their own summary); a worker's output is its log:
+    # what it picks up, and each run's start and end line with counts (flows.pipelines.denoise_run_flow)
+    os.environ["PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL"] = "INFO"
     os.execv(cmd[0], cmd)

@@ -9,6 +9,7 @@ os.environ["AEFLOW_OUTPUTS"] = os.path.join(_root, "outputs")
 os.environ["PREFECT_HOME"] = os.path.join(_root, "prefect-home")
 os.environ.pop("PREFECT_API_URL", None)          # never a user's server
 os.environ.pop("PREFECT_PROFILES_PATH", None)
+os.environ.setdefault("AEFLOW_API_IDLE_S", "120")   # the commands' kept temporary API: gone soon even if pytest is killed
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
@@ -26,6 +27,15 @@ def photo(seed: int, h: int = 48, w: int = 64, channels: int = 1) -> np.ndarray:
         a, b, f = rng.uniform(0.2, 0.8, 3)
         img[..., c] = 0.5 + 0.3 * np.sin(6 * f * xx + a * 3) * np.cos(5 * f * yy + b * 3)
     return img.clip(0, 1).astype(np.float32)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _stop_the_kept_temporary_api():
+    """The commands the tests run share one kept temporary Prefect API (flows/server.py); stopped at the end."""
+    yield
+    from flows.server import stop_temporary
+
+    stop_temporary()
 
 
 @pytest.fixture

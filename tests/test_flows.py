@@ -291,3 +291,67 @@ def test_denoise_folder_keeps_kinds_and_metadata_and_reports_what_it_left_out(tm
                            settle=0, max_pixels=100_000)
     assert {f["file"]: f["reason"] for f in small["failed"]}["sub/big.png"] == \
         "650x700 = 0.46 MP exceeds the 0.1 MP limit (--max-pixels)"
+
+
+@pytest.mark.prefect
+def test_commands_share_a_kept_temporary_api_on_loopback_that_stops_when_unused(tmp_path, monkeypatch):
+    """Without a server, the first command starts a temporary Prefect API (announced), the next reuses it (no
+    start-up of its own: Prefect's own temporary server is disabled for it), and it stops itself once unused."""
+    import fcntl
+
+    src = tmp_path / "in"
+    write(src / "a.png", photo(1))
+    outputs = tmp_path / "outputs"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "AEFLOW_OUTPUTS": str(outputs), "AEFLOW_API_IDLE_S": "2"}
+    env.pop("PREFECT_API_URL", None)
+    cmd = [sys.executable, "-m", "flows.cli", "denoise", "run", str(src), str(tmp_path / "out")]
+    (outputs / "server").mkdir(parents=True)
+    holder = open(outputs / "server" / "temporary.lock", "a+")
+    fcntl.flock(holder, fcntl.LOCK_SH)               # as a command in use would: it cannot stop meanwhile
+    try:
+        first = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
+        assert first.returncode == 0 and "started a temporary local API" in first.stderr, first.stderr
+        info = json.loads((outputs / "server" / "temporary.json").read_text())
+        port = int(info["api_url"].split(":")[2].split("/")[0])
+        listening = [line.split()[1] for line in Path("/proc/net/tcp").read_text().splitlines()[1:]
+                     if line.split()[3] == "0A"]
+        assert f"0100007F:{port:04X}" in listening                  # bound to 127.0.0.1 only
+        second = subprocess.run(cmd, env={**env, "PREFECT_SERVER_EPHEMERAL_ENABLED": "false"}, cwd=REPO,
+                                capture_output=True, text=True, timeout=300)
+        assert second.returncode == 0 and "1 skipped" in second.stdout, second.stdout + second.stderr
+        assert "temporary local API" not in second.stderr, second.stderr
+        assert json.loads((outputs / "server" / "temporary.json").read_text())["pid"] == info["pid"]
+        time.sleep(4)
+        assert running(info["pid"])                                 # in use: kept past its idle time
+    finally:
+        holder.close()
+    deadline = time.monotonic() + 60
+    while running(info["pid"]) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not running(info["pid"]) and not (outputs / "server" / "temporary.json").exists()
+    assert "unused for" in (outputs / "server" / "temporary.log").read_text()
+
+    monkeypatch.setenv("AEFLOW_OUTPUTS", str(outputs))              # `aeflow server stop` stops one too
+    from flows.server import start_temporary
+
+    info, started = start_temporary(idle_s=600)
+    assert started and running(info["pid"])
+    r = subprocess.run([sys.executable, "-m", "flows.cli", "server", "stop"], env=env, cwd=REPO,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and "stopped" in r.stdout, r.stdout + r.stderr
+    assert not running(info["pid"]) and not (outputs / "server" / "temporary.json").exists()
+
+
+@pytest.mark.parametrize("args, says", [
+    (["--game", "zelda"], "--data is needed for zelda"),
+    (["--game", "zelda", "--data", "EMPTY"], "no level files"),
+])
+def test_levels_train_without_its_data_is_a_line_before_prefect(tmp_path, args, says):
+    (tmp_path / "empty").mkdir()
+    args = [str(tmp_path / "empty") if a == "EMPTY" else a for a in args]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "AEFLOW_OUTPUTS": str(tmp_path / "outputs"), "COLUMNS": "300"}
+    r = subprocess.run([sys.executable, "-m", "flows.cli", "levels", "train", *args], env=env, cwd=REPO,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and says in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert "temporary local API" not in r.stderr                    # no flow run was started
+    assert not (tmp_path / "outputs" / "server" / "temporary.json").exists()   # nor an API left behind

@@ -78,6 +78,8 @@ def test_cron_next_fire_and_refusals():
 @pytest.mark.prefect
 def test_schedule_run_by_a_worker_is_incremental(server, tmp_path):
     src, dst = noisy_folder(tmp_path / "inbox", 4), tmp_path / "clean"
+    (src / "broken.png").write_bytes(b"not an image")
+    server = {**server, "COLUMNS": "1000"}                        # table cells unfolded, whatever the tmp path
     out = aeflow(server, "schedule", "denoise", str(src), str(dst), "--cron", "0 2 * * *",
                  "--timezone", "Europe/Paris", "--name", "nightly")
     assert "denoise-run/nightly" in out and "next 20" in out and ("CET" in out or "CEST" in out), out
@@ -92,21 +94,34 @@ def test_schedule_run_by_a_worker_is_incremental(server, tmp_path):
                        (["denoise", str(src), str(dst), "--cron", "0 0 2 * * *"], "give 5 fields"),
                        (["denoise", str(src), str(dst), "--cron", "0 2 * * *", "--model", "nosuch"], "nosuch"),
                        (["denoise", str(src), str(dst), "--cron", "0 2 * * *", "--reference", str(tmp_path / "no")],
-                        "reference folder not found")):
+                        "reference folder not found"),
+                       (["pause", "nosuch"], "no scheduled job named 'nosuch'; known: nightly")):
         r = subprocess.run(AEFLOW + ["schedule", *args], env=server, cwd=REPO, capture_output=True, text=True,
                            timeout=120)
         assert r.returncode == 2 and says in r.stderr.replace("\n", " ") and "Traceback" not in r.stderr, r.stderr
 
-    worker = subprocess.Popen(AEFLOW + ["worker", "start"], env=server, cwd=REPO, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL, start_new_session=True)
+    log = tmp_path / "worker.log"
+    worker = subprocess.Popen(AEFLOW + ["worker", "start"], env=server, cwd=REPO, stdout=log.open("wb"),
+                              stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        out = aeflow(server, "schedule", "run", "nightly", "--wait", timeout=240)
-        assert "Completed" in out and "4 processed" in out, out                     # the job's report follows
+        r = subprocess.run(AEFLOW + ["schedule", "run", "nightly", "--wait"], env=server, cwd=REPO,
+                           capture_output=True, text=True, timeout=240)
+        assert r.returncode == 1, r.stdout + r.stderr                               # a file failed
+        assert "Completed" in r.stdout and "4 processed" in r.stdout and "broken.png" in r.stdout, r.stdout
         report = json.loads((dst / ".aeflow" / "report.json").read_text())
         assert report["counts"]["processed"] == 4 and sorted(p.name for p in dst.glob("*.png")) == \
             [f"{i}.png" for i in range(4)]
-        out = aeflow(server, "schedule", "run", "nightly", "--wait", timeout=240)
-        assert "Completed" in out, out
+        # the worker's output says what each run did
+        assert f"denoise {src} -> {dst}: started" in log.read_text()
+        deadline = time.monotonic() + 20
+        while f"{dst}: 4 processed, 0 skipped, 1 failed" not in log.read_text() and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert f"{dst}: 4 processed, 0 skipped, 1 failed" in log.read_text(), log.read_text()[-3000:]
+        listing = aeflow(server, "schedule", "list")
+        assert f"{src} -> {dst}" in listing and "Completed, 1 file failed" in listing, listing
+        r = subprocess.run(AEFLOW + ["schedule", "run", "nightly", "--wait"], env=server, cwd=REPO,
+                           capture_output=True, text=True, timeout=240)
+        assert "Completed" in r.stdout, r.stdout + r.stderr
         report = json.loads((dst / ".aeflow" / "report.json").read_text())
         assert report["counts"]["processed"] == 0 and report["counts"]["skipped"] == 4
     finally:
@@ -119,6 +134,22 @@ def test_schedule_run_by_a_worker_is_incremental(server, tmp_path):
             os.killpg(worker.pid, signal.SIGKILL)            # nothing of its group may outlive the test
         except ProcessLookupError:
             pass
+
+
+@pytest.mark.prefect
+def test_a_schedule_is_paused_resumed_and_deleted(server, tmp_path):
+    src, dst = noisy_folder(tmp_path / "in", 1), tmp_path / "out"
+    server = {**server, "COLUMNS": "1000"}
+    aeflow(server, "schedule", "denoise", str(src), str(dst), "--cron", "0 3 * * *", "--name", "early")
+    assert "paused early" in aeflow(server, "schedule", "pause", "early")
+    row = next(line for line in aeflow(server, "schedule", "list").splitlines() if "early" in line)
+    assert "paused" in row and "03:00" not in row, row                        # no next runs while paused
+    assert "resumed early" in aeflow(server, "schedule", "resume", "early")
+    assert "deleted early" in aeflow(server, "schedule", "delete", "early")
+    assert "early" not in aeflow(server, "schedule", "list")
+    r = subprocess.run(AEFLOW + ["schedule", "resume", "early"], env=server, cwd=REPO, capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 2 and "no scheduled job named 'early'" in r.stderr and "Traceback" not in r.stderr
 
 
 @pytest.mark.prefect
