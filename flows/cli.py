@@ -475,6 +475,8 @@ def schedule_denoise(
     timezone: str = typer.Option("UTC", "--timezone", help="Time zone of the cron times, e.g. Europe/Paris."),
     model: str = typer.Option("auto", "--model"),
     sigma: Optional[float] = typer.Option(None, "--sigma", min=0, max=255),
+    noise: str = typer.Option("auto", "--noise", help="As in `denoise run`: camera (the default) or gaussian."),
+    strength: float = typer.Option(1.0, "--strength", help="As in `denoise run`: a factor on the noise level read."),
     reference: Optional[Path] = typer.Option(None, "--reference"),
     batches: int = typer.Option(1, "--batches", min=1, help="Batches run concurrently per run (fan-out)."),
     task_runner: str = typer.Option("threads", "--task-runner", help="threads (this machine's cores) or dask (a Dask cluster; the `dask` extra on the workers)."),
@@ -487,7 +489,7 @@ def schedule_denoise(
     from flows.schedule import next_fire, schedule_denoise as create
 
     full = create(str(in_dir), str(out_dir), cron, timezone, model, sigma, str(reference) if reference else None,
-                  batches, name, task_runner=task_runner, dask_address=dask_address)
+                  batches, name, task_runner=task_runner, dask_address=dask_address, noise=noise, strength=strength)
     out.print(f"scheduled [bold]{full}[/] ({cron}, {timezone}; next {next_fire(cron, timezone):%Y-%m-%d %H:%M %Z}); "
               f"start a worker with `aeflow worker start` and run it now with `aeflow schedule run {full.split('/')[1]}`")
 

@@ -88,7 +88,7 @@ def default_name(in_dir: str, out_dir: str) -> str:
 def schedule_denoise(in_dir: str, out_dir: str, cron: str, tz: str = "UTC", model: str = "auto",
                      sigma: float | None = None, reference: str | None = None, batches: int = 1,
                      name: str | None = None, pool: str = POOL, task_runner: str = "threads",
-                     dask_address: str | None = None) -> str:
+                     dask_address: str | None = None, noise: str = "auto", strength: float = 1.0) -> str:
     """Create or update the deployment that denoises IN_DIR into OUT_DIR on `cron` (in time zone `tz`).
     Returns its full name, `denoise-run/NAME`."""
     from flows.denoise import check_job
@@ -96,13 +96,13 @@ def schedule_denoise(in_dir: str, out_dir: str, cron: str, tz: str = "UTC", mode
     next_fire(cron, tz)
     require_server()
     src, dst = Path(in_dir).expanduser().resolve(), Path(out_dir).expanduser().resolve()
-    check_job(src, dst, model, sigma, reference)   # refused now, not at 02:00 with three retries a minute apart
+    check_job(src, dst, model, sigma, reference, noise, strength)   # refused now, not at 02:00 with three retries a minute apart
     name = name or default_name(in_dir, out_dir)
     ensure_pool(pool)
     params = {"in_dir": str(src), "out_dir": str(dst), "model": model, "sigma": sigma, "batches": batches,
               "reference": str(Path(reference).expanduser().resolve()) if reference else None,
               "retry_pending": True, "wait": 600.0, "progress": False,
-              "task_runner": task_runner, "dask_address": dask_address}
+              "task_runner": task_runner, "dask_address": dask_address, "noise": noise, "strength": strength}
     from flows.pipelines import scheduled_denoise_flow
 
     flow = scheduled_denoise_flow.from_source(str(REPO), "flows/pipelines.py:scheduled_denoise_flow")
