@@ -17,10 +17,10 @@ import re
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
-import safetensors.torch
-import torch
+if TYPE_CHECKING:          # torch and safetensors load in the functions that use them: a command's argument
+    import torch           # checks and file helpers (flows.stages, levels, music) answer without them
 
 
 def _umask() -> int:
@@ -112,8 +112,11 @@ def save_model(model: torch.nn.Module, folder: Path, config: dict, *, dtype: tor
                extra: dict | None = None) -> None:
     """Write weights (+ sha256 sidecar) and the completed config (+ metrics etc. in `extra`).
 
-    `dtype=torch.float16` halves the file (shipped weights must stay under 2 MB); loading casts back.
+    `dtype=torch.float16` halves the file (shipped weights must stay under 8 MB); loading casts back.
     """
+    import safetensors.torch
+    import torch
+
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().to("cpu", dtype or v.dtype).contiguous() for k, v in model.state_dict().items()}
@@ -134,6 +137,9 @@ def read_config(folder: Path) -> dict:
 
 def load_state(folder: Path) -> dict[str, torch.Tensor]:
     """Weights of a model folder, verified against their sha256 sidecar (safetensors has no checksum)."""
+    import safetensors.torch
+    import torch
+
     path = Path(folder) / WEIGHTS
     sidecar = path.with_name(WEIGHTS + ".sha256")
     if not path.is_file() or not sidecar.is_file():
@@ -184,6 +190,9 @@ def save_training_state(ckpt_root: Path, step: int, model: torch.nn.Module, stat
     torch's own writer reports a full disk as "unexpected pos", without an errno. A full disk raises
     an OSError whose message names the file and says which checkpoint was kept.
     """
+    import safetensors.torch
+    import torch
+
     ckpt_root = Path(ckpt_root)
     ckpt_root.mkdir(parents=True, exist_ok=True)
     final = ckpt_root / f"step-{step:09d}"
@@ -229,6 +238,9 @@ def _complete_steps(ckpt_root: Path) -> list[Path]:
 
 def _read_checkpoint(folder: Path) -> tuple[dict[str, torch.Tensor], dict]:
     """Verify `folder` against its SHA256SUMS and load it; ValueError (one line, naming the file) if not."""
+    import safetensors.torch
+    import torch
+
     try:
         listed = {}
         for line in (folder / SUMS).read_text().splitlines():
