@@ -915,9 +915,10 @@ def levels_check(
     if mode not in ("auto", "window", "level"):
         raise typer.BadParameter(f"{mode!r}: auto, window or level", param_hint="--mode")
     from flows.levels import files_to_check
-    from flows.pipelines import levels_check_flow
 
     files_to_check(target)                                # missing, or a folder without level files
+    from flows.pipelines import levels_check_flow
+
     r = _run_flow(levels_check_flow, path=str(target), game=game, mode=mode)
     if as_json:
         print(json.dumps(r, indent=2))
