@@ -435,8 +435,9 @@ def main(argv=None) -> None:
     left_out = [n for n in [missing_extra("cv2", "OpenCV NLM") if gauss else None,
                             None if args.skip_bm3d else missing_extra("bm3d", "BM3D / CBM3D")] if n]
     has_bm3d = not args.skip_bm3d and not any(n.startswith("BM3D") for n in left_out)
-    has_est = has_bm3d and bool(real) and not (n := missing_extra("pywt", "CBM3D with estimated σ"))
-    left_out += [n] if has_bm3d and real and not has_est else []
+    no_est = missing_extra("pywt", "CBM3D with estimated σ") if has_bm3d and real else None
+    left_out += [no_est] if no_est else []
+    has_est = has_bm3d and bool(real) and not no_est
     for n in left_out:
         log(n)
 
@@ -452,7 +453,7 @@ def main(argv=None) -> None:
               "bm3d-est": "CBM3D, σ estimated per image (wavelet MAD, every 3rd pixel)",
               "bm3d-best": f"CBM3D, best fixed σ of {{{args.cbm3d_grid}}} (chosen on these images: flatters it)"}
     gauss_labels = labels | {m.name: m.label(some(gauss)) for m in models}
-    real_labels = labels | {m.name: m.label(some(real)) for m in models}
+    real_labels = labels | {"noisy": "noisy input (the camera's file)"} | {m.name: m.label(some(real)) for m in models}
 
     ref_gflops = [conv_throughput(device)] if models else []
     load_start, records, n_images, bm3d_n, t_start = os.getloadavg(), [], {}, {}, time.perf_counter()
