@@ -33,9 +33,11 @@ RECIPES = {
     "gray-map": ("train400", {"kind": "skip_dae", "channels": 1, "sigma": [0, 55], "noise_map": True, **WIDE}),
     "gray-s25-wide": ("train400", {"kind": "skip_dae", "channels": 1, "sigma": 25, **WIDE}),
 }
+# fine-tuning: (training set, starting model shipped in models/pretrained, peak learning rate)
+FINE_TUNES = {"camera-color-more": ("cbsd432", "skip-dae-camera", 5e-4)}
 
 
-def command(data: Path, model: dict, minutes: float) -> str:
+def command(data: Path, model: dict, minutes: float, init: Path | None = None, lr: float = COMMON["lr"]) -> str:
     """The `aeflow denoise train` command that builds the same stages."""
     m = model
     sigma = m["sigma"] if not isinstance(m["sigma"], list) else f"{m['sigma'][0]}-{m['sigma'][1]}"
@@ -45,8 +47,10 @@ def command(data: Path, model: dict, minutes: float) -> str:
         parts.append(f"--noise {m['noise']}")
     if m.get("noise_map"):
         parts.append("--noise-map")
+    if init:
+        parts.append(f"--init {init.name}")
     parts.append(f"--minutes {minutes:g} --batch-size {COMMON['batch_size']} --patch {COMMON['patch']} "
-                 f"--epoch-steps {COMMON['epoch_steps']} --lr {COMMON['lr']:g}")
+                 f"--epoch-steps {COMMON['epoch_steps']} --lr {lr:g}")
     return " ".join(parts)
 
 
@@ -58,21 +62,29 @@ def train_one(name: str, data: Path, minutes: float, steps: int | None = None) -
     from flows.ingest import ingest_images
     from flows.train import train_model
 
-    folder, model = RECIPES[name]
+    from flows.catalog import PRETRAINED
+
+    init, lr = None, COMMON["lr"]
+    if name in FINE_TUNES:
+        folder, start, lr = FINE_TUNES[name]
+        init = PRETRAINED / start
+        model = json.loads((init / "config.json").read_text())["model"]
+    else:
+        folder, model = RECIPES[name]
     ingest = ingest_images(str(data / folder))
-    training = {"minutes": minutes, **COMMON} if not steps else {"steps": steps, "epoch_steps": steps, "batch_size": 4, "patch": 48}
-    out = train_model(ingest, model, training, progress=False)
+    training = {"minutes": minutes, **COMMON, "lr": lr} if not steps else {"steps": steps, "epoch_steps": steps, "batch_size": 4, "patch": 48}
+    out = train_model(ingest, model, training, progress=False, init=str(init) if init else None)
     cfg = json.loads((Path(out) / "config.json").read_text())
     print(json.dumps({"recipe": name, "folder": out, "steps": cfg["steps"], "seconds": cfg["seconds"],
                       "patches_per_s": cfg["patches_per_s"], "metrics": cfg["metrics"],
-                      "parameters": cfg["parameters"], "command": command(data / folder, model, minutes)}), flush=True)
+                      "parameters": cfg["parameters"], "command": command(data / folder, model, minutes, init, lr)}), flush=True)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, required=True)
     ap.add_argument("--minutes", type=float, default=7.5)
-    ap.add_argument("--recipes", default=",".join(RECIPES))
+    ap.add_argument("--recipes", default=",".join(RECIPES), help=f"of {', '.join([*RECIPES, *FINE_TUNES])}")
     ap.add_argument("--root", type=Path, default=ROOT / "outputs" / "pretrain")
     ap.add_argument("--steps", type=int, help="a tiny smoke run of N steps (batch 4, 48 px) instead of --minutes")
     ap.add_argument("--one", help=argparse.SUPPRESS)
@@ -80,9 +92,9 @@ def main() -> None:
     if args.one:
         return train_one(args.one, args.data.resolve(), args.minutes, args.steps)
     names = args.recipes.split(",")
-    unknown = [n for n in names if n not in RECIPES]
+    unknown = [n for n in names if n not in RECIPES and n not in FINE_TUNES]
     if unknown:
-        sys.exit(f"unknown recipe(s) {unknown}; known: {', '.join(RECIPES)}")
+        sys.exit(f"unknown recipe(s) {unknown}; known: {', '.join([*RECIPES, *FINE_TUNES])}")
     args.root.mkdir(parents=True, exist_ok=True)
     t0, procs = time.time(), {}
     for n in names:   # one process each, one output root each: they share the GPU, not their caches
