@@ -89,11 +89,17 @@ def main() -> None:
         error(str(e))
         code = 2
     except Exception as e:
-        # a condition with its own exit status (flows.denoise: 3 folder locked, 4 disk full): one line too
-        if not isinstance(getattr(e, "exit_status", None), int) or os.environ.get("AEFLOW_DEBUG"):
+        # a condition with its own exit status (flows.denoise: 3 folder locked; 4 disk full, wherever a write
+        # ran out of room: outputs, checkpoints, model folders): one line too
+        from models.checkpoints import storage_error
+
+        status = getattr(e, "exit_status", None)
+        if not isinstance(status, int) and storage_error(e) is not None:
+            status = 4
+        if not isinstance(status, int) or os.environ.get("AEFLOW_DEBUG"):
             raise
         error(str(e))
-        code = e.exit_status
+        code = status
     finally:
         # The interpreter's last garbage collection walks every object torch and Prefect created: 0.5-1 s
         # per command. Frozen objects are skipped; exit handlers (Prefect's log flush, temporary API) still run.
@@ -129,7 +135,7 @@ def _run_flow(flow_fn, **kwargs):
     for handler in logging.getLogger().handlers:           # set up when the flows were defined
         if isinstance(handler, PrefectConsoleHandler):
             handler.addFilter(_console_filter)             # the same filter is added once
-    return run_flow(flow_fn, kwargs, announce=lambda m: Console(stderr=True).print(f"[dim]{m}[/]", highlight=False))
+    return run_flow(flow_fn, kwargs, announce=lambda m: err.print(f"[dim]{m}[/]", highlight=False))
 
 
 def _device(value: str) -> str:
@@ -147,24 +153,19 @@ def _device(value: str) -> str:
     return value
 
 
-# The checks below use the standard library only, so that a mistyped folder is answered in a fraction of a
-# second, before torch (2 s) and Prefect (1-2 s) are imported; the jobs check again, with the same words.
 def _job_folders(in_dir: Path, out_dir: Path) -> None:
-    """The first checks of flows.denoise.check_folders: the input folder exists, the output lies outside it."""
-    in_dir, out_dir = in_dir.expanduser().resolve(), out_dir.expanduser().resolve()
-    if in_dir.is_file():
-        raise NotADirectoryError(f"{in_dir}: is a file; give the folder that holds the images")
-    if not in_dir.is_dir():
-        raise FileNotFoundError(f"{in_dir}: input folder not found")
-    _out_folder(out_dir)
-    if out_dir == in_dir or out_dir.is_relative_to(in_dir) or in_dir.is_relative_to(out_dir):
-        raise ValueError(f"output folder {out_dir} must lie outside the input folder {in_dir} (and not contain it)")
+    """The job's folder checks before torch (2 s) and Prefect (1-2 s) are imported: models.checkpoints loads
+    neither, so a mistyped folder is answered in a fraction of a second."""
+    from models.checkpoints import check_folders
+
+    check_folders(in_dir.expanduser().resolve(), out_dir.expanduser().resolve())
 
 
 def _out_folder(path: Path) -> None:
-    """As models.checkpoints.check_output_folder: before any work, which would fail after the model ran."""
-    if path.exists() and not path.is_dir():
-        raise NotADirectoryError(f"{path}: output path exists and is not a folder")
+    """An output path that is a file, refused before any work (which would fail after the model ran)."""
+    from models.checkpoints import check_output_folder
+
+    check_output_folder(path)
 
 
 def _parse_sigma(text: str) -> float | list[float]:
@@ -251,16 +252,8 @@ def denoise_train(
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     from flows.pipelines import denoise_train_flow
 
-    try:
-        folder = _run_flow(denoise_train_flow, data=str(data) if data else None, model=model_cfg, training=training,
-                           refresh=refresh, init=str(init_dir) if init_dir else None, name=name)
-    except OSError as e:
-        from models.checkpoints import storage_error
-
-        if storage_error(e) is None:
-            raise
-        error(str(e))
-        raise typer.Exit(4) from None
+    folder = _run_flow(denoise_train_flow, data=str(data) if data else None, model=model_cfg, training=training,
+                       refresh=refresh, init=str(init_dir) if init_dir else None, name=name)
     from flows.catalog import describe
 
     d = describe(Path(folder))

@@ -10,7 +10,6 @@ written atomically, inside OUT_DIR (a link in OUT_DIR that points out of it is r
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import json
 import os
@@ -32,7 +31,7 @@ from flows.progress import Bar
 from flows.stages import digest
 from formats.images import (IMAGE_SUFFIXES, MAX_PIXELS, BadImage, DecodedImage, contact_sheet, encode_image,
                            find_images, map_bands, read_image, read_thumbnail)
-from models.checkpoints import check_output_folder, write_bytes_atomic, write_json_atomic
+from models.checkpoints import check_folders, storage_error, write_bytes_atomic, write_json_atomic
 from models.inference import denoise_batch, denoise_image, estimate_levels, takes_level
 from models.registry import DENOISERS, load_model
 from models.trainer import pick_device
@@ -42,7 +41,6 @@ CHUNK = 8                  # images decoded at once: bounds memory, lets same-si
 WHOLE_IMAGE_PIXELS = 600 * 600   # above this an image is denoised in tiles, alone
 SHEET_ROWS = 8             # images per contact-sheet page
 SCORES = ("psnr", "ssim", "input_psnr", "reference")   # what a report keeps for an image not re-made
-_FULL = (errno.ENOSPC, errno.EDQUOT)
 LUMA = (0.299, 0.587, 0.114)   # ITU-R BT.601 weights: a colour model's output back to gray
 GRAY_AS_COLOUR = "gray image denoised by a colour model as three equal channels, luma taken back"
 
@@ -61,11 +59,12 @@ class DiskFull(RuntimeError):
 
 @contextmanager
 def _disk_full(path: Path, kept):
-    """Turn a full disk (or quota) while writing `path` into one DiskFull line; `kept()` says what stays."""
+    """Turn a full disk (quota, file-size limit) while writing `path` into one DiskFull line; `kept()` says
+    what stays."""
     try:
         yield
     except OSError as e:
-        if e.errno not in _FULL:
+        if storage_error(e) is None:
             raise
         raise DiskFull(f"{path}: no space left on device; {kept()}") from None
 
@@ -109,18 +108,6 @@ def check_job(in_dir: Path, out_dir: Path, model: str, sigma: float | None, refe
     if not 0 < strength <= 4:
         raise ValueError(f"--strength {strength:g}: use a factor in (0, 4] (1 = the level the model reads)")
     Models(model, sigma, torch.device("cpu"), noise=noise, strength=strength).identity()
-
-
-def check_folders(in_dir: Path, out_dir: Path) -> None:
-    """Refuse an output folder equal to, inside, or containing the input folder: outputs could
-    overwrite inputs (mirrored relative paths) or be taken as inputs on the next run."""
-    if in_dir.is_file():
-        raise NotADirectoryError(f"{in_dir}: is a file; give the folder that holds the images")
-    if not in_dir.is_dir():
-        raise FileNotFoundError(f"{in_dir}: input folder not found")
-    check_output_folder(out_dir)
-    if out_dir == in_dir or out_dir.is_relative_to(in_dir) or in_dir.is_relative_to(out_dir):
-        raise ValueError(f"output folder {out_dir} must lie outside the input folder {in_dir} (and not contain it)")
 
 
 def find_reference(ref_dir: Path, rel: Path) -> Path | None:
@@ -209,12 +196,12 @@ class Models:
             if self.sigma is not None:
                 level = float(self.sigma)
             else:
-                px = job.image.pixels
-                h, w = px.shape[:2]
-                crop = px[max(0, (h - 512) // 2):][:512, max(0, (w - 512) // 2):][:, :512]
-                x = torch.from_numpy(np.asarray(crop, dtype=np.float32) / (np.iinfo(px.dtype).max if px.dtype.kind == "u" else 1))
-                x = x.permute(2, 0, 1)[None]
-                level = float(estimate_levels(net, x)[0])
+                px = job.image.pixels                  # float, or uint8/16 for a large image: crop first
+                top, left = max(0, (px.shape[0] - 512) // 2), max(0, (px.shape[1] - 512) // 2)
+                crop = np.asarray(px[top:top + 512, left:left + 512], dtype=np.float32)
+                if px.dtype.kind == "u":
+                    crop /= np.iinfo(px.dtype).max
+                level = float(estimate_levels(net, torch.from_numpy(crop).permute(2, 0, 1)[None])[0])
             job.row_extra = {"noise_level": round(level, 2), **({"strength": self.strength} if self.strength != 1 else {})}
             out.append(level * self.strength)
         return out
@@ -643,14 +630,14 @@ def _denoise_group(group: list[Job], models: Models) -> None:
         return denoise_image(net, x.expand(3, -1, -1) if as_colour else x, ensemble=models.ensemble,
                              level=levels[0] if levels else None)
 
+    def back(y: torch.Tensor) -> torch.Tensor:                              # (B, C', H, W) -> (B, C, H, W)
+        return torch.einsum("bchw,c->bhw", y, torch.tensor(LUMA, dtype=y.dtype))[:, None] if as_colour else y
+
     if len(group) == 1 and group[0].image.pixels.dtype.kind == "u":
         # a large image held as integers: denoised band by band into an integer output (no float copy of it)
         def band(b: np.ndarray) -> np.ndarray:                            # (h, W, C) float32 -> (h, W, C)
             with torch.inference_mode():
-                y = one(torch.from_numpy(b).permute(2, 0, 1))[None]       # (1, C', h, W)
-                if as_colour:
-                    y = torch.einsum("bchw,c->bhw", y, torch.tensor(LUMA, dtype=y.dtype))[:, None]
-                return y[0].permute(1, 2, 0).numpy()
+                return back(one(torch.from_numpy(b).permute(2, 0, 1))[None])[0].permute(1, 2, 0).numpy()
         y = [map_bands(group[0].image.pixels, band)]
     elif len(group) == 1:                      # possibly huge: no stacked copy, tiles inside
         x = torch.from_numpy(group[0].image.pixels).permute(2, 0, 1)               # (H, W, C) -> (C, H, W)
@@ -661,9 +648,7 @@ def _denoise_group(group: list[Job], models: Models) -> None:
                           torch.tensor(levels) if levels else None)
     if torch.is_tensor(y):
         with torch.inference_mode():                                               # y is an inference tensor
-            if as_colour:                                                          # (B, 3, H, W) -> (B, 1, H, W)
-                y = torch.einsum("bchw,c->bhw", y, torch.tensor(LUMA, dtype=y.dtype))[:, None]
-            y = y.clamp_(0, 1).permute(0, 2, 3, 1).numpy()                         # (B, H, W, C) views
+            y = back(y).clamp_(0, 1).permute(0, 2, 3, 1).numpy()                   # (B, H, W, C) views
     for job, out in zip(group, y):
         job.output = out
         job.image = replace(job.image, pixels=np.empty((0, 0, 0), np.float32))   # free the input early

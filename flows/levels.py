@@ -11,21 +11,19 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import stat
 import time
 from pathlib import Path
 
 import numpy as np
 
-from flows.stages import Stage, run_stage
+from flows.stages import Stage, content_key, run_stage
 from formats.levels import (BLEND_SHAPE, BLENDS, GAMES, BadLevel, annotation_copies, contact_sheet, copies, cut_units,
                             diversity, game_spec, game_tile_shares, get_legend, grid_to_level, level_files,
                             mario_gpt_file, mario_gpt_levels, novelty, pad_top, png_bytes, read_level, remap,
                             render_level, tpkl, wilson, windows, zelda_rooms)
 from formats.playability import (AS_MARIO, CHECKERS, MARIO_SOLID, as_game, blend_playable, mario_pipes_ok,
                                  mario_playable, playable, zelda_check)
-from models.checkpoints import sha256_file, write_bytes_atomic, write_json_atomic, write_report
+from models.checkpoints import write_bytes_atomic, write_json_atomic, write_report
 
 VERSION = 2     # 2: full Mario levels start on the standable cells of the first columns (originals' rates change)
 # The shipped Mario models (models/pretrained/) that "auto" names: `sample` draws whole columns (pipes, stairs and
@@ -95,16 +93,6 @@ def _sources(game: str, data: str | None) -> tuple[list[Path], str]:
     return files, root.resolve().name
 
 
-def _content(f: Path) -> str:
-    """A level file's sha256 for the stage key; a link or other non-file by its name only: read_level refuses
-    it, and hashing it would read whatever it points at."""
-    try:
-        regular = stat.S_ISREG(os.lstat(f).st_mode)
-    except OSError:
-        regular = False
-    return sha256_file(f) if regular else hashlib.sha256(f"not a regular file: {f.name}".encode()).hexdigest()
-
-
 def ingest_levels(game: str = "mario", data: str | None = None, width: int | None = None,
                   refresh: bool = False) -> str:
     """Read every level, cut units, score the originals with the game's checker; returns the stage folder.
@@ -113,7 +101,7 @@ def ingest_levels(game: str = "mario", data: str | None = None, width: int | Non
         return ingest_blend(game, data, refresh)
     legend = get_legend(game)
     files, source = _sources(game, data)
-    contents = tuple(sha256_file(f) if source == "mario-gpt" else _content(f) for f in files)
+    contents = tuple(content_key(f) for f in files)
     spec = game_spec(game, width)
     config = {"game": game, "width": width, "unit": spec.unit}
     if game not in GAMES:                      # a legend file: its content is part of the key, not its path

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from flows.stages import Stage, run_stage
+from flows.stages import Stage, content_key, run_stage
 from formats import music_metrics as mm
 from formats.music import (ENCODINGS, GM_PROGRAMS, HOLD, MAX_BYTES, OFFSET, REST, STEPS_PER_BEAT, BadMidi, Encoding,
                            canonical, cut, find_midi, is_key_signature, midi_to_roll, notes_to_roll, roll_to_midi,
@@ -150,14 +150,14 @@ def ingest_music(source: str, mode: str = "melody", limit: int | None = None, wo
     if mat is not None:
         if mode != "melody":
             raise ValueError(f"{mat}: Nottingham is a melody over chords, not four voices: use --mode melody")
-        contents = (_content_key(mat),)
+        contents = (content_key(mat, MAX_BYTES + 1),)
         config = {"source": "nottingham", "mode": mode, "limit": limit}
         slug, units = f"nottingham-{mode}", None
     elif folder.is_dir():
         files = find_midi(folder)
         if limit:
             files = _spread(files, limit)
-        contents = tuple(_content_key(p) for p in files)
+        contents = tuple(content_key(p, MAX_BYTES + 1) for p in files)
         config = {"source": "midi", "mode": mode, "limit": limit}
         if mode == "melody":
             config["melody"] = "skyline"  # the top line sounding (before: lower parts' onsets cut into it)
@@ -199,18 +199,6 @@ def ingest_music(source: str, mode: str = "melody", limit: int | None = None, wo
 
     folder_out, _, _ = run_stage(stage, fill, refresh)
     return str(folder_out)
-
-
-def _content_key(path: Path) -> str:
-    """sha256 of a file's first MAX_BYTES + 1 bytes (enough to tell apart everything read_midi accepts), without
-    opening anything but a regular file (a FIFO would block)."""
-    import stat
-
-    st = os.lstat(path)
-    if not stat.S_ISREG(st.st_mode):
-        return hashlib.sha256(f"not a regular file: {path.name}".encode()).hexdigest()
-    with open(path, "rb") as f:
-        return hashlib.sha256(f.read(MAX_BYTES + 1)).hexdigest()
 
 
 def _spread(items: list, n: int) -> list:

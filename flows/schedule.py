@@ -167,31 +167,28 @@ def _deployment(client, name: str):
         raise FileNotFoundError(f"no scheduled job named {name!r}; known: {known}") from None
 
 
+def _on_deployment(name: str, action: str) -> str:
+    """Call the client's `<action>_deployment` (pause, resume, delete) on NAME; returns its name."""
+    require_server()
+    with get_client(sync_client=True) as client:
+        d = _deployment(client, name)
+        getattr(client, f"{action}_deployment")(d.id)
+    return d.name
+
+
 def pause(name: str) -> str:
     """Pause NAME's schedule: Prefect deletes its scheduled runs and makes no new ones until `resume`
     (`schedule run` still runs it by hand)."""
-    require_server()
-    with get_client(sync_client=True) as client:
-        d = _deployment(client, name)
-        client.pause_deployment(d.id)
-    return d.name
+    return _on_deployment(name, "pause")
 
 
 def resume(name: str) -> str:
-    require_server()
-    with get_client(sync_client=True) as client:
-        d = _deployment(client, name)
-        client.resume_deployment(d.id)
-    return d.name
+    return _on_deployment(name, "resume")
 
 
 def delete(name: str) -> str:
     """Delete NAME and its scheduled runs; its output folder and finished runs' history stay."""
-    require_server()
-    with get_client(sync_client=True) as client:
-        d = _deployment(client, name)
-        client.delete_deployment(d.id)
-    return d.name
+    return _on_deployment(name, "delete")
 
 
 def run_now(name: str, timeout: float | None = 0, on_queue=None) -> dict:

@@ -23,11 +23,10 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 
-from flows.settings import outputs_root, running_server_url, server_file
+from flows.settings import healthy, outputs_root, running_server_url, server_file
 
 STARTUP_TIMEOUT_S = 120      # 14-26 s measured here on a fresh SQLite database under load
 IDLE_S = float(os.environ.get("AEFLOW_API_IDLE_S", 600))   # the kept temporary API stops after this long unused
@@ -59,12 +58,9 @@ def start(host: str = "127.0.0.1", port: int = 4200, auth: str | None = None) ->
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"prefect server exited with {proc.returncode}; see {folder / 'server.log'}")
-        try:
-            with urllib.request.urlopen(f"{api}/health", timeout=1) as r:
-                if r.status == 200:
-                    break
-        except OSError:
-            time.sleep(0.5)
+        if healthy(api):
+            break
+        time.sleep(0.5)
     else:
         os.killpg(proc.pid, signal.SIGTERM)
         raise RuntimeError(f"prefect server did not answer within {STARTUP_TIMEOUT_S} s; see {folder / 'server.log'}")
@@ -133,14 +129,6 @@ def temporary_api_info() -> dict | None:
         return None
 
 
-def _healthy(api_url: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{api_url}/health", timeout=2) as r:
-            return r.status == 200
-    except OSError:
-        return False
-
-
 def _spawn_temporary(idle_s: float) -> dict:
     """Start the temporary API without waiting for it: the caller goes on with its own work meanwhile. The
     socket is bound here (loopback, a free port) and handed over, so no other process can take the port."""
@@ -175,7 +163,7 @@ def start_temporary(idle_s: float | None = None) -> tuple[dict, bool]:
 
 def wait_healthy(info: dict, timeout: float = STARTUP_TIMEOUT_S) -> None:
     deadline = time.monotonic() + timeout
-    while not _healthy(info["api_url"]):
+    while not healthy(info["api_url"], timeout=2):
         if not _ours(info["pid"]):
             raise RuntimeError(f"the temporary Prefect API exited; see {server_file().parent / 'temporary.log'}")
         if time.monotonic() > deadline:

@@ -25,12 +25,20 @@ def server_file() -> Path:
     return outputs_root() / "server" / "server.json"
 
 
+def healthy(api_url: str, timeout: float = 1.0) -> bool:
+    """Whether the Prefect API at `api_url` answers its health check."""
+    try:
+        with urllib.request.urlopen(f"{api_url}/health", timeout=timeout) as r:
+            return r.status == 200
+    except OSError:
+        return False
+
+
 def running_server() -> dict | None:
     """What `aeflow server start` recorded (api_url, pid, auth), if that server answers its health check."""
     try:
         info = json.loads(server_file().read_text())
-        with urllib.request.urlopen(f"{info['api_url']}/health", timeout=1) as r:
-            return info if r.status == 200 else None
+        return info if healthy(info["api_url"]) else None
     except (OSError, ValueError, KeyError):
         return None
 

@@ -15,6 +15,7 @@ import os
 import re
 import shutil
 import socket
+import stat
 import tempfile
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -34,6 +35,21 @@ def digest(obj) -> str:
 
 def slugify(text: str) -> str:
     return re.sub(r"[^a-z0-9_]+", "-", text.lower()).strip("-")[:40] or "x"
+
+
+def content_key(path: Path, limit: int | None = None) -> str:
+    """sha256 of a regular file's bytes (its first `limit` when given), for a stage key; anything else (a link, a
+    FIFO, a file gone) by its name only: its reader refuses it, and hashing it would follow the link or block."""
+    try:
+        regular = stat.S_ISREG(os.lstat(path).st_mode)
+    except OSError:
+        regular = False
+    if not regular:
+        return hashlib.sha256(f"not a regular file: {Path(path).name}".encode()).hexdigest()
+    if limit is None:
+        return sha256_file(path)
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read(limit)).hexdigest()
 
 
 @dataclass(frozen=True)

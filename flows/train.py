@@ -13,11 +13,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import shutil
-import socket
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +23,7 @@ from flows.ingest import load_ingested
 from flows.progress import TrainProgress
 from flows.stages import MANIFEST, Stage, read_manifest, run_stage, slugify
 from models.autoencoders import count_parameters
-from models.checkpoints import WEIGHTS, load_state, save_model, sha256_file, write_json_atomic
+from models.checkpoints import WEIGHTS, load_state, save_model, sha256_file
 from models.patches import PatchSampler, center_crops
 from models.registry import build, parse_config
 from models.trainer import TrainConfig, pick_device, train as train_loop
@@ -184,27 +181,24 @@ def run_train_stage(stage: Stage, fill, refresh: bool, named: bool = False) -> P
         for other in folders:
             manifest = read_manifest(other) if other.name.endswith("-" + stage.key[:12]) else None
             if manifest is not None and manifest.get("key") == stage.key and other != stage.folder:
-                _copy_stage(other, manifest, stage)
-                break
+                return run_stage(stage, _copy_of(other, manifest))[0]
     if refresh:
         shutil.rmtree(stage.workdir, ignore_errors=True)
     folder, _, _ = run_stage(stage, fill, refresh)
     return folder
 
 
-def _copy_stage(src: Path, manifest: dict, stage: Stage) -> None:
-    """A finished stage folder of the same key under this stage's name (built aside, manifest last, renamed)."""
-    owner = f"{socket.gethostname()}-{os.getpid()}"               # so that a killed copy is swept like a build
-    tmp = Path(tempfile.mkdtemp(dir=src.parent, prefix=f".tmp-{stage.folder.name}-{owner}-"))
-    try:
+def _copy_of(src: Path, manifest: dict):
+    """A `fill` for run_stage: the files of a finished folder of the same key, with its record (when and how it
+    was trained) and where it came from."""
+    own = {"stage", "version", "key", "slug", "config", "upstream", "files"}      # run_stage writes these anew
+
+    def fill(tmp: Path) -> dict:
         for rel in manifest["files"]:
             (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src / rel, tmp / rel)
-        write_json_atomic(tmp / MANIFEST, {**manifest, "slug": stage.slug, "copied_from": src.name})
-        tmp.rename(stage.folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        return {**{k: v for k, v in manifest.items() if k not in own}, "copied_from": src.name}
+    return fill
 
 
 def plot_curve(history: list[dict], path: Path, title: str, metric: str = "psnr") -> None:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import io
 import os
 import re
-import stat
 import struct
 import sys
 import threading
@@ -24,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFile, ImageFont, ImageOps, UnidentifiedImageError
+
+from formats.files import Refused, open_regular
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp", ".gif"})
 MAX_PIXELS = 120_000_000  # default decompression-bomb cap (read_image's max_pixels); an 8000x6000 photo (48 MP) passes
@@ -105,21 +106,16 @@ def read_image(path: Path, max_pixels: int = MAX_PIXELS, integers_above: int | N
     if ImageFile.LOAD_TRUNCATED_IMAGES:  # set by someone else in this process: truncation would pass silently
         raise RuntimeError("PIL.ImageFile.LOAD_TRUNCATED_IMAGES is True; read_image refuses to run with it")
     try:
-        st = os.lstat(path)
-    except OSError as e:
-        raise BadImage(path, f"cannot stat ({e.strerror})") from None
-    if not stat.S_ISREG(st.st_mode):  # a FIFO would block Image.open forever; links may leave the input tree
-        raise BadImage(path, f"not a regular file ({_file_kind(st.st_mode)})")
-    if st.st_size == 0:
-        raise BadImage(path, "empty file")
-    if st.st_size > MAX_BYTES:
-        raise BadImage(path, f"{st.st_size} bytes exceeds the {MAX_BYTES} byte limit")
+        fh = open_regular(path)
+    except Refused as e:
+        raise BadImage(path, str(e)) from None
     try:
-        # O_NOFOLLOW | O_NONBLOCK: if the file was swapped for a link or a FIFO since lstat, fail, don't hang.
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-        with os.fdopen(fd, "rb") as fh:
-            if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
-                raise BadImage(path, "not a regular file (changed while opening)")
+        with fh:
+            size = os.fstat(fh.fileno()).st_size
+            if size == 0:
+                raise BadImage(path, "empty file")
+            if size > MAX_BYTES:
+                raise BadImage(path, f"{size} bytes exceeds the {MAX_BYTES} byte limit")
             # Pillow's warnings (corrupt EXIF, odd TIFF tags...) would go to stderr, unseen in a batch:
             # they become notes of the image, for the report. catch_warnings swaps process-wide state, so
             # two threads inside it at once could leave warnings recorded into a dead list for good: one
@@ -367,14 +363,6 @@ def _split(x: np.ndarray, fmt: str, icc: bytes | None, integers_above: int | Non
 
 def _mp(pixels: int) -> str:
     return f"{pixels / 1e6:.0f} MP" if pixels >= 10_000_000 else f"{pixels / 1e6:.2g} MP"
-
-
-def _file_kind(mode: int) -> str:
-    for test, name in ((stat.S_ISDIR, "a directory"), (stat.S_ISLNK, "a symbolic link"),
-                       (stat.S_ISFIFO, "a named pipe"), (stat.S_ISSOCK, "a socket")):
-        if test(mode):
-            return name
-    return "a device"
 
 
 def _reason(e: Exception, max_pixels: int = MAX_PIXELS) -> str:

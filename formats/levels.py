@@ -15,12 +15,13 @@ import json
 import math
 import os
 import re
-import stat
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
+
+from formats.files import Refused, open_regular
 
 MAX_LEVEL_BYTES = 4 << 20       # VGLC's largest level is 30 kB; anything this big is not a level
 
@@ -195,38 +196,22 @@ def grid_to_level(grid: np.ndarray, legend: Legend | str) -> str:
     return "".join(r.tobytes().decode("latin-1") + "\n" for r in rows)
 
 
-def _file_kind(mode: int) -> str:
-    for test, name in ((stat.S_ISDIR, "a directory"), (stat.S_ISLNK, "a symbolic link"),
-                       (stat.S_ISFIFO, "a named pipe"), (stat.S_ISSOCK, "a socket")):
-        if test(mode):
-            return name
-    return "a device"
-
-
 def read_level(path: Path, legend: Legend | str) -> np.ndarray:
-    """One level file -> grid, or BadLevel saying what is wrong with it. Links are refused, as the image
-    reader does (formats/images.py read_image): a link may point out of the input folder, and an error
-    would quote the target's first odd character; a FIFO would block the read."""
+    """One level file -> grid, or BadLevel saying what is wrong with it. Opened as every input is
+    (formats.files.open_regular): a link is refused, never read, so an error cannot quote what it points to."""
     path = Path(path)
     try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        raise BadLevel(path, "no such file") from None
-    except OSError as e:
-        raise BadLevel(path, f"cannot stat ({e.strerror})") from None
-    if not stat.S_ISREG(st.st_mode):
-        raise BadLevel(path, f"not a regular file ({_file_kind(st.st_mode)})")
-    if st.st_size > MAX_LEVEL_BYTES:
-        raise BadLevel(path, f"{st.st_size} bytes: too big for a level (limit {MAX_LEVEL_BYTES})")
-    try:
-        # O_NOFOLLOW | O_NONBLOCK: swapped for a link or a FIFO since lstat -> fail, never follow or hang
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-        with os.fdopen(fd, "rb") as fh:
-            if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
-                raise BadLevel(path, "not a regular file (changed while opening)")
+        fh = open_regular(path)
+    except Refused as e:
+        raise BadLevel(path, str(e)) from None
+    with fh:
+        size = os.fstat(fh.fileno()).st_size
+        if size > MAX_LEVEL_BYTES:
+            raise BadLevel(path, f"{size} bytes: too big for a level (limit {MAX_LEVEL_BYTES})")
+        try:
             data = fh.read(MAX_LEVEL_BYTES + 1)
-    except OSError as e:
-        raise BadLevel(path, f"unreadable ({e.strerror})") from None
+        except OSError as e:
+            raise BadLevel(path, f"unreadable ({e.strerror})") from None
     if len(data) > MAX_LEVEL_BYTES:
         raise BadLevel(path, f"too big for a level (limit {MAX_LEVEL_BYTES} bytes)")
     return level_to_grid(data, legend, str(path))

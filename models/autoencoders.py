@@ -178,18 +178,20 @@ class SkipDAE(DenoisingAE):
     def pad_multiple(self) -> int:
         return self.cfg.unshuffle * 2 ** (len(self.cfg.widths) - 1)
 
+    def _log_level(self, y: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) noisy -> (B,) the estimator's log1p(level): a guess per place, averaged over the image."""
+        return self.estimator(F.pixel_unshuffle(self._pad(y)[0], self.cfg.unshuffle)).float().mean((1, 2, 3))
+
     def estimate_level(self, y: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) noisy -> (B,) estimated noise level on the 0-255 scale (a noise_map model only)."""
-        f = F.pixel_unshuffle(self._pad(y)[0], self.cfg.unshuffle)
-        return torch.expm1(self.estimator(f).float().mean((1, 2, 3)).clamp(0, 6))    # log1p(level) predicted
+        return torch.expm1(self._log_level(y).clamp(0, 6))
 
     def loss(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         if not self.cfg.noise_map:
             return super().loss(x, gen)
         y = self.corrupt(x, gen)
         level = noise_level(y, x)
-        f = F.pixel_unshuffle(self._pad(y)[0], self.cfg.unshuffle)
-        guess = self.estimator(f).float().mean((1, 2, 3))
+        guess = self._log_level(y)
         est_loss = F.mse_loss(guess, torch.log1p(level))
         # Half the batch sees the estimator's own guess, so blind use (no level given) is trained too.
         told = torch.where(torch.rand(x.shape[0], generator=gen, device=x.device) < 0.5, level,

@@ -68,6 +68,19 @@ def check_output_folder(path: Path) -> None:
         raise NotADirectoryError(f"{path}: output path exists and is not a folder")
 
 
+def check_folders(in_dir: Path, out_dir: Path) -> None:
+    """Refuse an output folder equal to, inside, or containing the input folder: outputs could
+    overwrite inputs (mirrored relative paths) or be taken as inputs on the next run. No torch: the CLI
+    calls it before loading anything."""
+    if in_dir.is_file():
+        raise NotADirectoryError(f"{in_dir}: is a file; give the folder that holds the images")
+    if not in_dir.is_dir():
+        raise FileNotFoundError(f"{in_dir}: input folder not found")
+    check_output_folder(out_dir)
+    if out_dir == in_dir or out_dir.is_relative_to(in_dir) or in_dir.is_relative_to(out_dir):
+        raise ValueError(f"output folder {out_dir} must lie outside the input folder {in_dir} (and not contain it)")
+
+
 def write_report(folder: Path, report: dict, files: list[str]) -> dict:
     """report.json of a job that writes `files` (names in `folder`) and replaces an earlier run's there: the
     files the earlier report listed and this run did not write again are removed, so that the folder holds
@@ -115,7 +128,6 @@ def save_model(model: torch.nn.Module, folder: Path, config: dict, *, dtype: tor
     `dtype=torch.float16` halves the file (shipped weights must stay under 8 MB); loading casts back.
     """
     import safetensors.torch
-    import torch
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -138,7 +150,6 @@ def read_config(folder: Path) -> dict:
 def load_state(folder: Path) -> dict[str, torch.Tensor]:
     """Weights of a model folder, verified against their sha256 sidecar (safetensors has no checksum)."""
     import safetensors.torch
-    import torch
 
     path = Path(folder) / WEIGHTS
     sidecar = path.with_name(WEIGHTS + ".sha256")
