@@ -32,6 +32,7 @@ def test_find_pairs_matches_noisy_and_clean_by_scene(tmp_path):
 
 
 def test_noise_estimate_sees_correlated_noise():
+    pytest.importorskip("pywt", reason="the wavelet noise estimate needs PyWavelets, a bench extra (make bench-deps)")
     rng = np.random.default_rng(0)
     x = photo(2, 240, 240, 3).astype(np.float64)
     white = 0.04 * rng.standard_normal(x.shape)
