@@ -17,7 +17,7 @@ import safetensors.numpy
 import skimage
 from flows.stages import Stage, run_stage
 from formats.images import BadImage, find_images, read_image
-from models.checkpoints import sha256_file
+from models.checkpoints import sha256_file, write_bytes_atomic
 
 VERSION = 1
 
@@ -88,7 +88,9 @@ def ingest_images(data: str | None = None, refresh: bool = False) -> str:
         if not index:
             raise ValueError(f"{root}: none of the {len(files)} files could be decoded: "
                              + "; ".join(f"{b['file']}: {b['reason']}" for b in bad[:5]))
-        safetensors.numpy.save_file(arrays, str(tmp / "images.safetensors"))
+        # serialised in memory, then written as a file: a full disk is then an OSError naming the file (run_stage
+        # makes it one line), where save_file's SafetensorError gives neither errno nor file
+        write_bytes_atomic(tmp / "images.safetensors", safetensors.numpy.save(arrays))
         return {"source": str(root), "images": index, "bad": bad, "duplicates": duplicates}
 
     folder, _, _ = run_stage(stage, fill, refresh)

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Callable
 
 from flows.settings import outputs_root
-from models.checkpoints import sha256_file, write_json_atomic
+from models.checkpoints import StorageFull, sha256_file, storage_error, write_json_atomic
 
 MANIFEST = "manifest.json"
 
@@ -129,8 +129,14 @@ def run_stage(stage: Stage, fill: Callable[[Path], dict], refresh: bool = False)
             folder.rename(old)
             shutil.rmtree(old, ignore_errors=True)
         tmp.rename(folder)
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        if (code := storage_error(e)) is not None and not isinstance(e, StorageFull):   # StorageFull: said already
+            where = Path(getattr(e, "filename", None) or tmp)
+            where = folder / where.relative_to(tmp) if where.is_relative_to(tmp) else where
+            raise StorageFull(code, f"{where}: {os.strerror(code).lower()} while building this stage; nothing of it "
+                                    f"was kept and earlier results are unchanged (free some space and run the same "
+                                    f"command again)") from None
         raise
     shutil.rmtree(stage.workdir, ignore_errors=True)
     return folder, manifest, False

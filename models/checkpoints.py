@@ -49,8 +49,10 @@ def atomic_write(final: Path, write: Callable[[Path], None]) -> None:
         os.chmod(tmp, FILE_MODE)
         os.replace(tmp, final)
         fsync_dir(final.parent)
-    except BaseException:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError) and e.filename is None:    # a failed write() names no file: name the one meant
+            e.filename = str(final)
         raise
 
 
@@ -132,7 +134,7 @@ def save_model(model: torch.nn.Module, folder: Path, config: dict, *, dtype: tor
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().to("cpu", dtype or v.dtype).contiguous() for k, v in model.state_dict().items()}
-    atomic_write(folder / WEIGHTS, lambda tmp: safetensors.torch.save_file(state, str(tmp)))
+    atomic_write(folder / WEIGHTS, lambda tmp: tmp.write_bytes(safetensors.torch.save(state)))   # full disk: OSError
     write_bytes_atomic(folder / (WEIGHTS + ".sha256"), (sha256_file(folder / WEIGHTS) + "\n").encode())
     write_json_atomic(folder / CONFIG, {"model": config, **(extra or {})})
 
@@ -174,8 +176,9 @@ log = logging.getLogger("aeflow.checkpoints")
 
 
 class StorageFull(OSError):
-    """A checkpoint write that failed for lack of room: `str()` is the one-line message (file, cause, what was
-    kept), without the "[Errno 28]" prefix; `exit_status` is the command's exit status for a full disk."""
+    """A write (a checkpoint, a stage's files) that failed for lack of room: `str()` is the one-line message
+    (file, cause, what was kept), without the "[Errno 28]" prefix; `exit_status` is the command's exit status
+    for a full disk."""
 
     exit_status = 4
 

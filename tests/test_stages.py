@@ -127,3 +127,37 @@ def test_ingest_lists_duplicate_files_it_left_out(tmp_path, outputs_root):
     manifest = json.loads((Path(ingest_images(str(a))) / MANIFEST).read_text())
     assert len(manifest["images"]) == 2
     assert manifest["duplicates"] == [{"file": "p0.png", "same_as": "copy/p0 (1).png"}]   # sorted order: first kept
+
+
+FULL_DISK_INGEST = """
+import resource, signal, sys
+from flows.ingest import ingest_images
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)               # writes past the limit fail with EFBIG
+resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, 20_000))  # a "disk" that takes 20 kB per file
+try:
+    ingest_images(sys.argv[1])
+except OSError as e:
+    print(f"exit {e.exit_status}: {e}")
+"""
+
+
+def test_a_full_disk_while_building_a_stage_is_one_line_naming_the_file(tmp_path):
+    """Before: safetensors' SafetensorError traceback ("I/O error: File too large"), no file named, exit 1."""
+    import os
+    import subprocess
+    import sys
+
+    import numpy as np
+    from PIL import Image
+
+    for i in range(2):                                           # 2 x 120 x 120 RGB uint16: 173 kB of tensors
+        Image.fromarray(np.random.default_rng(i).integers(0, 255, (120, 120, 3), np.uint8)).save(tmp_path / f"{i}.png")
+    outputs = tmp_path / "outputs"
+    repo = Path(__file__).resolve().parents[1]
+    r = subprocess.run([sys.executable, "-c", FULL_DISK_INGEST, str(tmp_path)], capture_output=True, text=True,
+                       env={**os.environ, "PYTHONPATH": str(repo), "AEFLOW_OUTPUTS": str(outputs)})
+    lines = r.stdout.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("exit 4: "), r.stdout + r.stderr
+    assert f"{outputs}/ingest/" in lines[0] and "/images.safetensors: file too large" in lines[0]
+    assert "nothing of it was kept" in lines[0] and "[Errno" not in lines[0]
+    assert not [p for p in (outputs / "ingest").iterdir()]      # no half-built or temporary folder left
