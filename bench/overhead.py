@@ -9,6 +9,10 @@ Runs are interleaved (direct, server, direct, server, ...) so background load hi
 Overhead = median(mode) - median(direct); share = overhead / median(mode).
 
     .venv/bin/python bench/overhead.py [--runs 5] [--embedded-runs 2] [--limit 68]
+
+--idle times the other case, a re-run with nothing to do (every output up to date), against issue 17's
+targets: under 3 s with a server, under 8 s without one (embedded: "cold" stops the kept temporary API
+first, so the command starts one; "warm" finds the one the previous command kept).
 """
 
 from __future__ import annotations
@@ -48,8 +52,10 @@ def prepare(work: Path, limit: int) -> Path:
     return noisy
 
 
-def timed(cmd: list[str], env: dict, out: Path) -> float:
-    shutil.rmtree(out, ignore_errors=True)
+def timed(cmd: list[str], env: dict, out: Path | None) -> float:
+    """Wall seconds of `cmd`; `out` (when given) is removed first so that the run does the whole job."""
+    if out is not None:
+        shutil.rmtree(out, ignore_errors=True)
     t0 = time.perf_counter()
     subprocess.run(cmd, env=env, check=True, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     return time.perf_counter() - t0
@@ -61,11 +67,47 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def server(env: dict, action: str) -> float:
+    """`aeflow server start|stop`; returns its wall seconds."""
+    t0 = time.perf_counter()
+    extra = ["--port", str(free_port())] if action == "start" else []
+    subprocess.run([str(ROOT / ".venv" / "bin" / "aeflow"), "server", action, *extra], env=env, check=True, cwd=ROOT,
+                   stdout=subprocess.DEVNULL)
+    return time.perf_counter() - t0
+
+
+def idle(aeflow: list[str], env: dict, runs: int, limit: int) -> None:
+    """The nothing-to-do re-run, embedded (cold, warm) and with a server, interleaved per round."""
+    stop_kept = [sys.executable, "-c", "from flows.server import stop_temporary; stop_temporary()"]
+    subprocess.run(aeflow, env=env, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)      # the outputs, once
+    times: dict[str, list[float]] = {"embedded, cold (starts the temporary API)": [],
+                                     "embedded, warm (the kept temporary API)": [], "server": []}
+    cold, warm, with_server = times
+    for _ in range(runs):
+        subprocess.run(stop_kept, env=env, check=True, cwd=ROOT)
+        times[cold].append(timed(aeflow, env, None))
+        times[warm].append(timed(aeflow, env, None))
+        server(env, "start")
+        try:
+            times[with_server].append(timed(aeflow, env, None))
+        finally:
+            server(env, "stop")
+    subprocess.run(stop_kept, env=env, check=True, cwd=ROOT)
+    print(f"\n`aeflow denoise run` with nothing to do ({limit} images up to date), whole-process wall time; "
+          f"load average {os.getloadavg()[0]:.1f}\n")
+    print("| mode | runs | median s | min s | max s | target s |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for mode, ts in times.items():
+        print(f"| {mode} | {len(ts)} | {statistics.median(ts):.2f} | {min(ts):.2f} | {max(ts):.2f} | "
+              f"{3 if mode == with_server else 8} |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--embedded-runs", type=int, default=2)
     ap.add_argument("--limit", type=int, default=68)
+    ap.add_argument("--idle", action="store_true", help="time a re-run with nothing to do instead")
     args = ap.parse_args()
     work = ROOT / "outputs" / "bench" / "overhead"
     noisy = prepare(work, args.limit)
@@ -73,25 +115,22 @@ def main() -> None:
     env.pop("PREFECT_API_URL", None)
     env.pop("PREFECT_HOME", None)
     aeflow = [str(ROOT / ".venv" / "bin" / "aeflow"), "denoise", "run", str(noisy), str(work / "out")]
+    if args.idle:
+        return idle(aeflow, env, args.runs, args.limit)
     direct = [sys.executable, "-c", DIRECT, str(noisy), str(work / "out")]
     times: dict[str, list[float]] = {"direct": [], "server": [], "embedded": []}
 
     for _ in range(args.embedded_runs):                       # no server yet: temporary API per command
         times["embedded"].append(timed(aeflow, env, work / "out"))
         print(f"embedded {times['embedded'][-1]:.2f} s", file=sys.stderr)
-    port = free_port()
-    t0 = time.perf_counter()
-    subprocess.run([str(ROOT / ".venv" / "bin" / "aeflow"), "server", "start", "--port", str(port)], env=env,
-                   check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
-    server_start = time.perf_counter() - t0
+    server_start = server(env, "start")
     try:
         for _ in range(args.runs):
             for mode, cmd in (("direct", direct), ("server", aeflow)):
                 times[mode].append(timed(cmd, env, work / "out"))
                 print(f"{mode} {times[mode][-1]:.2f} s", file=sys.stderr)
     finally:
-        subprocess.run([str(ROOT / ".venv" / "bin" / "aeflow"), "server", "stop"], env=env, cwd=ROOT,
-                       stdout=subprocess.DEVNULL)
+        server(env, "stop")
 
     base = statistics.median(times["direct"])
     print(f"\n{args.limit}-image denoise job (BSD68, sigma 25, shipped gray model, CPU), whole-process wall time; "

@@ -240,7 +240,7 @@ def denoise_train(
                  ("noise", None if noise == "gaussian" else noise), ("noise_map", noise_map or None)):
         if v is not None:
             model_cfg[k] = v
-    from models.registry import DENOISERS                  # torch: after the checks that need none
+    from models import DENOISERS
 
     if model not in DENOISERS:
         raise typer.BadParameter(f"{model!r}: image denoisers are {', '.join(DENOISERS)}", param_hint="--model")

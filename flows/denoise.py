@@ -19,10 +19,11 @@ import time
 from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from filelock import FileLock, Timeout
 
 from flows.catalog import resolve_model, weights_key
@@ -32,9 +33,13 @@ from flows.stages import digest
 from formats.images import (IMAGE_SUFFIXES, MAX_PIXELS, BadImage, DecodedImage, contact_sheet, encode_image,
                            find_images, map_bands, read_image, read_thumbnail)
 from models.checkpoints import check_folders, storage_error, write_bytes_atomic, write_json_atomic
-from models.inference import denoise_batch, denoise_image, estimate_levels, takes_level
-from models.registry import DENOISERS, load_model
-from models.trainer import pick_device
+from models import DENOISERS
+
+if TYPE_CHECKING:
+    import torch
+
+# torch and the model modules are imported where images are denoised: planning a run (and a run with
+# nothing to do) costs no torch, about a second of every command's start
 
 BOOKKEEPING = ".aeflow"
 CHUNK = 8                  # images decoded at once: bounds memory, lets same-size images share a batch
@@ -100,14 +105,12 @@ def check_job(in_dir: Path, out_dir: Path, model: str, sigma: float | None, refe
               noise: str = "auto", strength: float = 1.0) -> None:
     """What a denoise job (run now or scheduled) must have before any work: folders that make sense, a
     reference folder that exists, a model that resolves."""
-    import torch
-
     check_folders(in_dir, out_dir)
     if reference and not Path(reference).expanduser().is_dir():
         raise FileNotFoundError(f"{reference}: reference folder not found")
     if not 0 < strength <= 4:
         raise ValueError(f"--strength {strength:g}: use a factor in (0, 4] (1 = the level the model reads)")
-    Models(model, sigma, torch.device("cpu"), noise=noise, strength=strength).identity()
+    Models(model, sigma, noise=noise, strength=strength).identity()
 
 
 def find_reference(ref_dir: Path, rel: Path) -> Path | None:
@@ -135,9 +138,9 @@ class Models:
     """Loads each model once, on the chosen device, and chooses per image by channel count. `notes` says
     what of the request a chosen model cannot honour (a --sigma that a blind model takes no notice of)."""
 
-    def __init__(self, request: str, sigma: float | None, device: torch.device, ensemble: bool = False,
+    def __init__(self, request: str, sigma: float | None, device: str = "cpu", ensemble: bool = False,
                  noise: str = "auto", strength: float = 1.0):
-        self.request, self.sigma, self.device, self.ensemble, self.loaded = request, sigma, device, ensemble, {}
+        self.request, self.sigma, self.device_name, self.ensemble, self.loaded = request, sigma, device, ensemble, {}
         self.noise, self.strength = noise, strength
         self.folders: dict[int, Path] = {}
         self.notes: list[str] = []
@@ -186,9 +189,19 @@ class Models:
         asked = {} if self.sigma is None and self.strength == 1 else {"sigma": self.sigma, "strength": self.strength}
         return digest({"weights": keys, "ensemble": self.ensemble, "version": 1, **asked})
 
+    @cached_property
+    def device(self) -> torch.device:
+        from models.trainer import pick_device
+
+        return pick_device(self.device_name)
+
     def levels(self, net: torch.nn.Module, group: list) -> list[float] | None:
         """The noise level each image of `group` is denoised at, for a noise-map model (None for others):
         --sigma when given, else the model's own estimate (from a central crop), times --strength."""
+        import torch
+
+        from models.inference import estimate_levels, takes_level
+
         if not takes_level(net):
             return None
         out = []
@@ -207,6 +220,10 @@ class Models:
         return out
 
     def __call__(self, channels: int) -> tuple[torch.nn.Module, Path]:
+        import torch
+
+        from models.registry import load_model
+
         folder = self.folder(channels)
         if folder not in self.loaded:
             model = load_model(folder).to(self.device).to(memory_format=torch.channels_last)
@@ -335,7 +352,7 @@ def plan_job(in_dir: str, out_dir: str, model: str = "auto", sigma: float | None
     minute are watched, so older folders cost no wait). Small JSON, for a Prefect task to return."""
     src, dst = Path(in_dir).expanduser().resolve(), Path(out_dir).expanduser().resolve()
     check_folders(src, dst)
-    identity = Models(model, sigma, torch.device("cpu"), ensemble, noise, strength).identity()
+    identity = Models(model, sigma, ensemble=ensemble, noise=noise, strength=strength).identity()
     if encoding:   # outputs written with other options (--strip-metadata, --jpeg-quality) are other outputs
         identity = digest({"model": identity, "encoding": encoding})
     sweep_temporaries(dst)
@@ -391,8 +408,10 @@ def denoise_files(plan: dict, todo: list[list[str]], model: str = "auto", sigma:
     src, dst = Path(plan["in_dir"]), Path(plan["out_dir"])
     shard = dst / BOOKKEEPING / "index.d" / f"{digest(todo)[:16]}.json"
     shard.parent.mkdir(parents=True, exist_ok=True)
-    models = Models(model, sigma, pick_device(device), ensemble, noise, strength)
+    models = Models(model, sigma, device, ensemble, noise, strength)
     if threads:
+        import torch
+
         torch.set_num_threads(threads)           # concurrent batches share the cores
     rows, failed, entries, last_save = [], [], {}, time.monotonic()
     jobs = [Job(Path(rel), sha) for rel, sha in todo]
@@ -616,6 +635,10 @@ def _denoise_chunk(jobs: list[Job], models: Models) -> None:
 
 def _denoise_group(group: list[Job], models: Models) -> None:
     """Denoise one group of decoded images (one batch, or one image in tiles) into job.output."""
+    import torch
+
+    from models.inference import denoise_batch, denoise_image
+
     t = time.perf_counter()
     channels = group[0].image.pixels.shape[2]
     net, folder = models(channels)

@@ -119,7 +119,9 @@ def denoise_run_flow(in_dir: str, out_dir: str, model: str = "auto", sigma: floa
         n = max(1, min(batches, len(todo)))
         common = dict(model=model, sigma=sigma, device=device, ensemble=ensemble, strip_metadata=strip_metadata,
                       jpeg_quality=jpeg_quality, noise=noise, strength=strength, **({"max_pixels": max_pixels} if max_pixels else {}))
-        if task_runner == "dask":
+        if not todo:                     # nothing to do: no batch (nor torch, nor a model) to load
+            results = []
+        elif task_runner == "dask":
             results = dask_batches(dask_address)(plan, [todo[i::n] for i in range(n)], common)
         elif n == 1:
             results = [batch_task(plan, todo, progress=progress, **common)]

@@ -16,17 +16,18 @@ import json
 import re
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from flows.ingest import load_ingested
 from flows.progress import TrainProgress
 from flows.stages import MANIFEST, Stage, read_manifest, run_stage, slugify
-from models.autoencoders import count_parameters
 from models.checkpoints import WEIGHTS, load_state, save_model, sha256_file
-from models.patches import PatchSampler, center_crops
-from models.registry import build, parse_config
-from models.trainer import TrainConfig, pick_device, train as train_loop
+
+# torch and the model modules are imported in the functions that train: importing this module (every
+# command imports flows.pipelines) costs no torch, so a command with nothing to do answers without it
+if TYPE_CHECKING:
+    import torch
 
 VERSION = 3  # 2: time budgets re-estimated over the first half of the run; 3: budgets checked every step,
              # checkpoints carry SHA256SUMS (a new key also leaves a killed older run's checkpoints behind)
@@ -35,6 +36,8 @@ LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)   # ITU-R BT.601, for c
 
 def _to_channels(img: np.ndarray, channels: int) -> torch.Tensor:
     """(H, W, C) array -> (channels, H, W) tensor: gray images repeat into colour, colour turns to luma."""
+    import torch
+
     if img.shape[2] != channels:
         img = np.repeat(img, 3, axis=2) if channels == 3 else (img @ LUMA)[..., None]
     return torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1)))
@@ -57,6 +60,13 @@ def train_model(ingest_dir: str, model: dict, training: dict, val_fraction: floa
     init: a model folder whose weights start the run (fine-tuning); its weights' sha256 joins the stage key.
     name: the folder's name instead of `<kind>-<data>` (see the module's docstring).
     """
+    import torch
+
+    from models.autoencoders import count_parameters
+    from models.patches import PatchSampler, center_crops
+    from models.registry import build, parse_config
+    from models.trainer import TrainConfig, pick_device, train as train_loop
+
     upstream = json.loads((Path(ingest_dir) / "manifest.json").read_text())
     entries, images = load_ingested(ingest_dir)
     model_cfg = dict(model)
@@ -114,6 +124,12 @@ def train_windows(slug: str, upstream: tuple[str, ...], data: dict, train: tuple
     `facts` (derived from the arrays, so not hashed) are recorded beside `data` in the model's config.
     Validation keeps the weights with the best ELBO unless `training` names another `select`.
     """
+    import torch
+
+    from models.autoencoders import count_parameters
+    from models.registry import build, parse_config
+    from models.trainer import TrainConfig, pick_device, train as train_loop
+
     (x_tr, c_tr), (x_va, c_va) = train, val
     model_cfg = {"shape": list(x_tr.shape[1:]), "vocab": int(max(x_tr.max(), x_va.max())) + 1, **model}
     if model_cfg.get("kind") == "cvae" and "cond" not in model_cfg:

@@ -13,7 +13,6 @@ from models.checkpoints import load_state, read_config
 from models.vaes import CVAE, VAE, CVAEConfig, VAEConfig
 
 MODELS: dict[str, type[torch.nn.Module]] = {"conv_ae": ConvAE, "skip_dae": SkipDAE, "vae": VAE, "cvae": CVAE}
-DENOISERS = ("conv_ae", "skip_dae")          # image kinds: `aeflow denoise train --model`
 ModelConfig = Annotated[ConvAEConfig | SkipDAEConfig | VAEConfig | CVAEConfig, Field(discriminator="kind")]
 _adapter = TypeAdapter(ModelConfig)
 

@@ -7,7 +7,8 @@ from models.autoencoders import count_parameters
 from models.checkpoints import load_state, save_model
 from models.inference import _windows, denoise_image
 from models.patches import PatchSampler, center_crops
-from models.registry import DENOISERS, build, load_model, parse_config
+from models import DENOISERS
+from models.registry import build, load_model, parse_config
 from models.trainer import TrainConfig, train
 
 
