@@ -437,12 +437,16 @@ def demo(sigma: float = typer.Option(25.0, "--sigma", min=0, max=255, help="Nois
 @server_app.command("start")
 def server_start(host: str = typer.Option("127.0.0.1", "--host", help="Interface to bind; anything but loopback needs --auth."),
                  port: int = typer.Option(4200, "--port"),
-                 auth: Optional[str] = typer.Option(None, "--auth", help="user:password required on every API call but health.")):
-    """Start a Prefect server in the background (SQLite under outputs/); later commands use it."""
+                 auth: Optional[str] = typer.Option(None, "--auth", help="user:password required on every API call but health."),
+                 database: Optional[str] = typer.Option(
+                     None, "--database", help="SQLAlchemy URL of the database, e.g. postgresql+asyncpg://user:pw@host:5432/prefect "
+                                              "(many workers or hosts); default $PREFECT_SERVER_DATABASE_CONNECTION_URL, else SQLite under outputs/.")):
+    """Start a Prefect server in the background (SQLite under outputs/ unless --database); later commands use it."""
     from flows.server import start
 
-    info = start(host, port, auth)
-    out.print(f"Prefect server running (pid {info['pid']}): UI {info['ui_url']}  API {info['api_url']}")
+    info = start(host, port, auth, database)
+    out.print(f"Prefect server running (pid {info['pid']}): UI {info['ui_url']}  API {info['api_url']}  "
+              f"database: {info.get('database', '?')}", soft_wrap=True)
 
 
 @server_app.command("stop")
@@ -535,6 +539,8 @@ def schedule_run(name: str = typer.Argument(..., help="Deployment name (see `aef
     report = Path(r["parameters"]["out_dir"]) / ".aeflow" / "report.json"
     if wait and r["state"] == "Completed" and report.is_file():
         report = json.loads(report.read_text())
+        if report.get("run", r["id"]) != str(r["id"]):     # another run of the folder ended after this one
+            out.print(f"(the folder's report is now that of a later run, {report['run']})", soft_wrap=True)
         print_report(report)
         if report["counts"]["failed"]:
             raise typer.Exit(1)

@@ -130,7 +130,8 @@ def denoise_run_flow(in_dir: str, out_dir: str, model: str = "auto", sigma: floa
             futures = [batch_task.submit(plan, todo[i::n], progress=False, threads=threads, **common) for i in range(n)]
             results = [f.result() for f in futures]
         report = finish_task(plan, results, reference, time.perf_counter() - t0,
-                             {"model": model, "sigma": sigma, "noise": noise, "strength": strength,
+                             {"run": str(flow_run.get_id() or ""), "model": model, "sigma": sigma, "noise": noise,
+                              "strength": strength,
                               "ensemble": ensemble, "batches": n,
                               "task_runner": task_runner, "max_pixels": common.get("max_pixels"),
                               "strip_metadata": strip_metadata, "jpeg_quality": jpeg_quality})

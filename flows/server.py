@@ -32,9 +32,24 @@ STARTUP_TIMEOUT_S = 120      # 14-26 s measured here on a fresh SQLite database 
 IDLE_S = float(os.environ.get("AEFLOW_API_IDLE_S", 600))   # the kept temporary API stops after this long unused
 
 
-def start(host: str = "127.0.0.1", port: int = 4200, auth: str | None = None) -> dict:
+def database_name(url: str | None, home: Path) -> str:
+    """What a server stores its runs in, for people: 'PostgreSQL user@host:port/db' (never the password),
+    or the SQLite file under PREFECT_HOME that Prefect uses when no URL is set."""
+    if not url:
+        return f"SQLite {home / 'prefect.db'}"
+    from urllib.parse import urlsplit
+
+    u = urlsplit(url)
+    kind = {"postgresql": "PostgreSQL", "sqlite": "SQLite"}.get(u.scheme.split("+")[0], u.scheme)
+    where = f"{u.username + '@' if u.username else ''}{u.hostname or ''}{':' + str(u.port) if u.port else ''}{u.path}"
+    return f"{kind} {where}"
+
+
+def start(host: str = "127.0.0.1", port: int = 4200, auth: str | None = None, database: str | None = None) -> dict:
     """Start the server in the background and wait for its health check. `auth` ("user:password") makes
-    every API call but the health check require it (Prefect's PREFECT_SERVER_API_AUTH_STRING)."""
+    every API call but the health check require it (Prefect's PREFECT_SERVER_API_AUTH_STRING). `database`:
+    a SQLAlchemy URL (postgresql+asyncpg://user:password@host:5432/db) for many workers and hosts; default
+    PREFECT_SERVER_DATABASE_CONNECTION_URL when set, else SQLite under outputs/."""
     if (url := running_server_url()) is not None:
         return json.loads(server_file().read_text()) | {"api_url": url}
     stop_temporary()              # one server on the SQLite database at a time: the kept temporary API goes
@@ -50,6 +65,8 @@ def start(host: str = "127.0.0.1", port: int = 4200, auth: str | None = None) ->
     env.pop("PREFECT_API_URL", None)
     if auth:
         env["PREFECT_SERVER_API_AUTH_STRING"] = auth
+    if database:          # the current name and the older one (which a user's environment may still set)
+        env["PREFECT_SERVER_DATABASE_CONNECTION_URL"] = env["PREFECT_API_DATABASE_CONNECTION_URL"] = database
     log = open(folder / "server.log", "ab")
     proc = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", host, "--port", str(port)],
                             stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
@@ -65,6 +82,8 @@ def start(host: str = "127.0.0.1", port: int = 4200, auth: str | None = None) ->
         os.killpg(proc.pid, signal.SIGTERM)
         raise RuntimeError(f"prefect server did not answer within {STARTUP_TIMEOUT_S} s; see {folder / 'server.log'}")
     info = {"pid": proc.pid, "api_url": api, "ui_url": api[:-4], "host": host, "port": port,
+            "database": database_name(env.get("PREFECT_SERVER_DATABASE_CONNECTION_URL")
+                                      or env.get("PREFECT_API_DATABASE_CONNECTION_URL"), Path(env["PREFECT_HOME"])),
             "started_s": round(time.monotonic() - deadline + STARTUP_TIMEOUT_S, 1)}
     # readable by this user only: it may hold the auth string that local commands send
     fd = os.open(server_file(), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
