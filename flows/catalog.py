@@ -39,6 +39,10 @@ def describe(folder: Path) -> dict:
         takes = f"{m['shape'][0]}x{m['shape'][1]} grid, {tokens}" + (f", cond {', '.join(map(str, cond))}"
                                                                      if cond else "")
         val = f"acc {metrics['val_acc']:.3f}" if "val_acc" in metrics else ""
+    elif cfg.get("data", {}).get("job") == "family":     # an autoencoder-family model (flows/family.py)
+        takes = (f"{'x'.join(map(str, m['shape']))} {cfg['data'].get('data', '')}, z={m['latent']}"
+                 + (f", beta {m['beta']:g}" if m.get("beta", 1) != 1 else ""))
+        val = f"mse {metrics['val_mse']:.4f}" if "val_mse" in metrics else ""
     else:
         noise = "camera noise" if m.get("noise") == "camera" else f"sigma {sigma}"
         takes = f"{'gray' if m.get('channels') == 1 else 'colour'}, {noise}" + (", level input" if m.get("noise_map") else "")
@@ -50,12 +54,13 @@ def describe(folder: Path) -> dict:
 
 
 def family(folder: Path) -> str:
-    """Which jobs a model serves: "denoise", "levels" or "music" (from its config)."""
+    """Which job a model serves: the `job` its config records ("family"), else guessed from its data: "levels",
+    "music" or "denoise"."""
     try:
         data = json.loads((Path(folder) / "config.json").read_text()).get("data", {})
     except (OSError, ValueError):
         return "unknown"
-    return "levels" if "game" in data else "music" if "mode" in data else "denoise"
+    return data.get("job") or ("levels" if "game" in data else "music" if "mode" in data else "denoise")
 
 
 NOISES = ("auto", "camera", "gaussian")
@@ -66,7 +71,7 @@ def resolve_model(name: str, channels: int, sigma: float | None = None, job: str
     """`auto` -> the shipped model for this many channels: for real photos and scans (camera noise) unless
     `noise` is "gaussian" or a `sigma` is given, then the white-Gaussian one (sigma-specific when one matches
     `sigma`, blind otherwise); a folder path; a shipped name; or a unique prefix of a shipped or trained model's
-    folder name (of the `job`'s family: "denoise", "levels" or "music", when given)."""
+    folder name (of the `job`'s: "denoise", "levels", "music" or "family", when given)."""
     if noise not in NOISES:
         raise ValueError(f"--noise {noise!r}: one of {', '.join(NOISES)}")
     if name == "auto":

@@ -49,6 +49,13 @@ def run_flow(flow_fn, params: dict, announce=None):
         return flow_fn(**params)
 
 
+def publish_training(key: str, model_dir: str) -> None:
+    """A trained model's validation history as the run's table artifact."""
+    cfg = json.loads((Path(model_dir) / "config.json").read_text())
+    create_table_artifact(key=key, table=cfg["history"],
+                          description=f"Validation per epoch of {Path(model_dir).name}: {cfg['metrics']}")
+
+
 # Our stages cache themselves by content (flows/stages.py): Prefect's own result cache stays off.
 ingest_task = task(name="ingest-images", cache_policy=NO_CACHE)(ingest_images)
 train_task = task(name="train-model", cache_policy=NO_CACHE)(train_model)
@@ -62,9 +69,7 @@ def denoise_train_flow(data: str | None = None, model: dict | None = None, train
     ingest_dir = ingest_task(data, refresh=refresh)
     model_dir = train_task(ingest_dir, model or {"kind": "skip_dae"}, training or {"minutes": 10},
                            val_fraction=val_fraction, refresh=refresh, progress=progress, init=init, name=name)
-    cfg = json.loads((Path(model_dir) / "config.json").read_text())
-    create_table_artifact(key="denoise-train-metrics", table=cfg["history"],
-                          description=f"Validation per epoch of {Path(model_dir).name}: {cfg['metrics']}")
+    publish_training("denoise-train-metrics", model_dir)
     return model_dir
 
 
@@ -225,9 +230,7 @@ def music_train_flow(source: str = "essen", mode: str = "melody", bars: int = 2,
     """Ingest a corpus or MIDI folder (cached), cut windows, train a VAE (cached)."""
     ingest_dir = music_ingest_task(source, mode, limit, refresh=refresh)
     model_dir = music_train_task(ingest_dir, bars, model, training, condition, refresh=refresh, progress=progress)
-    cfg = json.loads((Path(model_dir) / "config.json").read_text())
-    create_table_artifact(key="music-train-metrics", table=cfg["history"],
-                          description=f"Validation per epoch of {Path(model_dir).name}: {cfg['metrics']}")
+    publish_training("music-train-metrics", model_dir)
     return model_dir
 
 
@@ -253,4 +256,39 @@ def music_stats_flow(**kwargs) -> dict:
     if report["files"]:
         create_table_artifact(key="music-stats", table=[{k: v for k, v in r.items() if k != "flags"} for r in report["files"]],
                               description=f"{report['target']}: mean {json.dumps(report['mean'])}")
+    return report
+
+
+# ---------------------------------------------------------------- the autoencoder family
+
+@flow(name="family-train")
+def family_train_flow(**kwargs) -> str:
+    """Train one member of the autoencoder family (ae, dae, contractive_ae, vae, cvae) on digits, MNIST, faces
+    or an image folder (cached by content)."""
+    from flows.family import train_family
+
+    folder = task(name="family-train", cache_policy=NO_CACHE)(train_family)(**kwargs)
+    publish_training("family-train-metrics", folder)
+    return folder
+
+
+@flow(name="family-sample")
+def family_sample_flow(**kwargs) -> dict:
+    """A vae's or cvae's samples from the prior, as one PNG grid and report.json."""
+    from flows.family import sample_family
+
+    report = task(name="family-sample", cache_policy=NO_CACHE)(sample_family)(**kwargs)
+    create_markdown_artifact(key="family-sample", markdown=f"{report['n']} samples of `{report['model']}`"
+                             + (f", label {report['label']}" if report["label"] is not None else "")
+                             + f": `{report['png']}`")
+    return report
+
+
+@flow(name="family-compare")
+def family_compare_flow(**kwargs) -> dict:
+    """Every kind at every code size beside PCA, and a beta sweep: one table, plots, report.json."""
+    from flows.family import compare_family, summary_table
+
+    report = task(name="family-compare", cache_policy=NO_CACHE)(compare_family)(**kwargs)
+    create_markdown_artifact(key="family-compare", markdown=summary_table(report))
     return report

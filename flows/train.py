@@ -115,14 +115,17 @@ def train_model(ingest_dir: str, model: dict, training: dict, val_fraction: floa
 
 def train_windows(slug: str, upstream: tuple[str, ...], data: dict, train: tuple[np.ndarray, np.ndarray | None],
                   val: tuple[np.ndarray, np.ndarray | None], model: dict, training: dict,
-                  refresh: bool = False, progress: bool = True, facts: dict | None = None) -> str:
-    """Train (or find cached) a token-grid model (`vae`, `cvae`) on windows; returns the model folder.
+                  refresh: bool = False, progress: bool = True, facts: dict | None = None, name: str | None = None,
+                  dense: bool = False) -> str:
+    """Train (or find cached) a model on whole examples; returns the model folder. By default a token-grid
+    model (`vae`, `cvae` of vaes.py) on windows; `dense`: a family model (models/family.py) on real values.
 
-    train, val: (x (N, rows, cols) integer tokens, cond (N, K) integers or None). `data` describes the slice
-    (game, split, ...); the stage key also hashes the arrays themselves, so it is content-addressed.
-    `model` may leave out `shape` (taken from x), `vocab` (max token + 1) and a cvae's `cond` (max + 1 each).
-    `facts` (derived from the arrays, so not hashed) are recorded beside `data` in the model's config.
-    Validation keeps the weights with the best ELBO unless `training` names another `select`.
+    train, val: (x, cond (N, K) integers or None); x is (N, rows, cols) integer tokens, or for `dense`
+    (N, *shape) floats. `data` describes the slice (game, split, ...); the stage key also hashes the arrays
+    themselves, so it is content-addressed. `model` may leave out `shape` (taken from x), `vocab` (tokens:
+    max token + 1) and a cvae's `cond` (max + 1 each). `facts` (derived from the arrays, so not hashed) are
+    recorded beside `data` in the model's config. Validation keeps the weights with the best ELBO unless
+    `training` names another `select`. `name`: the folder's name instead of `<kind>-<slug>`.
     """
     import torch
 
@@ -131,20 +134,24 @@ def train_windows(slug: str, upstream: tuple[str, ...], data: dict, train: tuple
     from models.trainer import TrainConfig, pick_device, train as train_loop
 
     (x_tr, c_tr), (x_va, c_va) = train, val
-    model_cfg = {"shape": list(x_tr.shape[1:]), "vocab": int(max(x_tr.max(), x_va.max())) + 1, **model}
+    vocab = {} if dense else {"vocab": int(max(x_tr.max(), x_va.max())) + 1}
+    model_cfg = {"shape": list(x_tr.shape[1:]), **vocab, **model}
     if model_cfg.get("kind") == "cvae" and "cond" not in model_cfg:
         model_cfg["cond"] = [int(v) + 1 for v in np.maximum(c_tr.max(0), c_va.max(0))]
     model_cfg = parse_config(model_cfg)
     train_cfg = TrainConfig(**{"select": "elbo", **training})
     config = {"model": model_cfg.model_dump(mode="json"), "train": train_cfg.model_dump(mode="json"), "data": data}
     arrays = [a for a in (x_tr, c_tr, x_va, c_va) if a is not None]
-    contents = tuple(hashlib.sha256(np.ascontiguousarray(a, dtype=np.int64).tobytes()).hexdigest() for a in arrays)
-    stage = Stage("train", VERSION, f"{model_cfg.kind}-{slug}", config, upstream=tuple(upstream), contents=contents)
+    x_type = np.float32 if dense else np.int64
+    contents = tuple(hashlib.sha256(np.ascontiguousarray(a, dtype=x_type if a is x_tr or a is x_va else np.int64)
+                                    .tobytes()).hexdigest() for a in arrays)
+    stage = Stage("train", VERSION, name or f"{model_cfg.kind}-{slug}", config, upstream=tuple(upstream),
+                  contents=contents)
 
     def fill(tmp: Path) -> dict:
         device = pick_device(train_cfg.device)
-        tensor = lambda a: None if a is None else torch.from_numpy(np.asarray(a, dtype=np.int64)).to(device)
-        x, c, vx, vc = tensor(x_tr), tensor(c_tr), tensor(x_va), tensor(c_va)
+        tensor = lambda a, t=np.int64: None if a is None else torch.from_numpy(np.asarray(a, dtype=t)).to(device)
+        x, c, vx, vc = tensor(x_tr, x_type), tensor(c_tr), tensor(x_va, x_type), tensor(c_va)
         conditional = model_cfg.kind == "cvae"
 
         def batches(gen: torch.Generator):
@@ -166,7 +173,7 @@ def train_windows(slug: str, upstream: tuple[str, ...], data: dict, train: tuple
         plot_curve(result.history, tmp / "curve.png", title=stage.folder.name, metric=train_cfg.select)
         return info
 
-    return str(run_train_stage(stage, fill, refresh))
+    return str(run_train_stage(stage, fill, refresh, named=bool(name)))
 
 
 class _collect:

@@ -1,0 +1,135 @@
+"""The autoencoder family: each kind on one design, its defining term, the data it reads, the commands."""
+
+import gzip
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from flows.family import KINDS, load_examples, measure, train_family
+from formats.idx import BadIDX, read_idx, write_idx
+from models.family import jacobian_norm2
+from models.registry import build, load_model, parse_config
+
+REPO = Path(__file__).resolve().parents[1]
+MNIST = REPO.parent / "shared" / "data" / "mnist"
+TINY = {"shape": [1, 8, 8], "widths": [16, 8], "latent": 2}
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_examples("digits")
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_every_kind_trains_saves_and_loads_to_the_same_output(kind, digits):
+    folder = train_family(kind, examples=digits, steps=2, widths=(16, 8), progress=False)
+    net = load_model(Path(folder))
+    again = load_model(Path(folder))
+    x = torch.from_numpy(digits.x[:5])
+    cond = torch.from_numpy(digits.labels[:5, None]) if kind == "cvae" else None
+    with torch.no_grad():
+        mu, logvar = net.encode(x, cond)
+        assert mu.shape == (5, 2) and (logvar is None) == (kind not in ("vae", "cvae"))
+        y = net.draw(net.decode(mu, cond))
+        assert y.shape == x.shape and 0 <= float(y.min()) and float(y.max()) <= 1
+        assert torch.equal(y, again.draw(again.decode(again.encode(x, cond)[0], cond)))
+    assert train_family(kind, examples=digits, steps=2, widths=(16, 8), progress=False) == folder   # cached
+
+
+def test_beta_scales_the_kl_term():
+    x = torch.rand(6, 1, 8, 8)
+    one = build(parse_config({"kind": "vae", **TINY}))
+    four = build(parse_config({"kind": "vae", "beta": 4, **TINY}))
+    four.load_state_dict(one.state_dict())
+    with torch.no_grad():
+        t1, t4 = one.terms(x, None, None), four.terms(x, None, None)
+    assert torch.allclose(t4["kl"], 4 * t1["kl"]) and torch.equal(t4["nll"], t1["nll"]) and float(t1["kl"].min()) > 0
+
+
+def test_the_contractive_penalty_is_positive_and_lowers_the_jacobian(digits):
+    x = torch.from_numpy(digits.x[digits.val[:50]])
+    norms = {}
+    for kind in ("ae", "contractive_ae"):
+        folder = train_family(kind, examples=digits, steps=300, widths=(32, 16), progress=False)
+        net = load_model(Path(folder))
+        if kind == "contractive_ae":
+            assert float(net.terms(x, None, torch.Generator().manual_seed(0))["contraction"].detach().min()) > 0
+        norms[kind] = float(jacobian_norm2(lambda v: net.encode(v)[0], x).detach().mean())
+    assert norms["contractive_ae"] < 0.5 * norms["ae"], norms
+
+
+def test_hutchinson_estimates_the_exact_jacobian_norm():
+    net = build(parse_config({"kind": "ae", **TINY}))
+    x = torch.rand(4, 1, 8, 8)
+    exact = jacobian_norm2(lambda v: net.encode(v)[0], x)
+    estimates = torch.stack([jacobian_norm2(lambda v: net.encode(v)[0], x, torch.Generator().manual_seed(s))
+                             for s in range(400)]).detach()
+    assert torch.allclose(estimates.mean(0), exact, rtol=0.2)
+
+
+def test_a_cvae_decodes_the_condition():
+    net = build(parse_config({"kind": "cvae", **TINY}))
+    z = torch.zeros(1, 2)
+    with torch.no_grad():
+        a, b = net.decode(z, torch.tensor([[3]])), net.decode(z, torch.tensor([[7]]))
+    assert not torch.allclose(a, b)
+    with pytest.raises(ValueError, match="needs a condition"):
+        net.decode(z)
+
+
+def test_idx_round_trip_and_clear_errors(tmp_path):
+    images = np.random.default_rng(0).integers(0, 256, (3, 4, 5), np.uint8)
+    for name in ("x-idx3-ubyte", "x-idx3-ubyte.gz"):
+        write_idx(tmp_path / name, images)
+        assert np.array_equal(read_idx(tmp_path / name), images)
+    raw = (tmp_path / "x-idx3-ubyte").read_bytes()
+    (tmp_path / "cut").write_bytes(raw[:-7])
+    with pytest.raises(BadIDX, match=r"cut: truncated .* 3 x 4 x 5 = 60 values, the file holds 53"):
+        read_idx(tmp_path / "cut")
+    (tmp_path / "png").write_bytes(b"\x89PNG\r\n\x1a\n" + raw)
+    with pytest.raises(BadIDX, match=r"png: magic 0x89504e47 is not an IDX file"):
+        read_idx(tmp_path / "png")
+    (tmp_path / "cut.gz").write_bytes(gzip.compress(raw)[:-12])
+    with pytest.raises(BadIDX, match="cut.gz: not readable as IDX"):
+        read_idx(tmp_path / "cut.gz")
+
+
+@pytest.mark.skipif(not MNIST.is_dir(), reason=f"{MNIST} (MNIST test split) is absent")
+def test_mnist_is_read_and_split_8000_2000():
+    ex = load_examples(str(MNIST))
+    assert ex.x.shape == (10000, 1, 28, 28) and (len(ex.train), len(ex.val)) == (8000, 2000)
+    assert not set(ex.train) & set(ex.val) and 0 <= ex.x.min() and ex.x.max() == 1
+    assert np.bincount(ex.labels).min() > 800                            # all ten digits
+
+
+def test_measure_reports_codes_kl_and_neighbours(digits):
+    row = measure(train_family("vae", examples=digits, steps=2, widths=(16, 8), progress=False), digits)
+    assert row["active_units"] in (0, 1, 2) and row["kl"] >= 0 and 0 <= row["knn5"] <= 1 and row["mse"] > 0
+
+
+def _cli(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "flows.cli", *map(str, args)], capture_output=True, text=True,
+                          cwd=REPO, timeout=300, env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})})
+
+
+@pytest.mark.prefect
+def test_family_train_then_sample_through_the_command_line(tmp_path):
+    from PIL import Image
+
+    r = _cli("family", "train", "--kind", "cvae", "--steps", "3", "--widths", "16,8", "--name", "tiny-cvae")
+    assert r.returncode == 0, r.stdout + r.stderr
+    folder = next(line.split()[-1] for line in r.stdout.splitlines() if line.startswith("model "))
+    assert Path(folder).name.startswith("tiny-cvae-") and (Path(folder) / "model.safetensors").is_file()
+    r = _cli("family", "sample", "tiny-cvae", tmp_path, "--label", "7", "--n", "9")   # by its name
+    assert r.returncode == 0, r.stdout + r.stderr
+    png = Image.open(tmp_path / "samples-label7.png")
+    assert png.size == (3 * (8 * 12 + 1) + 1,) * 2                          # 3 x 3 cells of 8 px scaled 12x
+    r = _cli("family", "sample", "tiny-cvae", tmp_path)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "--label 0..9" in r.stderr, r.stderr
+    r = _cli("family", "train", "--kind", "ae", "--beta", "4")
+    assert r.returncode == 2 and "only vae and cvae" in r.stderr
