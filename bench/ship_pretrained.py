@@ -69,20 +69,32 @@ REFERENCES = {"bm3d": "BM3D / CBM3D (true sigma), same run", "bm3d-est": "CBM3D,
 
 
 def bench_table(name: str, bench: Path) -> str:
-    """Mean PSNR of the model and the same run's references, per set (and sigma), from a bench/denoise.py JSON."""
+    """Mean PSNR of the model and the same run's references, per set (and sigma), from a bench/denoise.py JSON.
+    Where a reference ran on fewer images (BM3D is slow), a row gives the model on those same images too."""
     data = json.loads(bench.read_text())
-    cells: dict[tuple, list[float]] = {}
+    cells: dict[tuple, dict[str, float]] = {}
     for r in data["records"]:
         if r["method"] in (name, *REFERENCES) and r.get("psnr") is not None:
-            cells.setdefault((r["method"], r["set"], r.get("sigma")), []).append(r["psnr"])
+            cells.setdefault((r["method"], r["set"], r.get("sigma")), {})[r["image"]] = r["psnr"]
     keys = sorted({(s, g) for m, s, g in cells if m == name}, key=lambda k: (k[0], k[1] or 0))
+    if not keys:
+        return ""
+    subset = {k: cells[("bm3d", *k)].keys() for k in keys
+              if ("bm3d", *k) in cells and len(cells[("bm3d", *k)]) < len(cells[(name, *k)])}
+    rows = [(name, "this model", None)]
+    if subset:
+        rows.append((name, "this model, on the images BM3D ran on", subset))
+    rows += [(m, label, None) for m, label in REFERENCES.items()]
     lines = ["| method | " + " | ".join(f"{s} sigma {g:g}" if g is not None else f"{s} (real noise)" for s, g in keys)
              + " |", "|---|" + "---:|" * len(keys)]
-    for method in (name, *REFERENCES):
-        if any((method, s, g) in cells for s, g in keys):
-            row = [f"{statistics.mean(cells[(method, s, g)]):.2f} ({len(cells[(method, s, g)])})"
-                   if (method, s, g) in cells else "-" for s, g in keys]
-            lines.append(f"| {'this model' if method == name else REFERENCES[method]} | " + " | ".join(row) + " |")
+    for method, label, only in rows:
+        row = []
+        for k in keys:
+            got = cells.get((method, *k), {})
+            vals = [v for img, v in got.items() if only is None or img in only.get(k, ())]
+            row.append(f"{statistics.mean(vals):.2f} ({len(vals)})" if vals else "-")
+        if any(c != "-" for c in row):
+            lines.append(f"| {label} | " + " | ".join(row) + " |")
     return ("\n".join(lines) + "\n\nMean dB (images). Reproduce: `.venv/bin/python bench/denoise.py "
             + " ".join(data["meta"].get("argv", [])[1:]) + "` (`make bench-deps` first).")
 
@@ -99,7 +111,7 @@ def card(name: str, bench: Path | None) -> None:
     blind = isinstance(sigma, list)
     table = "(not measured yet)"
     if bench:
-        table = "\n\n".join(bench_table(name, b) for b in bench)
+        table = "\n\n".join(t for t in (bench_table(name, b) for b in bench) if t)
     else:
         old = (folder / "MODEL_CARD.md").read_text() if (folder / "MODEL_CARD.md").exists() else ""
         if "## Measured PSNR" in old:          # re-rendering the text keeps the figures measured before

@@ -24,7 +24,7 @@ KINDS = ("ae", "dae", "contractive_ae", "vae", "cvae")
 SPLIT_SEED = 0
 MNIST_FILES = ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")     # the official test split
 # defaults sized for each set on this 2-core CPU (bench/family.py measured them)
-DEFAULTS = {"digits": {"widths": (256, 128), "steps": 3000}, "mnist": {"widths": (512, 256), "steps": 6000},
+DEFAULTS = {"digits": {"widths": (256, 128), "steps": 6000}, "mnist": {"widths": (512, 256), "steps": 6000},
             "faces": {"widths": (256, 128), "steps": 2000}, "folder": {"widths": (512, 256), "steps": 4000}}
 
 

@@ -33,8 +33,11 @@ def photo(seed: int, h: int = 48, w: int = 64, channels: int = 1) -> np.ndarray:
 def _stop_the_kept_temporary_api():
     """The commands the tests run share one kept temporary Prefect API (flows/server.py); stopped at the end."""
     yield
+    from prefect.logging.handlers import APILogWorker
+
     from flows.server import stop_temporary
 
+    APILogWorker.drain_all(timeout=5)  # the in-process runs' last logs, while the API still listens
     stop_temporary()
 
 
