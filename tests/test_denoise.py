@@ -114,7 +114,7 @@ def test_a_second_run_on_a_locked_folder_is_one_line_and_exit_3(tmp_path):
 
 
 def test_sigma_a_blind_model_cannot_take_is_warned_and_every_model_is_named(tmp_path, capsys):
-    from flows.cli import print_report
+    from flows.cli.denoise import print_report
 
     src, dst = tmp_path / "in", tmp_path / "out"
     noisy(src / "g.png", 0)
