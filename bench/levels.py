@@ -36,7 +36,7 @@ from formats.levels import diversity, novelty, tpkl, wilson, windows  # noqa: E4
 from formats.playability import lode_runner_check, mario_pipes_ok, mario_playable  # noqa: E402
 from models.checkpoints import read_config  # noqa: E402
 from models.registry import load_model  # noqa: E402
-from models.vaes import latent_walk  # noqa: E402
+from models.latent import latent_walk  # noqa: E402
 
 VGLC = ROOT.parent / "shared" / "data" / "vglc"
 

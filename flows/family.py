@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from flows.settings import outputs_root
+from formats.figures import image_grid
 from models.checkpoints import write_bytes_atomic, write_json_atomic
 
 KINDS = ("ae", "dae", "contractive_ae", "vae", "cvae")
@@ -166,18 +167,6 @@ def load_family_model(folder: str | Path):
     if config["model"]["kind"] not in KINDS or "vocab" in config["model"]:
         raise ValueError(f"{folder}: a {config['model']['kind']} over tokens, not a family model; see `aeflow models`")
     return load_model(Path(folder)), config
-
-
-def image_grid(x: np.ndarray, cols: int, scale: int = 4, pad: int = 1) -> np.ndarray:
-    """(N, 1, H, W) in [0, 1] -> one uint8 (rows * (H + pad), cols * (W + pad)) image, each cell scaled up."""
-    n, _, h, w = x.shape
-    rows = -(-n // cols)
-    out = np.ones((rows * (h * scale + pad) + pad, cols * (w * scale + pad) + pad), np.float32)
-    for i, img in enumerate(x[:, 0]):
-        r, c = divmod(i, cols)
-        cell = np.kron(img, np.ones((scale, scale), np.float32))
-        out[pad + r * (h * scale + pad):][:h * scale, pad + c * (w * scale + pad):][:, :w * scale] = cell
-    return (out.clip(0, 1) * 255).round().astype(np.uint8)
 
 
 def sample_family(model: str, out_dir: str, label: int | None = None, n: int = 64, seed: int = 0,

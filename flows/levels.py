@@ -492,7 +492,7 @@ def full_levels(net, n: int, length: int, gen, cond: np.ndarray | None = None, c
     window must then have, as `sample --cond` delivers. `spread` scales the walk as in latent_walk."""
     import torch
 
-    from models.vaes import walk_step
+    from models.latent import walk_step
 
     z = spread * torch.randn(n, net.cfg.latent, generator=gen)        # each level's last point on its walk
     levels: list[np.ndarray | None] = [None] * n
@@ -554,26 +554,10 @@ def repeats_itself(level: np.ndarray, old: int, span: int = REPEAT_COLUMNS) -> b
 
 
 def walk_windows(net, z, gen, cond=None, temperature: float = 0.0) -> np.ndarray:
-    """The windows decoded from latent points z (K, latent), joined into one (rows, K * cols) grid; or from
-    (L, K, latent), L such grids at once (cond: (L * K, ...)). A model with an `ar` head draws each window
-    after the one before it, so it continues across the seam."""
-    import torch
+    """models.latent.decode_windows as uint8 tile grids: (rows, K * cols), or (L, rows, K * cols)."""
+    from models.latent import decode_windows
 
-    one = z.dim() == 2
-    z = z[None] if one else z
-    n, k = z.shape[:2]
-    logits = net.decode(z.flatten(0, 1), cond)
-    logits = logits.view(n, k, *logits.shape[1:])
-    if not net.cfg.ar:
-        wins = net.draw(logits.flatten(0, 1), gen, temperature)
-    else:
-        wins = [net.draw(logits[:, 0], gen, temperature)]
-        for j in range(1, k):
-            wins.append(net.draw(logits[:, j], gen, temperature, wins[-1]))
-        wins = torch.stack(wins, 1)
-    rows, cols = wins.shape[-2:]
-    grids = wins.reshape(n, k, rows, cols).permute(0, 2, 1, 3).reshape(n, rows, k * cols).numpy().astype(np.uint8)
-    return grids[0] if one else grids
+    return decode_windows(net, z, gen, cond, temperature).numpy().astype(np.uint8)
 
 
 def _full_levels(net, n: int, length: int, gen, cond, raw: bool, temperature: float, max_tries: int,
@@ -583,7 +567,7 @@ def _full_levels(net, n: int, length: int, gen, cond, raw: bool, temperature: fl
     `full_levels`, seams checked. A cvae's unnamed condition variables are drawn per level (fill_cond)."""
     import torch
 
-    from models.vaes import latent_walk
+    from models.latent import latent_walk
 
     k, chunk = -(-length // net.cfg.shape[1]), 256             # windows per level; levels drawn together
     walks, levels, rejected, restarts = [], [], 0, 0
@@ -808,13 +792,19 @@ def sample_blend(out_dir: str, net, cfg: dict, folder: Path, n: int, blend: floa
 
 # ---------------------------------------------------------------- interpolate
 
-def interpolate_levels(level_a: str, level_b: str, out_dir: str, steps: int = 8, model: str | None = None) -> dict:
-    """Decode `steps` points on the straight line between the encodings of two level files (the first and last
-    are the model's decodings of A and B; report["ends_match"] says how many tiles come back). Levels wider
-    than the model's window are encoded window by window and interpolated per window, so full-length levels
-    blend column block by column block; the last window ends at the last column (it overlaps the one before:
-    no column is dropped). Levels of different widths blend over the shorter one's width (report["cut"])."""
+def interpolate_levels(level_a: str, level_b: str, out_dir: str, steps: int = 8, model: str | None = None,
+                       spherical: bool = True, temperature: float = 0.0, seed: int = 0) -> dict:
+    """Decode `steps` points between the encodings of two level files (lerp, or slerp: models/latent.py); the
+    first and last are the model's decodings of A and B (report["ends_match"] says how many tiles come back).
+    Tiles are drawn at `temperature` (0: the most likely). The slerp keeps more enemies and ? blocks in the
+    middle steps than the straight line, whose middle codes have atypically small norms (measured: README). Levels wider than the model's window are encoded window by window and
+    interpolated per window, so full-length levels blend column block by column block; the last window ends at
+    the last column (it overlaps the one before: no column is dropped). Levels of different widths blend over
+    the shorter one's width (report["cut"]). report["stats"]: per step, for A and B and per as many columns of
+    the training corpus, what makes a level (Mario: enemies, ? blocks, well-formed pipes)."""
     import torch
+
+    from models.latent import interpolate
 
     net, cfg, folder = _load(model, INTERPOLATE_MODEL)
     if cfg["model"]["kind"] != "vae":
@@ -834,8 +824,8 @@ def interpolate_levels(level_a: str, level_b: str, out_dir: str, steps: int = 8,
     with torch.no_grad():
         mu = [net.encode(torch.from_numpy(np.stack([g[:, s:s + cols] for s in starts]).astype(np.int64)))[0]
               for g in levels]                                                      # (K, latent) each
-        t = torch.linspace(0, 1, steps)[:, None, None]
-        joined = walk_windows(net, (1 - t) * mu[0] + t * mu[1], None)       # (steps, rows, K * cols) at once
+        path = interpolate(mu[0], mu[1], steps, spherical)                  # (steps, K, latent)
+        joined = walk_windows(net, path, torch.Generator().manual_seed(seed), None, temperature)
     new = width - (k - 1) * cols                                  # columns of the last window not already covered
     grids = [np.concatenate([g[:, :(k - 1) * cols], g[:, k * cols - new:]], 1) for g in joined]
     ok = mario_playable(np.stack(grids), mode="level" if k > 1 else "window") if game == "mario" \
@@ -846,6 +836,8 @@ def interpolate_levels(level_a: str, level_b: str, out_dir: str, steps: int = 8,
     write_bytes_atomic(out / "contact_sheet.png", contact_sheet(grids, legend, labels, columns=1))
     report = {"model": str(folder), "a": str(level_a), "b": str(level_b), "steps": steps, "windows": k,
               "width": width, "files": names, "playable": [bool(v) for v in ok],
+              "path": "slerp" if spherical else "lerp", "temperature": temperature, "seed": seed,
+              "stats": _interpolation_stats(game, grids, [g[:, :width] for g in levels], cfg),
               # the ends are decodings of A and B: the share of their tiles that come back
               "ends_match": {"a": round(float((grids[0] == levels[0][:, :width]).mean()), 4),
                              "b": round(float((grids[-1] == levels[1][:, :width]).mean()), 4)}}
@@ -853,6 +845,31 @@ def interpolate_levels(level_a: str, level_b: str, out_dir: str, steps: int = 8,
         report["cut"] = (f"A is {levels[0].shape[1]} columns, B {levels[1].shape[1]}: blended over the first "
                          f"{width} of each")
     return write_report(out, report, written_files(names) + ["contact_sheet.png"])
+
+
+def level_stats(game: str, grid: np.ndarray) -> dict:
+    """What a reader sees first in a level: Mario's enemies, ? blocks (with coin or power-up) and whether
+    every pipe is whole; other games: the share of each non-empty tile."""
+    legend = get_legend(game)
+    if game != "mario":
+        return {t: round(float((grid == legend.index(t)).mean()), 4) for t in legend.tiles if t != "-"}
+    return {"enemies": int((grid == legend.index("E")).sum()),
+            "question_blocks": int(np.isin(grid, [legend.index(t) for t in "?Q" if t in legend.tiles]).sum()),
+            "pipes_ok": bool(mario_pipes_ok(grid))}
+
+
+def _interpolation_stats(game: str, grids: list[np.ndarray], ends: list[np.ndarray], cfg: dict) -> dict:
+    """level_stats per step, of A and B, and of the corpus: the mean over its training windows, scaled to the
+    steps' width (so a step can be read against what a level that long usually holds)."""
+    out = {"steps": [level_stats(game, g) for g in grids], "a": level_stats(game, ends[0]),
+           "b": level_stats(game, ends[1])}
+    units, _ = _training_units(cfg)
+    per = [level_stats(game, u) for u in units]
+    scale = grids[0].shape[1] / units.shape[2]
+    counts = lambda key: game == "mario" and key != "pipes_ok"            # noqa: E731  (shares stay shares)
+    out["corpus_per_same_width"] = {key: round(float(np.mean([p[key] for p in per])) * (scale if counts(key) else 1), 3)
+                                    for key in per[0]}
+    return out
 
 
 # ---------------------------------------------------------------- check

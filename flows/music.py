@@ -441,7 +441,7 @@ def generate_rolls(model, enc: Encoding, window_bars: int, n: int, bars: int, se
     copies, the corpus itself sits in a few. Neither: keys as the model draws them (all 12 alike)."""
     import torch
 
-    from models.vaes import latent_walk
+    from models.latent import latent_walk
 
     gen = torch.Generator().manual_seed(seed)
     k = -(-bars // window_bars)
@@ -588,56 +588,61 @@ def sample_music(out_dir: str, model: str = "auto", n: int = 20, bars: int = 8, 
 # ---------------------------------------------------------------- interpolate
 
 def interpolate_music(a: str, b: str, out_dir: str, model: str = "auto", steps: int = 8, tempo: float = 100.0,
-                      program: int | None = None, wav: bool = False) -> dict:
-    """Encode the first window of A and of B (their posterior means), decode `steps` points on the spherical
-    path between them: step-00 is A's reconstruction, the last is B's. Each step is a clip; morph.mid is all
-    of them in a row."""
+                      program: int | None = None, wav: bool = False, spherical: bool = True, temperature: float = 0.0,
+                      seed: int = 0) -> dict:
+    """Encode A and B window by window from their first bar with notes (as many whole windows as the shorter
+    holds; a clip shorter than a window is padded with rests), and decode `steps` points on the path between
+    them (slerp per window; lerp with spherical=False): step-00 is A's reconstruction, the last B's. Notes are
+    drawn at `temperature` (0: the most likely). Each step is a clip; morph.mid is all of them in a row.
+    report["stats"]: notes per bar and pitch range per step, beside A's and B's."""
     import torch
+
+    from models.latent import decode_windows, interpolate
 
     if wav:
         wav_tools()
     folder = resolve_music_model(model)
     net, enc, window_bars, cols = load_music_model(folder)
     n = window_bars * BAR
-    xs, conds, notes = [], [], {}
+    rolls_in, notes = [], {}
     for label, path in (("a", a), ("b", b)):
         clip = midi_to_roll(Path(path), enc)
-        roll = clip.roll
         if clip.flags:                                  # what reading it into this model's encoding changed
             notes[label] = clip.flags
-        start = int(np.argmax((mm.sounding(roll, enc.lo) >= 0).any(0))) // BAR * BAR     # first bar with notes
-        w = cut(roll, start, start + n, enc.lo)
-        w = np.pad(w, ((0, 0), (0, n - w.shape[1])), constant_values=REST)
+        start = int(np.argmax((mm.sounding(clip.roll, enc.lo) >= 0).any(0))) // BAR * BAR     # first bar with notes
+        rolls_in.append(clip.roll[:, start:])
+    k = max(1, min(r.shape[1] for r in rolls_in) // n)
+    xs, conds = [], []
+    for roll in rolls_in:
+        w = cut(roll, 0, k * n, enc.lo)
+        w = np.pad(w, ((0, 0), (0, k * n - w.shape[1])), constant_values=REST)
         xs.append(w)
         tonic, mode = mm.estimate_key(w, enc.lo)
         conds.append([{0: 0, 1: tonic, 2: mode}[c] for c in cols])
-    x = torch.from_numpy(np.stack(xs))
-    cond = torch.tensor(conds) if cols else None
-    mu, _ = net.encode(x, cond)
-    ts = np.linspace(0, 1, steps)
-    z = torch.stack([slerp(mu[0], mu[1], float(t)) for t in ts])
-    c = torch.tensor([conds[0] if t < 0.5 else conds[1] for t in ts]) if cols else None
-    rolls = [canonical(r) for r in net.sample(steps, torch.Generator(), cond=c, z=z).numpy()]
+    windows_in = np.stack([x[:, j * n:(j + 1) * n] for x in xs for j in range(k)])      # (2K, voices, n)
+    cond_in = torch.tensor([c for c in conds for _ in range(k)]) if cols else None
+    with torch.no_grad():
+        mu = net.encode(torch.from_numpy(windows_in), cond_in)[0].view(2, k, -1)
+        path = interpolate(mu[0], mu[1], steps, spherical)                                # (steps, K, latent)
+        ts = np.linspace(0, 1, steps)
+        c = torch.tensor([conds[0] if t < 0.5 else conds[1] for t in ts for _ in range(k)]) if cols else None
+        joined = decode_windows(net, path, torch.Generator().manual_seed(seed), c, temperature)
+    rolls = [canonical(r) for r in joined.numpy()]
     programs = (program,) if program is not None else None
     out = Path(out_dir)
     clips = [write_clip(r, out, f"step-{i:02d}", enc, tempo, programs, wav) for i, r in enumerate(rolls)]
     morph = write_clip(np.concatenate(rolls, 1), out, "morph", enc, tempo, programs, wav)
-    report = {"model": str(folder), "a": str(a), "b": str(b), "steps": steps, "instruments": instruments(programs, enc),
-              "clips": clips, "morph": morph,
+    bars = k * window_bars
+    stats = lambda r: {"notes_per_bar": round(len(roll_to_notes(r, enc.lo)) / bars, 2),     # noqa: E731
+                       "pitch_range": mm.pitch_range(r, enc.lo)}
+    report = {"model": str(folder), "a": str(a), "b": str(b), "steps": steps, "windows": k, "bars": bars,
+              "path": "slerp" if spherical else "lerp", "temperature": temperature, "seed": seed,
+              "instruments": instruments(programs, enc), "clips": clips, "morph": morph,
               "reconstruction_accuracy": {"a": mm.reconstruction_accuracy(xs[0], rolls[0]),
-                                          "b": mm.reconstruction_accuracy(xs[1], rolls[-1])}, "out_dir": str(out),
-              **({"read_notes": notes} if notes else {})}
+                                          "b": mm.reconstruction_accuracy(xs[1], rolls[-1])},
+              "stats": {"steps": [stats(r) for r in rolls], "a": stats(xs[0]), "b": stats(xs[1])},
+              "out_dir": str(out), **({"read_notes": notes} if notes else {})}
     return write_report(out, report, clip_files(clips + [morph]))
-
-
-def slerp(a, b, t: float):
-    """Spherical interpolation (White 2016): stays at prior-typical norms, unlike a straight line."""
-    import torch
-
-    omega = torch.arccos(torch.clamp(torch.dot(a / a.norm(), b / b.norm()), -1, 1))
-    if omega.abs() < 1e-4:
-        return (1 - t) * a + t * b
-    return (torch.sin((1 - t) * omega) * a + torch.sin(t * omega) * b) / torch.sin(omega)
 
 
 # ---------------------------------------------------------------- stats

@@ -208,8 +208,8 @@ def levels_sample_flow(out_dir: str, model: str | None = None, n: int = 50, leng
 
 
 @flow(name="levels-interpolate")
-def levels_interpolate_flow(level_a: str, level_b: str, out_dir: str, steps: int = 8, model: str | None = None) -> dict:
-    return levels_interpolate_task(level_a, level_b, out_dir, steps, model)
+def levels_interpolate_flow(**kwargs) -> dict:
+    return levels_interpolate_task(**kwargs)
 
 
 @flow(name="levels-check")
@@ -292,3 +292,25 @@ def family_compare_flow(**kwargs) -> dict:
     report = task(name="family-compare", cache_policy=NO_CACHE)(compare_family)(**kwargs)
     create_markdown_artifact(key="family-compare", markdown=summary_table(report))
     return report
+
+
+def _latent_flow(command: str):
+    """One flow per latent command: the job in a task, a Prefect artifact naming what it drew."""
+    import flows.latent as latent
+
+    job = getattr(latent, f"latent_{command}")
+
+    @flow(name=f"latent-{command}")
+    def run(**kwargs) -> dict:
+        report = task(name=f"latent-{command}", cache_policy=NO_CACHE)(job)(**kwargs)
+        create_markdown_artifact(key=f"latent-{command}", markdown=f"`{Path(report['model']).name}`: {command} "
+                                 f"-> `{report.get('png') or report.get('out_dir', '')}`; "
+                                 + ", ".join(f"{k} {v}" for k, v in report.items()
+                                             if k in ("method", "dims", "knn5_2d", "path", "temperature")))
+        return report
+
+    return run
+
+
+latent_map_flow, latent_manifold_flow, latent_traverse_flow, latent_interpolate_flow = (
+    _latent_flow(c) for c in ("map", "manifold", "traverse", "interpolate"))

@@ -344,20 +344,3 @@ class CVAE(VAE):
     def condition(self, cond, n):
         c = self.one_hot(cond)
         return c.expand(n, -1) if len(c) == 1 and n > 1 else c     # one condition for the whole batch
-
-
-def latent_walk(n_windows: int, latent: int, gen: torch.Generator, rho: float = 0.7,
-                spread: float = 1.0) -> torch.Tensor:
-    """A smooth walk through the prior for content longer than one window: z_0 ~ N(0, spread^2 I), then
-    walk_step after walk_step (a stationary AR(1): every z_k is again N(0, spread^2 I), so each window looks
-    like a sample, and neighbours are correlated). (n_windows, latent), drawn from `gen`."""
-    z = [spread * torch.randn(1, latent, generator=gen)]
-    for _ in range(n_windows - 1):
-        z.append(walk_step(z[-1], 1, gen, rho, spread))
-    return torch.cat(z)
-
-
-def walk_step(z: torch.Tensor, n: int, gen: torch.Generator, rho: float = 0.7, spread: float = 1.0) -> torch.Tensor:
-    """n candidate next points (n, latent) after z (1, latent): rho z + spread sqrt(1 - rho^2) eps, which
-    keeps N(0, spread^2 I) as it is (`spread`: VAE.sample)."""
-    return rho * z + spread * math.sqrt(1 - rho ** 2) * torch.randn(n, z.shape[-1], generator=gen)

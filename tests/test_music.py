@@ -321,7 +321,8 @@ def test_midi_folder_ingest_train_sample_interpolate_stats(tmp_path, monkeypatch
     assert fewer["removed_earlier"] == ["clip-001.mid", "clip-001.png"] and fewer["outputs"] == left[:2]
 
     morph = interpolate_music(str(src / "tune0.mid"), str(src / "tune1.mid"), str(tmp_path / "morph"), str(model), steps=3)
-    assert read_back(tmp_path / "morph" / "morph.mid", MELODY).shape == (1, 96)
+    assert morph["windows"] == 2 and morph["bars"] == 4                     # every whole window of the shorter tune
+    assert read_back(tmp_path / "morph" / "morph.mid", MELODY).shape == (1, 3 * 4 * 16)
     assert "read_notes" not in morph
     wild = mido.MidiFile(ticks_per_beat=480)                      # notes below and above the melody range
     wild.tracks.append(mido.MidiTrack([mido.Message("note_on", note=p, velocity=80, time=0 if i == 0 else 480)

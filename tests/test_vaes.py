@@ -100,7 +100,7 @@ def test_train_windows_stage_is_cached_by_content():
 
 
 def test_latent_walk_stays_on_the_prior_with_the_asked_correlation():
-    from models.vaes import latent_walk
+    from models.latent import latent_walk
 
     z = latent_walk(4000, 8, torch.Generator().manual_seed(0), rho=0.7)
     assert z.shape == (4000, 8)
@@ -113,7 +113,7 @@ def test_latent_walk_stays_on_the_prior_with_the_asked_correlation():
 def test_spread_narrows_the_prior_draws_and_the_walk():
     """spread s: z ~ N(0, s^2 I) for samples and walks alike (levels sample --spread); s -> 0 decodes the prior's
     centre, so every sample is the same grid, while s = 1 draws varied ones from the same generator."""
-    from models.vaes import latent_walk
+    from models.latent import latent_walk
 
     z = latent_walk(4000, 8, torch.Generator().manual_seed(0), rho=0.7, spread=0.5)
     assert abs(z.std().item() - 0.5) < 0.03

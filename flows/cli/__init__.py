@@ -10,7 +10,7 @@ import typer
 from rich.markup import escape
 from rich.table import Column, Table
 
-from flows.cli import denoise, family, levels, music, schedule, server
+from flows.cli import denoise, family, latent, levels, music, schedule, server
 from flows.cli.common import _run_flow
 from flows.cli.denoise import _db, print_report
 from flows.progress import err, out
@@ -49,6 +49,7 @@ app.add_typer(server.worker_app, name="worker")
 app.add_typer(music.app, name="music")
 app.add_typer(levels.app, name="levels")
 app.add_typer(family.app, name="family")
+app.add_typer(latent.app, name="latent")
 
 
 # a mistake in what the user asked for: one line and exit 2 (raised by the checks and by the flows)

@@ -31,7 +31,7 @@ def family_train(
     beta: Optional[float] = typer.Option(None, "--beta", min=0, help="vae/cvae: weight of the KL term (1 = the plain VAE; 4: a beta-VAE; too strong and the code collapses)."),
     body: str = typer.Option("mlp", "--body", help="mlp or conv."),
     widths: Optional[str] = typer.Option(None, "--widths", help="Hidden sizes (mlp) or channels (conv), e.g. 512,256."),
-    steps: Optional[int] = typer.Option(None, "--steps", min=1, help="Optimiser steps (default per set: digits 3000, mnist 6000)."),
+    steps: Optional[int] = typer.Option(None, "--steps", min=1, help="Optimiser steps (default per set: digits 6000, mnist 6000)."),
     minutes: Optional[float] = typer.Option(None, "--minutes", min=0.01, help="A time budget instead of --steps."),
     size: int = typer.Option(28, "--size", min=4, help="An image folder's images are resized to SIZE x SIZE gray."),
     name: Optional[str] = typer.Option(None, "--name", help="The model folder's name instead of KIND-DATA."),

@@ -145,7 +145,7 @@ def music_sample(
 
 @app.command("interpolate")
 def music_interpolate(
-    a: Path = typer.Argument(..., help="MIDI file to start from (its first window is used)."),
+    a: Path = typer.Argument(..., help="MIDI file to start from (from its first bar with notes, window by window)."),
     b: Path = typer.Argument(..., help="MIDI file to end at."),
     out_dir: Path = typer.Argument(..., help="Where step-00.mid ... and morph.mid (all steps in a row) go."),
     steps: int = typer.Option(8, "--steps", min=2, help="Points on the path, A and B included."),
@@ -153,8 +153,11 @@ def music_interpolate(
     program: Optional[str] = typer.Option(None, "--program", callback=_program, help="Instrument: a General MIDI name or number, as for `music sample`."),
     model: str = typer.Option("auto", "--model", help="auto, a model folder, or a trained model's name prefix."),
     wav: bool = typer.Option(False, "--wav", help="Also render WAV (fluidsynth)."),
+    slerp: bool = typer.Option(True, "--slerp/--lerp", help="Along the great circle between the codes (the default) or the straight line."),
+    temperature: float = typer.Option(0.0, "--temperature", min=0, help="0: the most likely token; 1: drawn as the model was trained."),
+    seed: int = typer.Option(0, "--seed"),
 ):
-    """Morph tune A into tune B through the model's latent space (spherical interpolation of their codes)."""
+    """Morph tune A into tune B through the model's latent space, every bar of the shorter one, window by window."""
     from formats.music import BadMidi, read_midi
 
     _out_folder(out_dir)
@@ -167,8 +170,13 @@ def music_interpolate(
     from flows.pipelines import music_interpolate_flow
 
     report = _run_flow(music_interpolate_flow, a=str(a), b=str(b), out_dir=str(out_dir), model=model,
-                       steps=steps, tempo=tempo, program=program, wav=wav)
+                       steps=steps, tempo=tempo, program=program, wav=wav, spherical=slerp, temperature=temperature,
+                       seed=seed)
     _print_clips(report, "steps")
+    st = report["stats"]
+    for key in ("notes_per_bar", "pitch_range"):
+        out.print(f"  {key.replace('_', ' ')} per step: {' '.join(f'{s[key]:g}' for s in st['steps'])} "
+                  f"(A {st['a'][key]:g}, B {st['b'][key]:g})")
     r = report["reconstruction_accuracy"]
     out.print(f"  reconstruction accuracy of the end points: A {r['a']:.2f}, B {r['b']:.2f}; all steps in a row: "
               f"{Path(report['out_dir']) / 'morph.mid'}")
