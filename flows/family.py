@@ -127,7 +127,8 @@ def model_config(kind: str, ex: Examples, latent: int = 2, beta: float | None = 
                  widths: tuple[int, ...] | None = None) -> dict:
     if kind not in KINDS:
         raise ValueError(f"--kind {kind}: use one of {', '.join(KINDS)}")
-    cfg = {"kind": kind, "latent": latent, "body": body, "widths": list(widths or DEFAULTS[ex.kind]["widths"])}
+    cfg = {"kind": kind, "latent": latent, "body": body, "widths": list(widths or DEFAULTS[ex.kind]["widths"]),
+           "head": "bernoulli"}
     if beta is not None:
         if kind not in ("vae", "cvae"):
             raise ValueError(f"--beta: only vae and cvae weigh a KL term, not {kind}")
@@ -163,7 +164,7 @@ def load_family_model(folder: str | Path):
     from models.registry import load_model
 
     config = read_config(Path(folder))
-    if config["model"]["kind"] not in KINDS or "vocab" in config["model"]:
+    if config["model"]["kind"] not in KINDS or "vocab" in config["model"]:          # token grids: levels, music
         raise ValueError(f"{folder}: a {config['model']['kind']} over tokens, not a family model; see `aeflow models`")
     return load_model(Path(folder)), config
 
@@ -238,7 +239,7 @@ def measure(folder: str, ex: Examples, jacobian_images: int = 100) -> dict:
     `jacobian_images` held-out images), 5-NN accuracy of the held-out codes fitted on the training codes."""
     import torch
 
-    from models.family import jacobian_norm2
+    from models.autoencoders import jacobian_norm2
 
     net, config = load_family_model(folder)
     cond = (lambda idx: torch.from_numpy(ex.labels[idx][:, None])) if net.cfg.kind == "cvae" else (lambda idx: None)
