@@ -4,8 +4,12 @@ Data (`--data`): `digits` (scikit-learn's 1,797 8x8 digits, shipped with the pac
 (the IDX files of a folder: `data/mnist/`, $AEFLOW_MNIST, or any folder given as the value; a fixed seeded
 split of 8,000 training and 2,000 held-out images of the first 10,000), `faces` (scikit-image's
 lfw_subset: 200 25x25 crops, label 1 for the 100 faces, 0 for the 100 non-faces) or an image folder
-(gray, resized to `size` x `size`; labelled by subfolder when images sit in subfolders). Values are
-intensities in [0, 1], modelled as Bernoulli probabilities.
+(gray, resized to `size` x `size`; labelled by subfolder when images sit in subfolders; unreadable files
+listed in the manifest's `bad`). Values are intensities in [0, 1], modelled as Bernoulli probabilities.
+
+Each set is read once into an ingest stage (`outputs/ingest/family-<name>-<key12>/`, keyed by the content of
+its raw files: the IDX files, the images, or the package's own data file) holding the values, labels and
+the fixed split; the train stages name it upstream.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from models.checkpoints import write_bytes_atomic, write_json_atomic
 
 KINDS = ("ae", "dae", "contractive_ae", "vae", "cvae")
 SPLIT_SEED = 0
+INGEST_VERSION = 1
 MNIST_FILES = ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")     # the official test split
 # defaults sized for each set on this 2-core CPU (bench/family.py measured them)
 DEFAULTS = {"digits": {"widths": (256, 128), "steps": 6000}, "mnist": {"widths": (512, 256), "steps": 6000},
@@ -38,6 +43,7 @@ class Examples:
     name: str                     # digits, mnist, faces or the folder's name
     kind: str                     # digits, mnist, faces or folder
     about: dict                   # what the split is, for reports and model configs
+    key: str = ""                 # the ingest stage's key (a train stage's upstream)
 
 
 def split(n: int, n_val: int) -> tuple[np.ndarray, np.ndarray]:
@@ -58,77 +64,121 @@ def mnist_folder(data: str) -> Path | None:
     return None
 
 
-def load_examples(data: str = "digits", size: int = 28) -> Examples:
-    """The examples of `data` (see the module's docstring) with their fixed split."""
+def _source(data: str) -> tuple[str, Path, list[Path]]:
+    """(kind, root, the raw files the examples are read from: what the ingest stage's key hashes)."""
     if data == "digits":
-        from sklearn.datasets import load_digits
+        import sklearn
 
-        d = load_digits()
-        x = (d.images / 16.0).astype(np.float32)[:, None]                 # (1797, 1, 8, 8), 17 grey levels
-        tr, va = split(len(x), 360)
-        return Examples(x, d.target.astype(np.int64), tr, va, "digits", "digits",
-                        {"source": "scikit-learn load_digits", "train": len(tr), "val": len(va), "split_seed": SPLIT_SEED})
+        root = Path(sklearn.__file__).parent / "datasets" / "data"
+        return "digits", root, [root / "digits.csv.gz"]
     if data == "faces":
-        from skimage.data import lfw_subset
+        import skimage
 
-        x = lfw_subset().astype(np.float32)[:, None]                       # (200, 1, 25, 25)
-        labels = np.r_[np.ones(100), np.zeros(100)].astype(np.int64)       # faces first, then non-faces
-        tr, va = split(len(x), 40)
-        return Examples(x, labels, tr, va, "faces", "faces",
-                        {"source": "scikit-image lfw_subset", "train": len(tr), "val": len(va), "split_seed": SPLIT_SEED})
+        root = Path(skimage.__file__).parent / "data"
+        return "faces", root, [root / "lfw_subset.npy"]
     if (folder := mnist_folder(data)) is not None:
-        from formats.idx import read_idx
-
-        def idx(name: str) -> np.ndarray:
-            path = folder / name if (folder / name).is_file() else folder / (name + ".gz")
-            return read_idx(path)
-
-        images, labels = idx(MNIST_FILES[0]), idx(MNIST_FILES[1])
-        if len(images) != len(labels):
-            raise ValueError(f"{folder}: {len(images)} images but {len(labels)} labels")
-        x = (images[:10000] / 255.0).astype(np.float32)[:, None]
-        tr, va = split(len(x), len(x) // 5)                                 # 10,000 -> 8,000 / 2,000
-        return Examples(x, labels[:10000].astype(np.int64), tr, va, "mnist", "mnist",
-                        {"source": str(folder), "train": len(tr), "val": len(va), "split_seed": SPLIT_SEED})
+        pick = lambda name: folder / name if (folder / name).is_file() else folder / (name + ".gz")   # noqa: E731
+        return "mnist", folder, [pick(name) for name in MNIST_FILES]
     if data == "mnist":
         raise FileNotFoundError("--data mnist: no MNIST IDX files (t10k-images-idx3-ubyte[.gz]) in data/mnist/ or "
                                 "$AEFLOW_MNIST; give the folder that holds them: --data PATH")
-    return _image_folder(Path(data).expanduser(), size)
+    from formats.images import find_images
+
+    root = Path(data).expanduser().resolve()
+    if not root.is_dir():
+        raise FileNotFoundError(f"{data}: not a folder, nor digits, mnist or faces")
+    return "folder", root, find_images(root)
 
 
-def _image_folder(root: Path, size: int) -> Examples:
+def _read(kind: str, root: Path, files: list[Path], size: int) -> tuple[np.ndarray, np.ndarray | None, float, dict]:
+    """(values (N, 1, H, W) as read, labels or None, scale: intensities are values / scale, facts) of a source."""
+    if kind == "digits":
+        from sklearn.datasets import load_digits
+
+        d = load_digits()
+        return d.images.astype(np.uint8)[:, None], d.target.astype(np.int64), 16.0, {}      # 17 grey levels
+    if kind == "faces":
+        from skimage.data import lfw_subset
+
+        labels = np.r_[np.ones(100), np.zeros(100)].astype(np.int64)      # faces first, then non-faces
+        return lfw_subset().astype(np.float32)[:, None], labels, 1.0, {}
+    if kind == "mnist":
+        from formats.idx import read_idx
+
+        images, labels = read_idx(files[0]), read_idx(files[1])
+        if len(images) != len(labels):
+            raise ValueError(f"{root}: {len(images)} images but {len(labels)} labels")
+        return images[:10000, None], labels[:10000].astype(np.int64), 255.0, {}
     from PIL import Image
 
-    from formats.images import BadImage, find_images, read_image
+    from formats.images import BadImage, read_image
 
-    if not root.is_dir():
-        raise FileNotFoundError(f"{root}: not a folder, nor digits, mnist or faces")
-    files = find_images(root)
-    xs, names = [], []
+    xs, names, bad = [], [], []
     for f in files:
         try:
             px = read_image(f).pixels                                      # (H, W, C) float in [0, 1]
-        except BadImage:
-            continue                                                       # a family model needs no report of these
+        except BadImage as e:
+            bad.append({"file": str(f.relative_to(root)), "reason": e.reason})
+            continue
         gray = px.mean(2) if px.shape[2] == 3 else px[..., 0]
         im = Image.fromarray((gray * 255).round().astype(np.uint8)).resize((size, size), Image.LANCZOS)
-        xs.append(np.asarray(im, np.float32) / 255)
+        xs.append(np.asarray(im))
         names.append(f.relative_to(root).parts[0] if len(f.relative_to(root).parts) > 1 else "")
     if len(xs) < 2:
         raise ValueError(f"{root}: {len(xs)} readable image(s); a family model needs at least 2")
     classes = sorted(set(names))
     labels = np.array([classes.index(n) for n in names], np.int64) if len(classes) > 1 else None
-    tr, va = split(len(xs), max(1, len(xs) // 5))
-    return Examples(np.stack(xs)[:, None], labels, tr, va, root.name, "folder",
-                    {"source": str(root), "size": size, "classes": classes if labels is not None else None,
-                     "train": len(tr), "val": len(va), "split_seed": SPLIT_SEED})
+    return np.stack(xs)[:, None], labels, 255.0, {"size": size, "classes": classes if labels is not None else None,
+                                                  "bad": bad}
+
+
+def ingest_examples(data: str = "digits", size: int = 28, refresh: bool = False) -> str:
+    """Read `data` (see the module's docstring) once into a cached stage, keyed by the content of its raw files,
+    with its fixed split; returns the folder (examples.safetensors: values, labels, train and val indices)."""
+    import safetensors.numpy
+
+    from flows.stages import Stage, content_key, run_stage
+
+    kind, root, files = _source(data)
+    config = {"kind": kind, "split_seed": SPLIT_SEED, **({"size": size} if kind == "folder" else {})}
+    slug = f"family-{kind if kind != 'folder' else root.name}"
+    stage = Stage("ingest", INGEST_VERSION, slug, config, contents=tuple(content_key(f) for f in files))
+
+    def fill(tmp: Path) -> dict:
+        x, labels, scale, facts = _read(kind, root, files, size)
+        n_val = {"digits": 360, "faces": 40}.get(kind, len(x) // 5)        # MNIST: 10,000 -> 8,000 / 2,000
+        train, val = split(len(x), n_val)
+        arrays = {"x": np.ascontiguousarray(x), "train": train, "val": val,
+                  **({"labels": labels} if labels is not None else {})}
+        write_bytes_atomic(tmp / "examples.safetensors", safetensors.numpy.save(arrays))
+        return {"name": kind if kind != "folder" else root.name, "source": str(root), "scale": scale,
+                "examples": len(x), "train": len(train), "val": len(val), **facts}
+
+    folder, _, _ = run_stage(stage, fill, refresh)
+    return str(folder)
+
+
+def load_examples(data: str = "digits", size: int = 28, refresh: bool = False) -> Examples:
+    """The examples of `data` with their fixed split, from the ingest stage (built on first use)."""
+    import json
+
+    import safetensors.numpy
+
+    folder = Path(ingest_examples(data, size, refresh))
+    m = json.loads((folder / "manifest.json").read_text())
+    a = safetensors.numpy.load_file(str(folder / "examples.safetensors"))
+    about = {"source": m["source"], "train": m["train"], "val": m["val"], "split_seed": m["config"]["split_seed"],
+             "ingest": folder.name, **({"size": m["size"], "classes": m["classes"]} if "size" in m else {})}
+    x = (a["x"] / m["scale"]).astype(np.float32)                           # in float64, then rounded once
+    return Examples(x, a.get("labels"), a["train"], a["val"], m["name"], m["config"]["kind"], about, m["key"])
 
 
 def model_config(kind: str, ex: Examples, latent: int = 2, beta: float | None = None, body: str = "mlp",
                  widths: tuple[int, ...] | None = None) -> dict:
     if kind not in KINDS:
         raise ValueError(f"--kind {kind}: use one of {', '.join(KINDS)}")
-    cfg = {"kind": kind, "latent": latent, "body": body, "widths": list(widths or DEFAULTS[ex.kind]["widths"])}
+    cfg = {"kind": kind, "latent": latent, "body": body, "widths": list(widths or DEFAULTS[ex.kind]["widths"]),
+           "head": "bernoulli"}
     if beta is not None:
         if kind not in ("vae", "cvae"):
             raise ValueError(f"--beta: only vae and cvae weigh a KL term, not {kind}")
@@ -154,8 +204,10 @@ def train_family(kind: str = "vae", data: str = "digits", latent: int = 2, beta:
                 "select": "neg_loss"}
     cond = ex.labels[:, None] if kind == "cvae" else None
     part = lambda idx: (ex.x[idx], None if cond is None else cond[idx])    # noqa: E731
-    return train_windows(ex.name, (), {"job": "family", "data": ex.name, **ex.about}, part(ex.train), part(ex.val),
-                         model, training, refresh=refresh, progress=progress, name=name, dense=True)
+    where = {k: ex.about[k] for k in ("source", "ingest") if k in ex.about}   # not hashed: the content is
+    data = {"job": "family", "data": ex.name, **{k: v for k, v in ex.about.items() if k not in where}}
+    return train_windows(ex.name, (ex.key,) if ex.key else (), data, part(ex.train), part(ex.val), model, training,
+                         refresh=refresh, progress=progress, facts=where, name=name, dense=True)
 
 
 def load_family_model(folder: str | Path):
@@ -164,7 +216,7 @@ def load_family_model(folder: str | Path):
     from models.registry import load_model
 
     config = read_config(Path(folder))
-    if config["model"]["kind"] not in KINDS or "vocab" in config["model"]:
+    if config["model"]["kind"] not in KINDS or "vocab" in config["model"]:          # token grids: levels, music
         raise ValueError(f"{folder}: a {config['model']['kind']} over tokens, not a family model; see `aeflow models`")
     return load_model(Path(folder)), config
 
@@ -186,6 +238,8 @@ def sample_family(model: str, out_dir: str, label: int | None = None, n: int = 6
     cfg = net.cfg
     if cfg.kind not in ("vae", "cvae"):
         raise ValueError(f"{folder.name}: a {cfg.kind} has no prior to sample from; sample a vae or cvae")
+    if cfg.kind != "cvae" and label is not None:
+        raise ValueError(f"--label {label}: {folder.name} is a {cfg.kind}, not conditioned on a label")
     if cfg.kind == "cvae" and label is None:
         raise ValueError(f"{folder.name}: a cvae samples one label at a time: --label 0..{cfg.cond[0] - 1}")
     if cfg.kind == "cvae" and not 0 <= label < cfg.cond[0]:
@@ -221,21 +275,27 @@ def knn_accuracy(train_codes, train_labels, val_codes, val_labels, k: int = 5) -
     return float(KNeighborsClassifier(k).fit(train_codes, train_labels).score(val_codes, val_labels))
 
 
+def codes(net, ex: Examples, idx: np.ndarray):
+    """(mu, logvar or None) of the examples `idx` (a cvae is given their labels)."""
+    import torch
+
+    cond = torch.from_numpy(ex.labels[idx][:, None]) if net.cfg.kind == "cvae" else None
+    with torch.no_grad():
+        return net.encode(torch.from_numpy(ex.x[idx]), cond)
+
+
 def measure(folder: str, ex: Examples, jacobian_images: int = 100) -> dict:
     """Held-out figures of one trained model: reconstruction MSE (the mean decoding of the mean code), KL and
     active units (VAE kinds), the exact squared Frobenius norm of the encoder's Jacobian (mean over
     `jacobian_images` held-out images), 5-NN accuracy of the held-out codes fitted on the training codes."""
     import torch
 
-    from models.family import jacobian_norm2
+    from models.autoencoders import jacobian_norm2
 
     net, config = load_family_model(folder)
     cond = (lambda idx: torch.from_numpy(ex.labels[idx][:, None])) if net.cfg.kind == "cvae" else (lambda idx: None)
-    xt, xv = torch.from_numpy(ex.x[ex.train]), torch.from_numpy(ex.x[ex.val])
-    with torch.no_grad():
-        mu_t, _ = net.encode(xt, cond(ex.train))
-        mu_v, logvar_v = net.encode(xv, cond(ex.val))
-        mse = float(net.reconstruction_error(xv, cond(ex.val)).mean())
+    (mu_t, _), (mu_v, logvar_v) = codes(net, ex, ex.train), codes(net, ex, ex.val)
+    mse = float(net.reconstruction_error(torch.from_numpy(ex.x[ex.val]), cond(ex.val)).mean())
     row = {"model": Path(folder).name, "kind": net.cfg.kind, "latent": net.cfg.latent, "mse": mse,
            "seconds": config.get("seconds"), "steps": config.get("steps")}
     if logvar_v is not None:
@@ -249,13 +309,17 @@ def measure(folder: str, ex: Examples, jacobian_images: int = 100) -> dict:
     return row
 
 
-def pca_row(ex: Examples, latent: int) -> dict:
-    """PCA at the same code size: the linear baseline an autoencoder is a non-linear version of."""
+def _pca(ex: Examples, latent: int):
     from sklearn.decomposition import PCA
 
+    return PCA(latent, random_state=0).fit(ex.x[ex.train].reshape(len(ex.train), -1))
+
+
+def pca_row(ex: Examples, latent: int) -> dict:
+    """PCA at the same code size: the linear baseline an autoencoder is a non-linear version of."""
     t0 = time.perf_counter()
     flat_t, flat_v = ex.x[ex.train].reshape(len(ex.train), -1), ex.x[ex.val].reshape(len(ex.val), -1)
-    pca = PCA(latent, random_state=0).fit(flat_t)
+    pca = _pca(ex, latent)
     codes_v = pca.transform(flat_v)
     row = {"model": "PCA", "kind": "pca", "latent": latent,
            "mse": float(((pca.inverse_transform(codes_v) - flat_v) ** 2).mean()),
@@ -268,7 +332,7 @@ def pca_row(ex: Examples, latent: int) -> dict:
 
 def compare_family(data: str = "digits", latents: tuple[int, ...] = (2, 8), kinds: tuple[str, ...] = KINDS,
                    betas: tuple[float, ...] = (0.25, 1, 4, 16), out_dir: str | None = None, steps: int | None = None,
-                   progress: bool = True) -> dict:
+                   progress: bool = True, widths: tuple[int, ...] | None = None) -> dict:
     """Every kind at every code size beside PCA, and a beta sweep of the vae at the largest size: one table
     (report.json), a rate-distortion plot and, for 2-D codes, the held-out codes coloured by label."""
     ex = load_examples(data)
@@ -276,19 +340,26 @@ def compare_family(data: str = "digits", latents: tuple[int, ...] = (2, 8), kind
     for latent in latents:
         rows.append(pca_row(ex, latent))
         for kind in kinds:
-            folder = train_family(kind, latent=latent, steps=steps, progress=progress, examples=ex)
+            folder = train_family(kind, latent=latent, steps=steps, progress=progress, examples=ex, widths=widths)
             rows.append(measure(folder, ex))
     sweep = []
     for beta in betas:
-        folder = train_family("vae", latent=max(latents), beta=beta, steps=steps, progress=progress, examples=ex)
+        folder = train_family("vae", latent=max(latents), beta=beta, steps=steps, progress=progress, examples=ex,
+                              widths=widths)
         row = measure(folder, ex)
         sweep.append({"beta": beta, "distortion_nll": _nll(folder, ex), **row})
     report = {"data": ex.name, "split": ex.about, "rows": rows, "beta_sweep": sweep}
     if out_dir:
         out = Path(out_dir).expanduser()
         out.mkdir(parents=True, exist_ok=True)
-        _rate_distortion_png(sweep, out / "beta-sweep.png", ex.name)
+        _save_png(_rate_distortion_figure(sweep, ex.name), out / "beta-sweep.png")
         report["pngs"] = [str(out / "beta-sweep.png")]
+        if 2 in latents and ex.labels is not None:
+            panels = [("PCA", _pca(ex, 2).transform(ex.x[ex.val].reshape(len(ex.val), -1)))]
+            panels += [(r["kind"], codes(load_family_model(outputs_root() / "train" / r["model"])[0], ex, ex.val)[0]
+                        .numpy()) for r in rows if r["latent"] == 2 and r["kind"] != "pca"]
+            _save_png(_codes_figure(panels, ex.labels[ex.val], ex.name), out / "codes-2d.png")
+            report["pngs"].append(str(out / "codes-2d.png"))
         write_json_atomic(out / "report.json", report)
     return report
 
@@ -304,7 +375,19 @@ def _nll(folder: str, ex: Examples) -> float:
         return float(net.head.nll(net.decode(mu), xv).mean())
 
 
-def _rate_distortion_png(sweep: list[dict], path: Path, title: str) -> None:
+def _save_png(fig, path: Path) -> None:
+    """A matplotlib figure -> PNG, written atomically."""
+    import io
+
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    write_bytes_atomic(path, buf.getvalue())
+
+
+def _rate_distortion_figure(sweep: list[dict], title: str):
     import matplotlib
 
     matplotlib.use("Agg")
@@ -319,8 +402,24 @@ def _rate_distortion_png(sweep: list[dict], path: Path, title: str) -> None:
     b.set(xscale="log", xlabel="β", ylabel="active units (Burda 0.01)", title="posterior collapse")
     fig.suptitle(f"vae β sweep on {title}", fontsize=9)
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    return fig
+
+
+def _codes_figure(panels: list[tuple[str, np.ndarray]], labels: np.ndarray, title: str):
+    """The 2-D held-out codes of each model, one panel each, coloured by label, one legend."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(panels), figsize=(3 * len(panels), 3.3), dpi=100, squeeze=False)
+    for ax, (name, z) in zip(axes[0], panels):
+        points = ax.scatter(z[:, 0], z[:, 1], c=labels, cmap="tab10", s=3, vmin=-0.5, vmax=9.5)
+        ax.set(title=name, xlabel="z0", ylabel="z1")
+    fig.legend(*points.legend_elements(), loc="center right", title="label", fontsize=7)
+    fig.suptitle(f"held-out codes on {title} (z = 2; a cvae's codes hold the style, its label is c)", fontsize=9)
+    fig.tight_layout(rect=(0, 0, 0.94, 1))
+    return fig
 
 
 def summary_table(report: dict) -> str:

@@ -118,7 +118,7 @@ def train_windows(slug: str, upstream: tuple[str, ...], data: dict, train: tuple
                   refresh: bool = False, progress: bool = True, facts: dict | None = None, name: str | None = None,
                   dense: bool = False) -> str:
     """Train (or find cached) a model on whole examples; returns the model folder. By default a token-grid
-    model (`vae`, `cvae` of vaes.py) on windows; `dense`: a family model (models/family.py) on real values.
+    model (a `vae` or `cvae` with the categorical head) on windows; `dense`: a family model on real values.
 
     train, val: (x, cond (N, K) integers or None); x is (N, rows, cols) integer tokens, or for `dense`
     (N, *shape) floats. `data` describes the slice (game, split, ...); the stage key also hashes the arrays

@@ -1,22 +1,34 @@
-"""Denoising autoencoders for images: the textbook bottleneck `conv_ae` and the skip-connected `skip_dae`.
+"""Autoencoders: the AE base of the family with its non-VAE variants, and the image denoisers.
 
-Both learn x from y = x + sigma/255 * N(0, 1), the corruption being drawn on the fly inside `loss`
-(DnCNN protocol: images in [0, 1], sigma on the 0-255 scale, the noisy input is not clipped).
-A fixed `sigma` trains a sigma-specific model; a (lo, hi) pair draws sigma uniformly per image
+The family (vaes.py builds the VAE and cvae on the same base) is one design: a body (models/blocks.py: mlp,
+conv) and an output head (models/likelihoods.py: bernoulli, gaussian, categorical) chosen by the config, and
+each variant overrides one method of `AE`:
+
+    ae              x -> encode -> z -> decode -> head.nll(x)               (a non-linear PCA)
+    dae             the same from a corrupted x (Vincent et al., ICML 2008): `terms`
+    contractive_ae  + lambda * ||J_f(x)||_F^2 (Rifai et al., ICML 2011): `terms`
+
+The latent contract every bottleneck model keeps (models/latent.py relies on it): `cfg.latent`,
+`encode(x, cond) -> (mu, logvar or None)`, `decode(z, cond) -> head parameters`,
+`draw(params, gen, temperature) -> data` (temperature 0: the most likely data).
+
+The denoisers `conv_ae` and `skip_dae` learn x from y = x + sigma/255 * N(0, 1), the corruption being drawn on
+the fly inside `loss` (DnCNN protocol: images in [0, 1], sigma on the 0-255 scale, the noisy input is not
+clipped). A fixed `sigma` trains a sigma-specific model; a (lo, hi) pair draws sigma uniformly per image
 (a blind model, DnCNN-B style).
 """
-
 from __future__ import annotations
 
-import math
 from typing import Literal
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, field_validator
+from pydantic import BaseModel, ConfigDict, field_validator, model_serializer, model_validator
 
+from models.blocks import BODIES
 from models.degrade import camera_noise, noise_level
+from models.likelihoods import HEADS
 
 Sigma = float | tuple[float, float]
 
@@ -222,3 +234,241 @@ class SkipDAE(DenoisingAE):
 
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+# ---------------------------------------------------------------- the AE base of the family
+
+class AEConfig(_Config):
+    kind: Literal["ae"] = "ae"
+    shape: tuple[int, ...]                       # one example: (C, H, W), (C, L) or (D,) values; (rows, cols) tokens
+    body: Literal["mlp", "conv"] = "conv"        # models/blocks.py
+    widths: tuple[int, ...] = (64, 128, 256)     # mlp: hidden sizes; conv: first at full size, then each halves
+    latent: int = 32
+    head: Literal["bernoulli", "gaussian", "categorical"]    # models/likelihoods.py; left out: categorical with
+    #                                              a vocab (token grids), else bernoulli (intensities in [0, 1])
+    # the categorical head's options (likelihoods.Categorical says what each does)
+    vocab: int | None = None                     # categories per cell (tiles, pitch tokens)
+    dims: Literal[1, 2] = 2                      # 2: conv over the grid; 1: conv over cols, rows as channels
+    unique: tuple[int, ...] = ()                 # tokens that occur once per grid (Lode Runner's spawn)
+    ar: int = 0                                  # dims=1: each step also sees the `ar` steps before it
+    columns: tuple[tuple[int, ...], ...] = ()    # dims=1: a token is one of these whole columns (rows tiles each)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _infer_head(cls, data):
+        if isinstance(data, dict) and "head" not in data:
+            data = {**data, "head": "categorical" if data.get("vocab") is not None else "bernoulli"}
+        return data
+
+    @field_validator("latent", "vocab")
+    @classmethod
+    def _positive(cls, v):
+        if v is not None and v < 1:
+            raise ValueError(f"must be >= 1, got {v}")
+        return v
+
+    @field_validator("ar")
+    @classmethod
+    def _steps(cls, v):
+        if v < 0:
+            raise ValueError(f"must be >= 0 steps, got {v}")
+        return v
+
+    @model_validator(mode="after")
+    def _head_options(self):
+        tokens = self.vocab is not None or self.unique or self.ar or self.columns
+        if self.head == "categorical" and (self.vocab is None or len(self.shape) != 2):
+            raise ValueError(f"head 'categorical' takes token grids: a vocab and a (rows, cols) shape, got "
+                             f"vocab {self.vocab}, shape {self.shape}")
+        if self.head != "categorical" and tokens:
+            raise ValueError(f"vocab, unique, ar and columns are options of the categorical head, not {self.head}")
+        return self
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler):
+        # what the parse infers or leaves unused is left out: a token-grid config (and so its stage key) is what
+        # it was before the family shared one design, and a model of real values carries no token options
+        out = handler(self)
+        inferred = "categorical" if self.vocab is not None else "bernoulli"
+        drop = {"head"} if self.head == inferred else set()
+        drop |= {"body"} if self.body == "conv" else set()
+        drop |= {k for k in ("unique", "ar", "columns") if not out.get(k)}
+        drop |= {"vocab", "dims"} if self.head != "categorical" else set()
+        return {k: v for k, v in out.items() if k not in drop}
+
+
+class AE(nn.Module):
+    """The plain autoencoder; the base of the family. Terms of the loss are per sample (`terms`), weighted
+    (`weights`) into the objective the trainer minimises (`loss`)."""
+
+    cfg: AEConfig
+
+    def __init__(self, cfg: AEConfig):
+        super().__init__()
+        self.cfg = cfg
+        head = HEADS[cfg.head]
+        shape = head.layout(cfg)                                          # what the body reads of one example
+        encoder, decoder = BODIES[cfg.body]
+        # built in this order so that a seed gives the weights it gave before the family shared one design
+        self.encoder = encoder(shape, cfg.widths)
+        self.to_code = nn.Linear(self.encoder.features + self.cond_dim(), self.code_size())
+        self.from_z = nn.Linear(cfg.latent + self.cond_dim(), self.encoder.features)
+        self.decoder = decoder(shape, cfg.widths)
+        self.head = head(cfg)
+
+    # ---- what a variant changes
+    def code_size(self) -> int:
+        return self.cfg.latent
+
+    def cond_dim(self) -> int:
+        return 0
+
+    def condition(self, cond: torch.Tensor | None, n: int) -> torch.Tensor | None:
+        """What the encoder and decoder see of `cond` for a batch of n: nothing (a cvae overrides this)."""
+        return None
+
+    # ---- the two halves
+    def encode(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        h = self.encoder(self.head.inputs(x))                             # (B, features)
+        if (c := self.condition(cond, len(x))) is not None:
+            h = torch.cat([h, c.to(h.dtype)], 1)
+        return self.to_code(h), None
+
+    def decode(self, z: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+        if (c := self.condition(cond, len(z))) is not None:
+            z = torch.cat([z, c.to(z.dtype)], 1)
+        return self.head.params(self.decoder(self.from_z(z)))             # head parameters, e.g. (B, *shape)
+
+    def draw(self, params: torch.Tensor, gen: torch.Generator | None = None, temperature: float = 0.0,
+             prefix: torch.Tensor | None = None) -> torch.Tensor:
+        """Head parameters -> data (likelihoods.py). `prefix`: the grid just before, which a categorical head
+        with `ar` continues."""
+        if prefix is None:
+            return self.head.draw(params, gen, temperature)
+        return self.head.draw(params, gen, temperature, prefix)
+
+    # ---- training
+    @staticmethod
+    def split(batch) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return tuple(batch) if isinstance(batch, (tuple, list)) else (batch, None)
+
+    def terms(self, x: torch.Tensor, cond: torch.Tensor | None, gen: torch.Generator | None) -> dict[str, torch.Tensor]:
+        """Per-sample loss terms, unweighted; `gen` None: no random draw (the mean code)."""
+        z, _ = self.encode(x, cond)
+        return {"nll": self.head.nll(self.decode(z, cond), x)}
+
+    def weights(self) -> dict[str, float]:
+        """Each term's weight in the objective (1 when not named)."""
+        return {}
+
+    def objective(self, terms: dict[str, torch.Tensor]) -> torch.Tensor:
+        w = self.weights()
+        return sum(w.get(k, 1.0) * v for k, v in terms.items())
+
+    def bounds(self, terms: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Figures derived from the terms for validation (a VAE's ELBO)."""
+        return {}
+
+    def loss(self, batch, gen: torch.Generator) -> torch.Tensor:
+        x, cond = self.split(batch)
+        return self.objective(self.terms(x, cond, gen)).mean()
+
+    @torch.no_grad()
+    def metrics(self, batch, gen: torch.Generator, chunk: int = 1024) -> dict[str, float]:
+        """Validation, means per sample: loss (the objective, sampled where it samples) and neg_loss (the number
+        the trainer may keep the best weights by), each term unweighted, `bounds`, and the head's measure of the
+        mean code's reconstruction: mse (real values) or acc (the share of token cells right)."""
+        x, cond = self.split(batch)
+        sums: dict[str, float] = {}
+        for i in range(0, len(x), chunk):
+            xb, cb = x[i:i + chunk], None if cond is None else cond[i:i + chunk]
+            with torch.enable_grad():                                     # the contractive term needs a gradient
+                terms = {k: v.detach() for k, v in self.terms(xb, cb, gen).items()}
+            per = {"loss": self.objective(terms), **terms, **self.bounds(terms),
+                   self.head.measure: self.head.score(self.reconstruct(xb, cb), xb)}
+            for k, v in per.items():
+                sums[k] = sums.get(k, 0.0) + v.sum().item()
+        out = {k: v / len(x) for k, v in sums.items()}
+        out["neg_loss"] = -out["loss"]
+        return out
+
+    def load_state_dict(self, state, *args, **kwargs):
+        """Weights of token-grid VAEs saved before the family shared one design are renamed as they load."""
+        old = {"to_stats.": "to_code.", "ar_": "head.ar_"}
+        renamed = {}
+        for k, v in state.items():
+            prefix = next((p for p in old if k.startswith(p)), None)
+            renamed[old[prefix] + k[len(prefix):] if prefix else k] = v
+        return super().load_state_dict(renamed, *args, **kwargs)
+
+    # ---- use
+    @torch.no_grad()
+    def reconstruct(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+        """The most likely data decoded from the mean code."""
+        mu, _ = self.encode(x, cond)
+        return self.draw(self.decode(mu, cond))
+
+    @torch.no_grad()
+    def reconstruction_error(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+        """Per sample (B,): the mean squared error of `reconstruct` (real values), or its share of token cells
+        wrong."""
+        return self.head.error(self.reconstruct(x, cond), x)
+
+
+class _DenseConfig(AEConfig):
+    """A variant that perturbs or differentiates x: real values only."""
+
+    @model_validator(mode="after")
+    def _dense(self):
+        if self.head == "categorical":
+            raise ValueError(f"a {self.kind} perturbs or differentiates its input: give it real values "
+                             "(head bernoulli or gaussian), not tokens")
+        return self
+
+
+class DAEConfig(_DenseConfig):
+    kind: Literal["dae"] = "dae"
+    noise: float = 0.3                           # std of the Gaussian corruption, in x's units
+
+
+class DAE(AE):
+    cfg: DAEConfig
+
+    def terms(self, x, cond, gen):
+        noisy = x if gen is None else x + self.cfg.noise * torch.randn(x.shape, generator=gen, device=x.device)
+        z, _ = self.encode(noisy, cond)
+        return {"nll": self.head.nll(self.decode(z, cond), x)}        # the clean x, from the corrupted one
+
+
+def jacobian_norm2(encode, x: torch.Tensor, gen: torch.Generator | None = None) -> torch.Tensor:
+    """||J||_F^2 per sample of z = encode(x) (B, L) with respect to x, without forming J: E_v ||J^T v||^2 over
+    v ~ N(0, I) (Hutchinson), one vector-Jacobian product, differentiable. gen None: the exact norm, one
+    product per latent unit (for measurement)."""
+    x = x.detach().float().requires_grad_(True)
+    z = encode(x)
+    if gen is not None:
+        v = torch.randn(z.shape, generator=gen, device=z.device)
+        (g,) = torch.autograd.grad(z, x, v, create_graph=True)
+        return g.flatten(1).pow(2).sum(1)
+    total = 0
+    for u in range(z.shape[1]):
+        (g,) = torch.autograd.grad(z[:, u].sum(), x, retain_graph=True)
+        total = total + g.flatten(1).pow(2).sum(1)
+    return total
+
+
+class ContractiveAEConfig(_DenseConfig):
+    kind: Literal["contractive_ae"] = "contractive_ae"
+    contraction: float = 1.0                     # lambda, the weight of ||J||_F^2
+
+
+class ContractiveAE(AE):
+    cfg: ContractiveAEConfig
+
+    def terms(self, x, cond, gen):
+        out = super().terms(x, cond, gen)
+        out["contraction"] = jacobian_norm2(lambda v: self.encode(v, cond)[0], x, gen)
+        return out
+
+    def weights(self):
+        return {"contraction": self.cfg.contraction}

@@ -6,33 +6,19 @@ from pathlib import Path
 from typing import Annotated
 
 import torch
-from pydantic import Discriminator, Tag, TypeAdapter
+from pydantic import Field, TypeAdapter
 
-from models.autoencoders import ConvAE, ConvAEConfig, SkipDAE, SkipDAEConfig
+from models.autoencoders import (AE, DAE, AEConfig, ContractiveAE, ContractiveAEConfig, ConvAE, ConvAEConfig,
+                                 DAEConfig, SkipDAE, SkipDAEConfig)
 from models.checkpoints import load_state, read_config
-from models.family import (FAMILY, AEConfig, ContractiveAEConfig, DAEConfig, DenseCVAEConfig,  # noqa: F401
-                           DenseVAEConfig)
 from models.vaes import CVAE, VAE, CVAEConfig, VAEConfig
 
-MODELS: dict[type, type[torch.nn.Module]] = {ConvAEConfig: ConvAE, SkipDAEConfig: SkipDAE, VAEConfig: VAE,
-                                             CVAEConfig: CVAE, **{c: m for c, m in FAMILY.values()}}
+MODELS: dict[type, type[torch.nn.Module]] = {
+    ConvAEConfig: ConvAE, SkipDAEConfig: SkipDAE,                              # image denoisers
+    AEConfig: AE, DAEConfig: DAE, ContractiveAEConfig: ContractiveAE, VAEConfig: VAE, CVAEConfig: CVAE}   # the family
 
-
-def _tag(data) -> str:
-    """The union member a config is: its kind, except that a `vae` or `cvae` over tokens (with a `vocab`: the
-    level and music models) is the token-grid one of vaes.py, and over pixels or vectors the family's."""
-    get = data.get if isinstance(data, dict) else lambda k: getattr(data, k, None)
-    kind = get("kind")
-    return f"{kind}-tokens" if kind in ("vae", "cvae") and get("vocab") is not None else str(kind)
-
-
-ModelConfig = Annotated[
-    Annotated[ConvAEConfig, Tag("conv_ae")] | Annotated[SkipDAEConfig, Tag("skip_dae")]
-    | Annotated[VAEConfig, Tag("vae-tokens")] | Annotated[CVAEConfig, Tag("cvae-tokens")]
-    | Annotated[AEConfig, Tag("ae")] | Annotated[DAEConfig, Tag("dae")]
-    | Annotated[ContractiveAEConfig, Tag("contractive_ae")] | Annotated[DenseVAEConfig, Tag("vae")]
-    | Annotated[DenseCVAEConfig, Tag("cvae")],
-    Discriminator(_tag)]
+ModelConfig = Annotated[ConvAEConfig | SkipDAEConfig | AEConfig | DAEConfig | ContractiveAEConfig | VAEConfig
+                        | CVAEConfig, Field(discriminator="kind")]
 _adapter = TypeAdapter(ModelConfig)
 
 

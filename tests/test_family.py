@@ -1,6 +1,7 @@
 """The autoencoder family: each kind on one design, its defining term, the data it reads, the commands."""
 
 import gzip
+import json
 import os
 import subprocess
 import sys
@@ -12,12 +13,13 @@ import torch
 
 from flows.family import KINDS, load_examples, measure, train_family
 from formats.idx import BadIDX, read_idx, write_idx
-from models.family import jacobian_norm2
+from models.autoencoders import jacobian_norm2
 from models.registry import build, load_model, parse_config
 
 REPO = Path(__file__).resolve().parents[1]
-MNIST = REPO.parent / "shared" / "data" / "mnist"
-TINY = {"shape": [1, 8, 8], "widths": [16, 8], "latent": 2}
+# ../shared/data/mnist beside the checkout; AEFLOW_MNIST for a checkout elsewhere (a git worktree)
+MNIST = Path(os.environ.get("AEFLOW_MNIST") or REPO.parent / "shared" / "data" / "mnist")
+TINY = {"shape": [1, 8, 8], "body": "mlp", "widths": [16, 8], "latent": 2}
 
 
 @pytest.fixture(scope="module")
@@ -41,6 +43,55 @@ def test_every_kind_trains_saves_and_loads_to_the_same_output(kind, digits):
     assert train_family(kind, examples=digits, steps=2, widths=(16, 8), progress=False) == folder   # cached
 
 
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("body, shape", [("mlp", [5]), ("conv", [2, 12]), ("conv", [1, 9, 7])])
+def test_every_kind_on_every_body_and_dense_head(kind, body, shape):
+    """mlp over vectors, conv 1-D over (channels, length) series, conv 2-D over odd-sized images: the code,
+    the decoded shape and a gradient to every weight, with a Gaussian head."""
+    cfg = parse_config({"kind": kind, "shape": shape, "body": body, "widths": [8, 16], "latent": 3,
+                        "head": "gaussian", **({"cond": [4]} if kind == "cvae" else {})})
+    net = build(cfg)
+    x, cond = torch.randn(4, *shape), (torch.tensor([[0], [1], [2], [3]]) if kind == "cvae" else None)
+    loss = net.loss((x, cond) if cond is not None else x, torch.Generator().manual_seed(0))
+    loss.backward()
+    assert torch.isfinite(loss) and all(p.grad is not None for p in net.parameters())
+    mu, _ = net.encode(x, cond)
+    assert mu.shape == (4, 3) and net.draw(net.decode(mu, cond)).shape == x.shape
+    assert parse_config(cfg.model_dump(mode="json")) == cfg                     # the saved config reads back
+
+
+def test_token_options_belong_to_the_categorical_head_and_dae_needs_real_values():
+    with pytest.raises(ValueError, match="options of the categorical head"):
+        parse_config({"kind": "vae", "shape": [1, 8, 8], "head": "bernoulli", "ar": 2})
+    with pytest.raises(ValueError, match="a dae perturbs"):
+        parse_config({"kind": "dae", "shape": [4, 8], "vocab": 5})
+    cfg = parse_config({"kind": "vae", "shape": [1, 8, 8], "body": "mlp"})
+    assert cfg.head == "bernoulli" and "vocab" not in cfg.model_dump() and "dims" not in cfg.model_dump()
+
+
+def test_data_is_ingested_once_into_a_stage_keyed_by_content(tmp_path, monkeypatch):
+    from PIL import Image
+
+    from flows.family import ingest_examples
+
+    monkeypatch.setenv("AEFLOW_OUTPUTS", str(tmp_path / "outputs"))
+    data = tmp_path / "shapes"
+    for label in ("a", "b"):
+        (data / label).mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(np.full((10 + i, 12), 40 * i + (100 if label == "b" else 0), np.uint8)).save(
+                data / label / f"{i}.png")
+    (data / "a" / "broken.png").write_bytes(b"not a png")
+    folder = ingest_examples(str(data), size=6)
+    ex = load_examples(str(data), size=6)
+    assert ingest_examples(str(data), size=6) == folder and ex.about["ingest"] == Path(folder).name   # cached
+    assert ex.x.shape == (6, 1, 6, 6) and sorted(ex.labels) == [0, 0, 0, 1, 1, 1] and len(ex.val) == 1
+    manifest = (Path(folder) / "manifest.json").read_text()
+    assert "broken.png" in manifest and ex.about["classes"] == ["a", "b"]
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(data / "b" / "0.png")          # new content: a new stage
+    assert ingest_examples(str(data), size=6) != folder
+
+
 def test_beta_scales_the_kl_term():
     x = torch.rand(6, 1, 8, 8)
     one = build(parse_config({"kind": "vae", **TINY}))
@@ -48,7 +99,8 @@ def test_beta_scales_the_kl_term():
     four.load_state_dict(one.state_dict())
     with torch.no_grad():
         t1, t4 = one.terms(x, None, None), four.terms(x, None, None)
-    assert torch.allclose(t4["kl"], 4 * t1["kl"]) and torch.equal(t4["nll"], t1["nll"]) and float(t1["kl"].min()) > 0
+    assert torch.equal(t4["kl"], t1["kl"]) and torch.equal(t4["nll"], t1["nll"]) and float(t1["kl"].min()) > 0
+    assert torch.allclose(four.objective(t4) - one.objective(t1), 3 * t1["kl"])
 
 
 def test_the_contractive_penalty_is_positive_and_lowers_the_jacobian(digits):
@@ -73,7 +125,7 @@ def test_hutchinson_estimates_the_exact_jacobian_norm():
 
 
 def test_a_cvae_decodes_the_condition():
-    net = build(parse_config({"kind": "cvae", **TINY}))
+    net = build(parse_config({"kind": "cvae", "cond": [10], **TINY}))
     z = torch.zeros(1, 2)
     with torch.no_grad():
         a, b = net.decode(z, torch.tensor([[3]])), net.decode(z, torch.tensor([[7]]))
@@ -110,6 +162,20 @@ def test_mnist_is_read_and_split_8000_2000():
 def test_measure_reports_codes_kl_and_neighbours(digits):
     row = measure(train_family("vae", examples=digits, steps=2, widths=(16, 8), progress=False), digits)
     assert row["active_units"] in (0, 1, 2) and row["kl"] >= 0 and 0 <= row["knn5"] <= 1 and row["mse"] > 0
+
+
+def test_compare_writes_one_table_and_its_plots(digits, tmp_path):
+    from PIL import Image
+
+    from flows.family import compare_family, summary_table
+
+    report = compare_family("digits", latents=(2,), kinds=("ae", "cvae"), betas=(1, 8), out_dir=str(tmp_path),
+                            steps=2, progress=False, widths=(16, 8))
+    assert [r["kind"] for r in report["rows"]] == ["pca", "ae", "cvae"] and len(report["beta_sweep"]) == 2
+    assert json.loads((tmp_path / "report.json").read_text())["split"]["val"] == 360
+    assert Image.open(tmp_path / "codes-2d.png").size == (900, 330)      # PCA, ae, cvae panels of 3 x 3.3 in
+    assert Image.open(tmp_path / "beta-sweep.png").size == (900, 360)
+    assert summary_table(report).count("\n| ") == 3 + 2 + 1                # rows, betas, the beta table's rule
 
 
 def _cli(*args, env=None):
