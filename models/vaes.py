@@ -13,7 +13,6 @@ gaussian heads over mlp or conv bodies).
 
 from __future__ import annotations
 
-import math
 from typing import Literal
 
 import torch

@@ -28,7 +28,7 @@ def test_slerp_keeps_the_ends_and_the_norm_and_lerp_is_the_straight_line():
 
 
 def test_traverse_lattice_and_the_units_a_decoder_uses():
-    from models.family import DenseVAE, DenseVAEConfig
+    from models.vaes import VAE, VAEConfig
     from models.latent import decoder_sensitivity, gaussian_quantiles, lattice, traverse
 
     z = traverse(torch.zeros(4), [1, 3], torch.tensor([-1.0, 0.0, 2.0]))
@@ -37,9 +37,9 @@ def test_traverse_lattice_and_the_units_a_decoder_uses():
     assert torch.allclose(q, -q.flip(0)) and abs(q[-1].item() - 1.645) < 1e-3   # the 95 % quantile
     grid = lattice(torch.zeros(3), (0, 2), torch.tensor([0.0, 1.0]), torch.tensor([5.0, 6.0, 7.0]))
     assert grid.shape == (3, 2, 3) and grid[0, 1, 0] == 1 and grid[0, 0, 2] == 7   # top row: the largest y
-    net = DenseVAE(DenseVAEConfig(shape=(16,), widths=(8,), latent=3)).eval()
+    net = VAE(VAEConfig(shape=(16,), body="mlp", widths=(8,), latent=3)).eval()
     with torch.no_grad():
-        net.from_z[0].weight[:, 1] = 0                         # unit 1 reaches nothing: a collapsed unit
+        net.from_z.weight[:, 1] = 0                         # unit 1 reaches nothing: a collapsed unit
     s = decoder_sensitivity(net)
     assert s[1] == 0 and s[0] > 0 and s[2] > 0
 
