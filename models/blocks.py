@@ -1,5 +1,5 @@
 """Bodies for the autoencoder family: an encoder (input -> features) and its mirror (features -> output
-parameters), sized from the input's shape. `mlp` flattens any shape; `conv` is for (C, H, W) images."""
+parameters), sized from the input's shape. `mlp` flattens any shape; `conv` is for (C, H, W) images; `conv1d` for (C, T) windows of a time series."""
 
 from __future__ import annotations
 
@@ -64,4 +64,34 @@ class ConvBody(nn.Module):
         return out[..., :self.shape[1], :self.shape[2]]
 
 
-BODIES = {"mlp": MLPBody, "conv": ConvBody}
+class Conv1dBody(nn.Module):
+    """(B, C, T) -> stride-2 Conv1d layers (one per width) -> (B, features); `decode` mirrors it with
+    ConvTranspose1d. T is padded up to a multiple of 2^len(widths) and the output cropped back."""
+
+    def __init__(self, shape: tuple[int, ...], widths: tuple[int, ...]):
+        super().__init__()
+        if len(shape) != 2:
+            raise ValueError(f"body 'conv1d' takes (channels, length) inputs, got shape {tuple(shape)}")
+        self.shape = tuple(shape)
+        c, t = shape
+        m = 2 ** len(widths)
+        self.padded = -(-t // m) * m
+        self.bottom = (widths[-1], self.padded // m)
+        self.features = math.prod(self.bottom)
+        chans = (c, *widths)
+        enc, dec = [], []
+        for a, b in zip(chans[:-1], chans[1:]):
+            enc += [nn.Conv1d(a, b, 4, stride=2, padding=1), nn.ReLU()]        # halves T exactly
+        for a, b in zip(chans[::-1][:-1], chans[::-1][1:]):
+            dec += [nn.ConvTranspose1d(a, b, 4, stride=2, padding=1), nn.ReLU()]  # doubles T exactly
+        self.encoder, self.decoder = nn.Sequential(*enc), nn.Sequential(*dec[:-1])
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.pad(x, (0, self.padded - self.shape[1]))
+        return self.encoder(x).flatten(1)                                  # (B, w[-1] * T/m)
+
+    def decode(self, h: torch.Tensor) -> torch.Tensor:
+        return self.decoder(h.view(len(h), *self.bottom))[..., :self.shape[1]]   # (B, C, T)
+
+
+BODIES = {"mlp": MLPBody, "conv": ConvBody, "conv1d": Conv1dBody}

@@ -1,5 +1,5 @@
 """The autoencoder family on one design: `ae`, `dae`, `contractive_ae`, `vae` (beta-VAE: beta > 1) and
-`cvae`, over any body (models/blocks.py: mlp, conv) and output head (models/likelihoods.py: bernoulli,
+`cvae`, over any body (models/blocks.py: mlp, conv, conv1d) and output head (models/likelihoods.py: bernoulli,
 gaussian). Each variant overrides one method of `AE`:
 
     ae              x -> encode -> z -> decode -> head.nll(x)               (a non-linear PCA)
@@ -31,9 +31,9 @@ class AEConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     kind: Literal["ae"] = "ae"
-    shape: tuple[int, ...]                       # one input: (C, H, W) for images, (D,) for vectors
-    body: Literal["mlp", "conv"] = "mlp"
-    widths: tuple[int, ...] = (512, 256)         # mlp: hidden sizes; conv: channels, each halving H and W
+    shape: tuple[int, ...]                       # one input: (C, H, W) images, (C, T) series windows, (D,) vectors
+    body: Literal["mlp", "conv", "conv1d"] = "mlp"
+    widths: tuple[int, ...] = (512, 256)         # mlp: hidden sizes; conv / conv1d: channels, each halving H, W / T
     latent: int = 2
     head: Literal["bernoulli", "gaussian"] = "bernoulli"
 
