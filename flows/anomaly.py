@@ -29,7 +29,10 @@ from models.checkpoints import write_bytes_atomic, write_json_atomic
 VERSION = 1
 MODEL = {"kind": "ae", "body": "conv1d", "head": "gaussian", "widths": [8, 16, 32], "latent": 16}
 TRAINING = {"steps": 800, "epoch_steps": 300, "batch_size": 64, "lr": 2e-3, "warmup_steps": 100, "select": "neg_loss"}
-QUANTILE, MARGIN = 0.99, 1.5     # threshold = MARGIN x the QUANTILE of the training part's point scores
+# threshold = MARGIN x the QUANTILE of the training part's point scores, smoothed over window // SMOOTH steps;
+# chosen on NAB among 28 rules (smoothing 1-32 steps; 1.5-4 x the 99th percentile or 1-2 x the maximum), as
+# NAB's own thresholds were: see bench/anomaly.py
+QUANTILE, MARGIN, SMOOTH = 0.99, 3.0, 8
 GAP = 12                         # flagged points at most this many points apart are one event (the NAB note's)
 
 
@@ -114,7 +117,7 @@ def train_series(path: str | Path, column: str = "value", window: int = 128, tra
                              steps, seed, refresh, progress, name)
         passes.append(folder)
     model_key = read_manifest(Path(folder))["key"]
-    config = {"window": window, "hop": max(1, window // 4), "smooth": max(1, window // 16), "quantile": QUANTILE,
+    config = {"window": window, "hop": max(1, window // 4), "smooth": max(1, window // SMOOTH), "quantile": QUANTILE,
               "margin": MARGIN}
     stage = Stage("anomaly", VERSION, name or series.name, config, upstream=(model_key,))
 

@@ -246,7 +246,7 @@ def _trace(draw: ImageDraw.ImageDraw, y: np.ndarray, box: tuple[int, int, int, i
 def plot_series(name: str, values: np.ndarray, score: np.ndarray, threshold: float,
                 found: list[tuple[int, int]], labelled: list[tuple[int, int]] | None = None,
                 width: int = 1200) -> bytes:
-    """PNG: the signal (labelled windows shaded green, events orange) above the score and its threshold (red;
+    """PNG: the signal (labelled windows: a green band on top; events shaded orange) above the score and its threshold (red;
     the score axis stops at 3x the threshold so that a spike does not flatten the rest)."""
     font = ImageFont.load_default_imagefont()
     pad, top_h, bot_h = 8, 200, 120
@@ -256,8 +256,10 @@ def plot_series(name: str, values: np.ndarray, score: np.ndarray, threshold: flo
     top = (pad, pad * 2 + 12, width - pad, pad * 2 + 12 + top_h)
     bot = (pad, top[3] + pad * 2, width - pad, top[3] + pad * 2 + bot_h)
     xpix = lambda i: top[0] + i * (top[2] - top[0]) / max(n, 1)         # noqa: E731
-    for segs, colour, (ya, yb) in ((labelled or [], COLOURS["label"], (top[1], top[3])),
-                                   (found, COLOURS["event"], (top[1], bot[3]))):
+    # events shade both panels; labelled windows are a band along the top of the signal, drawn last (visible
+    # where an event covers them too)
+    for segs, colour, (ya, yb) in ((found, COLOURS["event"], (top[1], bot[3])),
+                                   (labelled or [], COLOURS["label"], (top[1], top[1] + 10))):
         for a, b in segs:
             draw.rectangle([xpix(a), ya, max(xpix(b + 1), xpix(a) + 1), yb], fill=colour)
     for box in (top, bot):
@@ -270,7 +272,7 @@ def plot_series(name: str, values: np.ndarray, score: np.ndarray, threshold: flo
     for x in range(bot[0], bot[2], 8):
         draw.line([(x, ty), (min(x + 4, bot[2]), ty)], fill=COLOURS["threshold"])
     draw.text((pad, pad), f"{name}: {n} points, {len(found)} event(s)"
-              + (f", {len(labelled)} labelled window(s) (green)" if labelled is not None else "")
+              + (f", {len(labelled)} labelled window(s) (green band)" if labelled is not None else "")
               + f"; score (axis to 3x threshold {threshold:.4g})", fill="black", font=font)
     buf = io.BytesIO()
     img.save(buf, format="PNG")
