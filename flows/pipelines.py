@@ -314,3 +314,31 @@ def _latent_flow(command: str):
 
 latent_map_flow, latent_manifold_flow, latent_traverse_flow, latent_interpolate_flow = (
     _latent_flow(c) for c in ("map", "manifold", "traverse", "interpolate"))
+
+
+# ---------------------------------------------------------------- anomalies in time series
+
+@flow(name="anomaly-series-train")
+def anomaly_series_train_flow(target: str, **kwargs) -> dict:
+    """A detector (a 1-D conv AE and its threshold) per CSV of TARGET, each cached by content."""
+    from flows.anomaly import train_all
+
+    report = task(name="anomaly-series-train", cache_policy=NO_CACHE)(train_all)(target, **kwargs)
+    create_table_artifact(key="anomaly-series-train", description=f"detectors of {target}", table=[
+        {"series": d["series"], "detector": Path(d["folder"]).name, "threshold": d["threshold"],
+         "train_s": d["seconds"], "bad_rows": d["bad_rows"]} for d in report["detectors"]]
+        + [{"series": f["file"], "detector": "failed", "reason": f["reason"]} for f in report["failed"]])
+    return report
+
+
+@flow(name="anomaly-series-score")
+def anomaly_series_score_flow(target: str, out_dir: str, **kwargs) -> dict:
+    """Scores per point, events and a plot per series of TARGET into OUT_DIR (report.json)."""
+    from flows.anomaly import score_series
+
+    report = task(name="anomaly-series-score", cache_policy=NO_CACHE)(score_series)(target, out_dir, **kwargs)
+    create_markdown_artifact(key="anomaly-series-score", markdown="\n".join(
+        [f"**{len(report['series'])} series scored, {len(report['failed'])} failed** into `{out_dir}`", ""]
+        + [f"- {r['series']}: {r['events']} event(s), {r['flagged']} of {r['points']} points flagged"
+           for r in report["series"]] + [f"- failed: {f['reason']}" for f in report["failed"]]))
+    return report

@@ -156,6 +156,9 @@ def test_help_reads_in_dir_out_dir_and_flags_take_no_value():
     ["music", "stats", "--mode", "foo", "."],
     ["music", "stats", "MISSING"],
     ["music", "sample", "--program", "-1", "OUT"],
+    ["anomaly", "series", "train", "MISSING"],
+    ["anomaly", "series", "train", "--long-gaps", "fill", "."],
+    ["anomaly", "series", "score", "MISSING", "OUT"],
     ["nosuch"],
 ])
 def test_argument_mistakes_answer_before_torch_or_prefect_is_imported(tmp_path, args):
@@ -170,7 +173,7 @@ def test_argument_mistakes_answer_before_torch_or_prefect_is_imported(tmp_path, 
 
 
 def test_help_is_answered_without_torch_or_prefect():
-    for args in (["--help"], ["denoise", "run", "--help"], ["levels"]):
+    for args in (["--help"], ["denoise", "run", "--help"], ["levels"], ["anomaly", "series", "score", "--help"]):
         r = _cli(*args, PYTHONPROFILEIMPORTTIME="1")
         imported = {line.rsplit("|", 1)[1].strip() for line in r.stderr.splitlines() if line.startswith("import time:")}
         assert "Usage" in r.stdout and not imported & {"torch", "prefect"}, args

@@ -10,7 +10,7 @@ import typer
 from rich.markup import escape
 from rich.table import Column, Table
 
-from flows.cli import denoise, family, latent, levels, music, schedule, server
+from flows.cli import anomaly, denoise, family, latent, levels, music, schedule, server
 from flows.cli.common import _run_flow
 from flows.cli.denoise import _db, print_report
 from flows.progress import err, out
@@ -50,6 +50,7 @@ app.add_typer(music.app, name="music")
 app.add_typer(levels.app, name="levels")
 app.add_typer(family.app, name="family")
 app.add_typer(latent.app, name="latent")
+app.add_typer(anomaly.app, name="anomaly")
 
 
 # a mistake in what the user asked for: one line and exit 2 (raised by the checks and by the flows)

@@ -1,0 +1,175 @@
+"""Time-series anomaly detection on NAB (issue 19's benchmark; not a test). Protocol: shared/notes/anomaly.md, 1-2.
+
+Per series: the 1-D conv AE of flows/anomaly.py (trained on the first 15 % of the series, two passes, threshold
+from the training part's scores), the rolling z-score (causal, previous 288 points, |z| >= 4) and Sub-PCA (PCA on
+100-point windows of the same training part, 95 % of the variance, the same per-point error, smoothing and
+threshold rule as the AE: a linear AE in the same pipeline; TSB-AD fits it on the whole series instead).
+Per family: event F1 at the fixed threshold (flags merged at gaps <= 12 points; tp = windows overlapped by an
+event, fp = events overlapping no window, summed over the family), AUROC (point-wise, mean over series),
+best point-adjusted F1 (secondary: saturated), false events per series on artificialNoAnomaly; speed.
+VUS-PR needs a maintained package (TSB-AD's `vus`): said in the table when it is not installed.
+HTM and windowedGaussian need NAB's published result files, which are not in the shared data: their rows are
+quoted from the note's Table E, marked so.
+
+    nice taskset -c 1 .venv/bin/python bench/anomaly.py [--nab ../shared/data/nab] [--families a,b] [--out FILE]
+
+taskset: the models are tiny, and two torch threads on two cores shared with other work are ~15x slower per
+step than one (spin-waits); models are cached stages, so a re-run measures without training again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+
+from flows.anomaly import GAP, MARGIN, QUANTILE, scaling, score_points, train_series  # noqa: E402
+from formats.series import (events, label_segments, match_events, moving_mean, per_point, read_series,  # noqa: E402
+                            regularise, window_starts, windows)
+
+FAMILIES = ("realKnownCause", "artificialWithAnomaly", "realTraffic", "realAdExchange", "artificialNoAnomaly")
+# the note's Table E (NAB's published detector outputs re-scored): event F1 @fixed (tp/fp/fn), AUROC, best PA-F1
+QUOTED = {"HTM (quoted, Table E)": {"realKnownCause": ("0.311 (14/57/5)", 0.567, 0.900),
+                                    "artificialWithAnomaly": ("0.278 (5/25/1)", 0.487, 0.993),
+                                    "realTraffic": ("0.473 (13/28/1)", 0.594, 0.952),
+                                    "realAdExchange": ("0.480 (12/24/2)", 0.511, 0.923)},
+          "windowedGaussian (quoted)": {"realKnownCause": ("0.160 (4/27/15)", 0.573, 0.948),
+                                        "artificialWithAnomaly": ("0.061 (1/26/5)", 0.415, 0.906),
+                                        "realTraffic": ("0.541 (10/13/4)", 0.535, 0.990),
+                                        "realAdExchange": ("0.462 (9/16/5)", 0.491, 0.914)}}
+
+
+def rolling_z(x: np.ndarray, w: int = 288) -> np.ndarray:
+    """|x_t - mean| / std over the previous w points (std floored at 1e-3 x the series std); first w points 0."""
+    c1, c2 = np.r_[0.0, np.cumsum(x)], np.r_[0.0, np.cumsum(x * x)]
+    out = np.zeros(len(x))
+    t = np.arange(w, len(x))
+    mean = (c1[t] - c1[t - w]) / w
+    std = np.sqrt(np.maximum((c2[t] - c2[t - w]) / w - mean ** 2, 0))
+    out[w:] = np.abs(x[w:] - mean) / np.maximum(std, 1e-3 * x.std() + 1e-12)
+    return out
+
+
+def sub_pca(grid: np.ndarray, n_train: int, smooth: int, window: int = 100) -> tuple[np.ndarray, float]:
+    """Per-step score and threshold of PCA on windows (fit on the training part)."""
+    from sklearn.decomposition import PCA
+
+    center, scale = scaling(grid[:n_train])
+    z = (grid - center) / scale
+    pca = PCA(0.95, random_state=0).fit(windows(z[:n_train], np.arange(n_train - window + 1), window))
+
+    def score(part):
+        starts = window_starts(len(part), window, 1)
+        x = windows(part, starts, window)
+        return moving_mean(per_point((pca.inverse_transform(pca.transform(x)) - x) ** 2, starts, len(part)), smooth)
+
+    return score(z), MARGIN * float(np.quantile(score(z[:n_train]), QUANTILE))
+
+
+def auroc(score: np.ndarray, truth: list[tuple[int, int]]) -> float | None:
+    from sklearn.metrics import roc_auc_score
+
+    y = np.zeros(len(score), bool)
+    for a, b in truth:
+        y[a:b + 1] = True
+    return float(roc_auc_score(y, score)) if 0 < y.sum() < len(y) else None
+
+
+def best_pa_f1(score: np.ndarray, truth: list[tuple[int, int]]) -> float | None:
+    """Best point-adjusted F1 over thresholds at the segments' maxima (where the optimum lies)."""
+    if not truth:
+        return None
+    y = np.zeros(len(score), bool)
+    for a, b in truth:
+        y[a:b + 1] = True
+    best = 0.0
+    for th in {float(score[a:b + 1].max()) for a, b in truth}:
+        flags = score >= th
+        detected = sum(b - a + 1 for a, b in truth if flags[a:b + 1].any())
+        fp = int((flags & ~y).sum())
+        p, r = detected / max(detected + fp, 1), detected / y.sum()
+        best = max(best, 2 * p * r / max(p + r, 1e-12))
+    return best
+
+
+def evaluate(score: np.ndarray, threshold: float, truth) -> dict:
+    tp, fp, fn = match_events(events(score >= threshold, GAP), truth)
+    return {"tp": tp, "fp": fp, "fn": fn, "auroc": auroc(score, truth), "pa_f1": best_pa_f1(score, truth)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--nab", default=str(ROOT.parent / "shared" / "data" / "nab"))
+    ap.add_argument("--families", default=",".join(FAMILIES))
+    ap.add_argument("--out", default=None, help="also write the per-series rows as JSON here")
+    args = ap.parse_args()
+    nab = Path(args.nab)
+    labels = json.loads((nab / "labels" / "combined_windows.json").read_text())
+    rows = []
+    for family in args.families.split(","):
+        for path in sorted((nab / "data" / family).glob("*.csv")):
+            series = read_series(path)
+            truth = label_segments(series.seconds, labels.get(f"{family}/{path.name}", []))
+            t0 = time.perf_counter()
+            det = train_series(path, progress=False)
+            wall = time.perf_counter() - t0
+            score, seconds = score_points(series, det)
+            grid = regularise(series)
+            pca_step, pca_th = sub_pca(grid.values, det["train_points"], det["smooth"])
+            z = rolling_z(series.values)
+            row = {"family": family, "series": path.stem, "points": len(score), "train_s": det["seconds"],
+                   "wall_s": round(wall, 1), "points_per_s": len(score) / max(seconds, 1e-9),
+                   "ae": evaluate(score, det["threshold"], truth), "z": evaluate(z, 4.0, truth),
+                   "pca": evaluate(pca_step[grid.index], pca_th, truth)}
+            rows.append(row)
+            print(f"{family}/{path.stem}: {len(score)} points, train {det['seconds']:.1f} s; "
+                  + "; ".join(f"{k} tp/fp/fn {row[k]['tp']}/{row[k]['fp']}/{row[k]['fn']}" for k in ("ae", "z", "pca")),
+                  file=sys.stderr, flush=True)
+    if args.out:
+        Path(args.out).write_text(json.dumps(rows, indent=1))
+    print(table(rows))
+
+
+def table(rows: list[dict]) -> str:
+    fmt = lambda v: "–" if v is None else f"{v:.3f}"                                  # noqa: E731
+    lines = ["| family | detector | event F1 @fixed (tp/fp/fn) | AUROC | best PA-F1 | VUS-PR |",
+             "|---|---|---|---:|---:|---|"]
+    from importlib.util import find_spec
+
+    vus_note = "package installed, not wired" if find_spec("vus") else "no VUS package installed"
+    for family in dict.fromkeys(r["family"] for r in rows):
+        part = [r for r in rows if r["family"] == family]
+        for key, name in (("ae", "conv AE (1-D)"), ("z", "rolling z (|z| >= 4)"), ("pca", "Sub-PCA (same pipeline)")):
+            tp, fp, fn = (sum(r[key][k] for r in part) for k in ("tp", "fp", "fn"))
+            mean = lambda k: (lambda v: float(np.mean(v)) if v else None)([r[key][k] for r in part if r[key][k] is not None])  # noqa: E731,E501
+            if family == "artificialNoAnomaly":
+                lines.append(f"| {family} | {name} | {fp / len(part):.1f} false events per series ({fp} in "
+                             f"{len(part)}) | – | – | – |")
+                continue
+            f1 = 2 * tp / max(2 * tp + fp + fn, 1)
+            lines.append(f"| {family} | {name} | {f1:.3f} ({tp}/{fp}/{fn}) | {fmt(mean('auroc'))} | "
+                         f"{fmt(mean('pa_f1'))} | {vus_note} |")
+        for name, quoted in QUOTED.items():
+            if family in quoted:
+                ev, au, pa = quoted[family]
+                lines.append(f"| {family} | {name} | {ev} | {au:.3f} | {pa:.3f} | – |")
+    speed = sorted(rows, key=lambda r: r["points"])
+    big = speed[-1]
+    lines += ["", "| speed | value |", "|---|---:|",
+              f"| points scored per second (all series: total points / total scoring time) | "
+              f"{sum(r['points'] for r in rows) / sum(r['points'] / r['points_per_s'] for r in rows):,.0f} |",
+              f"| training s per series (two passes, median / max) | {np.median([r['train_s'] for r in rows]):.1f} / "
+              f"{max(r['train_s'] for r in rows):.1f} |",
+              f"| training s for the longest series ({big['series']}, {big['points']:,} points) | {big['train_s']:.1f} |"]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()

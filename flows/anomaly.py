@@ -1,0 +1,252 @@
+"""Anomalies in time series: a 1-D convolutional autoencoder per series, trained on the series itself.
+
+    train   CSV -> series on its median step (formats/series.py) -> windows of the training part (the first
+            `train_fraction`: NAB's probationary 15 % by default) -> the train stage (cached by content, job
+            "anomaly"), twice: the second pass without the `drop` share of windows the first reconstructs worst
+            (anomalies in the training part are not learnt as normal) -> a detector stage under
+            outputs/anomaly/ (detector.json: the model, the scaling, the threshold from the training scores)
+    score   CSV + detector -> score per point (squared reconstruction error, mean over the windows that cover
+            it) -> flags (score >= threshold) -> events (flags at most `gap` points apart merged) ->
+            OUT/<series>/scores.csv, events.json, <series>.png and OUT/report.json
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from flows.settings import outputs_root
+from flows.stages import Stage, read_manifest, run_stage
+from formats.series import (BadSeries, Series, events, label_segments, moving_mean, per_point, plot_series, read_series, regularise,
+                            window_starts, windows)
+from models.checkpoints import write_bytes_atomic, write_json_atomic
+
+VERSION = 1
+# the family's conv body, 1-D on (1, window) windows (models/blocks.py): a conv at full length, then three
+# stride-2 convs, so the bottleneck is (32, window / 8) as in the first design of this job
+MODEL = {"kind": "ae", "body": "conv", "head": "gaussian", "widths": [8, 8, 16, 32], "latent": 16}
+TRAINING = {"steps": 800, "epoch_steps": 300, "batch_size": 64, "lr": 2e-3, "warmup_steps": 100, "select": "neg_loss"}
+# threshold = MARGIN x the QUANTILE of the training part's point scores, smoothed over window // SMOOTH steps;
+# chosen on NAB among 28 rules (smoothing 1-32 steps; 1.5-4 x the 99th percentile or 1-2 x the maximum), as
+# NAB's own thresholds were: see bench/anomaly.py
+QUANTILE, MARGIN, SMOOTH = 0.99, 3.0, 8
+GAP = 12                         # flagged points at most this many points apart are one event (the NAB note's)
+
+
+def find_series(target: str | Path) -> list[Path]:
+    """A CSV file, or every *.csv under a folder (sorted)."""
+    target = Path(target).expanduser()
+    if target.is_dir():
+        found = sorted(p for p in target.rglob("*.csv") if p.is_file())
+        if not found:
+            raise FileNotFoundError(f"{target}: no .csv files in this folder")
+        return found
+    if not target.is_file():
+        raise FileNotFoundError(f"{target}: no such file or folder")
+    return [target]
+
+
+def scaling(x: np.ndarray) -> tuple[float, float]:
+    """Robust centre and scale of the training part: median and IQR / 1.349 (a Gaussian's std), floored so that
+    a flat line does not divide by zero."""
+    q1, med, q3 = np.percentile(x, [25, 50, 75])
+    scale = (q3 - q1) / 1.349 or x.std()
+    return float(med), float(max(scale, 1e-6 * max(abs(med), 1.0)))
+
+
+def _train_pass(name: str, x: np.ndarray, about: dict, window: int, steps: int, seed: int, refresh: bool,
+                progress: bool, model_name: str | None) -> str:
+    """One train stage on windows x (N, 1, window): every tenth window held out for validation."""
+    from flows.train import train_windows
+
+    val = np.arange(len(x)) % 10 == 9
+    train = ~val if val.any() else np.ones(len(x), bool)              # under ten windows: validate on them all
+    training = {**TRAINING, "steps": steps, "seed": seed, "epoch_steps": min(TRAINING["epoch_steps"], steps)}
+    return train_windows(name, (), about, (x[train], None), (x[val if val.any() else train], None), MODEL, training,
+                         refresh=refresh, progress=progress, name=model_name, dense=True)
+
+
+def reconstruct_errors(net, z: np.ndarray, window: int, hop: int, smooth: int = 1, batch: int = 4096) -> np.ndarray:
+    """Scaled grid values z (M,) -> squared reconstruction error per grid step (M,), the mean over the windows
+    (every `hop` steps) that cover it, then over `smooth` neighbouring steps (one noisy step is no event)."""
+    import torch
+
+    starts = window_starts(len(z), window, hop)
+    if not len(starts):
+        raise ValueError(f"{len(z)} points: fewer than one window of {window}; use a smaller --window")
+    x = windows(z.astype(np.float32), starts, window)                  # (n, window)
+    err = np.empty_like(x)
+    with torch.no_grad():
+        for i in range(0, len(x), batch):
+            xb = torch.from_numpy(x[i:i + batch, None])                 # (b, 1, window)
+            mu, _ = net.encode(xb)
+            err[i:i + batch] = (net.draw(net.decode(mu)) - xb).pow(2)[:, 0].numpy()
+    return moving_mean(per_point(err, starts, len(z)), smooth)
+
+
+def train_series(path: str | Path, column: str = "value", window: int = 128, train_fraction: float = 0.15,
+                 drop: float = 0.05, steps: int = TRAINING["steps"], max_fill: int = 12, long_gaps: str = "join",
+                 seed: int = 0, refresh: bool = False, progress: bool = True, name: str | None = None) -> dict:
+    """Train (or find cached) the detector of one series; returns its detector.json (with `folder`)."""
+    from models.registry import load_model
+
+    series = read_series(path, column)
+    grid = regularise(series, max_fill, long_gaps)
+    n_train = int(round(len(grid.values) * train_fraction))
+    if n_train < window + 8:
+        raise ValueError(f"{path}: its training part ({train_fraction:.0%} of {len(grid.values)} points = {n_train}) "
+                         f"is shorter than a window of {window} + 8; use a smaller --window or a larger "
+                         f"--train-fraction")
+    center, scale = scaling(grid.values[:n_train])
+    z = (grid.values - center) / scale
+    x = windows(z[:n_train].astype(np.float32), np.arange(n_train - window + 1), window)[:, None]   # (N, 1, window)
+    about = {"job": "anomaly", "series": series.name, "column": column, "train_points": n_train,
+             "center": center, "scale": scale, "step_s": grid.step_s}
+    tag = f"conv-{series.name}"
+    folder = _train_pass(tag + "-pass1" if drop > 0 else tag, x, {**about, "pass": 1}, window, steps, seed, refresh,
+                         progress, None)
+    passes = [folder]
+    if drop > 0:             # the second pass leaves out the windows the first reconstructs worst
+        net = load_model(Path(folder))
+        per_window = windows(reconstruct_errors(net, z[:n_train], window, 1), np.arange(len(x)), window).mean(1)
+        keep = per_window <= np.quantile(per_window, 1 - drop)
+        folder = _train_pass(tag, x[keep], {**about, "pass": 2, "dropped_windows": int((~keep).sum())}, window,
+                             steps, seed, refresh, progress, name)
+        passes.append(folder)
+    model_key = read_manifest(Path(folder))["key"]
+    config = {"window": window, "hop": max(1, window // 4), "smooth": max(1, window // SMOOTH), "quantile": QUANTILE,
+              "margin": MARGIN}
+    stage = Stage("anomaly", VERSION, name or series.name, config, upstream=(model_key,))
+
+    def fill(tmp: Path) -> dict:
+        net = load_model(Path(folder))
+        train_score = reconstruct_errors(net, z[:n_train], window, config["hop"], config["smooth"])
+        threshold = MARGIN * float(np.quantile(train_score, QUANTILE))
+        detector = {"model": str(folder), "model_key": model_key, "series": series.name, "source": str(path),
+                    "column": column, "center": center, "scale": scale, "step_s": grid.step_s, **config,
+                    "threshold": threshold, "train_points": n_train, "train_fraction": train_fraction,
+                    "train_score": {q: float(np.quantile(train_score, float(q))) for q in ("0.5", "0.99", "1.0")},
+                    "bad_rows": len(series.bad), "regularised": grid.report, "seconds": _train_seconds(passes)}
+        write_json_atomic(tmp / "detector.json", detector)
+        return {"series": series.name, "threshold": threshold}
+
+    out, _, _ = run_stage(stage, fill, refresh)
+    detector = json.loads((out / "detector.json").read_text())
+    return {**detector, "folder": str(out), "bad": [b.__dict__ for b in series.bad]}
+
+
+def _train_seconds(folders: list[str]) -> float:
+    """Training seconds of the passes together."""
+    return round(sum(json.loads((Path(f) / "config.json").read_text()).get("seconds", 0.0) for f in folders), 2)
+
+
+def detectors() -> list[Path]:
+    return sorted(p.parent for p in (outputs_root() / "anomaly").glob("*/manifest.json"))
+
+
+def resolve_detector(name: str | None, series: str) -> Path:
+    """--model: a detector folder, its name or a unique prefix of it; None: the newest detector trained on a
+    series of this name."""
+    if name and Path(name).expanduser().is_dir():
+        folder = Path(name).expanduser()
+        if not (folder / "detector.json").is_file():
+            raise FileNotFoundError(f"{name}: not an anomaly detector folder (no detector.json)")
+        return folder
+    known = detectors()
+    if name:
+        matches = [f for f in known if f.name.rsplit("-", 1)[0] == name] or [f for f in known if f.name.startswith(name)]
+        if len(matches) != 1:
+            raise FileNotFoundError(f"--model {name}: {'ambiguous' if matches else 'matches no detector'}; known: "
+                                    f"{', '.join(f.name for f in known) or 'none (aeflow anomaly series train CSV)'}")
+        return matches[0]
+    own = [f for f in known if json.loads((f / "detector.json").read_text())["series"] == series]
+    if not own:
+        raise FileNotFoundError(f"{series}: no detector trained on a series of this name; train one first "
+                                f"(aeflow anomaly series train CSV) or name one with --model")
+    return max(own, key=lambda f: (read_manifest(f) or {}).get("created", ""))
+
+
+def labels_for(labels: dict, path: Path, root: Path) -> list | None:
+    """The labelled windows of a file from a NAB-style label file ({"family/file.csv": [[start, end], ...]}):
+    by its path under the input folder, else by its file name when that is unique."""
+    rel = path.relative_to(root).as_posix() if root.is_dir() else path.name
+    if rel in labels:
+        return labels[rel]
+    same = [k for k in labels if Path(k).name == path.name]
+    return labels[same[0]] if len(same) == 1 else None
+
+
+def score_points(series: Series, detector: dict, net=None, max_fill: int = 12) -> tuple[np.ndarray, float]:
+    """Score per point of the series (squared reconstruction error, scaled units) and seconds spent."""
+    from models.registry import load_model
+
+    net = net or load_model(Path(detector["model"]))
+    grid = regularise(series, max_fill)
+    t0 = time.perf_counter()
+    z = (grid.values - detector["center"]) / detector["scale"]
+    score = reconstruct_errors(net, z, detector["window"], detector["hop"], detector["smooth"])[grid.index]
+    return score, time.perf_counter() - t0
+
+
+def score_series(target: str | Path, out_dir: str | Path, model: str | None = None, column: str | None = None,
+                 labels: str | None = None, gap: int = GAP, max_fill: int = 12) -> dict:
+    """Score every series of `target` with its detector (or `model`'s) into OUT_DIR; returns report.json."""
+    root = Path(target).expanduser()
+    out = Path(out_dir).expanduser()
+    label_map = json.loads(Path(labels).expanduser().read_text()) if labels else None
+    rows, failed = [], []
+    for path in find_series(root):
+        try:
+            series = read_series(path, column or "value")
+            folder = resolve_detector(model, series.name)
+            detector = json.loads((folder / "detector.json").read_text())
+            if column is None and detector["column"] != "value":
+                series = read_series(path, detector["column"])
+            score, seconds = score_points(series, detector, max_fill=max_fill)
+        except (BadSeries, FileNotFoundError, ValueError) as e:
+            failed.append({"file": str(path), "reason": str(e)})
+            continue
+        flags = score >= detector["threshold"]
+        found = events(flags, gap)
+        windows_ = labels_for(label_map, path, root) if label_map is not None else None
+        labelled = label_segments(series.seconds, windows_) if windows_ is not None else None
+        dest = out / series.name
+        dest.mkdir(parents=True, exist_ok=True)
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        w.writerow(["timestamp", "value", "score", "flag"])
+        w.writerows(zip(series.stamps, (f"{v:.10g}" for v in series.values), (f"{s:.6g}" for s in score),
+                        flags.astype(int)))
+        write_bytes_atomic(dest / "scores.csv", buf.getvalue().encode())
+        ev = [{"start": series.stamps[a], "end": series.stamps[b], "peak": float(score[a:b + 1].max()),
+               "points": b - a + 1, "start_line": int(series.lines[a]), "end_line": int(series.lines[b])}
+              for a, b in found]
+        write_json_atomic(dest / "events.json", ev)
+        write_bytes_atomic(dest / f"{series.name}.png", plot_series(series.name, series.values, score,
+                                                                    detector["threshold"], found, labelled))
+        rows.append({"file": str(path), "series": series.name, "detector": folder.name, "points": len(score),
+                     "events": len(ev), "flagged": int(flags.sum()), "threshold": detector["threshold"],
+                     "points_per_s": round(len(score) / max(seconds, 1e-9)), "bad_rows": [b.__dict__ for b in series.bad],
+                     "out": str(dest), **({"labelled_windows": len(labelled)} if labelled is not None else {})})
+    report = {"target": str(root), "out_dir": str(out), "series": rows, "failed": failed, "gap": gap}
+    write_json_atomic(out / "report.json", report)
+    return report
+
+
+def train_all(target: str | Path, **kwargs) -> dict:
+    """train_series for every CSV of `target`; a file that cannot be used is listed with its reason."""
+    trained, failed = [], []
+    for path in find_series(target):
+        try:
+            trained.append(train_series(path, **kwargs))
+        except (BadSeries, ValueError) as e:
+            failed.append({"file": str(path), "reason": str(e)})
+    if not trained and failed:
+        raise ValueError(failed[0]["reason"] if len(failed) == 1 else f"{target}: no usable series "
+                         f"({len(failed)} failed; the first: {failed[0]['reason']})")
+    return {"detectors": trained, "failed": failed}

@@ -1,0 +1,93 @@
+"""`aeflow anomaly series train|score`: anomalies in time series, a 1-D conv autoencoder per series."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from flows.cli.common import _out_folder, _run_flow
+from flows.progress import out
+
+app = typer.Typer(help="Anomaly detection: a 1-D conv autoencoder per time series.", no_args_is_help=True)
+series_app = typer.Typer(help="Time series in CSV files (timestamp,value): train a detector per series, score "
+                              "points into events.", no_args_is_help=True)
+app.add_typer(series_app, name="series")
+
+
+def _series_files(target: Path) -> None:
+    """A missing file or a folder without CSV files, answered before torch and Prefect are imported."""
+    from flows.anomaly import find_series
+
+    find_series(target)
+
+
+def _say_bad(bad: list[dict], limit: int = 10) -> None:
+    for b in bad[:limit]:
+        out.print(f"  [yellow]line {b['line']}[/]: {b['reason']}", highlight=False)
+    if len(bad) > limit:
+        out.print(f"  ... and {len(bad) - limit} more bad row(s)")
+
+
+@series_app.command("train")
+def series_train(
+    target: Path = typer.Argument(..., help="A CSV file (timestamp,value) or a folder of them (recursive)."),
+    column: str = typer.Option("value", "--column", help="The column holding the values."),
+    window: int = typer.Option(128, "--window", min=8, max=4096, help="Window length in steps of the series."),
+    train_fraction: float = typer.Option(0.15, "--train-fraction", min=0.01, max=1.0, help="Train on this first share of each series (0.15: NAB's probationary period)."),
+    drop: float = typer.Option(0.05, "--drop", min=0.0, max=0.5, help="Second pass without this share of the windows the first pass reconstructs worst (0: one pass)."),
+    steps: int = typer.Option(800, "--steps", min=1, help="Optimiser steps per pass."),
+    long_gaps: str = typer.Option("join", "--long-gaps", help="Gaps over 12 steps: join (close them up, listed) or refuse (the series is not used)."),
+    name: Optional[str] = typer.Option(None, "--name", help="The detector's name instead of the series' (one file only)."),
+    refresh: bool = typer.Option(False, "--refresh", help="Train again instead of using the cached detector."),
+):
+    """Train a detector per series; prints each detector, its threshold and the rows it could not use."""
+    if long_gaps not in ("join", "refuse"):
+        raise typer.BadParameter(f"{long_gaps}: join or refuse", param_hint="--long-gaps")
+    if name and target.is_dir():
+        raise typer.BadParameter("names one detector: give one CSV file, not a folder", param_hint="--name")
+    _series_files(target)
+    from flows.pipelines import anomaly_series_train_flow
+
+    report = _run_flow(anomaly_series_train_flow, target=str(target), column=column, window=window,
+                  train_fraction=train_fraction, drop=drop, steps=steps, long_gaps=long_gaps, name=name,
+                  refresh=refresh)
+    for d in report["detectors"]:
+        g = d["regularised"]
+        out.print(f"[bold]detector[/] {d['folder']}", soft_wrap=True)
+        out.print(f"  {d['series']}: trained on the first {d['train_points']} points in {d['seconds']:.1f} s; "
+                  f"threshold {d['threshold']:.4g}; step {g['step_s']:g} s, {g['filled']} step(s) filled, "
+                  f"{g['merged']} point(s) merged, {len(g['joined'])} long gap(s) joined, {len(d['bad'])} bad row(s)")
+        _say_bad(d["bad"])
+    for f in report["failed"]:
+        out.print(f"[red]failed[/] {f['reason']}", soft_wrap=True)
+
+
+@series_app.command("score")
+def series_score(
+    target: Path = typer.Argument(..., help="A CSV file or a folder of them."),
+    out_dir: Path = typer.Argument(..., help="Folder for <series>/scores.csv, events.json, <series>.png and report.json."),
+    model: Optional[str] = typer.Option(None, "--model", help="A detector (folder, name or unique prefix) for every series; default: each series' own, by its name."),
+    column: Optional[str] = typer.Option(None, "--column", help="The value column (default: the one the detector was trained on)."),
+    labels: Optional[Path] = typer.Option(None, "--labels", help="A NAB-style label file ({\"family/file.csv\": [[start, end], ...]}): the windows are drawn in the plots."),
+    gap: int = typer.Option(12, "--gap", min=0, help="Flagged points at most this many points apart are one event."),
+):
+    """Score every point, merge flagged points into events, draw a plot per series."""
+    if labels is not None and not labels.is_file():
+        raise typer.BadParameter(f"{labels}: no such file", param_hint="--labels")
+    _series_files(target)
+    _out_folder(out_dir)
+    from flows.pipelines import anomaly_series_score_flow
+
+    report = _run_flow(anomaly_series_score_flow, target=str(target), out_dir=str(out_dir), model=model, column=column,
+                  labels=str(labels) if labels else None, gap=gap)
+    for r in report["series"]:
+        out.print(f"{r['series']}: {r['events']} event(s), {r['flagged']} of {r['points']} points flagged "
+                  f"({r['points_per_s']:,} points/s) -> {r['out']}", soft_wrap=True)
+        _say_bad(r["bad_rows"])
+    for f in report["failed"]:
+        out.print(f"[red]failed[/] {f['reason']}", soft_wrap=True)
+    out.print(f"report: {Path(out_dir) / 'report.json'}", soft_wrap=True)
+    if not report["series"]:
+        raise typer.Exit(1)
