@@ -145,29 +145,32 @@ def _train_seconds(folders: list[str]) -> float:
     return round(sum(json.loads((Path(f) / "config.json").read_text()).get("seconds", 0.0) for f in folders), 2)
 
 
-def detectors() -> list[Path]:
-    return sorted(p.parent for p in (outputs_root() / "anomaly").glob("*/manifest.json"))
+def detectors(root: str = "anomaly") -> list[Path]:
+    """Detector folders: series ("anomaly") or traffic ("anomaly-traffic")."""
+    return sorted(p.parent for p in (outputs_root() / root).glob("*/manifest.json"))
 
 
-def resolve_detector(name: str | None, series: str) -> Path:
+def resolve_detector(name: str | None, series: str | None = None, root: str = "anomaly") -> Path:
     """--model: a detector folder, its name or a unique prefix of it; None: the newest detector trained on a
-    series of this name."""
+    series of this name (series detectors), or the newest one (traffic)."""
+    train = "aeflow anomaly series train CSV" if root == "anomaly" else "aeflow anomaly traffic train FILE"
     if name and Path(name).expanduser().is_dir():
         folder = Path(name).expanduser()
         if not (folder / "detector.json").is_file():
             raise FileNotFoundError(f"{name}: not an anomaly detector folder (no detector.json)")
         return folder
-    known = detectors()
+    known = detectors(root)
     if name:
         matches = [f for f in known if f.name.rsplit("-", 1)[0] == name] or [f for f in known if f.name.startswith(name)]
         if len(matches) != 1:
             raise FileNotFoundError(f"--model {name}: {'ambiguous' if matches else 'matches no detector'}; known: "
-                                    f"{', '.join(f.name for f in known) or 'none (aeflow anomaly series train CSV)'}")
+                                    f"{', '.join(f.name for f in known) or f'none ({train})'}")
         return matches[0]
-    own = [f for f in known if json.loads((f / "detector.json").read_text())["series"] == series]
+    own = [f for f in known if series is None or json.loads((f / "detector.json").read_text())["series"] == series]
     if not own:
         raise FileNotFoundError(f"{series}: no detector trained on a series of this name; train one first "
-                                f"(aeflow anomaly series train CSV) or name one with --model")
+                                f"({train}) or name one with --model" if series else f"no traffic detector; train "
+                                f"one first ({train}) or name one with --model")
     return max(own, key=lambda f: (read_manifest(f) or {}).get("created", ""))
 
 
@@ -250,3 +253,150 @@ def train_all(target: str | Path, **kwargs) -> dict:
         raise ValueError(failed[0]["reason"] if len(failed) == 1 else f"{target}: no usable series "
                          f"({len(failed)} failed; the first: {failed[0]['reason']})")
     return {"detectors": trained, "failed": failed}
+
+
+# ---------------------------------------------------------------- anomalies in network traffic (records)
+#
+#     train   FILE -> its normal records (label column == --normal-label), split fit / held out by seed ->
+#             formats/tabular.py features fitted on the fit rows only -> a VAE on them (the train stage) ->
+#             a detector stage under outputs/anomaly-traffic/ (detector.json: the model, the encoding, the
+#             thresholds: the 95th percentile of each score on the held-out normal rows)
+#     score   FILE + detector -> OUT/scores.csv (one row per input record, in order: score = KL of q(z|x) to the
+#             prior, the encoder only; recon_score = An & Cho's reconstruction probability as an NLL), report.json
+
+# Gaussian head: scored features fall outside [0, 1] (that is what an anomaly looks like), where a Bernoulli NLL
+# has no lower bound; beta < 1 stands for the variance under 1 (features in [0, 1] vary by ~0.1, not 1)
+TRAFFIC_MODEL = {"kind": "vae", "body": "mlp", "head": "gaussian", "widths": [128, 64], "latent": 8, "beta": 0.05}
+TRAFFIC_TRAINING = {"steps": 3000, "epoch_steps": 500, "batch_size": 128, "lr": 1e-3, "warmup_steps": 100}
+TRAFFIC_IGNORE = ("difficulty",)     # NSL-KDD: how many classifiers missed the record, not a property of traffic
+TRAFFIC_QUANTILE = 0.95              # thresholds: this quantile of the held-out normal rows' scores (the note's p95)
+RECON_SAMPLES = 8                    # draws of z per record for the reconstruction probability
+
+
+def traffic_scores(net, x: np.ndarray, batch: int = 4096, seed: int = 0) -> dict[str, np.ndarray]:
+    """Features (N, D) -> {"score": KL(q(z|x) || N(0, I)) (encoder only), "recon_score": -log mean_l p(x|z_l),
+    z_l ~ q(z|x) (An & Cho 2015, reconstruction probability; higher = more anomalous)}, each (N,)."""
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    kl, rec = np.empty(len(x)), np.empty(len(x))
+    with torch.no_grad():
+        for i in range(0, len(x), batch):
+            xb = torch.from_numpy(np.ascontiguousarray(x[i:i + batch], np.float32))
+            mu, logvar = net.encode(xb)
+            kl[i:i + batch] = (-0.5 * (1 + logvar - mu.pow(2) - logvar.exp()).sum(1)).numpy()
+            nll = torch.stack([net.head.nll(net.decode(mu + (0.5 * logvar).exp() * torch.randn(mu.shape, generator=gen)), xb)
+                               for _ in range(RECON_SAMPLES)])                        # (L, b)
+            rec[i:i + batch] = (-(torch.logsumexp(-nll, 0) - np.log(RECON_SAMPLES))).numpy()
+    return {"score": kl, "recon_score": rec}
+
+
+def explain_records(net, x: np.ndarray, baseline: np.ndarray, names: list[str], top: int = 3) -> list[str]:
+    """Per record, the features that raise its encoder score most: gradient x (x - the normal rows' mean), a
+    first-order share of KL(q(z|x) || prior) per feature (gradient x input, Shrikumar et al. 2017)."""
+    import torch
+
+    xt = torch.from_numpy(np.ascontiguousarray(x, np.float32)).requires_grad_(True)
+    mu, logvar = net.encode(xt)
+    (-0.5 * (1 + logvar - mu.pow(2) - logvar.exp()).sum()).backward()
+    share = (xt.grad * (xt.detach() - torch.from_numpy(baseline.astype(np.float32)))).numpy()
+    out = []
+    for row in share:
+        best = np.argsort(-row)[:top]
+        out.append("; ".join(f"{names[j]} ({row[j]:+.3g})" for j in best if row[j] > 0))
+    return out
+
+
+def _label_index(names: list[str], label_column: str, path) -> int:
+    if label_column not in names:
+        raise ValueError(f"{path}: no column {label_column!r} (columns: {', '.join(names[:8])}, ...); "
+                         f"name the label column with --label-column")
+    return names.index(label_column)
+
+
+def train_traffic(path: str | Path, label_column: str = "attack_type", normal_label: str = "normal",
+                  holdout: float = 0.2, steps: int = TRAFFIC_TRAINING["steps"], seed: int = 0, refresh: bool = False,
+                  progress: bool = True, name: str | None = None) -> dict:
+    """Train (or find cached) a traffic detector on FILE's normal records; returns its detector.json (+ folder)."""
+    from flows.train import train_windows
+    from formats.tabular import encode, feature_names, fit_encoding, read_records
+    from models.registry import load_model
+
+    path = Path(path).expanduser()
+    names, rows, lines = read_records(path)
+    j = _label_index(names, label_column, path)
+    normal = [i for i, r in enumerate(rows) if len(r) == len(names) and r[j].strip() == normal_label]
+    if len(normal) < 20:
+        raise ValueError(f"{path}: {len(normal)} records labelled {normal_label!r} in column {label_column!r}; "
+                         f"a detector needs at least 20 normal records (--normal-label)")
+    order = np.random.default_rng(seed).permutation(normal)
+    n_held = max(1, int(round(len(order) * holdout)))
+    held, fit = np.sort(order[:n_held]), np.sort(order[n_held:])
+    encoding = fit_encoding(names, [rows[i] for i in fit], ignore=(label_column, *TRAFFIC_IGNORE))
+    x_fit, _, _ = encode(encoding, [rows[i] for i in fit], [lines[i] for i in fit])
+    x_held, _, _ = encode(encoding, [rows[i] for i in held], [lines[i] for i in held])
+    x_fit, x_held = x_fit[~np.isnan(x_fit).any(1)], x_held[~np.isnan(x_held).any(1)]
+    about = {"job": "anomaly-traffic", "file": path.name, "label_column": label_column, "normal_label": normal_label,
+             "seed": seed, "holdout": holdout}
+    training = {**TRAFFIC_TRAINING, "steps": steps, "seed": seed, "epoch_steps": min(TRAFFIC_TRAINING["epoch_steps"], steps)}
+    folder = train_windows(f"traffic-{path.stem}", (), about, (x_fit, None), (x_held, None), TRAFFIC_MODEL, training,
+                           refresh=refresh, progress=progress, name=None, dense=True)
+    model_key = read_manifest(Path(folder))["key"]
+    config = {"quantile": TRAFFIC_QUANTILE, "label_column": label_column, "normal_label": normal_label}
+    stage = Stage("anomaly-traffic", VERSION, name or path.stem, config, upstream=(model_key,))
+
+    def fill(tmp: Path) -> dict:
+        held_scores = traffic_scores(load_model(Path(folder)), x_held)
+        thresholds = {k: float(np.quantile(v, TRAFFIC_QUANTILE)) for k, v in held_scores.items()}
+        detector = {"model": str(folder), "model_key": model_key, "source": str(path), **config,
+                    "thresholds": thresholds, "fit_records": len(x_fit), "held_records": len(x_held),
+                    "features": feature_names(encoding), "baseline": x_fit.mean(0).tolist(), "encoding": encoding,
+                    "seconds": _train_seconds([folder])}
+        write_json_atomic(tmp / "detector.json", detector)
+        return {"thresholds": thresholds}
+
+    out, _, _ = run_stage(stage, fill, refresh)
+    return {**json.loads((out / "detector.json").read_text()), "folder": str(out)}
+
+
+def score_traffic(path: str | Path, out_dir: str | Path, model: str | None = None, explain: bool = False) -> dict:
+    """Score every record of FILE into OUT_DIR/scores.csv; returns report.json."""
+    from formats.tabular import encode, read_records
+    from models.registry import load_model
+
+    path, out = Path(path).expanduser(), Path(out_dir).expanduser()
+    folder = resolve_detector(model, root="anomaly-traffic")
+    detector = json.loads((folder / "detector.json").read_text())
+    names, rows, lines = read_records(path)
+    x, unseen, bad = encode(detector["encoding"], rows, lines)
+    ok = ~np.isnan(x).any(1)
+    net = load_model(Path(detector["model"]))
+    t0 = time.perf_counter()
+    scores = {k: np.full(len(x), np.nan) for k in ("score", "recon_score")}
+    for k, v in traffic_scores(net, x[ok]).items():
+        scores[k][ok] = v
+    seconds = time.perf_counter() - t0
+    flags = np.nan_to_num(scores["score"], nan=-np.inf) >= detector["thresholds"]["score"]
+    why = [""] * len(x)
+    if explain and flags.any():
+        idx = np.flatnonzero(flags)
+        for i, text in zip(idx, explain_records(net, x[idx], np.asarray(detector["baseline"]), detector["features"])):
+            why[i] = text
+    label = names.index(detector["label_column"]) if detector["label_column"] in names else None
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["line", "score", "recon_score", "flag", "unseen_categories"] + (["label"] if label is not None else [])
+               + (["explain"] if explain else []))
+    for i, r in enumerate(rows):
+        cells = [lines[i]] + ["" if np.isnan(scores[k][i]) else f"{scores[k][i]:.6g}" for k in ("score", "recon_score")]
+        cells += [int(flags[i]), int(unseen[i])]
+        cells += [r[label].strip() if len(r) == len(names) else ""] if label is not None else []
+        w.writerows([cells + ([why[i]] if explain else [])])
+    out.mkdir(parents=True, exist_ok=True)
+    write_bytes_atomic(out / "scores.csv", buf.getvalue().encode())
+    report = {"file": str(path), "detector": folder.name, "records": len(rows), "scored": int(ok.sum()),
+              "flagged": int(flags.sum()), "threshold": detector["thresholds"]["score"],
+              "records_with_unseen_categories": int((unseen > 0).sum()), "bad_rows": bad,
+              "records_per_s": round(int(ok.sum()) / max(seconds, 1e-9)), "out": str(out / "scores.csv")}
+    write_json_atomic(out / "report.json", report)
+    return report

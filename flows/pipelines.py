@@ -342,3 +342,31 @@ def anomaly_series_score_flow(target: str, out_dir: str, **kwargs) -> dict:
         + [f"- {r['series']}: {r['events']} event(s), {r['flagged']} of {r['points']} points flagged"
            for r in report["series"]] + [f"- failed: {f['reason']}" for f in report["failed"]]))
     return report
+
+
+# ---------------------------------------------------------------- anomalies in network traffic
+
+@flow(name="anomaly-traffic-train")
+def anomaly_traffic_train_flow(path: str, **kwargs) -> dict:
+    """A traffic detector (a VAE on FILE's normal records, its encoding and thresholds), cached by content."""
+    from flows.anomaly import train_traffic
+
+    detector = task(name="anomaly-traffic-train", cache_policy=NO_CACHE)(train_traffic)(path, **kwargs)
+    create_markdown_artifact(key="anomaly-traffic-train", markdown=(
+        f"`{Path(detector['folder']).name}`: a VAE on {detector['fit_records']} normal records of `{path}`, "
+        f"{len(detector['features'])} features; thresholds (p95 of {detector['held_records']} held-out normal "
+        f"records): score {detector['thresholds']['score']:.4g}, recon_score {detector['thresholds']['recon_score']:.4g}"))
+    return detector
+
+
+@flow(name="anomaly-traffic-score")
+def anomaly_traffic_score_flow(path: str, out_dir: str, **kwargs) -> dict:
+    """scores.csv (one row per record of FILE) and report.json into OUT_DIR."""
+    from flows.anomaly import score_traffic
+
+    report = task(name="anomaly-traffic-score", cache_policy=NO_CACHE)(score_traffic)(path, out_dir, **kwargs)
+    create_markdown_artifact(key="anomaly-traffic-score", markdown=(
+        f"**{report['flagged']} of {report['records']} records flagged** by `{report['detector']}` into "
+        f"`{report['out']}`; {report['records_with_unseen_categories']} with unseen categories, "
+        f"{len(report['bad_rows'])} bad rows"))
+    return report

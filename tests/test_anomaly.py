@@ -193,3 +193,68 @@ def test_each_series_finds_its_own_detector_and_the_train_is_cached(trained, tmp
         from flows.anomaly import resolve_detector
 
         resolve_detector(None, "no_such_series")
+
+
+# ---------------------------------------------------------------- traffic records
+
+TRAFFIC_COLUMNS = ["duration", "protocol", "service", "bytes", "rate", "attack_type", "difficulty"]
+
+
+def traffic_rows(n, seed, label="normal"):
+    """Normal-looking records: bytes depend on the service, a low error rate."""
+    rng = np.random.default_rng(seed)
+    service = rng.choice(["http", "ftp", "dns"], n)
+    size = {"http": 2000.0, "ftp": 20000.0, "dns": 80.0}
+    rows = []
+    for s in service:
+        rows.append([f"{rng.integers(0, 3)}", "udp" if s == "dns" else "tcp", s,
+                     f"{size[s] * rng.lognormal(0, 0.2):.0f}", f"{rng.uniform(0, 0.1):.2f}", label,
+                     f"{rng.integers(0, 21)}"])
+    return rows
+
+
+def write_records(path, rows):
+    path.write_text("".join(",".join(r) + "\n" for r in rows))
+
+
+def test_records_encode_on_normal_rows_only_and_unseen_categories_are_counted():
+    from formats.tabular import encode, feature_names, fit_encoding
+
+    names = ["n", "cat", "const", "label"]
+    rows = [["0", "a", "1", "normal"], ["99", "b", "1", "normal"]]
+    enc = fit_encoding(names, rows, ignore=("label",))
+    assert feature_names(enc) == ["n", "cat=a", "cat=b"]                  # the constant column dropped
+    x, unseen, bad = encode(enc, rows + [["99", "zz", "1", "x"], ["9", "a"], ["oops", "a", "1", "x"]], [1, 2, 3, 4, 5])
+    assert np.allclose(x[:3], [[0, 1, 0], [1, 0, 1], [1, 0, 0]])          # log1p, min-max; unseen: all zeros
+    assert unseen.tolist() == [0, 0, 1, 0, 0] and np.isnan(x[3:]).all()
+    assert bad == [{"line": 4, "reason": "2 fields, expected 4"}, {"line": 5, "reason": "n: 'oops' is not a number"}]
+
+
+@pytest.mark.prefect
+def test_traffic_outliers_and_an_unseen_category_score_above_normal_records(tmp_path, one_core):
+    from flows.pipelines import anomaly_traffic_score_flow, anomaly_traffic_train_flow
+
+    (tmp_path / "columns.txt").write_text("\n".join(TRAFFIC_COLUMNS))
+    write_records(tmp_path / "train.txt", traffic_rows(400, 0) + traffic_rows(30, 1, "neptune"))
+    detector = anomaly_traffic_train_flow(str(tmp_path / "train.txt"), steps=600, progress=False)
+    assert detector["fit_records"] == 320 and detector["held_records"] == 80     # attacks never trained on
+    normal = traffic_rows(200, 2)
+    outliers = [["0", "tcp", "http", "9000000", "0.95", "smurf", "5"],       # huge transfer, high error rate
+                ["2", "udp", "ftp", "20", "0.90", "satan", "5"]] * 5
+    unseen = [["0", "tcp", "telnet", "2000", "0.05", "normal", "5"]]
+    write_records(tmp_path / "test.txt", normal + outliers + unseen + [["1", "tcp"]])
+    report = anomaly_traffic_score_flow(str(tmp_path / "test.txt"), str(tmp_path / "out"), explain=True)
+    rows = list(csv.DictReader(io.StringIO((tmp_path / "out" / "scores.csv").read_text())))
+    assert len(rows) == 212 and [r["line"] for r in rows] == [str(i) for i in range(1, 213)]   # input order
+    score = np.array([float(r["score"] or "nan") for r in rows])
+    recon = np.array([float(r["recon_score"] or "nan") for r in rows])
+    assert (score[200:210] > np.quantile(score[:200], 0.95)).all(), score[200:210]     # the encoder alone
+    assert (recon[200:210] > np.quantile(recon[:200], 0.95)).all(), recon[200:210]
+    # a service never seen: all zeros in its one-hot, which the decoder cannot give back (the encoder's score
+    # need not rise: the rest of the record is normal)
+    assert recon[210] > recon[:200].max(), (recon[210], recon[:200].max())
+    assert rows[210]["unseen_categories"] == "1" and report["records_with_unseen_categories"] == 1
+    assert rows[211]["score"] == "" and report["bad_rows"] == [{"line": 212, "reason": "2 fields, expected 7"}]
+    assert all(r["flag"] == "1" and r["explain"].startswith("rate (+") for r in rows[200:210])   # 0.9 vs <= 0.1
+    assert rows[0]["label"] == "normal" and rows[0]["explain"] == ""
+    assert report["flagged"] >= 11 and report["scored"] == 211

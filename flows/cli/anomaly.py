@@ -1,4 +1,5 @@
-"""`aeflow anomaly series train|score`: anomalies in time series, a 1-D conv autoencoder per series."""
+"""`aeflow anomaly series train|score`: a 1-D conv autoencoder per time series; `aeflow anomaly traffic
+train|score`: a VAE on network traffic records, scored by its encoder."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ import typer
 from flows.cli.common import _out_folder, _run_flow
 from flows.progress import out
 
-app = typer.Typer(help="Anomaly detection: a 1-D conv autoencoder per time series.", no_args_is_help=True)
+app = typer.Typer(help="Anomaly detection: a 1-D conv autoencoder per time series; a VAE on network traffic.",
+                  no_args_is_help=True)
 series_app = typer.Typer(help="Time series in CSV files (timestamp,value): train a detector per series, score "
                               "points into events.", no_args_is_help=True)
 app.add_typer(series_app, name="series")
@@ -91,3 +93,53 @@ def series_score(
     out.print(f"report: {Path(out_dir) / 'report.json'}", soft_wrap=True)
     if not report["series"]:
         raise typer.Exit(1)
+
+
+traffic_app = typer.Typer(help="Network traffic records (NSL-KDD style, comma-separated): a VAE on normal records, "
+                               "scored by its encoder.", no_args_is_help=True)
+app.add_typer(traffic_app, name="traffic")
+
+
+def _records_file(path: Path) -> None:
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file")
+
+
+@traffic_app.command("train")
+def traffic_train(
+    path: Path = typer.Argument(..., help="Records, comma-separated: a header line, or columns.txt beside the file (NSL-KDD)."),
+    label_column: str = typer.Option("attack_type", "--label-column", help="The column that says which records are normal."),
+    normal_label: str = typer.Option("normal", "--normal-label", help="The label of normal records (the only ones trained on)."),
+    steps: int = typer.Option(3000, "--steps", min=1, help="Optimiser steps."),
+    seed: int = typer.Option(0, "--seed", help="Picks the 20 % of normal records held out to set the thresholds."),
+    name: Optional[str] = typer.Option(None, "--name", help="The detector's name instead of the file's."),
+    refresh: bool = typer.Option(False, "--refresh", help="Train again instead of using the cached detector."),
+):
+    """Train a detector on the normal records of PATH; prints its folder and thresholds."""
+    _records_file(path)
+    from flows.pipelines import anomaly_traffic_train_flow
+
+    d = _run_flow(anomaly_traffic_train_flow, path=str(path), label_column=label_column, normal_label=normal_label,
+                  steps=steps, seed=seed, name=name, refresh=refresh)
+    out.print(f"[bold]detector[/] {d['folder']}", soft_wrap=True)
+    out.print(f"  a VAE on {d['fit_records']} normal records, {len(d['features'])} features; thresholds (p95 of "
+              f"{d['held_records']} held-out normal records): score {d['thresholds']['score']:.4g}, "
+              f"recon_score {d['thresholds']['recon_score']:.4g}")
+
+
+@traffic_app.command("score")
+def traffic_score(
+    path: Path = typer.Argument(..., help="Records in the training file's layout (the label column may be absent)."),
+    out_dir: Path = typer.Argument(..., help="Folder for scores.csv (one row per record, in order) and report.json."),
+    model: Optional[str] = typer.Option(None, "--model", help="A detector (folder, name or unique prefix); default: the newest."),
+    explain: bool = typer.Option(False, "--explain", help="Name the features that raise each flagged record's score most."),
+):
+    """Score every record: score (the encoder's KL to the prior), recon_score (reconstruction probability), flag."""
+    _records_file(path)
+    _out_folder(out_dir)
+    from flows.pipelines import anomaly_traffic_score_flow
+
+    r = _run_flow(anomaly_traffic_score_flow, path=str(path), out_dir=str(out_dir), model=model, explain=explain)
+    out.print(f"{r['flagged']} of {r['records']} records flagged ({r['records_per_s']:,} records/s; "
+              f"{r['records_with_unseen_categories']} with unseen categories) -> {r['out']}", soft_wrap=True)
+    _say_bad(r["bad_rows"])
