@@ -2,9 +2,9 @@
 
     read_records   a comma-separated file -> names, rows (lists of strings) and the line of each row; the column
                    names come from `columns.txt` beside the file (NSL-KDD's layout), else from the first line
-    fit_encoding   on normal training rows only: a column with any non-numeric value is categorical (one-hot
-                   over the categories seen, sorted); a numeric column constant there is dropped; log1p where
-                   its maximum exceeds 1; min-max to [0, 1] (shared/notes/anomaly.md, section 3)
+    fit_encoding   min-max on normal training rows only; over the whole training file (labels unused): a column
+                   with any non-numeric value is categorical (one-hot over its categories, sorted), a constant
+                   one is dropped, log1p where the maximum exceeds 1 (shared/notes/anomaly.md, section 3)
     encode         rows -> (N, D) float32, the categories not seen in fitting (all zeros in their one-hot,
                    counted per record) and the rows that could not be encoded (line and reason)
 
@@ -51,23 +51,29 @@ def _number(v: str) -> float | None:
     return x if math.isfinite(x) else None
 
 
-def fit_encoding(names: list[str], rows: list[list[str]], ignore: tuple[str, ...] = ()) -> dict:
-    """The encoding of `rows` (normal records only), leaving out the `ignore` columns (label, metadata)."""
+def fit_encoding(names: list[str], rows: list[list[str]], ignore: tuple[str, ...] = (),
+                 every: list[list[str]] | None = None) -> dict:
+    """The encoding fitted on `rows` (normal records only), leaving out the `ignore` columns (label, metadata).
+    `every` (default `rows`): all the training file's records, labels unused: which columns are categorical,
+    their categories, and which are constant (dropped). A numeric column constant on `rows` only keeps unit
+    scale (x - its value): attacks may vary where normal traffic does not."""
+    every = rows if every is None else every
     columns = []
     for j, name in enumerate(names):
         if name in ignore:
             continue
-        values = [r[j].strip() for r in rows if len(r) == len(names)]
+        values = [r[j].strip() for r in every if len(r) == len(names)]
         nums = [_number(v) for v in values]
         if any(x is None for x in nums):
             columns.append({"name": name, "index": j, "categories": sorted(set(values))})
             continue
-        x = np.asarray(nums)
-        log = bool(x.max() > 1 and x.min() >= 0)
+        if min(nums) == max(nums):
+            continue                                            # constant in the file: carries nothing
+        x = np.asarray([_number(r[j].strip()) for r in rows if len(r) == len(names)])
+        log = bool(max(nums) > 1 and min(nums) >= 0)
         x = np.log1p(x) if log else x
-        if x.max() == x.min():
-            continue                                            # constant on normal traffic: carries nothing
-        columns.append({"name": name, "index": j, "log": log, "lo": float(x.min()), "hi": float(x.max())})
+        lo, hi = float(x.min()), float(x.max())
+        columns.append({"name": name, "index": j, "log": log, "lo": lo, "hi": hi if hi > lo else lo + 1.0})
     return {"names": list(names), "columns": columns}
 
 

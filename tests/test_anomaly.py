@@ -224,6 +224,9 @@ def test_records_encode_on_normal_rows_only_and_unseen_categories_are_counted():
     rows = [["0", "a", "1", "normal"], ["99", "b", "1", "normal"]]
     enc = fit_encoding(names, rows, ignore=("label",))
     assert feature_names(enc) == ["n", "cat=a", "cat=b"]                  # the constant column dropped
+    every = rows + [["5", "c", "1", "attack"], ["5", "a", "1", "attack"]]
+    wide = fit_encoding(names, rows[:1], ignore=("label",), every=every)   # categories from the whole file
+    assert feature_names(wide) == ["n", "cat=a", "cat=b", "cat=c"] and wide["columns"][0]["hi"] == 1.0
     x, unseen, bad = encode(enc, rows + [["99", "zz", "1", "x"], ["9", "a"], ["oops", "a", "1", "x"]], [1, 2, 3, 4, 5])
     assert np.allclose(x[:3], [[0, 1, 0], [1, 0, 1], [1, 0, 0]])          # log1p, min-max; unseen: all zeros
     assert unseen.tolist() == [0, 0, 1, 0, 0] and np.isnan(x[3:]).all()
@@ -256,5 +259,5 @@ def test_traffic_outliers_and_an_unseen_category_score_above_normal_records(tmp_
     assert rows[210]["unseen_categories"] == "1" and report["records_with_unseen_categories"] == 1
     assert rows[211]["score"] == "" and report["bad_rows"] == [{"line": 212, "reason": "2 fields, expected 7"}]
     assert all(r["flag"] == "1" and r["explain"].startswith("rate (+") for r in rows[200:210])   # 0.9 vs <= 0.1
-    assert rows[0]["label"] == "normal" and rows[0]["explain"] == ""
+    assert rows[0]["label"] == "normal" and rows[0]["explain"] == "" and float(rows[0]["kl"]) > 0
     assert report["flagged"] >= 11 and report["scored"] == 211

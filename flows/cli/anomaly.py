@@ -134,7 +134,8 @@ def traffic_score(
     model: Optional[str] = typer.Option(None, "--model", help="A detector (folder, name or unique prefix); default: the newest."),
     explain: bool = typer.Option(False, "--explain", help="Name the features that raise each flagged record's score most."),
 ):
-    """Score every record: score (the encoder's KL to the prior), recon_score (reconstruction probability), flag."""
+    """Score every record: score (encoder only: the code's distance to the nearest normal codes), kl (encoder only:
+    KL to the prior), recon_score (reconstruction probability), flag (score >= the detector's threshold)."""
     _records_file(path)
     _out_folder(out_dir)
     from flows.pipelines import anomaly_traffic_score_flow
