@@ -159,6 +159,7 @@ def test_help_reads_in_dir_out_dir_and_flags_take_no_value():
     ["anomaly", "series", "train", "MISSING"],
     ["anomaly", "series", "train", "--long-gaps", "fill", "."],
     ["anomaly", "series", "score", "MISSING", "OUT"],
+    ["anomaly", "traffic", "score", "MISSING", "OUT"],
     ["nosuch"],
 ])
 def test_argument_mistakes_answer_before_torch_or_prefect_is_imported(tmp_path, args):
