@@ -30,7 +30,7 @@ VERSION = 2     # 2: full Mario levels start on the standable cells of the first
 # brick blocks come out whole; tile patterns 30-40x closer to the corpus than the cell VAE's), `sample --cond` the
 # column cvae, and `interpolate` encodes with the cell VAE, whose z holds a window (0.994 of tiles, the column
 # VAE's 0.88). Each with the training call that remakes it if it is missing.
-SAMPLE_MODEL, COND_MODEL, INTERPOLATE_MODEL = "mario-columns", "mario-cvae", "mario-vae"
+SAMPLE_MODEL, COND_MODEL, INTERPOLATE_MODEL = "mario-columns", "mario-cvae", "mario-columns"
 SHIPPED = {"mario-columns": {"units": "columns"}, "mario-cvae": {"units": "columns", "kind": "cvae", "playable_only": False},
            "mario-vae": {"playable_only": False}}
 
@@ -796,8 +796,9 @@ def interpolate_levels(level_a: str, level_b: str, out_dir: str, steps: int = 8,
                        spherical: bool = True, temperature: float = 0.0, seed: int = 0) -> dict:
     """Decode `steps` points between the encodings of two level files (lerp, or slerp: models/latent.py); the
     first and last are the model's decodings of A and B (report["ends_match"] says how many tiles come back).
-    Tiles are drawn at `temperature` (0: the most likely). The slerp keeps more enemies and ? blocks in the
-    middle steps than the straight line, whose middle codes have atypically small norms (measured: README). Levels wider than the model's window are encoded window by window and
+    Tiles are drawn at `temperature` (0: the most likely). The default, mario-columns along the slerp, keeps
+    the corpus's rate of enemies in the middle steps and most pipes whole; mario-vae brings the ends back
+    closer but washes enemies and ? blocks out (`bench/levels.py --interpolate 40`: README). Levels wider than the model's window are encoded window by window and
     interpolated per window, so full-length levels blend column block by column block; the last window ends at
     the last column (it overlaps the one before: no column is dropped). Levels of different widths blend over
     the shorter one's width (report["cut"]). report["stats"]: per step, for A and B and per as many columns of

@@ -452,8 +452,8 @@ def test_cond_draws_the_shipped_column_cvae_and_interpolate_the_cell_vae(tmp_pat
     """`sample --cond` with the auto model takes the shipped mario-cvae (float16 on disk): every delivered window
     has what was asked and is playable, new and unlike the others (a rare mix of features draws repeats, which
     are rejected), and its raw windows land in a rare bucket (4+ enemies: 8 % of the
-    training windows) far more often than the plain column model's. `interpolate`'s auto model is the cell VAE,
-    whose latent holds a window: the ends of a blend come back; each step's statistics are those of its file."""
+    training windows) far more often than the plain column model's. `interpolate`'s auto model is the column
+    VAE along the slerp; each step's statistics are those of its file; the cell VAE brings the ends back closer."""
     import torch
 
     from flows.levels import (INTERPOLATE_MODEL, _load, fill_cond, interpolate_levels, mario_conditions, parse_cond,
@@ -481,11 +481,12 @@ def test_cond_draws_the_shipped_column_cvae_and_interpolate_the_cell_vae(tmp_pat
     for name, g, end in ((a, level_a, 101), (b, level_b, 110)):             # 61 and 70 columns: not whole windows
         (tmp_path / f"{name}.txt").write_text(grid_to_level(g[:, 40:end], "mario"))
     blend = interpolate_levels(str(tmp_path / f"{a}.txt"), str(tmp_path / f"{b}.txt"), str(tmp_path / "blend"), steps=3)
-    assert Path(blend["model"]).name == INTERPOLATE_MODEL == "mario-vae" and blend["path"] == "slerp"
+    assert Path(blend["model"]).name == INTERPOLATE_MODEL == "mario-columns" and blend["path"] == "slerp"
     assert blend["width"] == 61 and blend["windows"] == 3 and "blended over the first 61" in blend["cut"]
     ends = [read_level(tmp_path / "blend" / f"{f}.txt", "mario") for f in (blend["files"][0], blend["files"][-1])]
     assert ends[0].shape == ends[1].shape == (14, 61)                      # no column dropped
-    assert np.mean(ends[0] == level_a[:, 40:101]) > 0.95 and np.mean(ends[1] == level_b[:, 40:101]) > 0.95
+    # the column model holds less of a window than the cell model (0.80 of held-out tiles against 0.994): 0.93, 0.77
+    assert np.mean(ends[0] == level_a[:, 40:101]) > 0.7 and np.mean(ends[1] == level_b[:, 40:101]) > 0.7
     assert blend["ends_match"] == {"a": round(float(np.mean(ends[0] == level_a[:, 40:101])), 4),
                                    "b": round(float(np.mean(ends[1] == level_b[:, 40:101])), 4)}
     stats, enemy = blend["stats"], get_legend("mario").index("E")
@@ -494,6 +495,10 @@ def test_cond_draws_the_shipped_column_cvae_and_interpolate_the_cell_vae(tmp_pat
                                                        for f in blend["files"])]
     assert stats["a"]["enemies"] == int((level_a[:, 40:101] == enemy).sum())
     assert set(stats["corpus_per_same_width"]) == {"enemies", "question_blocks", "pipes_ok"}
+    cells = interpolate_levels(str(tmp_path / f"{a}.txt"), str(tmp_path / f"{b}.txt"), str(tmp_path / "cells"),
+                               steps=3, model="mario-vae")          # the cell VAE's latent holds a window
+    ends = [read_level(tmp_path / "cells" / f"{f}.txt", "mario") for f in (cells["files"][0], cells["files"][-1])]
+    assert np.mean(ends[0] == level_a[:, 40:101]) > 0.95 and np.mean(ends[1] == level_b[:, 40:101]) > 0.95
 
 
 def test_a_stretch_that_comes_back_whole_is_a_repeat_unless_it_is_plain_ground():

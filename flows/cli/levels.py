@@ -117,7 +117,7 @@ def levels_interpolate(
     level_b: Path = typer.Argument(..., help="Second level file."),
     out_dir: Path = typer.Argument(..., help="Folder for step-NNN.txt/.png, contact_sheet.png, report.json."),
     steps: int = typer.Option(8, "--steps", min=2, help="Points on the line between the two encodings, ends included."),
-    model: str = typer.Option("auto", "--model", help="auto (the shipped mario-vae: its latent holds a window's tiles, so the ends come back nearly whole: 0.994 of held-out windows' tiles; mario-columns keeps more rare tiles, less of the ends), a model folder, or a trained model name."),
+    model: str = typer.Option("auto", "--model", help="auto (the shipped mario-columns: the middle steps keep the corpus's enemies and most pipes whole; mario-vae brings the ends back closer, 99 % of their tiles against 87 %, but washes enemies and ? blocks out), a model folder, or a trained model name."),
     slerp: bool = typer.Option(True, "--slerp/--lerp", help="Along the great circle between the codes (the default: the middle steps keep prior-typical codes) or the straight line."),
     temperature: float = typer.Option(0.0, "--temperature", min=0, help="0: the most likely tile; 1: tiles drawn as the model was trained."),
     seed: int = typer.Option(0, "--seed"),
