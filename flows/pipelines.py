@@ -73,6 +73,26 @@ def denoise_train_flow(data: str | None = None, model: dict | None = None, train
     return model_dir
 
 
+@flow(name="denoise-adapt")
+def denoise_adapt_flow(noisy_dir: str, model: str = "auto", training: dict | None = None, pd: int = 2,
+                       refresh: bool = False, progress: bool = True, name: str | None = None) -> str:
+    """Fine-tune a denoiser on a folder of noisy images alone (self-supervised: models/selfsup.py)."""
+    from flows.train import adaptation_start
+
+    ingest_dir = ingest_task(noisy_dir, refresh=refresh)
+    start, model_cfg = adaptation_start(ingest_dir, model)
+    model_dir = train_task(ingest_dir, model_cfg, {**ADAPT_TRAINING, **(training or {})}, refresh=refresh,
+                           progress=progress, init=str(start), name=name, adapt={"pd": pd})
+    publish_training("denoise-adapt-metrics", model_dir)
+    return model_dir
+
+
+# fine-tuning: a tenth of training's learning rate, short epochs (a 10-minute budget on a CPU is a few hundred
+# steps); patches divisible by 2 * pd for the pixel shuffle and the neighbour pairs
+ADAPT_TRAINING = {"minutes": 10.0, "lr": 2e-4, "warmup_steps": 20, "batch_size": 8, "patch": 96, "epoch_steps": 50,
+                  "select": "neg_loss"}
+
+
 plan_task = task(name="plan", cache_policy=NO_CACHE)(plan_job)
 batch_task = task(name="denoise-batch", cache_policy=NO_CACHE)(denoise_files)
 finish_task = task(name="finish", cache_policy=NO_CACHE)(finish_job)

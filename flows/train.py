@@ -54,11 +54,14 @@ def split_holdout(entries: list[dict], fraction: float) -> tuple[list[int], list
 
 
 def train_model(ingest_dir: str, model: dict, training: dict, val_fraction: float = 0.05,
-                refresh: bool = False, progress: bool = True, init: str | None = None, name: str | None = None) -> str:
+                refresh: bool = False, progress: bool = True, init: str | None = None, name: str | None = None,
+                adapt: dict | None = None) -> str:
     """Train (or find cached) a model on an ingest stage; returns the model folder.
 
     init: a model folder whose weights start the run (fine-tuning); its weights' sha256 joins the stage key.
     name: the folder's name instead of `<kind>-<data>` (see the module's docstring).
+    adapt: {"pd": 2, "gamma": 2.0}: the images are noisy and there is no clean one; train by the
+    self-supervised Neighbor2Neighbor loss (models/selfsup.py), validated by its held-out loss.
     """
     import torch
 
@@ -77,7 +80,10 @@ def train_model(ingest_dir: str, model: dict, training: dict, val_fraction: floa
               "val_fraction": val_fraction}
     if init:
         config["init"] = {"model": Path(init).name, "weights_sha256": sha256_file(Path(init) / WEIGHTS)}
-    stage = Stage("train", VERSION, name or f"{model_cfg.kind}-{upstream['slug']}", config, upstream=(upstream["key"],))
+    if adapt is not None:
+        config["adapt"] = {"loss": "neighbor2neighbor", "pd": 2, "gamma": 2.0, **adapt}
+    slug = name or f"{model_cfg.kind}-{'adapt-' if adapt is not None else ''}{upstream['slug']}"
+    stage = Stage("train", VERSION, slug, config, upstream=(upstream["key"],))
 
     def fill(tmp: Path) -> dict:
         device = pick_device(train_cfg.device)
@@ -95,9 +101,14 @@ def train_model(ingest_dir: str, model: dict, training: dict, val_fraction: floa
                                  f"{str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else e}") from None
         net = net.to(device)
         sampler = PatchSampler([tensors[i] for i in train_idx], train_cfg.patch, train_cfg.batch_size, device)
+        learner = net
+        if adapt is not None:
+            from models.selfsup import Neighbor2Neighbor
+
+            learner = Neighbor2Neighbor(net, config["adapt"]["pd"], config["adapt"]["gamma"])
         with TrainProgress(f"train {stage.folder.name}", enabled=progress) as bar:
             warnings = _collect(bar.warn)
-            result = train_loop(net, sampler, center_crops(val_imgs, val_size), train_cfg, stage.workdir / "ckpt",
+            result = train_loop(learner, sampler, center_crops(val_imgs, val_size), train_cfg, stage.workdir / "ckpt",
                                 on_step=bar.update, warn=warnings)
         metrics = {f"val_{k}": round(v, 4) for k, v in result.best.items()}
         info = {"metrics": metrics, "steps": result.steps, "seconds": result.seconds,
@@ -106,11 +117,28 @@ def train_model(ingest_dir: str, model: dict, training: dict, val_fraction: floa
                 "parameters": count_parameters(net), "device": device.type,
                 "data": {"ingest": ingest_dir, "train_images": len(train_idx), "val_images": len(val_idx),
                          "val_crop": val_size, "source": upstream.get("source")}}
-        save_model(net, tmp, config["model"], extra={"train": config["train"], "history": result.history, **info})
-        plot_curve(result.history, tmp / "curve.png", title=stage.folder.name)
+        extra = {k: config[k] for k in ("init", "adapt") if k in config}
+        save_model(net, tmp, config["model"], extra={"train": config["train"], "history": result.history, **extra, **info})
+        plot_curve(result.history, tmp / "curve.png", title=stage.folder.name, metric=train_cfg.select)
         return info
 
     return str(run_train_stage(stage, fill, refresh, named=bool(name)))
+
+
+def adaptation_start(ingest_dir: str, model: str = "auto") -> tuple[Path, dict]:
+    """The model `denoise adapt` starts from, and its model config: `auto` is what `denoise run` would take for
+    these images (the camera-noise model for their channels), else a shipped or trained denoiser by name."""
+    from flows.catalog import family, resolve_model
+
+    images = json.loads((Path(ingest_dir) / MANIFEST).read_text())["images"]
+    channels = 3 if any(e["shape"][2] == 3 for e in images) else 1
+    folder = resolve_model(model, channels=channels, job=None if model == "auto" else "denoise")
+    if family(folder) != "denoise":
+        raise ValueError(f"{folder.name}: a {family(folder)} model; denoise adapt fine-tunes a denoiser")
+    config = json.loads((folder / "config.json").read_text())["model"]
+    if config["channels"] != channels:
+        raise ValueError(f"{folder.name} takes {config['channels']} channel(s); these images have {channels}")
+    return folder, config
 
 
 def train_windows(slug: str, upstream: tuple[str, ...], data: dict, train: tuple[np.ndarray, np.ndarray | None],

@@ -101,6 +101,42 @@ def denoise_train(
     _print_skipped(Path(cfg["data"]["ingest"]))
 
 
+@app.command("adapt")
+def denoise_adapt(
+    noisy_dir: Path = typer.Argument(..., help="Folder of your noisy photos or scans (recursive): no clean images needed."),
+    model: str = typer.Option("auto", "--model", help="The denoiser to start from: auto (what `denoise run` takes for these images: the camera-noise model), a shipped name, a trained model's name or folder."),
+    minutes: Optional[float] = typer.Option(None, "--minutes", min=0, help="Wall-clock budget (default 10 when no --steps)."),
+    steps: Optional[int] = typer.Option(None, "--steps", min=1, help="Optimiser steps instead of a time budget."),
+    pd: int = typer.Option(2, "--pd", min=1, max=4, help="Pixel-shuffle factor: pairs of pixels this far apart in the photo, so that noise spread over neighbours (demosaicing, JPEG) is nearly independent between them; 1 for white noise."),
+    lr: float = typer.Option(2e-4, "--lr", help="Peak learning rate."),
+    seed: int = typer.Option(0, "--seed"),
+    device: str = typer.Option("auto", "--device", callback=_device, help="auto, cpu or cuda."),
+    refresh: bool = typer.Option(False, "--refresh", help="Adapt again instead of using the cached model."),
+    name: Optional[str] = typer.Option(None, "--name", help="Name the adapted model (`denoise run --model NAME`)."),
+):
+    """Fine-tune a denoiser on your own noisy folder alone (Neighbor2Neighbor, self-supervised); cached like any model."""
+    from flows.catalog import PRETRAINED
+
+    if not noisy_dir.is_dir():
+        raise typer.BadParameter(f"{noisy_dir}: not a folder", param_hint="NOISY_DIR")
+    if name is not None and (not re.fullmatch(r"[a-z0-9][a-z0-9_-]{0,39}", name) or (PRETRAINED / name).exists()):
+        raise typer.BadParameter(f"{name!r}: a name is up to 40 lower-case letters, digits, '_' and '-', and not a "
+                                 "shipped model's", param_hint="--name")
+    if minutes is not None and steps is not None:
+        raise typer.BadParameter("give --minutes or --steps, not both", param_hint="--steps")
+    budget = {"steps": steps, "minutes": None} if steps else {"minutes": minutes or 10.0}
+    from flows.pipelines import denoise_adapt_flow
+
+    folder = _run_flow(denoise_adapt_flow, noisy_dir=str(noisy_dir), model=model, pd=pd, refresh=refresh, name=name,
+                       training={**budget, "lr": lr, "seed": seed, "device": device})
+    cfg = json.loads((Path(folder) / "config.json").read_text())
+    out.print(f"[bold]model[/] {folder}", soft_wrap=True)
+    out.print(f"  adapted from {cfg['init']['model']} on {cfg['data']['train_images']} noisy image(s): {cfg['steps']} "
+              f"steps in {cfg['seconds']:.0f} s; held-out self-supervised loss {cfg['metrics']['val_loss']:.5f}")
+    out.print(f"  use it: aeflow denoise run IN_DIR OUT_DIR --model {Path(folder).name}", soft_wrap=True)
+    _print_skipped(Path(cfg["data"]["ingest"]))
+
+
 @app.command("run")
 def denoise_run(
     in_dir: Path = typer.Argument(..., help="Folder of images to denoise (recursive; never modified)."),
