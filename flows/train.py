@@ -126,13 +126,16 @@ def train_model(ingest_dir: str, model: dict, training: dict, val_fraction: floa
 
 
 def adaptation_start(ingest_dir: str, model: str = "auto") -> tuple[Path, dict]:
-    """The model `denoise adapt` starts from, and its model config: `auto` is what `denoise run` would take for
-    these images (the camera-noise model for their channels), else a shipped or trained denoiser by name."""
+    """The model `denoise adapt` starts from, and its model config: `auto` is the blind white-noise model for
+    the images' channels (skip-dae-color or -gray), which learns the folder's own noise: +1.0 dB on CC15 in 10
+    minutes, where adapting the camera-noise model lost 2.4 dB (it knows camera noise already, and the
+    self-supervised target keeps some of the noise that neighbours share); else a denoiser by name."""
     from flows.catalog import family, resolve_model
 
     images = json.loads((Path(ingest_dir) / MANIFEST).read_text())["images"]
     channels = 3 if any(e["shape"][2] == 3 for e in images) else 1
-    folder = resolve_model(model, channels=channels, job=None if model == "auto" else "denoise")
+    folder = resolve_model(model, channels=channels, job=None if model == "auto" else "denoise",
+                           noise="gaussian" if model == "auto" else "auto")
     if family(folder) != "denoise":
         raise ValueError(f"{folder.name}: a {family(folder)} model; denoise adapt fine-tunes a denoiser")
     config = json.loads((folder / "config.json").read_text())["model"]

@@ -104,7 +104,7 @@ def denoise_train(
 @app.command("adapt")
 def denoise_adapt(
     noisy_dir: Path = typer.Argument(..., help="Folder of your noisy photos or scans (recursive): no clean images needed."),
-    model: str = typer.Option("auto", "--model", help="The denoiser to start from: auto (what `denoise run` takes for these images: the camera-noise model), a shipped name, a trained model's name or folder."),
+    model: str = typer.Option("auto", "--model", help="The denoiser to start from: auto (the blind white-noise model for the images' channels: adapting it to CC15's cameras gained 1.0 dB; adapting the camera-noise model lost 2.4 dB), a shipped name, a trained model's name or folder."),
     minutes: Optional[float] = typer.Option(None, "--minutes", min=0, help="Wall-clock budget (default 10 when no --steps)."),
     steps: Optional[int] = typer.Option(None, "--steps", min=1, help="Optimiser steps instead of a time budget."),
     pd: int = typer.Option(2, "--pd", min=1, max=4, help="Pixel-shuffle factor: pairs of pixels this far apart in the photo, so that noise spread over neighbours (demosaicing, JPEG) is nearly independent between them; 1 for white noise."),
@@ -134,6 +134,8 @@ def denoise_adapt(
     out.print(f"  adapted from {cfg['init']['model']} on {cfg['data']['train_images']} noisy image(s): {cfg['steps']} "
               f"steps in {cfg['seconds']:.0f} s; held-out self-supervised loss {cfg['metrics']['val_loss']:.5f}")
     out.print(f"  use it: aeflow denoise run IN_DIR OUT_DIR --model {Path(folder).name}", soft_wrap=True)
+    out.print("  [dim]compare it with plain `denoise run` (the camera-noise model) on a few images: on CC15's cameras "
+              "the camera model unadapted is better (36.6 dB against 34.9 adapted)[/]", soft_wrap=True)
     _print_skipped(Path(cfg["data"]["ingest"]))
 
 
