@@ -635,14 +635,37 @@ def interpolate_music(a: str, b: str, out_dir: str, model: str = "auto", steps: 
     bars = k * window_bars
     stats = lambda r: {"notes_per_bar": round(len(roll_to_notes(r, enc.lo)) / bars, 2),     # noqa: E731
                        "pitch_range": mm.pitch_range(r, enc.lo)}
+    corpus = corpus_stats(music_data(folder), bars)
     report = {"model": str(folder), "a": str(a), "b": str(b), "steps": steps, "windows": k, "bars": bars,
               "path": "slerp" if spherical else "lerp", "temperature": temperature, "seed": seed,
               "instruments": instruments(programs, enc), "clips": clips, "morph": morph,
               "reconstruction_accuracy": {"a": mm.reconstruction_accuracy(xs[0], rolls[0]),
                                           "b": mm.reconstruction_accuracy(xs[1], rolls[-1])},
-              "stats": {"steps": [stats(r) for r in rolls], "a": stats(xs[0]), "b": stats(xs[1])},
+              "stats": {"steps": [stats(r) for r in rolls], "a": stats(xs[0]), "b": stats(xs[1]), "corpus": corpus},
               "out_dir": str(out), **({"read_notes": notes} if notes else {})}
     return write_report(out, report, clip_files(clips + [morph]))
+
+
+def corpus_stats(data: dict, bars: int, limit: int = 600, n: int = 500) -> dict | str:
+    """Notes per bar and pitch range of the model's corpus over windows of `bars` bars (as long as the steps
+    they go beside): its own ingest stage when this machine has it, else a cached ingest of `limit` pieces of
+    the same corpus (a shipped model's: seconds). A reason instead when the corpus cannot be read here."""
+    from flows.settings import outputs_root
+
+    own = outputs_root() / "ingest-music" / data.get("ingest", "")
+    if data.get("ingest") and (own / "pieces.npz").is_file():
+        folder = str(own)
+    elif data.get("source") in (None, "midi"):
+        return "the model's MIDI folder was ingested elsewhere"
+    else:
+        folder = ingest_music(data["source"], data["mode"], limit=data.get("limit") or limit)
+    rolls, meters, _, enc = load_pieces(folder)
+    x, _, _ = windows(rolls, meters, enc, bars)
+    if not len(x):
+        return f"no {bars}-bar windows in the corpus"
+    x = x[np.sort(np.random.default_rng(0).choice(len(x), min(n, len(x)), replace=False))]
+    return {"notes_per_bar": round(float(np.mean([len(roll_to_notes(w, enc.lo)) for w in x])) / bars, 2),
+            "pitch_range": round(float(np.mean([mm.pitch_range(w, enc.lo) for w in x])), 2), "windows": len(x)}
 
 
 # ---------------------------------------------------------------- stats

@@ -141,3 +141,5 @@ def test_music_interpolate_covers_every_bar_window_by_window(tmp_path):
     steps = r["stats"]["steps"]
     assert len(steps) == 4 and all(s["notes_per_bar"] > 0 and s["pitch_range"] > 0 for s in steps)
     assert r["stats"]["a"]["notes_per_bar"] > 0 and r["stats"]["b"]["notes_per_bar"] > 0
+    corpus = r["stats"]["corpus"]                            # Essen windows as long as the steps
+    assert 1 < corpus["notes_per_bar"] < 16 and corpus["pitch_range"] > 0 and corpus["windows"] == 500

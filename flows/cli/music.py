@@ -174,9 +174,11 @@ def music_interpolate(
                        seed=seed)
     _print_clips(report, "steps")
     st = report["stats"]
+    corpus = st["corpus"]
     for key in ("notes_per_bar", "pitch_range"):
         out.print(f"  {key.replace('_', ' ')} per step: {' '.join(f'{s[key]:g}' for s in st['steps'])} "
-                  f"(A {st['a'][key]:g}, B {st['b'][key]:g})")
+                  f"(A {st['a'][key]:g}, B {st['b'][key]:g}"
+                  + (f", corpus {corpus[key]:g})" if isinstance(corpus, dict) else ")"))
     r = report["reconstruction_accuracy"]
     out.print(f"  reconstruction accuracy of the end points: A {r['a']:.2f}, B {r['b']:.2f}; all steps in a row: "
               f"{Path(report['out_dir']) / 'morph.mid'}")
