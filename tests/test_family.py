@@ -192,6 +192,9 @@ def test_family_train_then_sample_through_the_command_line(tmp_path):
     assert r.returncode == 0, r.stdout + r.stderr
     folder = next(line.split()[-1] for line in r.stdout.splitlines() if line.startswith("model "))
     assert Path(folder).name.startswith("tiny-cvae-") and (Path(folder) / "model.safetensors").is_file()
+    r = _cli("models", env={"COLUMNS": "200"})                              # listed under its own job
+    row = next(line for line in r.stdout.splitlines() if Path(folder).name in line)
+    assert [c.strip() for c in row.split("│")[2:5]] == ["family", "trained", "cvae"], row
     r = _cli("family", "sample", "tiny-cvae", tmp_path, "--label", "7", "--n", "9")   # by its name
     assert r.returncode == 0, r.stdout + r.stderr
     png = Image.open(tmp_path / "samples-label7.png")
