@@ -55,7 +55,7 @@ def describe(folder: Path) -> dict:
 
 
 def family(folder: Path) -> str:
-    """Which job a model serves (one of JOBS), from its config.json; "unknown" when that cannot be read."""
+    """Which job a model serves (see job_of), from its config.json; "unknown" when that cannot be read."""
     try:
         return job_of(json.loads((Path(folder) / "config.json").read_text()))
     except (OSError, ValueError, AttributeError):
