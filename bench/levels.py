@@ -435,11 +435,11 @@ def blend_table(n: int, steps: int, seed: int, model: Path | None = None) -> str
 
     game = "mario+kid_icarus"
     t0 = time.perf_counter()
-    folder = model or Path(train_levels(game, str(VGLC / "kid_icarus"), kind="cvae", training={"steps": steps},
-                                        progress=False))
+    folder = model or train_levels(game, str(VGLC / "kid_icarus"), kind="cvae", training={"steps": steps},
+                                   progress=False).folder
     cfg, net = read_config(folder), load_model(folder)
     ingest = ingest_levels(game, cfg["data"]["data"])                    # the cached blend stage
-    units, label = load_ingest(ingest)[0], np.load(Path(ingest) / "unit_game.npy")     # (N, 16, 16), (N,)
+    units, label = load_ingest(ingest)[0], np.load(ingest.folder / "unit_game.npy")     # (N, 16, 16), (N,)
     gen = torch.Generator().manual_seed(seed)
     head = ("| source | n | Mario-only tiles % | KI-only tiles % | Mario rule % | KI rule % | either % | novel % | "
             "NN Hamming |")
@@ -520,7 +520,7 @@ def main() -> None:
         elif name == "mario-columns":
             folder = resolve_level_model(args.columns_model or "mario-columns")
         else:
-            folder = Path(train_levels(game, str(VGLC / game), training={"steps": args.steps}, progress=False))
+            folder = train_levels(game, str(VGLC / game), training={"steps": args.steps}, progress=False).folder
         cfg = read_config(folder)
         net = load_model(folder)
         train, originals = _training_units(cfg)

@@ -71,6 +71,7 @@ def test_denoise_adapt_is_cached_and_its_model_denoises_by_name(tmp_path):
     folder = Path(first.stdout.split("model ", 1)[1].split()[0])
     cfg = json.loads((folder / "config.json").read_text())
     assert folder.name.startswith("my-camera-") and cfg["init"]["model"] == "skip-dae-color"
+    assert cfg["data"]["job"] == "denoise"                                 # listed with the denoisers
     assert cfg["adapt"]["loss"] == "neighbor2neighbor" and cfg["steps"] == 2 and "val_loss" in cfg["metrics"]
     built = (json.loads((folder / "manifest.json").read_text())["created"],
              (folder / "model.safetensors").stat().st_mtime_ns)

@@ -51,18 +51,18 @@ def levels_train(
                  **({"ar": ar} if ar is not None else {})}
     training = {"steps": steps, "batch_size": batch_size, "seed": seed, "device": device,
                 "epoch_steps": max(1, min(500, steps))}
-    folder = _run_flow(levels_train_flow, game=game, data=str(data) if data else None, kind=model, model=model_cfg,
-                       training=training, width=width, refresh=refresh, units=units, playable_only=playable_only)
-    cfg = json.loads((Path(folder) / "config.json").read_text())
-    m = cfg["metrics"]
-    left_out = cfg["data"].get("left_out_unplayable")
+    trained = _run_flow(levels_train_flow, game=game, data=str(data) if data else None, kind=model, model=model_cfg,
+                        training=training, width=width, refresh=refresh, units=units, playable_only=playable_only)
+    folder, record = trained.folder, trained.manifest
+    spec, m, d = record["config"]["model"], record["metrics"], record["data"]
+    left_out = d.get("left_out_unplayable")
     out.print(f"[bold]model[/] {folder}")
-    out.print(f"  {cfg['model']['kind']} on {cfg['data']['train_windows']} {game} units "
+    out.print(f"  {spec['kind']} on {d['train_windows']} {game} units "
               f"{'' if left_out is None else f'(the playable ones; {left_out} unplayable left out) '}"
-              f"{tuple(cfg['model']['shape'])}, {cfg['parameters']:,} parameters, {cfg['steps']} steps in {cfg['seconds']:.0f} s")
+              f"{tuple(spec['shape'])}, {record['parameters']:,} parameters, {record['steps']} steps in {record['seconds']:.0f} s")
     # files the ingest could not use, told apart from the unplayable units above ("0 left out" hid 409 of them)
-    _print_skipped(Path(folder).parents[1] / "levels-ingest" / cfg["data"]["ingest"])
-    out.print(f"  validation (held-out levels {', '.join(cfg['data']['held_out'])}): tile accuracy {m['val_acc']:.3f}, "
+    _print_skipped(folder.parents[1] / "levels-ingest" / d["ingest"])
+    out.print(f"  validation (held-out levels {', '.join(d['held_out'])}): tile accuracy {m['val_acc']:.3f}, "
               f"ELBO {m['val_elbo']:.1f} nats, KL {m['val_kl']:.1f}")
     out.print(f"  sample with: aeflow levels sample --model {folder} OUT_DIR")
 
