@@ -263,6 +263,50 @@ WHAT = {
 }
 
 
+def interpolate_table(pairs: int, steps: int = 8, seed: int = 0) -> str:
+    """`levels interpolate` settings over `pairs` seeded pairs of the mario-gpt levels (cut to the shorter one):
+    in the middle steps (the ends are the models' decodings of A and B), enemies and ? blocks per 100 columns
+    beside the corpus's rate, the share of steps whose pipes are all whole and of playable steps; and the share
+    of the ends' tiles that come back."""
+    import tempfile
+
+    from flows.levels import interpolate_levels
+    from formats.levels import grid_to_level, mario_gpt_levels
+
+    levels = mario_gpt_levels()
+    rng = np.random.default_rng(seed)
+    chosen = [tuple(rng.choice(len(levels), 2, replace=False)) for _ in range(pairs)]
+    settings = [("mario-vae", False, 0.0), ("mario-vae", True, 0.0), ("mario-vae", True, 1.0),
+                ("mario-columns", True, 0.0), ("mario-columns", False, 0.0), ("mario-columns", True, 1.0)]
+    lines = [f"Interpolation: {pairs} pairs of the {len(levels)} mario-gpt levels (seed {seed}), {steps} steps; middle "
+             f"steps only for the rates; corpus = the model's training windows",
+             "", "| model | path | T | enemies / 100 col (corpus) | ? blocks / 100 col (corpus) | steps with whole pipes "
+             "| playable steps | ends' tiles back | s / pair |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    with tempfile.TemporaryDirectory() as tmp:
+        for i, j in chosen:
+            for k in (i, j):
+                (Path(tmp) / f"{k}.txt").write_text(grid_to_level(levels[k][1], "mario"))
+        for model, slerp, t in settings:
+            e, q, pipes, play, ends, corpus, secs = [], [], [], [], [], None, 0.0
+            for i, j in chosen:
+                t0 = time.perf_counter()
+                r = interpolate_levels(f"{tmp}/{i}.txt", f"{tmp}/{j}.txt", f"{tmp}/out", steps, model,
+                                       spherical=slerp, temperature=t, seed=seed)
+                secs += time.perf_counter() - t0
+                mid, per = r["stats"]["steps"][1:-1], 100 / r["width"]
+                e += [s["enemies"] * per for s in mid]
+                q += [s["question_blocks"] * per for s in mid]
+                pipes += [s["pipes_ok"] for s in mid]
+                play += r["playable"][1:-1]
+                ends += list(r["ends_match"].values())
+                c = r["stats"]["corpus_per_same_width"]
+                corpus = (c["enemies"] * per, c["question_blocks"] * per)
+            lines.append(f"| {model} | {'slerp' if slerp else 'lerp'} | {t:g} | {np.mean(e):.2f} ({corpus[0]:.2f}) | "
+                         f"{np.mean(q):.2f} ({corpus[1]:.2f}) | {np.mean(pipes):.0%} | {np.mean(play):.0%} | "
+                         f"{np.mean(ends):.1%} | {secs / pairs:.2f} |")
+    return "\n".join(lines)
+
+
 def unseen_table(games: list[str], n: int, splits: int = 10) -> str:
     """TPKL of real levels the training set never saw: the game's levels split in half at random (`splits`
     times), the held-out half's units (up to n) against the other half's, beside a column Markov chain fit on
@@ -391,11 +435,11 @@ def blend_table(n: int, steps: int, seed: int, model: Path | None = None) -> str
 
     game = "mario+kid_icarus"
     t0 = time.perf_counter()
-    folder = model or Path(train_levels(game, str(VGLC / "kid_icarus"), kind="cvae", training={"steps": steps},
-                                        progress=False))
+    folder = model or train_levels(game, str(VGLC / "kid_icarus"), kind="cvae", training={"steps": steps},
+                                   progress=False).folder
     cfg, net = read_config(folder), load_model(folder)
     ingest = ingest_levels(game, cfg["data"]["data"])                    # the cached blend stage
-    units, label = load_ingest(ingest)[0], np.load(Path(ingest) / "unit_game.npy")     # (N, 16, 16), (N,)
+    units, label = load_ingest(ingest)[0], np.load(ingest.folder / "unit_game.npy")     # (N, 16, 16), (N,)
     gen = torch.Generator().manual_seed(seed)
     head = ("| source | n | Mario-only tiles % | KI-only tiles % | Mario rule % | KI rule % | either % | novel % | "
             "NN Hamming |")
@@ -444,6 +488,8 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=0,
                     help="only the window rows over seeds 0..K-1: medians, ranges and how often each row's TPKL is "
                          "below the chain's -> levels-seeds.md")
+    ap.add_argument("--interpolate", type=int, default=0,
+                    help="only the `levels interpolate` settings over this many pairs of levels -> levels-interpolate.md")
     ap.add_argument("--ship", type=Path, default=None,
                     help="copy this trained model to models/pretrained/mario-vae (mario-columns for --units columns, "
                          "mario-cvae for a column cvae) and stop")
@@ -453,8 +499,10 @@ def main() -> None:
         print(ship(args.ship, args.ship_cores))
         return
     torch.set_num_threads(2)
-    if args.blend or args.cond_model or args.unseen:     # a table of its own, instead of the main one
-        if args.unseen:
+    if args.blend or args.cond_model or args.unseen or args.interpolate:     # a table of its own
+        if args.interpolate:
+            md, name = interpolate_table(args.interpolate, seed=args.seed), "levels-interpolate.md"
+        elif args.unseen:
             md, name = unseen_table(args.games.split(","), args.n), "levels-unseen.md"
         elif args.blend:
             md, name = blend_table(args.n, args.steps, args.seed, args.blend_model), "levels-blend.md"
@@ -472,7 +520,7 @@ def main() -> None:
         elif name == "mario-columns":
             folder = resolve_level_model(args.columns_model or "mario-columns")
         else:
-            folder = Path(train_levels(game, str(VGLC / game), training={"steps": args.steps}, progress=False))
+            folder = train_levels(game, str(VGLC / game), training={"steps": args.steps}, progress=False).folder
         cfg = read_config(folder)
         net = load_model(folder)
         train, originals = _training_units(cfg)

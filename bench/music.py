@@ -44,6 +44,7 @@ import torch  # noqa: E402
 
 from flows.music import BAR, augment, generate_rolls, ingest_music, key_counts, train_music, window_split  # noqa: E402
 from flows.settings import outputs_root  # noqa: E402
+from flows.stages import open_stage  # noqa: E402
 from flows.train import train_windows  # noqa: E402
 from formats import music_metrics as mm  # noqa: E402
 from formats.music import CHORALE, HOLD, OFFSET, REST, canonical, cut  # noqa: E402
@@ -373,21 +374,22 @@ def main() -> None:
     load0 = os.getloadavg()[0]
     tasks = args.tasks.split(",")
     if any(t.startswith("melody") for t in tasks):
-        ingest = args.ingest or ingest_music("essen", "melody")
-        manifest = json.loads((Path(ingest) / "manifest.json").read_text())
+        ingest = open_stage(args.ingest or ingest_music("essen", "melody"))
+        manifest = ingest.manifest
         notes.append(f"Essen: {manifest['counts']['pieces']:,} tunes in 4/4, 2/2 or 2/4 parsed ({manifest['counts']['failed']} "
                      f"failed) in {manifest['seconds']:.0f} s; meters as parsed {manifest['meters']}")
     for task in tasks:
-        t0 = time.perf_counter()
+        t0, trained = time.perf_counter(), []            # the models this task trained (or found cached)
         training = {"steps": args.steps or STEPS[task], "epoch_steps": 500, "batch_size": 128, "device": args.device}
         if task.startswith("melody"):
             bars = int(task[len("melody"):])
-            folder = train_music(ingest, bars, model_cfg, training, progress=False)
+            trained.append(train_music(ingest, bars, model_cfg, training, progress=False))
+            folder = trained[0].folder
             if not args.train_only:
                 (xt, _), (xv, _), enc, info = window_split(ingest, bars, max_val=10 ** 9)
                 name = f"Essen melody {bars}-bar"
                 walk = train_music(ingest, 2, model_cfg, {**training, "steps": args.steps or STEPS["melody2"]},
-                                   progress=False) if bars > 2 else None
+                                   progress=False).folder if bars > 2 else None
                 got = evaluate(name, folder, xt, xv, args.n, enc, info["key_counts"], walk)
                 rows += got
                 if args.seeds:
@@ -400,7 +402,8 @@ def main() -> None:
             bach = ingest_music("bach", "chorale")
             (xt, lt), (xv, _), enc, info = window_split(bach, 4, max_val=10 ** 9)
             plain = window_split(bach, 4, augment_train=False, max_val=10 ** 9)[0][0]
-            cvaes = {"key cvae": train_music(bach, 4, BACH_MODEL, training, condition="key", progress=False)}
+            trained.append(train_music(bach, 4, BACH_MODEL, training, condition="key", progress=False))
+            cvaes = {"key cvae": trained[0].folder}
             folder = None
             if not args.train_only:
                 name = "Bach chorales 4-bar (music21)"
@@ -423,16 +426,19 @@ def main() -> None:
             xt_aug, lt_aug = augment(xt, lt, CHORALE)
             model = {**model_cfg, "kind": "vae", "dims": 1, "vocab": CHORALE.vocab, "shape": [4, 64]}
             data = {"mode": "chorale", "bars": 4, "steps_per_bar": BAR, "source": "jsb", "split": "train"}
-            folder = train_windows("music-chorale-4bar-jsb", (), data, (xt_aug, None), (xv, None), model, training,
-                                   progress=False)
-            cvaes = {"key cvae": train_windows(
+            trained.append(train_windows("music-chorale-4bar-jsb", (), data, (xt_aug, None), (xv, None), model,
+                                         training, progress=False, job="music"))
+            trained.append(train_windows(
                 "music-chorale-4bar-jsb", (), {**data, "condition": "key"}, (xt_aug, lt_aug[:, 1:3]),
-                (xv, keys(xv)[:, 1:3]), {**model, "kind": "cvae", "cond": [12, 2]}, training, progress=False)}
+                (xv, keys(xv)[:, 1:3]), {**model, "kind": "cvae", "cond": [12, 2]}, training, progress=False,
+                job="music"))
+            folder, cvaes = trained[0].folder, {"key cvae": trained[1].folder}
             if args.ar:
-                cvaes[f"key cvae, ar {args.ar}"] = train_windows(
+                trained.append(train_windows(
                     "music-chorale-4bar-jsb", (), {**data, "condition": "key"}, (xt_aug, lt_aug[:, 1:3]),
                     (xv, keys(xv)[:, 1:3]), {**model, "kind": "cvae", "cond": [12, 2], "ar": args.ar},
-                    {**training, "steps": args.steps or STEPS["jsb4 ar"]}, progress=False)
+                    {**training, "steps": args.steps or STEPS["jsb4 ar"]}, progress=False, job="music"))
+                cvaes[f"key cvae, ar {args.ar}"] = trained[-1].folder
             if not args.train_only:
                 name = "JSB chorales 4-bar"
                 held = xs if args.jsb_rows == "test" else xv
@@ -449,9 +455,9 @@ def main() -> None:
                                                                                    ("test", xs))}
                 notes.append("  qualified-note rate of each whole split (how far the splits differ): "
                              + ", ".join(f"{s} {v:.3f}" for s, v in qn.items()))
-        for f in [f for f in [folder] + (list(cvaes.values()) if task in ("jsb4", "bach4") else []) if f]:
-            cfg = json.loads((Path(f) / "config.json").read_text())
-            notes.append(f"  model {Path(f).name}: {cfg['parameters']:,} parameters, {cfg['steps']} steps of 128 in "
+        for result in trained:
+            cfg = result.manifest
+            notes.append(f"  model {result.folder.name}: {cfg['parameters']:,} parameters, {cfg['steps']} steps of 128 in "
                          f"{cfg['seconds']:.0f} s on {cfg['device']} (cached when trained earlier), held-out accuracy "
                          f"{cfg['metrics']['val_acc']:.3f}, KL {cfg['metrics']['val_kl']:.1f} nats; this task "
                          f"{time.perf_counter() - t0:.0f} s")

@@ -73,9 +73,9 @@ def train_one(name: str, data: Path, minutes: float, steps: int | None = None) -
         folder, model = RECIPES[name]
     ingest = ingest_images(str(data / folder))
     training = {"minutes": minutes, **COMMON, "lr": lr} if not steps else {"steps": steps, "epoch_steps": steps, "batch_size": 4, "patch": 48}
-    out = train_model(ingest, model, training, progress=False, init=str(init) if init else None)
-    cfg = json.loads((Path(out) / "config.json").read_text())
-    print(json.dumps({"recipe": name, "folder": out, "steps": cfg["steps"], "seconds": cfg["seconds"],
+    trained = train_model(ingest, model, training, progress=False, init=str(init) if init else None)
+    cfg = trained.manifest
+    print(json.dumps({"recipe": name, "folder": str(trained.folder), "steps": cfg["steps"], "seconds": cfg["seconds"],
                       "patches_per_s": cfg["patches_per_s"], "metrics": cfg["metrics"],
                       "parameters": cfg["parameters"], "command": command(data / folder, model, minutes, init, lr)}), flush=True)
 

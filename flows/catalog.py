@@ -11,6 +11,7 @@ import models
 from flows.settings import outputs_root
 
 PRETRAINED = Path(models.__file__).parent / "pretrained"
+JOBS = ("denoise", "levels", "music", "family")      # what a model's config records as data.job (flows/train.py)
 
 
 def shipped_models() -> list[Path]:
@@ -27,19 +28,19 @@ def weights_key(folder: Path) -> str:
 
 
 def describe(folder: Path) -> dict:
-    """One line of `aeflow models`: what the model takes and its headline validation figure."""
+    """One line of `aeflow models`: its job, what the model takes and its headline validation figure."""
     cfg = json.loads((Path(folder) / "config.json").read_text())
-    m, metrics = cfg["model"], cfg.get("metrics", {})
+    m, metrics, job = cfg["model"], cfg.get("metrics", {}), job_of(cfg)
     sigma = m.get("sigma")
     sigma = f"{sigma[0]:g}-{sigma[1]:g}" if isinstance(sigma, list) else "-" if sigma is None else f"{sigma:g}"
-    if "vocab" in m:          # a token-grid VAE: grid shape x vocabulary, conditions, reconstruction accuracy
+    if job in ("levels", "music"):    # a token-grid VAE: grid shape x vocabulary, conditions, reconstruction accuracy
         data = cfg.get("data", {})
         tokens = f"{len(m['columns'])} column tokens" if m.get("columns") else f"{m['vocab']} tokens"
         cond = data.get("cond") or ([data["condition"]] if data.get("condition", "none") != "none" else m.get("cond"))
         takes = f"{m['shape'][0]}x{m['shape'][1]} grid, {tokens}" + (f", cond {', '.join(map(str, cond))}"
                                                                      if cond else "")
         val = f"acc {metrics['val_acc']:.3f}" if "val_acc" in metrics else ""
-    elif cfg.get("data", {}).get("job") == "family":     # an autoencoder-family model (flows/family.py)
+    elif job == "family":             # an autoencoder-family model (flows/family.py)
         takes = (f"{'x'.join(map(str, m['shape']))} {cfg['data'].get('data', '')}, z={m['latent']}"
                  + (f", beta {m['beta']:g}" if m.get("beta", 1) != 1 else ""))
         val = f"mse {metrics['val_mse']:.4f}" if "val_mse" in metrics else ""
@@ -47,19 +48,25 @@ def describe(folder: Path) -> dict:
         noise = "camera noise" if m.get("noise") == "camera" else f"sigma {sigma}"
         takes = f"{'gray' if m.get('channels') == 1 else 'colour'}, {noise}" + (", level input" if m.get("noise_map") else "")
         val = f"{metrics['val_psnr']:.2f} dB" if "val_psnr" in metrics else ""
-    return {"name": Path(folder).name, "kind": m["kind"], "channels": m.get("channels"), "sigma": sigma,
+    return {"name": Path(folder).name, "job": job, "kind": m["kind"], "channels": m.get("channels"), "sigma": sigma,
             "takes": takes, "validation": val, "parameters": cfg.get("parameters"),
             "val_psnr": metrics.get("val_psnr"), "steps": cfg.get("steps"),
             "source": "shipped" if Path(folder).parent == PRETRAINED else "trained", "path": str(folder)}
 
 
 def family(folder: Path) -> str:
-    """Which job a model serves: the `job` its config records ("family"), else guessed from its data: "levels",
-    "music" or "denoise"."""
+    """Which job a model serves (see job_of), from its config.json; "unknown" when that cannot be read."""
     try:
-        data = json.loads((Path(folder) / "config.json").read_text()).get("data", {})
-    except (OSError, ValueError):
+        return job_of(json.loads((Path(folder) / "config.json").read_text()))
+    except (OSError, ValueError, AttributeError):
         return "unknown"
+
+
+def job_of(config: dict) -> str:
+    """The job a model's config records (data.job: the shipped models and every model trained since the field
+    was added); a folder trained before is told by its data instead: a game is levels, a music mode is music,
+    else a denoiser (family models recorded theirs from the start)."""
+    data = config.get("data", {})
     return data.get("job") or ("levels" if "game" in data else "music" if "mode" in data else "denoise")
 
 

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from flows.settings import outputs_root
+from flows.stages import Stage, StageResult, content_key, run_stage
 from formats.figures import image_grid
 from models.checkpoints import write_bytes_atomic, write_json_atomic
 
@@ -132,12 +133,10 @@ def _read(kind: str, root: Path, files: list[Path], size: int) -> tuple[np.ndarr
                                                   "bad": bad}
 
 
-def ingest_examples(data: str = "digits", size: int = 28, refresh: bool = False) -> str:
+def ingest_examples(data: str = "digits", size: int = 28, refresh: bool = False) -> StageResult:
     """Read `data` (see the module's docstring) once into a cached stage, keyed by the content of its raw files,
-    with its fixed split; returns the folder (examples.safetensors: values, labels, train and val indices)."""
+    with its fixed split (examples.safetensors: values, labels, train and val indices)."""
     import safetensors.numpy
-
-    from flows.stages import Stage, content_key, run_stage
 
     kind, root, files = _source(data)
     config = {"kind": kind, "split_seed": SPLIT_SEED, **({"size": size} if kind == "folder" else {})}
@@ -154,18 +153,15 @@ def ingest_examples(data: str = "digits", size: int = 28, refresh: bool = False)
         return {"name": kind if kind != "folder" else root.name, "source": str(root), "scale": scale,
                 "examples": len(x), "train": len(train), "val": len(val), **facts}
 
-    folder, _, _ = run_stage(stage, fill, refresh)
-    return str(folder)
+    return run_stage(stage, fill, refresh)
 
 
 def load_examples(data: str = "digits", size: int = 28, refresh: bool = False) -> Examples:
     """The examples of `data` with their fixed split, from the ingest stage (built on first use)."""
-    import json
-
     import safetensors.numpy
 
-    folder = Path(ingest_examples(data, size, refresh))
-    m = json.loads((folder / "manifest.json").read_text())
+    ingest = ingest_examples(data, size, refresh)
+    folder, m = ingest.folder, ingest.manifest
     a = safetensors.numpy.load_file(str(folder / "examples.safetensors"))
     about = {"source": m["source"], "train": m["train"], "val": m["val"], "split_seed": m["config"]["split_seed"],
              "ingest": folder.name, **({"size": m["size"], "classes": m["classes"]} if "size" in m else {})}
@@ -193,8 +189,8 @@ def model_config(kind: str, ex: Examples, latent: int = 2, beta: float | None = 
 def train_family(kind: str = "vae", data: str = "digits", latent: int = 2, beta: float | None = None,
                  steps: int | None = None, minutes: float | None = None, body: str = "mlp",
                  widths: tuple[int, ...] | None = None, size: int = 28, name: str | None = None, seed: int = 0,
-                 refresh: bool = False, progress: bool = True, examples: Examples | None = None) -> str:
-    """Train (or find cached) one family model; returns its folder."""
+                 refresh: bool = False, progress: bool = True, examples: Examples | None = None) -> StageResult:
+    """Train (or find cached) one family model."""
     from flows.train import train_windows
 
     ex = examples or load_examples(data, size)
@@ -207,7 +203,7 @@ def train_family(kind: str = "vae", data: str = "digits", latent: int = 2, beta:
     where = {k: ex.about[k] for k in ("source", "ingest") if k in ex.about}   # not hashed: the content is
     data = {"job": "family", "data": ex.name, **{k: v for k, v in ex.about.items() if k not in where}}
     return train_windows(ex.name, (ex.key,) if ex.key else (), data, part(ex.train), part(ex.val), model, training,
-                         refresh=refresh, progress=progress, facts=where, name=name, dense=True)
+                         refresh=refresh, progress=progress, facts=where, name=name, dense=True, job="family")
 
 
 def load_family_model(folder: str | Path):
@@ -284,7 +280,7 @@ def codes(net, ex: Examples, idx: np.ndarray):
         return net.encode(torch.from_numpy(ex.x[idx]), cond)
 
 
-def measure(folder: str, ex: Examples, jacobian_images: int = 100) -> dict:
+def measure(folder: str | Path, ex: Examples, jacobian_images: int = 100) -> dict:
     """Held-out figures of one trained model: reconstruction MSE (the mean decoding of the mean code), KL and
     active units (VAE kinds), the exact squared Frobenius norm of the encoder's Jacobian (mean over
     `jacobian_images` held-out images), 5-NN accuracy of the held-out codes fitted on the training codes."""
@@ -340,12 +336,12 @@ def compare_family(data: str = "digits", latents: tuple[int, ...] = (2, 8), kind
     for latent in latents:
         rows.append(pca_row(ex, latent))
         for kind in kinds:
-            folder = train_family(kind, latent=latent, steps=steps, progress=progress, examples=ex, widths=widths)
-            rows.append(measure(folder, ex))
+            model = train_family(kind, latent=latent, steps=steps, progress=progress, examples=ex, widths=widths)
+            rows.append(measure(model.folder, ex))
     sweep = []
     for beta in betas:
         folder = train_family("vae", latent=max(latents), beta=beta, steps=steps, progress=progress, examples=ex,
-                              widths=widths)
+                              widths=widths).folder
         row = measure(folder, ex)
         sweep.append({"beta": beta, "distortion_nll": _nll(folder, ex), **row})
     report = {"data": ex.name, "split": ex.about, "rows": rows, "beta_sweep": sweep}
@@ -364,7 +360,7 @@ def compare_family(data: str = "digits", latents: tuple[int, ...] = (2, 8), kind
     return report
 
 
-def _nll(folder: str, ex: Examples) -> float:
+def _nll(folder: str | Path, ex: Examples) -> float:
     """Held-out reconstruction NLL in nats per image from the mean code: the distortion of rate-distortion."""
     import torch
 

@@ -15,7 +15,7 @@ import numpy as np
 import safetensors.numpy
 
 import skimage
-from flows.stages import Stage, run_stage
+from flows.stages import Stage, StageResult, open_stage, run_stage
 from formats.images import BadImage, find_images, read_image
 from models.checkpoints import sha256_file, write_bytes_atomic
 
@@ -55,8 +55,8 @@ def file_sha256(path: Path) -> str:
     return sha256_file(path)
 
 
-def ingest_images(data: str | None = None, refresh: bool = False) -> str:
-    """Decode every image of `data` (or the bundled photos) into a cached stage; returns its folder."""
+def ingest_images(data: str | None = None, refresh: bool = False) -> StageResult:
+    """Decode every image of `data` (or the bundled photos) into a cached stage."""
     files, root, slug = resolve_sources(data)
     hashes, bad = [], []
     for f in files:
@@ -93,14 +93,12 @@ def ingest_images(data: str | None = None, refresh: bool = False) -> str:
         write_bytes_atomic(tmp / "images.safetensors", safetensors.numpy.save(arrays))
         return {"source": str(root), "images": index, "bad": bad, "duplicates": duplicates}
 
-    folder, _, _ = run_stage(stage, fill, refresh)
-    return str(folder)
+    return run_stage(stage, fill, refresh)
 
 
-def load_ingested(folder: str | Path) -> tuple[list[dict], list[np.ndarray]]:
-    """(index entries, float32 (H, W, C) arrays in [0, 1]) of an ingest stage folder."""
-    import json
-
-    manifest = json.loads((Path(folder) / "manifest.json").read_text())
-    arrays = safetensors.numpy.load_file(str(Path(folder) / "images.safetensors"))
-    return manifest["images"], [arrays[e["name"]].astype(np.float32) / 65535 for e in manifest["images"]]
+def load_ingested(ingest: StageResult | str | Path) -> tuple[list[dict], list[np.ndarray]]:
+    """(index entries, float32 (H, W, C) arrays in [0, 1]) of an ingest stage."""
+    ingest = open_stage(ingest)
+    entries = ingest.manifest["images"]
+    arrays = safetensors.numpy.load_file(str(ingest.folder / "images.safetensors"))
+    return entries, [arrays[e["name"]].astype(np.float32) / 65535 for e in entries]

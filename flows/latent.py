@@ -161,8 +161,8 @@ def _music_space(net, folder, config, label) -> Space:
     def data(n, color_by):
         source = d.get("source", "essen")
         # the model's own corpus (a cached stage); a shipped model's: an evenly spread 600 of its pieces
-        folder_ = ingest_music(source if source != "midi" else d["data"], d["mode"], limit=d.get("limit") or 600)
-        _, (xv, lv), _, _ = window_split(folder_, int(d["bars"]), augment_train=False, max_val=n)
+        ingest = ingest_music(source if source != "midi" else d["data"], d["mode"], limit=d.get("limit") or 600)
+        _, (xv, lv), _, _ = window_split(ingest, int(d["bars"]), augment_train=False, max_val=n)
         cond = torch.from_numpy(lv[:, cols]) if cols else None
         if color_by == "mode":
             return torch.from_numpy(xv), cond, lv[:, 2], ["major", "minor"], "mode"

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from flows.stages import Stage, content_key, run_stage
+from flows.stages import Stage, StageResult, content_key, open_stage, run_stage
 from formats.levels import (BLEND_SHAPE, BLENDS, GAMES, BadLevel, annotation_copies, contact_sheet, copies, cut_units,
                             diversity, game_spec, game_tile_shares, get_legend, grid_to_level, level_files,
                             mario_gpt_file, mario_gpt_levels, novelty, pad_top, png_bytes, read_level, remap,
@@ -30,7 +30,7 @@ VERSION = 2     # 2: full Mario levels start on the standable cells of the first
 # brick blocks come out whole; tile patterns 30-40x closer to the corpus than the cell VAE's), `sample --cond` the
 # column cvae, and `interpolate` encodes with the cell VAE, whose z holds a window (0.994 of tiles, the column
 # VAE's 0.88). Each with the training call that remakes it if it is missing.
-SAMPLE_MODEL, COND_MODEL, INTERPOLATE_MODEL = "mario-columns", "mario-cvae", "mario-vae"
+SAMPLE_MODEL, COND_MODEL, INTERPOLATE_MODEL = "mario-columns", "mario-cvae", "mario-columns"
 SHIPPED = {"mario-columns": {"units": "columns"}, "mario-cvae": {"units": "columns", "kind": "cvae", "playable_only": False},
            "mario-vae": {"playable_only": False}}
 
@@ -94,8 +94,8 @@ def _sources(game: str, data: str | None) -> tuple[list[Path], str]:
 
 
 def ingest_levels(game: str = "mario", data: str | None = None, width: int | None = None,
-                  refresh: bool = False) -> str:
-    """Read every level, cut units, score the originals with the game's checker; returns the stage folder.
+                  refresh: bool = False) -> StageResult:
+    """Read every level, cut units, score the originals with the game's checker (a cached stage).
     Bad files are listed in the manifest's `bad` with file, line and column; they never stop the stage."""
     if game in BLENDS:
         return ingest_blend(game, data, refresh)
@@ -159,8 +159,7 @@ def ingest_levels(game: str = "mario", data: str | None = None, width: int | Non
                 "units": len(x), "distinct_units": len({u.tobytes() for u in x}), "shape": list(x.shape[1:]),
                 "bad": bad, "originals": originals}
 
-    folder, _, _ = run_stage(stage, fill, refresh)
-    return str(folder)
+    return run_stage(stage, fill, refresh)
 
 
 def blend_sources(game: str, data: str | None) -> tuple[str | None, str]:
@@ -174,7 +173,7 @@ def blend_sources(game: str, data: str | None) -> tuple[str | None, str]:
     return (None, parts[0]) if len(parts) == 1 else (parts[0], parts[1])
 
 
-def ingest_blend(game: str, data: str | None, refresh: bool = False) -> str:
+def ingest_blend(game: str, data: str | None, refresh: bool = False) -> StageResult:
     """Two games' units in one stage, for a cvae conditioned on the game (Sarkar et al. 2019/2020): each game
     ingested as usual (cached stages; Mario as 16-column windows), units remapped to the union legend and
     padded to 16 x 16 (Mario's 14 rows get 2 rows of sky on top). Writes what `load_ingest` reads, plus
@@ -182,7 +181,7 @@ def ingest_blend(game: str, data: str | None, refresh: bool = False) -> str:
     games, sources = BLENDS[game], blend_sources(game, data)
     widths = {"mario": BLEND_SHAPE[1]}                        # Kid Icarus: its own 16 x 16 vertical windows
     parts = [ingest_levels(g, d, widths.get(g), refresh) for g, d in zip(games, sources)]
-    ups = [json.loads((Path(f) / "manifest.json").read_text()) for f in parts]
+    ups = [p.manifest for p in parts]
     stage = Stage("levels-ingest", VERSION, f"{game}-{'+'.join(m['source'] for m in ups)}",
                   {"game": game, "unit": "blend", "shape": list(BLEND_SHAPE)}, upstream=tuple(m["key"] for m in ups))
 
@@ -213,8 +212,7 @@ def ingest_blend(game: str, data: str | None, refresh: bool = False) -> str:
                 "distinct_units": len({u.tobytes() for u in x}), "shape": list(x.shape[1:]), "bad": [],
                 "originals": originals}
 
-    folder, _, _ = run_stage(stage, fill, refresh)
-    return str(folder)
+    return run_stage(stage, fill, refresh)
 
 
 def blend_split(names: list[str], games: tuple[str, ...]) -> set[int]:
@@ -226,10 +224,10 @@ def blend_split(names: list[str], games: tuple[str, ...]) -> set[int]:
     return held
 
 
-def load_ingest(folder: str | Path) -> tuple[np.ndarray, np.ndarray, list[tuple[str, np.ndarray]], dict]:
-    """(units, unit_level, [(name, grid)], manifest) of an ingest stage."""
-    folder = Path(folder)
-    manifest = json.loads((folder / "manifest.json").read_text())
+def load_ingest(ingest: StageResult | str | Path) -> tuple[np.ndarray, np.ndarray, list[tuple[str, np.ndarray]], dict]:
+    """(units, unit_level, [(name, grid)], manifest) of an ingest stage (its result, or its folder)."""
+    ingest = open_stage(ingest)
+    folder, manifest = ingest.folder, ingest.manifest
     names = json.loads((folder / "levels.json").read_text())
     with np.load(folder / "levels.npz") as z:
         levels = [(n, z[f"l{i:04d}"]) for i, n in enumerate(names)]
@@ -282,9 +280,9 @@ def column_vocabulary(units: np.ndarray) -> list[list[int]]:
 
 def train_levels(game: str = "mario", data: str | None = None, kind: str = "vae", model: dict | None = None,
                  training: dict | None = None, width: int | None = None, refresh: bool = False,
-                 progress: bool = True, ingest_dir: str | None = None, units: str = "cells",
-                 playable_only: bool | None = None) -> str:
-    """Ingest (cached; or use `ingest_dir`) and train a vae/cvae on the game's units; returns the model folder.
+                 progress: bool = True, ingest_dir: StageResult | str | None = None, units: str = "cells",
+                 playable_only: bool | None = None) -> StageResult:
+    """Ingest (cached; or use `ingest_dir`) and train a vae/cvae on the game's units.
     `playable_only`: train on the units the game's checker passes (validation keeps them all); None: PLAYABLE_ONLY.
     A cvae is conditioned on Mario window features (enemies/pipes/gaps buckets), or for a blend
     (game "mario+kid_icarus") on the game: 0 = mario, 1 = kid_icarus. `units`: "cells" (a softmax over tiles
@@ -296,8 +294,8 @@ def train_levels(game: str = "mario", data: str | None = None, kind: str = "vae"
                          f"({', '.join(BLENDS)}); use --model vae")
     if playable_only and game not in CHECKERS and game not in BLENDS:
         raise ValueError(f"--playable-only: {game} has no playability checker (have: {', '.join(CHECKERS)})")
-    ingest_dir = ingest_dir or ingest_levels(game, data, width, refresh)
-    x, owner, levels, manifest = load_ingest(ingest_dir)
+    ingest = open_stage(ingest_dir or ingest_levels(game, data, width, refresh))
+    x, owner, levels, manifest = load_ingest(ingest)
     if len(x) < 2:
         bad = manifest["bad"]
         why = (f"{len(bad)} of {len(bad) + manifest['levels']} files unreadable; first: {bad[0]['reason']}" if bad
@@ -309,7 +307,7 @@ def train_levels(game: str = "mario", data: str | None = None, kind: str = "vae"
     if val_mask.all() or not val_mask.any():                  # a single level: validate on every 10th unit
         val_mask = np.arange(len(x)) % 10 == 9
     if kind == "cvae":                                        # (N, 1) game index, or (N, 3) feature buckets
-        cond = np.load(Path(ingest_dir) / "unit_game.npy")[:, None] if game in BLENDS else mario_conditions(x)
+        cond = np.load(ingest.folder / "unit_game.npy")[:, None] if game in BLENDS else mario_conditions(x)
     else:
         cond = None
     pick = lambda m: (x[m], None if cond is None else cond[m])  # noqa: E731
@@ -332,7 +330,7 @@ def train_levels(game: str = "mario", data: str | None = None, kind: str = "vae"
     if kind == "cvae":
         model_cfg["cond"] = [len(BLENDS[game])] if game in BLENDS else [len(COND_LEVELS)] * len(COND_NAMES)
     desc = {"game": game, "source": manifest["source"], "data": manifest["data"], "width": width,
-            "ingest": Path(ingest_dir).name, "held_out": sorted(levels[i][0] for i in held),
+            "ingest": ingest.folder.name, "held_out": sorted(levels[i][0] for i in held),
             "cond": (["game"] if game in BLENDS else list(COND_NAMES)) if kind == "cvae" else None,
             "originals": manifest["originals"]}
     if playable_only:
@@ -342,7 +340,8 @@ def train_levels(game: str = "mario", data: str | None = None, kind: str = "vae"
     if game in MIRROR:
         desc["augment"] = "mirror"
     return train_windows(f"{legend.game}-{manifest['source']}", (manifest["key"],), desc, train, pick(val_mask),
-                         model_cfg, {**DEFAULT_TRAINING, **(training or {})}, refresh=refresh, progress=progress)
+                         model_cfg, {**DEFAULT_TRAINING, **(training or {})}, refresh=refresh, progress=progress,
+                         job="levels")
 
 
 def resolve_level_model(model: str | None, default: str = SAMPLE_MODEL) -> Path:
@@ -353,7 +352,7 @@ def resolve_level_model(model: str | None, default: str = SAMPLE_MODEL) -> Path:
     if model in (None, "auto"):
         if (PRETRAINED / default / "config.json").is_file():
             return PRETRAINED / default
-        return Path(train_levels("mario", **SHIPPED[default]))
+        return train_levels("mario", **SHIPPED[default]).folder
     return resolve_model(model, channels=0, job="levels")
 
 
@@ -408,8 +407,8 @@ def _training_units(cfg: dict) -> tuple[np.ndarray, dict]:
     """The training units a model saw (re-ingested from its recorded source: a cached stage), and the
     originals' pass rates. Held-out levels' units are included: novelty is measured against the corpus."""
     d = cfg["data"]
-    folder = ingest_levels(d["game"], d.get("data") if d.get("source") != "mario-gpt" else None, d.get("width"))
-    x, _, _, manifest = load_ingest(folder)
+    x, _, _, manifest = load_ingest(ingest_levels(d["game"], d.get("data") if d.get("source") != "mario-gpt" else None,
+                                                  d.get("width")))
     return x, manifest["originals"]
 
 
@@ -796,8 +795,9 @@ def interpolate_levels(level_a: str, level_b: str, out_dir: str, steps: int = 8,
                        spherical: bool = True, temperature: float = 0.0, seed: int = 0) -> dict:
     """Decode `steps` points between the encodings of two level files (lerp, or slerp: models/latent.py); the
     first and last are the model's decodings of A and B (report["ends_match"] says how many tiles come back).
-    Tiles are drawn at `temperature` (0: the most likely). The slerp keeps more enemies and ? blocks in the
-    middle steps than the straight line, whose middle codes have atypically small norms (measured: README). Levels wider than the model's window are encoded window by window and
+    Tiles are drawn at `temperature` (0: the most likely). The default, mario-columns along the slerp, keeps
+    the corpus's rate of enemies in the middle steps and most pipes whole; mario-vae brings the ends back
+    closer but washes enemies and ? blocks out (`bench/levels.py --interpolate 40`: README). Levels wider than the model's window are encoded window by window and
     interpolated per window, so full-length levels blend column block by column block; the last window ends at
     the last column (it overlaps the one before: no column is dropped). Levels of different widths blend over
     the shorter one's width (report["cut"]). report["stats"]: per step, for A and B and per as many columns of

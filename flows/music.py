@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from flows.stages import Stage, content_key, run_stage
+from flows.stages import Stage, StageResult, content_key, open_stage, run_stage
 from formats import music_metrics as mm
 from formats.music import (ENCODINGS, GM_PROGRAMS, HOLD, MAX_BYTES, OFFSET, REST, STEPS_PER_BEAT, BadMidi, Encoding,
                            canonical, cut, find_midi, is_key_signature, midi_to_roll, notes_to_roll, roll_to_midi,
@@ -138,7 +138,7 @@ def _parse_all(units, mode: str, workers: int) -> list[dict]:
 # ---------------------------------------------------------------- ingest stage
 
 def ingest_music(source: str, mode: str = "melody", limit: int | None = None, workers: int | None = None,
-                 refresh: bool = False) -> str:
+                 refresh: bool = False) -> StageResult:
     """A corpus name (CORPORA), `nottingham` (or a Nottingham.mat path) or a folder of MIDI files ->
     outputs/ingest-music/<slug>-<key12>/ holding
     pieces.npz (tokens of every piece concatenated along time, offsets, meters) and manifest.json (counts and
@@ -197,8 +197,7 @@ def ingest_music(source: str, mode: str = "melody", limit: int | None = None, wo
                 "failed": failed, "seconds": round(time.perf_counter() - t0, 2), "encoding": enc.name,
                 **({"folder": str(folder.resolve())} if config["source"] == "midi" else {})}   # for messages only
 
-    folder_out, _, _ = run_stage(stage, fill, refresh)
-    return str(folder_out)
+    return run_stage(stage, fill, refresh)
 
 
 def _spread(items: list, n: int) -> list:
@@ -273,14 +272,14 @@ def nottingham_pieces(path: Path) -> list[dict]:
     return pieces
 
 
-def load_pieces(ingest_dir: str) -> tuple[list[np.ndarray], list[str], list[str], Encoding]:
-    """(rolls (voices, steps) int64, meters, names, encoding) of an ingest stage."""
-    manifest = json.loads((Path(ingest_dir) / "manifest.json").read_text())
-    with np.load(Path(ingest_dir) / "pieces.npz") as z:
+def load_pieces(ingest: StageResult | str) -> tuple[list[np.ndarray], list[str], list[str], Encoding]:
+    """(rolls (voices, steps) int64, meters, names, encoding) of an ingest stage (its result, or its folder)."""
+    ingest = open_stage(ingest)
+    with np.load(ingest.folder / "pieces.npz") as z:
         tokens, offsets = z["tokens"].astype(np.int64), z["offsets"]
         meters, names = [str(m) for m in z["meters"]], [str(n) for n in z["names"]]
     rolls = [tokens[:, a:b] for a, b in zip(offsets[:-1], offsets[1:])]
-    return rolls, meters, names, ENCODINGS[manifest["encoding"]]
+    return rolls, meters, names, ENCODINGS[ingest.manifest["encoding"]]
 
 
 # ---------------------------------------------------------------- windows
@@ -331,7 +330,7 @@ def augment(x: np.ndarray, labels: np.ndarray, enc: Encoding, shifts=SHIFTS) -> 
     return np.concatenate(xs), np.concatenate(ls)
 
 
-def window_split(ingest_dir: str, bars: int, augment_train: bool = True, max_val: int = 2000):
+def window_split(ingest_dir: StageResult | str, bars: int, augment_train: bool = True, max_val: int = 2000):
     """((x_train, labels_train), (x_val, labels_val), encoding, info) from an ingest stage; val windows come
     from held-out pieces, are not transposed, and at most `max_val` (a seeded subset) are kept."""
     rolls, meters, names, enc = load_pieces(ingest_dir)
@@ -363,12 +362,15 @@ def cond_columns(condition: str | None) -> list[int]:
     return {None: [], "none": [], "key": [1, 2], "mode": [2], "meter": [0]}[condition]
 
 
-def train_music(ingest_dir: str, bars: int = 2, model: dict | None = None, training: dict | None = None,
-                condition: str | None = None, refresh: bool = False, progress: bool = True) -> str:
-    """Windows of an ingest stage -> a trained (or cached) VAE / CVAE folder under outputs/train/."""
-    (xt, lt), (xv, lv), enc, info = window_split(ingest_dir, bars)
+def train_music(ingest_dir: StageResult | str, bars: int = 2, model: dict | None = None,
+                training: dict | None = None, condition: str | None = None, refresh: bool = False,
+                progress: bool = True) -> StageResult:
+    """Windows of an ingest stage (its result, or its folder) -> a trained (or cached) VAE / CVAE under
+    outputs/train/."""
+    ingest = open_stage(ingest_dir)
+    (xt, lt), (xv, lv), enc, info = window_split(ingest, bars)
     if len(xt) == 0 or len(xv) == 0:
-        manifest = json.loads((Path(ingest_dir) / "manifest.json").read_text())
+        manifest = ingest.manifest
         source, failed = manifest["config"]["source"], manifest["failed"]
         source = manifest.get("folder", "the MIDI folder") if source == "midi" else source
         if info["pieces"] == 0:                     # nothing readable: fewer bars would not help
@@ -382,16 +384,16 @@ def train_music(ingest_dir: str, bars: int = 2, model: dict | None = None, train
              **(model or {})}
     if cols:
         model.setdefault("cond", [(len(METERS), 12, 2)[c] for c in cols])
-    upstream = json.loads((Path(ingest_dir) / "manifest.json").read_text())
+    upstream = ingest.manifest
     counts = info.pop("key_counts")                  # recorded with the model, not part of its stage key
     data = {"mode": enc.name, "bars": bars, "steps_per_bar": BAR, "source": upstream["config"]["source"],
-            "condition": condition or "none", "ingest": Path(ingest_dir).name, **info}
+            "condition": condition or "none", "ingest": ingest.folder.name, **info}
     from flows.train import train_windows
 
     return train_windows(f"music-{enc.name}-{bars}bar-{upstream['config']['source']}", (upstream["key"],), data,
                          (xt, lt[:, cols] if cols else None), (xv, lv[:, cols] if cols else None), model,
                          training or {"minutes": 5, "epoch_steps": 200, "batch_size": 64}, refresh=refresh,
-                         progress=progress, facts={"key_counts": counts})
+                         progress=progress, facts={"key_counts": counts}, job="music")
 
 
 # ---------------------------------------------------------------- models
@@ -635,14 +637,37 @@ def interpolate_music(a: str, b: str, out_dir: str, model: str = "auto", steps: 
     bars = k * window_bars
     stats = lambda r: {"notes_per_bar": round(len(roll_to_notes(r, enc.lo)) / bars, 2),     # noqa: E731
                        "pitch_range": mm.pitch_range(r, enc.lo)}
+    corpus = corpus_stats(music_data(folder), bars)
     report = {"model": str(folder), "a": str(a), "b": str(b), "steps": steps, "windows": k, "bars": bars,
               "path": "slerp" if spherical else "lerp", "temperature": temperature, "seed": seed,
               "instruments": instruments(programs, enc), "clips": clips, "morph": morph,
               "reconstruction_accuracy": {"a": mm.reconstruction_accuracy(xs[0], rolls[0]),
                                           "b": mm.reconstruction_accuracy(xs[1], rolls[-1])},
-              "stats": {"steps": [stats(r) for r in rolls], "a": stats(xs[0]), "b": stats(xs[1])},
+              "stats": {"steps": [stats(r) for r in rolls], "a": stats(xs[0]), "b": stats(xs[1]), "corpus": corpus},
               "out_dir": str(out), **({"read_notes": notes} if notes else {})}
     return write_report(out, report, clip_files(clips + [morph]))
+
+
+def corpus_stats(data: dict, bars: int, limit: int = 600, n: int = 500) -> dict | str:
+    """Notes per bar and pitch range of the model's corpus over windows of `bars` bars (as long as the steps
+    they go beside): its own ingest stage when this machine has it, else a cached ingest of `limit` pieces of
+    the same corpus (a shipped model's: seconds). A reason instead when the corpus cannot be read here."""
+    from flows.settings import outputs_root
+
+    own = outputs_root() / "ingest-music" / data.get("ingest", "")
+    if data.get("ingest") and (own / "pieces.npz").is_file():
+        folder = str(own)
+    elif data.get("source") in (None, "midi"):
+        return "the model's MIDI folder was ingested elsewhere"
+    else:
+        folder = ingest_music(data["source"], data["mode"], limit=data.get("limit") or limit)
+    rolls, meters, _, enc = load_pieces(folder)
+    x, _, _ = windows(rolls, meters, enc, bars)
+    if not len(x):
+        return f"no {bars}-bar windows in the corpus"
+    x = x[np.sort(np.random.default_rng(0).choice(len(x), min(n, len(x)), replace=False))]
+    return {"notes_per_bar": round(float(np.mean([len(roll_to_notes(w, enc.lo)) for w in x])) / bars, 2),
+            "pitch_range": round(float(np.mean([mm.pitch_range(w, enc.lo) for w in x])), 2), "windows": len(x)}
 
 
 # ---------------------------------------------------------------- stats

@@ -1,6 +1,7 @@
 """The Prefect flows of every job (denoise, levels, music): thin wrappers that run the plain stage
 functions as a few coarse tasks (never one per image: a task costs 5-9 ms and SQLite stalls under
-hundreds) and publish artifacts. Tasks pass paths and small JSON, never tensors. Everything they call
+hundreds) and publish artifacts. Tasks pass paths, stage results (a folder and its manifest) and small JSON,
+never tensors. Everything they call
 works without Prefect too (flows/denoise.py, levels.py, music.py import no Prefect)."""
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from flows.ingest import ingest_images
 from flows.levels import (check_levels, demo_levels, ingest_levels, interpolate_levels, sample_levels,
                           sample_summary, train_levels)
 from flows.music import demo_music, ingest_music, interpolate_music, music_stats, sample_music, train_music
+from flows.stages import StageResult
 from flows.train import train_model
 
 
@@ -49,11 +51,13 @@ def run_flow(flow_fn, params: dict, announce=None):
         return flow_fn(**params)
 
 
-def publish_training(key: str, model_dir: str) -> None:
-    """A trained model's validation history as the run's table artifact."""
-    cfg = json.loads((Path(model_dir) / "config.json").read_text())
-    create_table_artifact(key=key, table=cfg["history"],
-                          description=f"Validation per epoch of {Path(model_dir).name}: {cfg['metrics']}")
+def publish_training(key: str, model: StageResult) -> None:
+    """A trained model's validation history (kept in its config.json, not in the manifest) as the run's table
+    artifact."""
+    from models.checkpoints import read_config
+
+    create_table_artifact(key=key, table=read_config(model.folder)["history"],
+                          description=f"Validation per epoch of {model.folder.name}: {model.manifest['metrics']}")
 
 
 # Our stages cache themselves by content (flows/stages.py): Prefect's own result cache stays off.
@@ -64,13 +68,33 @@ train_task = task(name="train-model", cache_policy=NO_CACHE)(train_model)
 @flow(name="denoise-train")
 def denoise_train_flow(data: str | None = None, model: dict | None = None, training: dict | None = None,
                        val_fraction: float = 0.05, refresh: bool = False, progress: bool = True,
-                       init: str | None = None, name: str | None = None) -> str:
+                       init: str | None = None, name: str | None = None) -> StageResult:
     """Ingest an image folder (default: scikit-image's bundled photos) and train a denoiser on it."""
-    ingest_dir = ingest_task(data, refresh=refresh)
-    model_dir = train_task(ingest_dir, model or {"kind": "skip_dae"}, training or {"minutes": 10},
-                           val_fraction=val_fraction, refresh=refresh, progress=progress, init=init, name=name)
-    publish_training("denoise-train-metrics", model_dir)
-    return model_dir
+    ingest = ingest_task(data, refresh=refresh)
+    trained = train_task(ingest, model or {"kind": "skip_dae"}, training or {"minutes": 10},
+                         val_fraction=val_fraction, refresh=refresh, progress=progress, init=init, name=name)
+    publish_training("denoise-train-metrics", trained)
+    return trained
+
+
+@flow(name="denoise-adapt")
+def denoise_adapt_flow(noisy_dir: str, model: str = "auto", training: dict | None = None, pd: int = 2,
+                       refresh: bool = False, progress: bool = True, name: str | None = None) -> StageResult:
+    """Fine-tune a denoiser on a folder of noisy images alone (self-supervised: models/selfsup.py)."""
+    from flows.train import adaptation_start
+
+    ingest = ingest_task(noisy_dir, refresh=refresh)
+    start, model_cfg = adaptation_start(ingest, model)
+    trained = train_task(ingest, model_cfg, {**ADAPT_TRAINING, **(training or {})}, refresh=refresh,
+                         progress=progress, init=str(start), name=name, adapt={"pd": pd})
+    publish_training("denoise-adapt-metrics", trained)
+    return trained
+
+
+# fine-tuning: a tenth of training's learning rate, short epochs (a 10-minute budget on a CPU is a few hundred
+# steps); patches divisible by 2 * pd for the pixel shuffle and the neighbour pairs
+ADAPT_TRAINING = {"minutes": 10.0, "lr": 2e-4, "warmup_steps": 20, "batch_size": 8, "patch": 96, "epoch_steps": 50,
+                  "select": "neg_loss"}
 
 
 plan_task = task(name="plan", cache_policy=NO_CACHE)(plan_job)
@@ -188,11 +212,11 @@ levels_check_task = task(name="levels-check", cache_policy=NO_CACHE)(check_level
 @flow(name="levels-train")
 def levels_train_flow(game: str = "mario", data: str | None = None, kind: str = "vae", model: dict | None = None,
                       training: dict | None = None, width: int | None = None, refresh: bool = False,
-                      progress: bool = True, units: str = "cells", playable_only: bool | None = None) -> str:
+                      progress: bool = True, units: str = "cells", playable_only: bool | None = None) -> StageResult:
     """Ingest a game's levels, then train a vae/cvae on them (both stages cached)."""
-    ingest_dir = levels_ingest_task(game, data, width, refresh)
+    ingest = levels_ingest_task(game, data, width, refresh)
     return levels_train_task(game, data, kind, model, training, width, refresh=refresh, progress=progress,
-                             ingest_dir=ingest_dir, units=units, playable_only=playable_only)
+                             ingest_dir=ingest, units=units, playable_only=playable_only)
 
 
 @flow(name="levels-sample")
@@ -226,12 +250,12 @@ music_train_task = task(name="train-music", cache_policy=NO_CACHE)(train_music)
 @flow(name="music-train")
 def music_train_flow(source: str = "essen", mode: str = "melody", bars: int = 2, limit: int | None = None,
                      model: dict | None = None, training: dict | None = None, condition: str | None = None,
-                     refresh: bool = False, progress: bool = True) -> str:
+                     refresh: bool = False, progress: bool = True) -> StageResult:
     """Ingest a corpus or MIDI folder (cached), cut windows, train a VAE (cached)."""
-    ingest_dir = music_ingest_task(source, mode, limit, refresh=refresh)
-    model_dir = music_train_task(ingest_dir, bars, model, training, condition, refresh=refresh, progress=progress)
-    publish_training("music-train-metrics", model_dir)
-    return model_dir
+    ingest = music_ingest_task(source, mode, limit, refresh=refresh)
+    trained = music_train_task(ingest, bars, model, training, condition, refresh=refresh, progress=progress)
+    publish_training("music-train-metrics", trained)
+    return trained
 
 
 @flow(name="music-sample")
@@ -262,14 +286,14 @@ def music_stats_flow(**kwargs) -> dict:
 # ---------------------------------------------------------------- the autoencoder family
 
 @flow(name="family-train")
-def family_train_flow(**kwargs) -> str:
+def family_train_flow(**kwargs) -> StageResult:
     """Train one member of the autoencoder family (ae, dae, contractive_ae, vae, cvae) on digits, MNIST, faces
     or an image folder (cached by content)."""
     from flows.family import train_family
 
-    folder = task(name="family-train", cache_policy=NO_CACHE)(train_family)(**kwargs)
-    publish_training("family-train-metrics", folder)
-    return folder
+    trained = task(name="family-train", cache_policy=NO_CACHE)(train_family)(**kwargs)
+    publish_training("family-train-metrics", trained)
+    return trained
 
 
 @flow(name="family-sample")

@@ -76,6 +76,16 @@ class Stage:
         return outputs_root() / self.name / ".work" / self.folder.name
 
 
+@dataclass(frozen=True)
+class StageResult:
+    """A finished stage: its folder, its manifest (the fill's extra fields included; verified or just written)
+    and whether it was already there (`cached`: nothing was built). Callers read the manifest from here, not
+    from the folder again."""
+    folder: Path
+    manifest: dict
+    cached: bool
+
+
 def read_manifest(folder: Path) -> dict | None:
     """The manifest of a complete, intact stage folder; None if missing or any file fails its sha256."""
     path = Path(folder) / MANIFEST
@@ -107,12 +117,24 @@ def sweep_killed_builds(folder: Path) -> list[Path]:
     return gone
 
 
-def run_stage(stage: Stage, fill: Callable[[Path], dict], refresh: bool = False) -> tuple[Path, dict, bool]:
-    """Return (folder, manifest, cached). `fill(tmp)` writes the stage's files into `tmp` and returns
+def open_stage(where: StageResult | str | Path) -> StageResult:
+    """A StageResult as it is; a stage folder given as a path (a command-line argument, a model's recorded
+    ingest) read with its manifest verified against every file's sha256."""
+    if isinstance(where, StageResult):
+        return where
+    manifest = read_manifest(Path(where))
+    if manifest is None:
+        raise FileNotFoundError(f"{where}: not a finished stage folder ({MANIFEST} missing, unreadable or a file "
+                                "fails its sha256); run the command that builds it again")
+    return StageResult(Path(where), manifest, cached=True)
+
+
+def run_stage(stage: Stage, fill: Callable[[Path], dict], refresh: bool = False) -> StageResult:
+    """Build the stage unless it is done. `fill(tmp)` writes the stage's files into `tmp` and returns
     extra manifest fields (small JSON: counts, metrics, reports)."""
     folder = stage.folder
     if not refresh and (manifest := read_manifest(folder)) is not None:
-        return folder, manifest, True
+        return StageResult(folder, manifest, cached=True)
     folder.parent.mkdir(parents=True, exist_ok=True)
     owner = f"{socket.gethostname()}-{os.getpid()}"
     sweep_killed_builds(folder)
@@ -139,4 +161,4 @@ def run_stage(stage: Stage, fill: Callable[[Path], dict], refresh: bool = False)
                                     f"command again)") from None
         raise
     shutil.rmtree(stage.workdir, ignore_errors=True)
-    return folder, manifest, False
+    return StageResult(folder, manifest, cached=False)

@@ -27,6 +27,25 @@ def test_models_lists_the_shipped_weights():
     assert describe(PRETRAINED / "music-chorale-4bar-key")["takes"] == "4x64 grid, 48 tokens, cond key"
 
 
+def test_a_model_is_listed_under_the_job_its_config_records():
+    from flows.catalog import JOBS, job_of, shipped_models
+    from models.checkpoints import read_config
+
+    jobs = {}
+    for folder in shipped_models():                   # each records its job, as its data would have told
+        data = read_config(folder)["data"]
+        assert job_of({"data": {k: v for k, v in data.items() if k != "job"}}) == data["job"]
+        jobs[folder.name] = data["job"]
+    assert (jobs["skip-dae-gray"], jobs["mario-vae"], jobs["music-melody-2bar"]) == ("denoise", "levels", "music")
+    assert job_of({"data": {"job": "family", "mode": "x", "game": "y"}}) == "family"   # recorded: not guessed
+    assert job_of({"data": {"ingest": "x"}}) == "denoise" and job_of({}) == "denoise"   # older folders
+    result = runner.invoke(app, ["models"], terminal_width=200)
+    cells = [[c.strip() for c in line.split("│")[1:4]] for line in result.output.splitlines() if line.startswith("│")]
+    assert {name: job for name, job, source in cells if source == "shipped"} == jobs
+    order = [JOBS.index(job) if job in JOBS else len(JOBS) for _, job, _ in cells]
+    assert order == sorted(order)                                                        # job by job
+
+
 def test_bad_sigma_is_a_clear_error():
     result = runner.invoke(app, ["denoise", "train", "--sigma", "loud"])
     assert result.exit_code != 0 and "0-55" in result.output

@@ -29,9 +29,10 @@ def digits():
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_every_kind_trains_saves_and_loads_to_the_same_output(kind, digits):
-    folder = train_family(kind, examples=digits, steps=2, widths=(16, 8), progress=False)
-    net = load_model(Path(folder))
-    again = load_model(Path(folder))
+    trained = train_family(kind, examples=digits, steps=2, widths=(16, 8), progress=False)
+    folder = trained.folder
+    net = load_model(folder)
+    again = load_model(folder)
     x = torch.from_numpy(digits.x[:5])
     cond = torch.from_numpy(digits.labels[:5, None]) if kind == "cvae" else None
     with torch.no_grad():
@@ -40,7 +41,8 @@ def test_every_kind_trains_saves_and_loads_to_the_same_output(kind, digits):
         y = net.draw(net.decode(mu, cond))
         assert y.shape == x.shape and 0 <= float(y.min()) and float(y.max()) <= 1
         assert torch.equal(y, again.draw(again.decode(again.encode(x, cond)[0], cond)))
-    assert train_family(kind, examples=digits, steps=2, widths=(16, 8), progress=False) == folder   # cached
+    hit = train_family(kind, examples=digits, steps=2, widths=(16, 8), progress=False)
+    assert not trained.cached and hit.cached and hit.folder == folder and hit.manifest == trained.manifest
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -82,14 +84,14 @@ def test_data_is_ingested_once_into_a_stage_keyed_by_content(tmp_path, monkeypat
             Image.fromarray(np.full((10 + i, 12), 40 * i + (100 if label == "b" else 0), np.uint8)).save(
                 data / label / f"{i}.png")
     (data / "a" / "broken.png").write_bytes(b"not a png")
-    folder = ingest_examples(str(data), size=6)
+    ingest = ingest_examples(str(data), size=6)
     ex = load_examples(str(data), size=6)
-    assert ingest_examples(str(data), size=6) == folder and ex.about["ingest"] == Path(folder).name   # cached
+    again = ingest_examples(str(data), size=6)
+    assert again.cached and again.folder == ingest.folder and ex.about["ingest"] == ingest.folder.name   # cached
     assert ex.x.shape == (6, 1, 6, 6) and sorted(ex.labels) == [0, 0, 0, 1, 1, 1] and len(ex.val) == 1
-    manifest = (Path(folder) / "manifest.json").read_text()
-    assert "broken.png" in manifest and ex.about["classes"] == ["a", "b"]
+    assert [b["file"] for b in ingest.manifest["bad"]] == ["a/broken.png"] and ex.about["classes"] == ["a", "b"]
     Image.fromarray(np.zeros((8, 8), np.uint8)).save(data / "b" / "0.png")          # new content: a new stage
-    assert ingest_examples(str(data), size=6) != folder
+    assert ingest_examples(str(data), size=6).folder != ingest.folder
 
 
 def test_beta_scales_the_kl_term():
@@ -107,8 +109,7 @@ def test_the_contractive_penalty_is_positive_and_lowers_the_jacobian(digits):
     x = torch.from_numpy(digits.x[digits.val[:50]])
     norms = {}
     for kind in ("ae", "contractive_ae"):
-        folder = train_family(kind, examples=digits, steps=300, widths=(32, 16), progress=False)
-        net = load_model(Path(folder))
+        net = load_model(train_family(kind, examples=digits, steps=300, widths=(32, 16), progress=False).folder)
         if kind == "contractive_ae":
             assert float(net.terms(x, None, torch.Generator().manual_seed(0))["contraction"].detach().min()) > 0
         norms[kind] = float(jacobian_norm2(lambda v: net.encode(v)[0], x).detach().mean())
@@ -160,7 +161,7 @@ def test_mnist_is_read_and_split_8000_2000():
 
 
 def test_measure_reports_codes_kl_and_neighbours(digits):
-    row = measure(train_family("vae", examples=digits, steps=2, widths=(16, 8), progress=False), digits)
+    row = measure(train_family("vae", examples=digits, steps=2, widths=(16, 8), progress=False).folder, digits)
     assert row["active_units"] in (0, 1, 2) and row["kl"] >= 0 and 0 <= row["knn5"] <= 1 and row["mse"] > 0
 
 
@@ -191,6 +192,9 @@ def test_family_train_then_sample_through_the_command_line(tmp_path):
     assert r.returncode == 0, r.stdout + r.stderr
     folder = next(line.split()[-1] for line in r.stdout.splitlines() if line.startswith("model "))
     assert Path(folder).name.startswith("tiny-cvae-") and (Path(folder) / "model.safetensors").is_file()
+    r = _cli("models", env={"COLUMNS": "200"})                              # listed under its own job
+    row = next(line for line in r.stdout.splitlines() if Path(folder).name in line)
+    assert [c.strip() for c in row.split("│")[2:5]] == ["family", "trained", "cvae"], row
     r = _cli("family", "sample", "tiny-cvae", tmp_path, "--label", "7", "--n", "9")   # by its name
     assert r.returncode == 0, r.stdout + r.stderr
     png = Image.open(tmp_path / "samples-label7.png")

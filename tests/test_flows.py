@@ -52,14 +52,16 @@ def test_train_then_denoise_twice_end_to_end(folders, tmp_path):
 
     clean, noisy = folders
     gray = {**TINY_MODEL, "channels": 1}          # a gray model also denoises colour images, channel by channel
-    model_dir = Path(denoise_train_flow(data=str(clean), model=gray, training=TINY_TRAINING, progress=False))
+    trained = denoise_train_flow(data=str(clean), model=gray, training=TINY_TRAINING, progress=False)
+    model_dir = trained.folder
     cfg = json.loads((model_dir / "config.json").read_text())
     assert cfg["steps"] == 2 and cfg["model"]["channels"] == 1 and "val_psnr" in cfg["metrics"]
+    assert cfg["data"]["job"] == "denoise" and cfg["metrics"] == trained.manifest["metrics"] and not trained.cached
     assert (model_dir / "curve.png").stat().st_size > 0
     weights_mtime = (model_dir / "model.safetensors").stat().st_mtime_ns
     # unchanged second run: the same folder, nothing retrained
-    assert Path(denoise_train_flow(data=str(clean), model=gray, training=TINY_TRAINING,
-                                   progress=False)) == model_dir
+    again = denoise_train_flow(data=str(clean), model=gray, training=TINY_TRAINING, progress=False)
+    assert again.cached and again.folder == model_dir
     assert (model_dir / "model.safetensors").stat().st_mtime_ns == weights_mtime
 
     before = tree_hashes(noisy)

@@ -49,7 +49,7 @@ def tiny_vae():
     """A 2-D vae on the 8x8 digits: 60 steps (a second or two)."""
     from flows.family import train_family
 
-    return train_family("vae", latent=2, steps=60, progress=False, name="latent-test-vae")
+    return str(train_family("vae", latent=2, steps=60, progress=False, name="latent-test-vae").folder)
 
 
 def _png(path: Path) -> Image.Image:
@@ -87,7 +87,7 @@ def test_a_2d_map_of_an_8d_code_uses_tsne_without_umap(tmp_path):
     from flows.family import train_family
     from flows.latent import latent_map
 
-    folder = train_family("ae", latent=8, steps=30, progress=False, name="latent-test-ae8")
+    folder = str(train_family("ae", latent=8, steps=30, progress=False, name="latent-test-ae8").folder)
     r = latent_map(folder, str(tmp_path / "map"), n=200)
     import importlib.util
     assert r["method"] == ("umap" if importlib.util.find_spec("umap") else "tsne") and r["latent"] == 8
@@ -141,3 +141,5 @@ def test_music_interpolate_covers_every_bar_window_by_window(tmp_path):
     steps = r["stats"]["steps"]
     assert len(steps) == 4 and all(s["notes_per_bar"] > 0 and s["pitch_range"] > 0 for s in steps)
     assert r["stats"]["a"]["notes_per_bar"] > 0 and r["stats"]["b"]["notes_per_bar"] > 0
+    corpus = r["stats"]["corpus"]                            # Essen windows as long as the steps
+    assert 1 < corpus["notes_per_bar"] < 16 and corpus["pitch_range"] > 0 and corpus["windows"] == 500

@@ -12,9 +12,11 @@ import mido
 import numpy as np
 import pytest
 
+from flows.stages import open_stage
 from formats import music_metrics as mm
 from formats.music import (BAR_H, CHORALE, HOLD, LABEL_W, MELODY, OFFSET, REST, BadMidi, canonical, cut, midi_to_roll,
                            notes_to_roll, roll_to_midi, roll_to_notes, roll_to_png, transpose)
+from models.checkpoints import read_config
 
 
 def tok(pitch: int, enc=MELODY) -> int:
@@ -289,21 +291,22 @@ def test_midi_folder_ingest_train_sample_interpolate_stats(tmp_path, monkeypatch
                              window_split)
 
     src = melody_folder(tmp_path / "midi")
-    ingest = Path(ingest_music(str(src), "melody"))
-    manifest = json.loads((ingest / "manifest.json").read_text())
+    ingested = ingest_music(str(src), "melody")
+    ingest, manifest = ingested.folder, ingested.manifest
     assert manifest["counts"] == {"units": 7, "pieces": 4, "failed": 3, "steps": 256}
     reasons = {Path(f["file"]).name: f["reason"] for f in manifest["failed"]}
     assert "truncated" in reasons["broken.mid"] and "not a MIDI file" in reasons["notes.mid"]
     assert reasons["pipe.mid"] == "not a regular file"
-    assert Path(ingest_music(str(src), "melody")) == ingest                  # cached by content
+    again = ingest_music(str(src), "melody")
+    assert again.cached and again.folder == ingest and not ingested.cached   # cached by content
     (xt, lt), (xv, lv), enc, info = window_split(str(ingest), 2)
     assert info["windows"] == 4 * 3 and xt.shape[1:] == (1, 32) and len(xt) > 3 * len(xv)   # transposed copies
     assert lt[:, 1].max() < 12 and set(lt[:, 2]) <= {0, 1} and (lt[:, 0] == 0).all()   # key, mode, meter 4/4
 
-    model = Path(train_music(str(ingest), 2, TINY, TINY_TRAINING, progress=False))
-    cfg = json.loads((model / "config.json").read_text())
+    model = train_music(str(ingest), 2, TINY, TINY_TRAINING, progress=False).folder
+    cfg = read_config(model)
     assert cfg["steps"] == 2 and cfg["model"]["vocab"] == MELODY.vocab and cfg["model"]["shape"] == [1, 32]
-    assert "val_acc" in cfg["metrics"] and cfg["data"]["mode"] == "melody"
+    assert "val_acc" in cfg["metrics"] and cfg["data"]["mode"] == "melody" and cfg["data"]["job"] == "music"
     assert sum(map(sum, cfg["data"]["key_counts"])) == info["windows"] - len(xv)   # the corpus's keys, untransposed
 
     report = sample_music(str(tmp_path / "clips"), str(model), n=2, bars=5, tempo=90, program=0, key="D", seed=3)
@@ -374,12 +377,12 @@ def test_chorale_flows_and_cli_end_to_end(tmp_path):
 
     from flows.cli import app
     from flows import pipelines
-    model = Path(pipelines.music_train_flow(source="bach", mode="chorale", bars=2, limit=3, model={**TINY, "ar": 3},
-                                training=TINY_TRAINING, condition="key", progress=False))   # 3 pieces parse in-process (4+: worker processes)
-    cfg = json.loads((model / "config.json").read_text())
+    model = pipelines.music_train_flow(source="bach", mode="chorale", bars=2, limit=3, model={**TINY, "ar": 3},
+                                       training=TINY_TRAINING, condition="key", progress=False).folder   # 3 pieces parse in-process (4+: worker processes)
+    cfg = read_config(model)
     assert cfg["model"]["kind"] == "cvae" and cfg["model"]["cond"] == [12, 2] and cfg["model"]["shape"] == [4, 32]
     assert cfg["model"]["ar"] == 3
-    ingest = json.loads((next((model.parents[1] / "ingest-music").glob("bach-chorale-*")) / "manifest.json").read_text())
+    ingest = open_stage(model.parents[1] / "ingest-music" / cfg["data"]["ingest"]).manifest
     assert ingest["counts"]["pieces"] == 3 and ingest["counts"]["failed"] == 0 and ingest["off_grid_notes"] < 0.01
     report = pipelines.music_sample_flow(out_dir=str(tmp_path / "ch"), model=str(model), n=2, bars=4, key="Bb")
     for clip in report["clips"]:
@@ -576,7 +579,7 @@ def test_nottingham_mat_frames_are_eighths_with_bar_lines_from_the_chords(tmp_pa
     from flows.music import ingest_music, load_pieces
 
     folder = ingest_music(str(nottingham_mat(tmp_path / "Nottingham.mat")), "melody")
-    manifest = json.loads((Path(folder) / "manifest.json").read_text())
+    manifest = folder.manifest
     assert manifest["counts"]["pieces"] == 4 and manifest["meters"] == {"4/4": 2, "6/8": 2}
     rolls, meters, names, enc = load_pieces(folder)
     reel = rolls[names.index("train/000")][0]

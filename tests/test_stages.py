@@ -1,10 +1,11 @@
 """Stage cache: keyed by content (not paths), hit when unchanged, rebuilt when a file fails its sha256."""
 
-import json
 import shutil
 from pathlib import Path
 
-from flows.stages import MANIFEST, Stage, read_manifest, run_stage
+import pytest
+
+from flows.stages import MANIFEST, Stage, StageResult, open_stage, read_manifest, run_stage
 
 
 def fill_with(text, calls):
@@ -18,18 +19,23 @@ def fill_with(text, calls):
 def test_hit_miss_refresh_and_corruption(outputs_root):
     calls = []
     stage = Stage("unit", 1, "demo", {"a": 1}, contents=("abc",))
-    folder, manifest, cached = run_stage(stage, fill_with("x", calls))
-    assert not cached and calls == [1] and folder.name.startswith("demo-") and folder.parent.name == "unit"
-    assert manifest["note"] == "x" and (folder / MANIFEST).is_file()
+    built = run_stage(stage, fill_with("x", calls))
+    folder = built.folder
+    assert not built.cached and calls == [1] and folder.name.startswith("demo-") and folder.parent.name == "unit"
+    assert built.manifest["note"] == "x" and (folder / MANIFEST).is_file()
 
-    assert run_stage(stage, fill_with("y", calls))[2] is True and calls == [1]          # unchanged: a hit
-    assert run_stage(stage, fill_with("y", calls), refresh=True)[2] is False             # --refresh rebuilds
+    hit = run_stage(stage, fill_with("y", calls))
+    assert hit.cached is True and calls == [1] and hit.manifest == built.manifest     # unchanged: a hit
+    assert open_stage(str(folder)) == hit and open_stage(hit) is hit                     # a path: read and verified
+    assert run_stage(stage, fill_with("y", calls), refresh=True).cached is False         # --refresh rebuilds
     assert (folder / "out.txt").read_text() == "y" and calls == [1, 1]
 
     (folder / "out.txt").write_text("tampered")                                       # fails its sha256
     assert read_manifest(folder) is None
-    _, _, cached = run_stage(stage, fill_with("z", calls))
-    assert not cached and (folder / "out.txt").read_text() == "z"
+    with pytest.raises(FileNotFoundError, match=f"{folder}: not a finished stage folder"):
+        open_stage(folder)
+    again = run_stage(stage, fill_with("z", calls))
+    assert isinstance(again, StageResult) and not again.cached and (folder / "out.txt").read_text() == "z"
     assert not [p for p in folder.parent.iterdir() if p.name.startswith((".tmp-", ".old-"))]
 
 
@@ -69,15 +75,14 @@ def test_ingest_key_follows_content_not_location(tmp_path, outputs_root):
     like = DecodedImage(pixels=photo(0), alpha=None, format="PNG", bit_depth=8, icc_profile=None)
     for i in range(2):
         (a / f"p{i}.png").write_bytes(encode_image(photo(i), like))
-    first = ingest_images(str(a))
+    first = ingest_images(str(a)).folder
     b = tmp_path / "elsewhere" / "b"
     shutil.copytree(a, b)                                   # same content, other path and mtimes
-    assert ingest_images(str(b)).rsplit("-", 1)[1] == first.rsplit("-", 1)[1]
+    assert ingest_images(str(b)).folder.name.rsplit("-", 1)[1] == first.name.rsplit("-", 1)[1]
     (b / "p1.png").write_bytes(encode_image(photo(7), like))      # content changed
     changed = ingest_images(str(b))
-    assert changed != first
-    index = json.loads((outputs_root / "ingest" / changed.split("/")[-1] / MANIFEST).read_text())["images"]
-    assert len(index) == 2
+    assert changed.folder != first and changed.folder.parent == outputs_root / "ingest"
+    assert len(changed.manifest["images"]) == 2
 
 
 def test_a_killed_build_leaves_nothing_behind_once_the_stage_runs_again(outputs_root):
@@ -97,8 +102,8 @@ def test_a_killed_build_leaves_nothing_behind_once_the_stage_runs_again(outputs_
     for d in (killed, live, remote):
         d.mkdir()
         (d / "half.txt").write_text("partial")
-    folder, _, cached = run_stage(stage, fill_with("x", calls))
-    assert not cached and (folder / "out.txt").read_text() == "x"
+    result = run_stage(stage, fill_with("x", calls))
+    assert not result.cached and (result.folder / "out.txt").read_text() == "x"
     assert not killed.exists() and live.is_dir() and remote.is_dir()
 
 
@@ -124,7 +129,7 @@ def test_ingest_lists_duplicate_files_it_left_out(tmp_path, outputs_root):
     for i in range(2):
         (a / f"p{i}.png").write_bytes(encode_image(photo(i), like))
     shutil.copy(a / "p0.png", a / "copy" / "p0 (1).png")                 # same bytes, another name
-    manifest = json.loads((Path(ingest_images(str(a))) / MANIFEST).read_text())
+    manifest = ingest_images(str(a)).manifest
     assert len(manifest["images"]) == 2
     assert manifest["duplicates"] == [{"file": "p0.png", "same_as": "copy/p0 (1).png"}]   # sorted order: first kept
 

@@ -1,6 +1,5 @@
 """Resumable, atomic training: kill -9 and resume gives the uninterrupted result; a full disk keeps the last checkpoint."""
 
-import json
 import os
 import re
 import shutil
@@ -256,15 +255,15 @@ def test_init_starts_from_the_given_weights_and_refuses_a_misfit(tmp_path):
 
     for i in range(3):
         Image.fromarray((photo(i)[..., 0] * 255).astype("uint8")).save(tmp_path / f"p{i}.png")
-    ingest_dir = ingest_images(str(tmp_path))
-    base = train_model(ingest_dir, TINY_MODEL, TINY_TRAINING, progress=False)
-    tuned = train_model(ingest_dir, TINY_MODEL, {**TINY_TRAINING, "lr": 0.0}, progress=False, init=base)
-    untuned = train_model(ingest_dir, TINY_MODEL, {**TINY_TRAINING, "lr": 0.0}, progress=False)
-    a, b, c = (load_state(Path(f)) for f in (base, tuned, untuned))
+    ingest = ingest_images(str(tmp_path))
+    base = train_model(ingest, TINY_MODEL, TINY_TRAINING, progress=False).folder
+    tuned = train_model(ingest, TINY_MODEL, {**TINY_TRAINING, "lr": 0.0}, progress=False, init=str(base)).folder
+    untuned = train_model(ingest, TINY_MODEL, {**TINY_TRAINING, "lr": 0.0}, progress=False).folder
+    a, b, c = (load_state(f) for f in (base, tuned, untuned))
     assert tuned != untuned and all(torch.equal(a[k], b[k]) for k in a)
     assert not all(torch.equal(a[k], c[k]) for k in a)
     with pytest.raises(ValueError, match="do not fit"):
-        train_model(ingest_dir, {**TINY_MODEL, "widths": [8, 24]}, TINY_TRAINING, progress=False, init=base)
+        train_model(ingest, {**TINY_MODEL, "widths": [8, 24]}, TINY_TRAINING, progress=False, init=str(base))
 
 
 def test_a_time_budget_is_honoured_within_seconds_with_an_eta(tmp_path):
@@ -346,7 +345,7 @@ def test_refresh_discards_a_poisoned_checkpoint_and_starts_clean(tmp_path, outpu
 
     ingest_dir = tiny_images(tmp_path / "imgs")
     training = {**TINY_TRAINING, "seed": 7}
-    folder = Path(train_model(ingest_dir, TINY_MODEL, training, progress=False))
+    folder = train_model(ingest_dir, TINY_MODEL, training, progress=False).folder
     shutil.rmtree(folder)                                     # as if that run had been killed after a checkpoint
     ckpt = outputs_root / "train" / ".work" / folder.name / "ckpt"
     small = build(parse_config({"kind": "skip_dae", "widths": [4, 8], "blocks": [1, 1]}))
@@ -356,9 +355,9 @@ def test_refresh_discards_a_poisoned_checkpoint_and_starts_clean(tmp_path, outpu
                                      for n in ("model.safetensors", "state.pt")))
     with pytest.raises(ValueError, match="state.pt: refused.*--refresh"):
         train_model(ingest_dir, TINY_MODEL, training, progress=False)
-    again = Path(train_model(ingest_dir, TINY_MODEL, training, progress=False, refresh=True))
-    assert again == folder
-    assert json.loads((again / "config.json").read_text())["resumed_from_step"] == 0
+    again = train_model(ingest_dir, TINY_MODEL, training, progress=False, refresh=True)
+    assert again.folder == folder and not again.cached
+    assert again.manifest["resumed_from_step"] == 0
 
 
 def test_a_named_model_resolves_by_its_name_and_a_name_belongs_to_one_key(tmp_path):
@@ -371,16 +370,16 @@ def test_a_named_model_resolves_by_its_name_and_a_name_belongs_to_one_key(tmp_pa
     from models.checkpoints import load_state
 
     ingest_dir = tiny_images(tmp_path / "imgs")
-    mine = Path(train_model(ingest_dir, TINY_MODEL, TINY_TRAINING, progress=False, name="mine"))
-    other = Path(train_model(ingest_dir, TINY_MODEL, {**TINY_TRAINING, "seed": 1}, progress=False, name="mine-two"))
+    mine = train_model(ingest_dir, TINY_MODEL, TINY_TRAINING, progress=False, name="mine").folder
+    other = train_model(ingest_dir, TINY_MODEL, {**TINY_TRAINING, "seed": 1}, progress=False, name="mine-two").folder
     assert re.fullmatch(r"mine-[0-9a-f]{12}", mine.name) and other.name.startswith("mine-two-")
     assert resolve_model("mine", 1, job="denoise") == mine
     assert resolve_model("mine-two", 1, job="denoise") == other
     with pytest.raises(FileExistsError, match=f"--name mine: already names .*{mine.name}"):
         train_model(ingest_dir, TINY_MODEL, {**TINY_TRAINING, "seed": 2}, progress=False, name="mine")
-    copy = Path(train_model(ingest_dir, TINY_MODEL, TINY_TRAINING, progress=False, name="mine-copy"))
-    assert copy.name.split("-")[-1] == mine.name.split("-")[-1]                  # same key, not trained again
-    manifest = json.loads((copy / "manifest.json").read_text())
+    copied = train_model(ingest_dir, TINY_MODEL, TINY_TRAINING, progress=False, name="mine-copy")
+    copy, manifest = copied.folder, copied.manifest
+    assert copy.name.split("-")[-1] == mine.name.split("-")[-1] and copied.cached  # same key, not trained again
     assert manifest["copied_from"] == mine.name and manifest["slug"] == "mine-copy"
     a, b = load_state(mine), load_state(copy)
     assert all(torch.equal(a[k], b[k]) for k in a)

@@ -90,15 +90,18 @@ def test_train_windows_stage_is_cached_by_content():
     args = dict(slug="toy", upstream=(), data={"set": "toy"}, train=(xs, cs), val=(xs[:8], cs[:8]),
                 model={"kind": "cvae", **TINY}, training={"steps": 2, "epoch_steps": 1, "batch_size": 8},
                 progress=False)
-    folder = Path(train_windows(**args))
+    trained = train_windows(**args, job="levels")
+    folder = trained.folder
     config = json.loads((folder / "config.json").read_text())
     assert config["model"]["vocab"] == 4 and config["model"]["shape"] == [5, 9] and config["model"]["cond"] == [4]
-    assert (folder / "curve.png").stat().st_size > 0
+    assert (folder / "curve.png").stat().st_size > 0 and not trained.cached
+    assert config["data"]["job"] == "levels" and "job" not in trained.manifest["config"]["data"]   # not in the key
     stamp = (folder / "manifest.json").stat().st_mtime_ns
-    assert Path(train_windows(**args)) == folder                       # cache hit: nothing rebuilt
+    hit = train_windows(**args, job="music")                            # the job is recorded, not hashed
+    assert hit.cached and hit.folder == folder                         # cache hit: nothing rebuilt
     assert (folder / "manifest.json").stat().st_mtime_ns == stamp
     changed = dict(args, train=(np.where(xs == 0, 1, xs), cs))          # other content, same shapes and names
-    assert Path(train_windows(**changed)) != folder
+    assert train_windows(**changed, job="levels").folder != folder
 
 
 def test_latent_walk_stays_on_the_prior_with_the_asked_correlation():

@@ -115,22 +115,23 @@ def error(message: str) -> None:
 
 @app.command("models")
 def list_models():
-    """List shipped and trained models with their metrics."""
-    from flows.catalog import describe, shipped_models, trained_models
+    """List shipped and trained models with their metrics, job by job."""
+    from flows.catalog import JOBS, describe, shipped_models, trained_models
 
     rows = [describe(folder) for folder in shipped_models() + trained_models()]
+    rows.sort(key=lambda d: JOBS.index(d["job"]) if d["job"] in JOBS else len(JOBS))     # stable: shipped first
     params = lambda d: f"{d['parameters']:,} parameters" if d["parameters"] else ""  # noqa: E731
     if out.width < 120:                          # a table would cut names (typed after --model): a list instead
         out.print("[bold]models[/] (--model NAME)")
         for d in rows:
-            out.print(f"[bold]{d['name']}[/] ({d['source']} {d['kind']})", soft_wrap=True)
+            out.print(f"[bold]{d['name']}[/] ({d['source']} {d['job']} {d['kind']})", soft_wrap=True)
             out.print("    " + ", ".join(v for v in (d["takes"], d["validation"], params(d),
                                                      f"{d['steps']} steps" if d["steps"] else "") if v))
         return
-    table = Table("name", "source", "kind", "takes", Column("params", justify="right"), "validation",
+    table = Table("name", "job", "source", "kind", "takes", Column("params", justify="right"), "validation",
                   Column("steps", justify="right"), title="models (--model NAME)")
     for d in rows:
-        table.add_row(d["name"], d["source"], d["kind"], d["takes"], f"{d['parameters']:,}" if d["parameters"] else "",
+        table.add_row(d["name"], d["job"], d["source"], d["kind"], d["takes"], f"{d['parameters']:,}" if d["parameters"] else "",
                       d["validation"], str(d["steps"] or ""))
     out.print(table)
 

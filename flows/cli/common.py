@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import typer
@@ -86,9 +85,10 @@ def _ints(text: str | None, option: str = "--widths") -> list[int] | None:
 
 def _print_skipped(ingest: Path) -> None:
     """Files the ingest stage could not read: trained without, and said so (reasons in its manifest)."""
-    if not (ingest / "manifest.json").is_file():          # a model trained from a cache since cleared
+    from flows.stages import read_manifest
+
+    if (manifest := read_manifest(ingest)) is None:       # a model trained from a cache since cleared (or broken)
         return
-    manifest = json.loads((ingest / "manifest.json").read_text())
     failed = manifest.get("failed") or manifest.get("bad") or []      # music, images
     if failed:
         first = failed[0]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Optional
 
@@ -50,18 +49,18 @@ def family_train(
     _family_data(data)
     from flows.pipelines import family_train_flow
 
-    folder = _run_flow(family_train_flow, kind=kind, data=data, latent=latent, beta=beta, body=body,
-                       widths=_ints(widths), steps=steps, minutes=minutes, size=size, name=name, seed=seed,
-                       refresh=refresh)
-    cfg = json.loads((Path(folder) / "config.json").read_text())
-    m, d = cfg["metrics"], cfg["data"]
+    trained = _run_flow(family_train_flow, kind=kind, data=data, latent=latent, beta=beta, body=body,
+                        widths=_ints(widths), steps=steps, minutes=minutes, size=size, name=name, seed=seed,
+                        refresh=refresh)
+    folder, record = trained.folder, trained.manifest
+    spec, m, d = record["config"]["model"], record["metrics"], record["data"]
     out.print(f"[bold]model[/] {folder}", soft_wrap=True)
-    out.print(f"  {cfg['model']['kind']} on {d['train_windows']} {d['data']} images {tuple(cfg['model']['shape'])}, "
-              f"z={cfg['model']['latent']}, {cfg['parameters']:,} parameters, {cfg['steps']} steps in {cfg['seconds']:.0f} s")
+    out.print(f"  {spec['kind']} on {d['train_windows']} {d['data']} images {tuple(spec['shape'])}, "
+              f"z={spec['latent']}, {record['parameters']:,} parameters, {record['steps']} steps in {record['seconds']:.0f} s")
     out.print(f"  validation ({d['val_windows']} held-out): mse {m['val_mse']:.4f}, loss {m['val_loss']:.2f} nats per image"
               + (f", KL {m['val_kl']:.2f}" if "val_kl" in m else ""))
-    out.print(f"  see it: aeflow latent map {Path(folder).name} OUT_DIR" + (f"; aeflow family sample {Path(folder).name}"
-              f"{' --label 7' if cfg['model']['kind'] == 'cvae' else ''} OUT_DIR" if cfg['model']['kind'] in ('vae', 'cvae') else ""))
+    out.print(f"  see it: aeflow latent map {folder.name} OUT_DIR" + (f"; aeflow family sample {folder.name}"
+              f"{' --label 7' if spec['kind'] == 'cvae' else ''} OUT_DIR" if spec['kind'] in ('vae', 'cvae') else ""))
 
 
 @app.command("sample")

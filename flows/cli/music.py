@@ -101,17 +101,17 @@ def music_train(
                                       lr=lr, seed=seed, device=device).items() if v is not None}
     from flows.pipelines import music_train_flow
 
-    folder = _run_flow(music_train_flow, source=corpus, mode=mode, bars=bars, limit=limit, model=model,
-                       training=training, condition=None if condition == "none" else condition, refresh=refresh)
-    cfg = json.loads((Path(folder) / "config.json").read_text())
-    d, m = cfg["data"], cfg["metrics"]
+    trained = _run_flow(music_train_flow, source=corpus, mode=mode, bars=bars, limit=limit, model=model,
+                        training=training, condition=None if condition == "none" else condition, refresh=refresh)
+    folder, record = trained.folder, trained.manifest
+    spec, d, m = record["config"]["model"], record["data"], record["metrics"]
     out.print(f"[bold]model[/] {folder}")
-    out.print(f"  {cfg['model']['kind']}, {d['mode']} {d['bars']}-bar windows of {d['source']}: {d['train_windows']:,} "
-              f"training windows (transposed), {d['val_windows']:,} held out; {cfg['parameters']:,} parameters, "
-              f"{cfg['steps']} steps in {cfg['seconds']:.0f} s")
+    out.print(f"  {spec['kind']}, {d['mode']} {d['bars']}-bar windows of {d['source']}: {d['train_windows']:,} "
+              f"training windows (transposed), {d['val_windows']:,} held out; {record['parameters']:,} parameters, "
+              f"{record['steps']} steps in {record['seconds']:.0f} s")
     out.print(f"  held-out reconstruction accuracy {m['val_acc']:.3f}, ELBO {m['val_elbo']:.1f} nats/window, "
-              f"KL {m['val_kl']:.1f}; sample with `aeflow music sample --model {Path(folder).name} OUT_DIR`")
-    _print_skipped(Path(folder).parents[1] / "ingest-music" / d.get("ingest", ""))
+              f"KL {m['val_kl']:.1f}; sample with `aeflow music sample --model {folder.name} OUT_DIR`")
+    _print_skipped(folder.parents[1] / "ingest-music" / d.get("ingest", ""))
 
 
 @app.command("sample")
@@ -174,9 +174,11 @@ def music_interpolate(
                        seed=seed)
     _print_clips(report, "steps")
     st = report["stats"]
+    corpus = st["corpus"]
     for key in ("notes_per_bar", "pitch_range"):
         out.print(f"  {key.replace('_', ' ')} per step: {' '.join(f'{s[key]:g}' for s in st['steps'])} "
-                  f"(A {st['a'][key]:g}, B {st['b'][key]:g})")
+                  f"(A {st['a'][key]:g}, B {st['b'][key]:g}"
+                  + (f", corpus {corpus[key]:g})" if isinstance(corpus, dict) else ")"))
     r = report["reconstruction_accuracy"]
     out.print(f"  reconstruction accuracy of the end points: A {r['a']:.2f}, B {r['b']:.2f}; all steps in a row: "
               f"{Path(report['out_dir']) / 'morph.mid'}")
