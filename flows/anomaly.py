@@ -61,15 +61,15 @@ def scaling(x: np.ndarray) -> tuple[float, float]:
 
 
 def _train_pass(name: str, x: np.ndarray, about: dict, window: int, steps: int, seed: int, refresh: bool,
-                progress: bool, model_name: str | None) -> str:
-    """One train stage on windows x (N, 1, window): every tenth window held out for validation."""
+                progress: bool, model_name: str | None):
+    """One train stage on windows x (N, 1, window): every tenth window held out for validation (a StageResult)."""
     from flows.train import train_windows
 
     val = np.arange(len(x)) % 10 == 9
     train = ~val if val.any() else np.ones(len(x), bool)              # under ten windows: validate on them all
     training = {**TRAINING, "steps": steps, "seed": seed, "epoch_steps": min(TRAINING["epoch_steps"], steps)}
     return train_windows(name, (), about, (x[train], None), (x[val if val.any() else train], None), MODEL, training,
-                         refresh=refresh, progress=progress, name=model_name, dense=True)
+                         refresh=refresh, progress=progress, name=model_name, dense=True, job="anomaly")
 
 
 def reconstruct_errors(net, z: np.ndarray, window: int, hop: int, smooth: int = 1, batch: int = 4096) -> np.ndarray:
@@ -109,17 +109,17 @@ def train_series(path: str | Path, column: str = "value", window: int = 128, tra
     about = {"job": "anomaly", "series": series.name, "column": column, "train_points": n_train,
              "center": center, "scale": scale, "step_s": grid.step_s}
     tag = f"conv-{series.name}"
-    folder = _train_pass(tag + "-pass1" if drop > 0 else tag, x, {**about, "pass": 1}, window, steps, seed, refresh,
-                         progress, None)
-    passes = [folder]
+    trained = _train_pass(tag + "-pass1" if drop > 0 else tag, x, {**about, "pass": 1}, window, steps, seed, refresh,
+                          progress, None)
+    passes = [trained.folder]
     if drop > 0:             # the second pass leaves out the windows the first reconstructs worst
-        net = load_model(Path(folder))
+        net = load_model(trained.folder)
         per_window = windows(reconstruct_errors(net, z[:n_train], window, 1), np.arange(len(x)), window).mean(1)
         keep = per_window <= np.quantile(per_window, 1 - drop)
-        folder = _train_pass(tag, x[keep], {**about, "pass": 2, "dropped_windows": int((~keep).sum())}, window,
-                             steps, seed, refresh, progress, name)
-        passes.append(folder)
-    model_key = read_manifest(Path(folder))["key"]
+        trained = _train_pass(tag, x[keep], {**about, "pass": 2, "dropped_windows": int((~keep).sum())}, window,
+                              steps, seed, refresh, progress, name)
+        passes.append(trained.folder)
+    folder, model_key = trained.folder, trained.manifest["key"]
     config = {"window": window, "hop": max(1, window // 4), "smooth": max(1, window // SMOOTH), "quantile": QUANTILE,
               "margin": MARGIN}
     stage = Stage("anomaly", VERSION, name or series.name, config, upstream=(model_key,))
@@ -136,7 +136,7 @@ def train_series(path: str | Path, column: str = "value", window: int = 128, tra
         write_json_atomic(tmp / "detector.json", detector)
         return {"series": series.name, "threshold": threshold}
 
-    out, _, _ = run_stage(stage, fill, refresh)
+    out = run_stage(stage, fill, refresh).folder
     detector = json.loads((out / "detector.json").read_text())
     return {**detector, "folder": str(out), "bad": [b.__dict__ for b in series.bad]}
 
@@ -366,9 +366,9 @@ def train_traffic(path: str | Path, label_column: str = "attack_type", normal_la
     about = {"job": "anomaly-traffic", "file": path.name, "label_column": label_column, "normal_label": normal_label,
              "seed": seed, "holdout": holdout}
     training = {**TRAFFIC_TRAINING, "steps": steps, "seed": seed, "epoch_steps": min(TRAFFIC_TRAINING["epoch_steps"], steps)}
-    folder = train_windows(f"traffic-{path.stem}", (), about, (x_fit, None), (x_held, None), TRAFFIC_MODEL, training,
-                           refresh=refresh, progress=progress, name=None, dense=True)
-    model_key = read_manifest(Path(folder))["key"]
+    trained = train_windows(f"traffic-{path.stem}", (), about, (x_fit, None), (x_held, None), TRAFFIC_MODEL, training,
+                            refresh=refresh, progress=progress, name=None, dense=True, job="anomaly-traffic")
+    folder, model_key = trained.folder, trained.manifest["key"]
     config = {"quantile": TRAFFIC_QUANTILE, "label_column": label_column, "normal_label": normal_label}
     stage = Stage("anomaly-traffic", VERSION, name or path.stem, config, upstream=(model_key,))
 
@@ -389,7 +389,7 @@ def train_traffic(path: str | Path, label_column: str = "attack_type", normal_la
         write_json_atomic(tmp / "detector.json", detector)
         return {"thresholds": thresholds}
 
-    out, _, _ = run_stage(stage, fill, refresh)
+    out = run_stage(stage, fill, refresh).folder
     return {**json.loads((out / "detector.json").read_text()), "folder": str(out)}
 
 
