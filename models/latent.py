@@ -1,6 +1,6 @@
-"""Latent-space procedures, written once for every bottleneck model: the family (models/family.py) and the
-token-grid VAEs of levels and music (models/vaes.py). They need only the latent contract: `cfg.latent`,
-`encode(x, cond) -> (mu, logvar or None)` and `decode(z, cond)`. Models with skips instead of a bottleneck
+"""Latent-space procedures, written once for every bottleneck model: the family's autoencoders and VAEs
+(models/autoencoders.py, models/vaes.py), the token-grid VAEs of levels and music among them. They need
+only the latent contract: `cfg.latent`, `encode(x, cond) -> (mu, logvar or None)` and `decode(z, cond)`. Models with skips instead of a bottleneck
 (skip_dae) have no such code: `check_bottleneck` says so in one line.
 """
 
