@@ -1,7 +1,7 @@
 """Latent-space procedures, written once for every bottleneck model: the family's autoencoders and VAEs
 (models/autoencoders.py, models/vaes.py), the token-grid VAEs of levels and music among them. They need
-only the latent contract: `cfg.latent`, `encode(x, cond) -> (mu, logvar or None)` and `decode(z, cond)`. Models with skips instead of a bottleneck
-(skip_dae) have no such code: `check_bottleneck` says so in one line.
+only the latent contract: `cfg.latent`, `encode(x, cond) -> (mu, logvar or None)` and `decode(z, cond)`.
+Models with skips instead of a bottleneck (skip_dae) have no such code: `check_bottleneck` says so in one line.
 """
 
 from __future__ import annotations
