@@ -41,16 +41,17 @@ class Space:
     def is_vae(self) -> bool:
         return self.net.cfg.kind in ("vae", "cvae")
 
-    def decode(self, z):
-        """(N, latent) -> pictures, decoded in chunks with this space's condition and temperature."""
+    def decode(self, z, cond=None):
+        """(N, latent) -> pictures, decoded in chunks at this space's temperature, with `cond` (N, ...) or else
+        this space's condition."""
         import torch
 
         pics = []
         with torch.no_grad():
             for i in range(0, len(z), 256):
                 chunk = z[i:i + 256]
-                cond = None if self.cond is None else self.cond.expand(len(chunk), -1)
-                pics += self.render(self.net.draw(self.net.decode(chunk, cond), self.gen, self.temperature))
+                c = cond[i:i + 256] if cond is not None else None if self.cond is None else self.cond.expand(len(chunk), -1)
+                pics += self.render(self.net.draw(self.net.decode(chunk, c), self.gen, self.temperature))
         return pics
 
 
@@ -147,7 +148,7 @@ def _music_space(net, folder, config, label) -> Space:
     import torch
     from PIL import Image
 
-    from flows.music import ENCODINGS, cond_columns, ingest_music, window_split
+    from flows.music import ENCODINGS, cond_columns, corpus_ingest, window_split
     from formats.music import canonical, roll_to_png
 
     d = config["data"]
@@ -159,9 +160,9 @@ def _music_space(net, folder, config, label) -> Space:
                 for r in rolls.numpy()]
 
     def data(n, color_by):
-        source = d.get("source", "essen")
-        # the model's own corpus (a cached stage); a shipped model's: an evenly spread 600 of its pieces
-        ingest = ingest_music(source if source != "midi" else d["data"], d["mode"], limit=d.get("limit") or 600)
+        ingest = corpus_ingest(d)
+        if isinstance(ingest, str):
+            raise ValueError(f"{folder.name}: no held-out data to map: {ingest}")
         _, (xv, lv), _, _ = window_split(ingest, int(d["bars"]), augment_train=False, max_val=n)
         cond = torch.from_numpy(lv[:, cols]) if cols else None
         if color_by == "mode":
@@ -305,9 +306,7 @@ def latent_traverse(model: str, out_dir: str, dims: list[int] | None = None, spr
         raise ValueError(f"--dims {','.join(map(str, dims))}: units in 0..{latent - 1}")
     center, scale, _ = _center_and_scale(space)
     offsets = torch.linspace(-spread, spread, steps)
-    z = traverse(center, dims, torch.zeros(steps))         # (dims, steps, latent)
-    for row, d in enumerate(dims):
-        z[row, :, d] = center[d] + scale[d] * offsets
+    z = traverse(center, dims, center[dims, None] + scale[dims, None] * offsets)   # (dims, steps, latent)
     pics = space.decode(z.reshape(-1, latent))
     cells = [pics[i * steps:(i + 1) * steps] for i in range(len(dims))]
     out = _out(out_dir)
@@ -347,14 +346,8 @@ def latent_interpolate(model: str, a: str, b: str, out_dir: str, steps: int = 10
     mu, _ = space.net.encode(x, cond)
     spherical = bool(spherical)
     z = interpolate(mu[0], mu[1], steps, spherical)
-    if cond is not None:                                   # a cvae: A's condition, then B's from the middle on
-        space.cond = None
-        conds = torch.stack([cond[0] if t < 0.5 else cond[1] for t in np.linspace(0, 1, steps)])
-        with torch.no_grad():
-            pics = space.render(space.net.draw(space.net.decode(z, conds), space.gen, space.temperature))
-    else:
-        with torch.no_grad():
-            pics = space.decode(z)
+    conds = None if cond is None else torch.stack([cond[0] if t < 0.5 else cond[1] for t in np.linspace(0, 1, steps)])
+    pics = space.decode(z, conds)                          # a cvae: A's condition, then B's from the middle on
     originals = space.render(x)
     out = _out(out_dir)
     ts = np.linspace(0, 1, steps)

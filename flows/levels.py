@@ -847,28 +847,31 @@ def interpolate_levels(level_a: str, level_b: str, out_dir: str, steps: int = 8,
     return write_report(out, report, written_files(names) + ["contact_sheet.png"])
 
 
-def level_stats(game: str, grid: np.ndarray) -> dict:
-    """What a reader sees first in a level: Mario's enemies, ? blocks (with coin or power-up) and whether
-    every pipe is whole; other games: the share of each non-empty tile."""
+def level_stats(game: str, grids: np.ndarray) -> dict[str, np.ndarray]:
+    """What a reader sees first in a level, per grid of a stack (N, rows, cols): Mario's enemies, ? blocks (with
+    coin or power-up) and whether every pipe is whole; other games: the share of each non-empty tile."""
     legend = get_legend(game)
     if game != "mario":
-        return {t: round(float((grid == legend.index(t)).mean()), 4) for t in legend.tiles if t != "-"}
-    return {"enemies": int((grid == legend.index("E")).sum()),
-            "question_blocks": int(np.isin(grid, [legend.index(t) for t in "?Q" if t in legend.tiles]).sum()),
-            "pipes_ok": bool(mario_pipes_ok(grid))}
+        return {t: (grids == legend.index(t)).mean((1, 2)) for t in legend.tiles if t != "-"}
+    return {"enemies": (grids == legend.index("E")).sum((1, 2)),
+            "question_blocks": np.isin(grids, [legend.index(t) for t in "?Q" if t in legend.tiles]).sum((1, 2)),
+            "pipes_ok": np.asarray(mario_pipes_ok(grids))}
 
 
 def _interpolation_stats(game: str, grids: list[np.ndarray], ends: list[np.ndarray], cfg: dict) -> dict:
     """level_stats per step, of A and B, and of the corpus: the mean over its training windows, scaled to the
     steps' width (so a step can be read against what a level that long usually holds)."""
-    out = {"steps": [level_stats(game, g) for g in grids], "a": level_stats(game, ends[0]),
-           "b": level_stats(game, ends[1])}
+    def rows(stats: dict[str, np.ndarray]) -> list[dict]:
+        return [{k: bool(v[i]) if v.dtype == bool else round(float(v[i]), 4) if v.dtype.kind == "f" else int(v[i])
+                 for k, v in stats.items()} for i in range(len(next(iter(stats.values()))))]
+
+    a, b = rows(level_stats(game, np.stack(ends)))
+    out = {"steps": rows(level_stats(game, np.stack(grids))), "a": a, "b": b}
     units, _ = _training_units(cfg)
-    per = [level_stats(game, u) for u in units]
     scale = grids[0].shape[1] / units.shape[2]
     counts = lambda key: game == "mario" and key != "pipes_ok"            # noqa: E731  (shares stay shares)
-    out["corpus_per_same_width"] = {key: round(float(np.mean([p[key] for p in per])) * (scale if counts(key) else 1), 3)
-                                    for key in per[0]}
+    out["corpus_per_same_width"] = {key: round(float(v.mean()) * (scale if counts(key) else 1), 3)
+                                    for key, v in level_stats(game, units).items()}
     return out
 
 

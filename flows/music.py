@@ -648,19 +648,26 @@ def interpolate_music(a: str, b: str, out_dir: str, model: str = "auto", steps: 
     return write_report(out, report, clip_files(clips + [morph]))
 
 
-def corpus_stats(data: dict, bars: int, limit: int = 600, n: int = 500) -> dict | str:
-    """Notes per bar and pitch range of the model's corpus over windows of `bars` bars (as long as the steps
-    they go beside): its own ingest stage when this machine has it, else a cached ingest of `limit` pieces of
-    the same corpus (a shipped model's: seconds). A reason instead when the corpus cannot be read here."""
+def corpus_ingest(data: dict, limit: int = 600) -> StageResult | str:
+    """A model's corpus: its own ingest stage when this machine has it, else a cached ingest of `limit` pieces of
+    the same corpus (a shipped model's: seconds); a reason instead when it cannot be read here."""
     from flows.settings import outputs_root
+    from flows.stages import open_stage
 
     own = outputs_root() / "ingest-music" / data.get("ingest", "")
     if data.get("ingest") and (own / "pieces.npz").is_file():
-        folder = str(own)
-    elif data.get("source") in (None, "midi"):
+        return open_stage(own)
+    if data.get("source") in (None, "midi"):
         return "the model's MIDI folder was ingested elsewhere"
-    else:
-        folder = ingest_music(data["source"], data["mode"], limit=data.get("limit") or limit)
+    return ingest_music(data["source"], data["mode"], limit=data.get("limit") or limit)
+
+
+def corpus_stats(data: dict, bars: int, n: int = 500) -> dict | str:
+    """Notes per bar and pitch range of the model's corpus (corpus_ingest) over windows of `bars` bars, as long
+    as the steps they go beside; a reason instead when the corpus cannot be read here."""
+    folder = corpus_ingest(data)
+    if isinstance(folder, str):
+        return folder
     rolls, meters, _, enc = load_pieces(folder)
     x, _, _ = windows(rolls, meters, enc, bars)
     if not len(x):

@@ -53,11 +53,13 @@ def interpolate(a: torch.Tensor, b: torch.Tensor, steps: int, spherical: bool = 
 
 
 def traverse(center: torch.Tensor, dims: list[int], values: torch.Tensor) -> torch.Tensor:
-    """One unit at a time set to each value, the others held at `center` (latent,): (len(dims), len(values),
-    latent). Rows are units, columns values (Higgins et al. 2017's traversal figure)."""
-    z = center.expand(len(dims), len(values), -1).clone()
+    """One unit at a time set to each value, the others held at `center` (latent,): values (steps,) for every
+    unit alike, or (len(dims), steps) one row per unit -> (len(dims), steps, latent). Rows are units, columns
+    values (Higgins et al. 2017's traversal figure)."""
+    values = values.expand(len(dims), -1)
+    z = center.expand(len(dims), values.shape[1], -1).clone()
     for row, d in enumerate(dims):
-        z[row, :, d] = values
+        z[row, :, d] = values[row]
     return z
 
 
