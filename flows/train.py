@@ -63,16 +63,14 @@ def train_model(ingest_dir: StageResult | str, model: dict, training: dict, val_
     adapt: {"pd": 2, "gamma": 2.0}: the images are noisy and there is no clean one; train by the
     self-supervised Neighbor2Neighbor loss (models/selfsup.py), validated by its held-out loss.
     """
-    import torch
-
+    from models import distributed
     from models.autoencoders import count_parameters
-    from models.patches import PatchSampler, center_crops
-    from models.registry import build, parse_config
-    from models.trainer import TrainConfig, pick_device, train as train_loop
+    from models.registry import parse_config
+    from models.trainer import TrainConfig, train as train_loop
 
     ingest = open_stage(ingest_dir)
     upstream = ingest.manifest
-    entries, images = load_ingested(ingest)
+    entries = upstream["images"]
     model_cfg = dict(model)
     model_cfg.setdefault("channels", 3 if any(e["shape"][2] == 3 for e in entries) else 1)
     model_cfg = parse_config(model_cfg)                    # completed, validated once
@@ -87,43 +85,67 @@ def train_model(ingest_dir: StageResult | str, model: dict, training: dict, val_
     stage = Stage("train", VERSION, slug, config, upstream=(upstream["key"],))
 
     def fill(tmp: Path) -> dict:
-        device = pick_device(train_cfg.device)
-        tensors = [_to_channels(img, model_cfg.channels) for img in images]
-        train_idx, val_idx = split_holdout(entries, val_fraction)
-        val_imgs = [tensors[i] for i in val_idx]
-        val_size = max(8, min(128, *(min(t.shape[-2:]) for t in val_imgs)) // 8 * 8)
-        torch.manual_seed(train_cfg.seed)                    # deterministic initial weights
-        net = build(model_cfg)
-        if init:
-            try:
-                net.load_state_dict({k: v.float() for k, v in load_state(Path(init)).items()})
-            except RuntimeError as e:
-                raise ValueError(f"--init {init}: its weights do not fit {model_cfg}: "
-                                 f"{str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else e}") from None
-        net = net.to(device)
-        sampler = PatchSampler([tensors[i] for i in train_idx], train_cfg.patch, train_cfg.batch_size, device)
-        learner = net
-        if adapt is not None:
-            from models.selfsup import Neighbor2Neighbor
-
-            learner = Neighbor2Neighbor(net, config["adapt"]["pd"], config["adapt"]["gamma"])
         with TrainProgress(f"train {stage.folder.name}", enabled=progress) as bar:
             warnings = _collect(bar.warn)
-            result = train_loop(learner, sampler, center_crops(val_imgs, val_size), train_cfg, stage.workdir / "ckpt",
-                                on_step=bar.update, warn=warnings)
+            (net, _, _, _, facts), result = distributed.run(
+                denoiser_parts, (ingest, model_cfg, train_cfg, val_fraction, init, config.get("adapt")), train_loop,
+                train_cfg, stage.workdir / "ckpt", on_step=bar.update, warn=warnings)
         metrics = {f"val_{k}": round(v, 4) for k, v in result.best.items()}
         info = {"metrics": metrics, "steps": result.steps, "seconds": result.seconds,
                 "patches_per_s": result.samples_per_s, "resumed_from_step": result.resumed_from,
                 **({"warnings": warnings.said} if warnings.said else {}),
-                "parameters": count_parameters(net), "device": device.type,
-                "data": {"job": "denoise", "ingest": str(ingest.folder), "train_images": len(train_idx),
-                         "val_images": len(val_idx), "val_crop": val_size, "source": upstream.get("source")}}
+                "parameters": count_parameters(net), "device": facts["device"], **_group(),
+                "data": {"job": "denoise", "ingest": str(ingest.folder), "train_images": facts["train_images"],
+                         "val_images": facts["val_images"], "val_crop": facts["val_crop"], "source": upstream.get("source")}}
         extra = {k: config[k] for k in ("init", "adapt") if k in config}
         save_model(net, tmp, config["model"], extra={"train": config["train"], "history": result.history, **extra, **info})
         plot_curve(result.history, tmp / "curve.png", title=stage.folder.name, metric=train_cfg.select)
         return info
 
     return run_train_stage(stage, fill, refresh, named=bool(name))
+
+
+def denoiser_parts(ingest: StageResult, model_cfg, train_cfg, val_fraction: float, init: str | None,
+                   adapt: dict | None) -> tuple:
+    """What each rank builds to train a denoiser: (net, learner, batches, val, facts). The learner is the net, or
+    for `adapt` the net inside the self-supervised Neighbor2Neighbor loss."""
+    import torch
+
+    from models.patches import PatchSampler, center_crops
+    from models.registry import build
+    from models.trainer import pick_device
+
+    entries, images = load_ingested(ingest)
+    device = pick_device(train_cfg.device)
+    tensors = [_to_channels(img, model_cfg.channels) for img in images]
+    train_idx, val_idx = split_holdout(entries, val_fraction)
+    val_imgs = [tensors[i] for i in val_idx]
+    val_size = max(8, min(128, *(min(t.shape[-2:]) for t in val_imgs)) // 8 * 8)
+    torch.manual_seed(train_cfg.seed)                    # deterministic initial weights
+    net = build(model_cfg)
+    if init:
+        try:
+            net.load_state_dict({k: v.float() for k, v in load_state(Path(init)).items()})
+        except RuntimeError as e:
+            raise ValueError(f"--init {init}: its weights do not fit {model_cfg}: "
+                             f"{str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else e}") from None
+    net = net.to(device)
+    sampler = PatchSampler([tensors[i] for i in train_idx], train_cfg.patch, train_cfg.batch_size, device)
+    learner = net
+    if adapt is not None:
+        from models.selfsup import Neighbor2Neighbor
+
+        learner = Neighbor2Neighbor(net, adapt["pd"], adapt["gamma"])
+    facts = {"device": device.type, "train_images": len(train_idx), "val_images": len(val_idx), "val_crop": val_size}
+    return net, learner, sampler, center_crops(val_imgs, val_size), facts
+
+
+def _group() -> dict:
+    """What the config records of a data-parallel run: its number of processes."""
+    from models.distributed import rank_and_size
+
+    size = rank_and_size()[1]
+    return {"processes": size} if size > 1 else {}
 
 
 def adaptation_start(ingest_dir: StageResult | str, model: str = "auto") -> tuple[Path, dict]:
@@ -161,11 +183,10 @@ def train_windows(slug: str, upstream: tuple[str, ...], data: dict, train: tuple
     weights with the best ELBO unless `training` names another `select`. `name`: the folder's name instead
     of `<kind>-<slug>`.
     """
-    import torch
-
+    from models import distributed
     from models.autoencoders import count_parameters
-    from models.registry import build, parse_config
-    from models.trainer import TrainConfig, pick_device, train as train_loop
+    from models.registry import parse_config
+    from models.trainer import TrainConfig, train as train_loop
 
     (x_tr, c_tr), (x_va, c_va) = train, val
     vocab = {} if dense else {"vocab": int(max(x_tr.max(), x_va.max())) + 1}
@@ -183,31 +204,51 @@ def train_windows(slug: str, upstream: tuple[str, ...], data: dict, train: tuple
                   contents=contents)
 
     def fill(tmp: Path) -> dict:
-        device = pick_device(train_cfg.device)
-        tensor = lambda a, t=np.int64: None if a is None else torch.from_numpy(np.asarray(a, dtype=t)).to(device)
-        x, c, vx, vc = tensor(x_tr, x_type), tensor(c_tr), tensor(x_va, x_type), tensor(c_va)
-        conditional = model_cfg.kind == "cvae"
-
-        def batches(gen: torch.Generator):
-            idx = torch.randint(len(x), (train_cfg.batch_size,), generator=gen, device=device)
-            return (x[idx], c[idx]) if conditional else x[idx]
-
-        torch.manual_seed(train_cfg.seed)
-        net = build(model_cfg).to(device)
         with TrainProgress(f"train {stage.folder.name}", enabled=progress) as bar:
             warnings = _collect(bar.warn)
-            result = train_loop(net, batches, (vx, vc) if conditional else vx, train_cfg, stage.workdir / "ckpt",
-                                on_step=bar.update, warn=warnings)
+            (net, *_), result = distributed.run(window_parts, (train, val, x_type, model_cfg, train_cfg), train_loop,
+                                                train_cfg, stage.workdir / "ckpt", on_step=bar.update, warn=warnings)
         info = {"metrics": {f"val_{k}": round(v, 4) for k, v in result.best.items()}, "steps": result.steps,
                 "seconds": result.seconds, "windows_per_s": result.samples_per_s,
                 "resumed_from_step": result.resumed_from, "parameters": count_parameters(net),
                 **({"warnings": warnings.said} if warnings.said else {}),
-                "device": device.type, "data": {"job": job, **data, **(facts or {}), "train_windows": len(x_tr), "val_windows": len(x_va)}}
+                "device": next(net.parameters()).device.type, **_group(),
+                "data": {"job": job, **data, **(facts or {}), "train_windows": len(x_tr), "val_windows": len(x_va)}}
         save_model(net, tmp, config["model"], extra={"train": config["train"], "history": result.history, **info})
         plot_curve(result.history, tmp / "curve.png", title=stage.folder.name, metric=train_cfg.select)
         return info
 
     return run_train_stage(stage, fill, refresh, named=bool(name))
+
+
+class WindowBatches:
+    """Random batches of whole examples (and their conditions), drawn from the caller's generator."""
+
+    def __init__(self, x, cond, batch_size: int):
+        self.x, self.cond, self.batch_size = x, cond, batch_size
+
+    def __call__(self, gen):
+        import torch
+
+        idx = torch.randint(len(self.x), (self.batch_size,), generator=gen, device=self.x.device)
+        return self.x[idx] if self.cond is None else (self.x[idx], self.cond[idx])
+
+
+def window_parts(train: tuple, val: tuple, x_type, model_cfg, train_cfg) -> tuple:
+    """What each rank builds to train on whole examples: (net, net, batches, val, facts)."""
+    import torch
+
+    from models.registry import build
+    from models.trainer import pick_device
+
+    device = pick_device(train_cfg.device)
+    tensor = lambda a, t=np.int64: None if a is None else torch.from_numpy(np.asarray(a, dtype=t)).to(device)
+    (x_tr, c_tr), (x_va, c_va) = train, val
+    x, c, vx, vc = tensor(x_tr, x_type), tensor(c_tr), tensor(x_va, x_type), tensor(c_va)
+    conditional = model_cfg.kind == "cvae"
+    torch.manual_seed(train_cfg.seed)
+    net = build(model_cfg).to(device)
+    return net, net, WindowBatches(x, c if conditional else None, train_cfg.batch_size), (vx, vc) if conditional else vx, {}
 
 
 class _collect:

@@ -6,6 +6,15 @@ of the checkpoint, the learning rate is a pure function of the step, and checkpo
 epoch ends and at the last step; so a run with a step or epoch budget killed at any point and restarted
 ends with the same weights as one that was not (on the CPU; CUDA kernels are not bit-reproducible).
 A time budget depends on the machine's pace, so its runs are not reproducible.
+
+Data-parallel (in a torch.distributed group, see models/distributed.py): every rank draws the same global batch
+from the same seeded generator and trains on its own contiguous part of it through DistributedDataParallel,
+which averages the gradients: the same mean gradient as one process with that batch. A loss's own noise
+(corruptions, a VAE's sampling) comes from a generator of each rank's own, so a group matches one process
+exactly for a loss without noise (a plain AE: the same batches, the same curve up to float rounding) and
+statistically otherwise (one process also draws its noise from the batch generator, kept so that every
+earlier figure stands, so its later batches differ). Rank 0 validates and checkpoints, with every rank's
+noise state so that a killed group resumes exactly, and decides when a time budget is spent.
 """
 
 from __future__ import annotations
@@ -18,6 +27,7 @@ from pathlib import Path
 from typing import Callable, Literal
 
 import torch
+import torch.distributed as dist
 from pydantic import BaseModel, ConfigDict, model_validator
 
 from models.checkpoints import load_training_state, save_training_state
@@ -47,9 +57,12 @@ class TrainConfig(BaseModel):
 
 
 def pick_device(name: str) -> torch.device:
+    """The GPU (this rank's, in a group), or the CPU with OMP_NUM_THREADS threads when set, else all the cores we
+    may use (shared among this host's ranks)."""
     if name == "cuda" or (name == "auto" and torch.cuda.is_available()):
-        return torch.device("cuda")
-    torch.set_num_threads(len(os.sched_getaffinity(0)))   # all cores we may use
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    cores = len(os.sched_getaffinity(0)) // int(os.environ.get("LOCAL_WORLD_SIZE", 1))
+    torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS") or cores)))
     return torch.device("cpu")
 
 
@@ -66,6 +79,25 @@ class TrainResult:
 def _to(batch, device):
     """A tensor or a tuple of tensors (x, cond) onto `device`."""
     return tuple(_to(b, device) for b in batch) if isinstance(batch, (tuple, list)) else batch.to(device)
+
+
+def _part(batch, rank: int, size: int):
+    """This rank's contiguous share of a global batch (a tensor or a tuple of them)."""
+    if isinstance(batch, (tuple, list)):
+        return tuple(_part(b, rank, size) for b in batch)
+    share = len(batch) // size
+    return batch[rank * share:(rank + 1) * share]
+
+
+class _Loss(torch.nn.Module):
+    """`learner.loss` as a forward pass: DistributedDataParallel reduces the gradients of what goes through forward."""
+
+    def __init__(self, learner: torch.nn.Module):
+        super().__init__()
+        self.learner = learner
+
+    def forward(self, x, gen: torch.Generator) -> torch.Tensor:
+        return self.learner.loss(x, gen)
 
 
 def lr_at(step: int, total: int, cfg: TrainConfig, warmup: int) -> float:
@@ -95,20 +127,34 @@ def train(model: torch.nn.Module, batches: Callable[[torch.Generator], torch.Ten
     """
     device = next(model.parameters()).device
     amp = device.type == "cuda"                  # bf16 autocast on GPUs; plain fp32 on the CPU
+    rank, size = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+    if cfg.batch_size % size:
+        raise ValueError(f"batch size {cfg.batch_size} does not split over {size} processes: give a multiple of {size}")
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     gen = torch.Generator(device=device).manual_seed(cfg.seed)
+    noise, loss_of = gen, model.loss             # one process: one generator for batches and noise, as always
+    if size > 1:
+        noise = torch.Generator(device=device).manual_seed(cfg.seed + 1000 + rank)
+        loss_of = torch.nn.parallel.DistributedDataParallel(
+            _Loss(model), device_ids=[device.index] if device.type == "cuda" else None)
     val_gen_seed = cfg.seed + 1                  # the same validation noise at every epoch
     val = _to(val, device)
 
     total = cfg.steps or (cfg.epochs * cfg.epoch_steps if cfg.epochs else None)
     step, elapsed, history, best, best_state = 0, 0.0, [], None, None
-    resumed = load_training_state(ckpt_dir, warn=warn)
+    resumed = load_training_state(ckpt_dir, warn=warn) if rank == 0 else None
+    if size > 1:                                 # rank 0's checkpoint, so that every rank resumes the same one
+        box = [resumed]
+        dist.broadcast_object_list(box, src=0)
+        resumed = box[0]
     if resumed is not None:
         weights, st = resumed
         try:
             model.load_state_dict(weights)
             opt.load_state_dict(st["optimizer"])
             gen.set_state(st["generator"])
+            if size > 1 and len(st.get("noise", ())) == size:      # else a run of another size: fresh noise
+                noise.set_state(st["noise"][rank])
             step, elapsed, total = st["step"], st["elapsed"], st["total"]
             history, best, best_state = st["history"], st["best"], st["best_state"]
         except (KeyError, RuntimeError, ValueError, TypeError) as e:
@@ -128,8 +174,10 @@ def train(model: torch.nn.Module, batches: Callable[[torch.Generator], torch.Ten
         for g in opt.param_groups:
             g["lr"] = lr_at(step, total or 10 ** 9, cfg, warmup)
         x = batches(gen)
+        if size > 1:
+            x = _part(x, rank, size)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            loss = model.loss(x, gen)
+            loss = loss_of(x, noise)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -150,8 +198,21 @@ def train(model: torch.nn.Module, batches: Callable[[torch.Generator], torch.Ten
                 next_estimate = now + max(1.0, budget / 50)
             # what is left of the budget, or less when the (frozen) step count will be reached sooner
             info["seconds_left"] = max(0.0, min(budget - spent, (total - step) * per_step if per_step else budget))
+            if size > 1:                         # rank 0's clock decides for all
+                told = torch.tensor([total or 0])
+                dist.broadcast(told, src=0)
+                total = int(told) or None
         if on_step:
             on_step(step, total or 0, info)
+        if (step % cfg.epoch_steps == 0 or step == total) and size > 1:
+            summed = torch.tensor([epoch_loss], dtype=torch.float64)
+            dist.all_reduce(summed)              # the epoch's loss over the whole batch, as one process reports it
+            epoch_loss = summed.item() / size
+            states = [None] * size
+            dist.all_gather_object(states, noise.get_state())
+            if rank:                             # rank 0 validates and checkpoints
+                epoch_loss, epoch_n = 0.0, 0
+                continue
         if step % cfg.epoch_steps == 0 or step == total:
             model.eval()
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
@@ -167,8 +228,10 @@ def train(model: torch.nn.Module, batches: Callable[[torch.Generator], torch.Ten
             epoch_loss, epoch_n = 0.0, 0
             save_training_state(ckpt_dir, step, model, {
                 "optimizer": opt.state_dict(), "generator": gen.get_state(), "step": step,
-                "elapsed": elapsed, "total": total, "history": history, "best": best, "best_state": best_state})
-    model.load_state_dict(best_state)
+                "elapsed": elapsed, "total": total, "history": history, "best": best, "best_state": best_state,
+                **({"noise": states} if size > 1 else {})})
+    if best_state is not None:                   # None on ranks other than 0
+        model.load_state_dict(best_state)
     model.eval()
     seconds = time.perf_counter() - t0
     batch = cfg.batch_size

@@ -65,6 +65,17 @@ def main() -> None:
 
     from flows import server
 
+    ranks = int(os.environ.get("WORLD_SIZE", 1)) > 1     # one of the processes of a data-parallel run
+    if ranks:
+        from models.distributed import die_with_launcher, serve
+
+        die_with_launcher()
+        if int(os.environ.get("RANK", 0)) > 0:            # ranks other than 0 only train, what rank 0 sends them
+            try:
+                sys.exit(serve())
+            except USER_ERRORS as e:
+                error(f"rank {os.environ['RANK']}: {e}")
+                sys.exit(2)
     server.START_EARLY = True          # a command that imports its flows starts the Prefect API meanwhile
     try:
         from typer._click.exceptions import ClickException, NoArgsIsHelpError      # typer 0.2x bundles click
@@ -103,7 +114,12 @@ def main() -> None:
         # The interpreter's last garbage collection walks every object torch and Prefect created: 0.5-1 s
         # per command. Frozen objects are skipped; exit handlers (Prefect's log flush, temporary API) still run.
         gc.freeze()
-    sys.exit(code if isinstance(code, int) else 0)
+    code = code if isinstance(code, int) else 0
+    if ranks and code == 0:                      # release the other ranks (on a failure the launcher stops them)
+        from models.distributed import finish
+
+        finish()
+    sys.exit(code)
 
 
 def error(message: str) -> None:

@@ -39,6 +39,27 @@ def _run_flow(flow_fn, **kwargs):
     return run_flow(flow_fn, kwargs, announce=lambda m: err.print(f"[dim]{m}[/]", highlight=False))
 
 
+def nproc_option():
+    return typer.Option(1, "--nproc", min=1, help="Train data-parallel in N processes on this host (torch's launcher; "
+                        "gloo on CPUs, nccl on GPUs); the batch is split between them. Also runs under your own torchrun.")
+
+
+def launch(nproc: int, batch_size: int | None = None) -> None:
+    """--nproc N: run this same command as N processes under torch's launcher and exit with rank 0's status (rank
+    0 does the command's work; the others join its trainings). Under a launcher already, nothing to do."""
+    import os
+    import sys
+
+    if nproc == 1 or "WORLD_SIZE" in os.environ:
+        return
+    if batch_size is not None and batch_size % nproc:
+        raise typer.BadParameter(f"batch size {batch_size} does not split over {nproc} processes: give a multiple of "
+                                 f"{nproc}", param_hint="--nproc")
+    from models.distributed import launch as run_ranks
+
+    sys.exit(run_ranks(nproc, [sys.executable, "-m", "flows.cli", *sys.argv[1:]]))
+
+
 def _device(value: str) -> str:
     """auto, cpu, cuda or cuda:N, checked before any work: a missing GPU would otherwise fail every image."""
     import re

@@ -9,7 +9,7 @@ from typing import Optional
 
 import typer
 
-from flows.cli.common import _device, _ints, _job_folders, _print_skipped, _run_flow
+from flows.cli.common import _device, _ints, _job_folders, _print_skipped, _run_flow, launch, nproc_option
 from flows.progress import out
 
 app = typer.Typer(help="Train image denoisers and denoise whole folders.", no_args_is_help=True)
@@ -47,6 +47,7 @@ def denoise_train(
     device: str = typer.Option("auto", "--device", callback=_device, help="auto (CUDA with bf16 when present, else all CPU cores), cpu or cuda."),
     init: Optional[str] = typer.Option(None, "--init", help="Fine-tune: start from this model (shipped name or folder); its architecture is kept."),
     refresh: bool = typer.Option(False, "--refresh", help="Rebuild cached stages instead of reusing them, and discard a killed run's checkpoints instead of resuming them."),
+    nproc: int = nproc_option(),
     name: Optional[str] = typer.Option(None, "--name", help="Name the model (folder outputs/train/NAME-<key>; `denoise run --model NAME`). A name in use for other settings or data is refused."),
 ):
     """Train a denoising autoencoder (cached: an unchanged second run trains nothing; a killed run resumes)."""
@@ -82,6 +83,7 @@ def denoise_train(
     training = {k: v for k, v in dict(minutes=minutes, steps=steps, epochs=epochs, epoch_steps=epoch_steps,
                                       batch_size=batch_size, patch=patch, lr=lr, seed=seed, device=device).items()
                 if v is not None}
+    launch(nproc, batch_size)         # before the flows' import, which starts Prefect's API
     from flows.pipelines import denoise_train_flow
 
     trained = _run_flow(denoise_train_flow, data=str(data) if data else None, model=model_cfg, training=training,

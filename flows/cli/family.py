@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from flows.cli.common import _ints, _run_flow
+from flows.cli.common import _ints, _run_flow, launch, nproc_option
 from flows.progress import out
 
 app = typer.Typer(help="The autoencoder family (ae, dae, contractive_ae, vae, cvae) on digits, MNIST, faces or "
@@ -36,6 +36,7 @@ def family_train(
     name: Optional[str] = typer.Option(None, "--name", help="The model folder's name instead of KIND-DATA."),
     seed: int = typer.Option(0, "--seed"),
     refresh: bool = typer.Option(False, "--refresh", help="Train again instead of using the cached model."),
+    nproc: int = nproc_option(),
 ):
     """Train one member of the family; prints the model folder (usable by folder, name or unique prefix)."""
     if kind not in FAMILY_KINDS:
@@ -47,6 +48,7 @@ def family_train(
     if steps is not None and minutes is not None:
         raise typer.BadParameter("give --steps or --minutes, not both", param_hint="--minutes")
     _family_data(data)
+    launch(nproc)                     # before the flows' import, which starts Prefect's API
     from flows.pipelines import family_train_flow
 
     trained = _run_flow(family_train_flow, kind=kind, data=data, latent=latent, beta=beta, body=body,

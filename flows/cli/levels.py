@@ -9,7 +9,8 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from flows.cli.common import _device, _file_column, _ints, _out_folder, _print_removed, _print_skipped, _run_flow
+from flows.cli.common import (_device, _file_column, _ints, _out_folder, _print_removed, _print_skipped, _run_flow,
+                               launch, nproc_option)
 from flows.progress import out
 
 app = typer.Typer(help="Game levels: train a VAE on tile grids, sample playable levels, interpolate, check.",
@@ -35,6 +36,7 @@ def levels_train(
     seed: int = typer.Option(0, "--seed"),
     device: str = typer.Option("auto", "--device", callback=_device, help="auto, cpu or cuda."),
     refresh: bool = typer.Option(False, "--refresh", help="Rebuild the cached ingest and training stages."),
+    nproc: int = nproc_option(),
 ):
     """Ingest a game's levels (cut into training units) and train a VAE on them; both stages are cached."""
     if units not in ("cells", "columns"):
@@ -45,6 +47,7 @@ def levels_train(
 
     # no --data, or no level files in it: said before Prefect starts, not as a failed flow run
     (blend_sources if game in BLENDS else _sources)(game, str(data) if data else None)
+    launch(nproc, batch_size)         # before the flows' import, which starts Prefect's API
     from flows.pipelines import levels_train_flow
 
     model_cfg = {"beta": beta, "latent": latent, **({"widths": _ints(widths)} if widths else {}),

@@ -9,7 +9,8 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from flows.cli.common import _device, _file_column, _ints, _out_folder, _print_removed, _print_skipped, _run_flow
+from flows.cli.common import (_device, _file_column, _ints, _out_folder, _print_removed, _print_skipped, _run_flow,
+                               launch, nproc_option)
 from flows.progress import out
 
 app = typer.Typer(help="Music clips: train a conv VAE on melodies or chorales, sample, morph, measure.",
@@ -75,6 +76,7 @@ def music_train(
     seed: int = typer.Option(0, "--seed"),
     device: str = typer.Option("auto", "--device", callback=_device, help="auto, cpu or cuda."),
     refresh: bool = typer.Option(False, "--refresh", help="Re-ingest and retrain instead of reusing cached stages."),
+    nproc: int = nproc_option(),
 ):
     """Train a music VAE (cached: an unchanged second run trains nothing; a killed run resumes)."""
     if mode not in ("melody", "chorale"):
@@ -99,6 +101,7 @@ def music_train(
         minutes = 5.0
     training = {k: v for k, v in dict(minutes=minutes, steps=steps, epoch_steps=epoch_steps, batch_size=batch_size,
                                       lr=lr, seed=seed, device=device).items() if v is not None}
+    launch(nproc, batch_size)         # before the flows' import, which starts Prefect's API
     from flows.pipelines import music_train_flow
 
     trained = _run_flow(music_train_flow, source=corpus, mode=mode, bars=bars, limit=limit, model=model,
