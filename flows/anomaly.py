@@ -373,6 +373,7 @@ def score_new(in_dir: str | Path, out_dir: str | Path, model: str | None = None,
                          "pending": sum(r["pending"] for r in rows),
                          "bad_rows": sum(len(r["bad_rows"]) for r in rows)},
               "seconds": round(time.perf_counter() - t0, 3)}
+    (out / ".aeflow").mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / ".aeflow" / "report.json", report)
     return report
 

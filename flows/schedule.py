@@ -113,13 +113,13 @@ def schedule_series(in_dir: str, out_dir: str, cron: str, tz: str = "UTC", model
     from models.checkpoints import check_folders
 
     next_fire(cron, tz)
-    require_server()
     src, dst = Path(in_dir).expanduser().resolve(), Path(out_dir).expanduser().resolve()
     if not src.is_dir():
         raise FileNotFoundError(f"{src}: no such folder; give the folder that holds the CSV files")
     check_folders(src, dst)
     if model:
         resolve_detector(model)            # refused now, not at the first run (each series' own: when it comes)
+    require_server()
     params = {"in_dir": str(src), "out_dir": str(dst), "model": model, "column": column, "wait": 600.0}
     return _deploy("scheduled_series_flow", name or default_name(in_dir, out_dir), pool, cron, tz, params,
                    f"score new points of the series in {src} -> {dst} ({cron}, {tz})")

@@ -49,6 +49,22 @@ def sine(n, seed, start=0, period=PERIOD):
     return 10 + 3 * np.sin(2 * np.pi * t / period) + np.random.default_rng(seed).normal(0, 0.05, n)
 
 
+@pytest.fixture(scope="session")
+def tiny_detector(tmp_path_factory):
+    """A series detector small enough to train in about a second (windows of 16, 40 steps, one pass), on one
+    core: two torch threads on two shared cores are far slower for a model this small (test_anomaly's one_core)."""
+    from flows.anomaly import train_series
+
+    root = tmp_path_factory.mktemp("tiny")
+    write_csv(root / "base.csv", sine(300, 5))
+    cores = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {min(cores)})
+    try:
+        return train_series(root / "base.csv", window=16, train_fraction=1.0, drop=0, steps=40, progress=False)
+    finally:
+        os.sched_setaffinity(0, cores)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _stop_the_kept_temporary_api():
     """The commands the tests run share one kept temporary Prefect API (flows/server.py); stopped at the end."""

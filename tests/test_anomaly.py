@@ -252,16 +252,6 @@ def test_traffic_outliers_and_an_unseen_category_score_above_normal_records(tmp_
 
 # ---------------------------------------------------------------- scheduled, incremental scoring
 
-@pytest.fixture(scope="module")
-def tiny_detector(tmp_path_factory, one_core):
-    """A detector small enough to train in about a second (windows of 16, 40 steps, one pass)."""
-    from flows.anomaly import train_series
-
-    root = tmp_path_factory.mktemp("tiny")
-    write_csv(root / "base.csv", sine(300, 5))
-    return train_series(root / "base.csv", window=16, train_fraction=1.0, drop=0, steps=40, progress=False)
-
-
 def scores_csv(path):
     return list(csv.DictReader(io.StringIO(path.read_text())))
 
