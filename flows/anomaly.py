@@ -283,12 +283,10 @@ STATE = "state.json"
 def _complete_lines(path: Path, series: Series) -> tuple[Series, bool]:
     """The series without its last line when that line has no newline yet (a writer is appending it: a value
     cut short would be scored once and never again); and whether it had one."""
-    with path.open("rb") as fh:
-        fh.seek(0, 2)
-        if fh.tell() == 0 or (fh.seek(-1, 2), fh.read(1))[1] in b"\n\r":
-            return series, False
-        fh.seek(0)
-        last_line = fh.read().count(b"\n") + 1
+    data = path.read_bytes()
+    if not data or data.endswith((b"\n", b"\r")):
+        return series, False
+    last_line = data.count(b"\n") + 1
     keep = series.lines != last_line
     return Series(series.name, [s for s, k in zip(series.stamps, keep) if k], series.seconds[keep],
                   series.values[keep], series.lines[keep], [b for b in series.bad if b.line != last_line]), True
@@ -331,6 +329,8 @@ def score_new_points(path: Path, out: Path, model: str | None = None, column: st
            "new_points": len(series.values) - done, "bad_rows": bad, "pending": pending, "out": str(dest),
            **({"rescored": state["rescored"]} if "rescored" in state else {})}
     if done == len(series.values):
+        if bad and "rescored" not in state:          # said once: the next run starts after them
+            write_json_atomic(dest / STATE, {**state, "lines": max(b["line"] for b in bad)})
         return row
     score, seconds = score_points(series, detector, max_fill=max_fill, since=done)
     flags = score >= detector["threshold"]

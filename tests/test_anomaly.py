@@ -320,6 +320,12 @@ def test_a_scheduled_run_scores_only_new_points_as_a_full_scoring_would(tiny_det
     fourth = scheduled_series_flow(str(src), str(out), model=folder, wait=0)
     assert fourth["counts"]["points"] == 0 and fourth["counts"]["skipped"] == 2 and fourth["counts"]["bad_rows"] == 0
     assert {p: p.read_bytes() for p in written} == written       # nothing re-scored nor rewritten
+    with (src / "b.csv").open("a") as fh:                        # only a bad row arrives: said once, nothing scored
+        fh.write("2024-01-01 08:20:00,\n")
+    fifth, sixth = (scheduled_series_flow(str(src), str(out), model=folder, wait=0) for _ in range(2))
+    assert [r["bad_rows"] for r in fifth["skipped"] if r["series"] == "b"] == [[{"line": 102, "reason": "missing value"}]]
+    assert fifth["counts"]["points"] == sixth["counts"]["bad_rows"] == 0
+    assert (out / "b" / "scores.csv").read_bytes() == written[out / "b" / "scores.csv"]
 
     # the same lock as a denoise run's: a second run on OUT waits, then stops naming the holder
     with job_lock(str(out), run="holder-run"):
