@@ -39,12 +39,12 @@ QUANTILE, MARGIN, SMOOTH = 0.99, 3.0, 8
 GAP = 12                         # flagged points at most this many points apart are one event (the NAB note's)
 
 
-def find_series(target: str | Path) -> list[Path]:
-    """A CSV file, or every *.csv under a folder (sorted)."""
+def find_series(target: str | Path, empty: bool = False) -> list[Path]:
+    """A CSV file, or every *.csv under a folder (sorted; a folder without any is an error unless `empty`)."""
     target = Path(target).expanduser()
     if target.is_dir():
         found = sorted(p for p in target.rglob("*.csv") if p.is_file())
-        if not found:
+        if not found and not empty:
             raise FileNotFoundError(f"{target}: no .csv files in this folder")
         return found
     if not target.is_file():
@@ -185,16 +185,60 @@ def labels_for(labels: dict, path: Path, root: Path) -> list | None:
     return labels[same[0]] if len(same) == 1 else None
 
 
-def score_points(series: Series, detector: dict, net=None, max_fill: int = 12) -> tuple[np.ndarray, float]:
-    """Score per point of the series (squared reconstruction error, scaled units) and seconds spent."""
+def score_points(series: Series, detector: dict, net=None, max_fill: int = 12, since: int = 0) -> tuple[np.ndarray, float]:
+    """Score per point of the series from point `since` on (squared reconstruction error, scaled units) and seconds
+    spent. The grid is always the whole series'; from `since` > 0 only the windows that reach those points or their
+    smoothing neighbours run, starting on the whole run's hop grid, so the scores equal a full scoring's."""
     from models.registry import load_model
 
     net = net or load_model(Path(detector["model"]))
     grid = regularise(series, max_fill)
     t0 = time.perf_counter()
     z = (grid.values - detector["center"]) / detector["scale"]
-    score = reconstruct_errors(net, z, detector["window"], detector["hop"], detector["smooth"])[grid.index]
+    window, hop, smooth = detector["window"], detector["hop"], detector["smooth"]
+    # the windows covering the first new point's leftmost smoothing neighbour start at or after lo
+    lo = max(0, int(grid.index[since]) - smooth // 2 - window + 1) // hop * hop
+    score = reconstruct_errors(net, z[lo:], window, hop, smooth)[grid.index[since:] - lo]
     return score, time.perf_counter() - t0
+
+
+def _with_detector(path: Path, model: str | None, column: str | None) -> tuple[Series, Path, dict]:
+    """A series file, its detector (`model`'s, else the one trained on a series of its name) and, unless
+    `column` names one, the values of the column that detector was trained on."""
+    series = read_series(path, column or "value")
+    folder = resolve_detector(model, series.name)
+    detector = json.loads((folder / "detector.json").read_text())
+    if column is None and detector["column"] != "value":
+        series = read_series(path, detector["column"])
+    return series, folder, detector
+
+
+def _score_rows(stamps: list[str], values: np.ndarray, score: np.ndarray, flags: np.ndarray) -> str:
+    """scores.csv's data rows (timestamp, value, score, flag)."""
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="\n").writerows(
+        zip(stamps, (f"{v:.10g}" for v in values), (f"{s:.6g}" for s in score), flags.astype(int)))
+    return buf.getvalue()
+
+
+SCORES_HEADER = "timestamp,value,score,flag\n"
+
+
+def _write_series(dest: Path, series: Series, score: np.ndarray, flags: np.ndarray, threshold: float, gap: int,
+                  labelled: list | None = None, rows: str | None = None) -> list[dict]:
+    """OUT/<series>/: scores.csv (`rows`, else made from the arguments), events.json and the plot of the series'
+    points and their scores (one each, in order); returns the events."""
+    dest.mkdir(parents=True, exist_ok=True)
+    rows = rows if rows is not None else SCORES_HEADER + _score_rows(series.stamps, series.values, score, flags)
+    write_bytes_atomic(dest / "scores.csv", rows.encode())
+    found = events(flags, gap)
+    ev = [{"start": series.stamps[a], "end": series.stamps[b], "peak": float(score[a:b + 1].max()),
+           "points": b - a + 1, "start_line": int(series.lines[a]), "end_line": int(series.lines[b])}
+          for a, b in found]
+    write_json_atomic(dest / "events.json", ev)
+    write_bytes_atomic(dest / f"{series.name}.png", plot_series(series.name, series.values, score, threshold, found,
+                                                                labelled))
+    return ev
 
 
 def score_series(target: str | Path, out_dir: str | Path, model: str | None = None, column: str | None = None,
@@ -206,39 +250,131 @@ def score_series(target: str | Path, out_dir: str | Path, model: str | None = No
     rows, failed = [], []
     for path in find_series(root):
         try:
-            series = read_series(path, column or "value")
-            folder = resolve_detector(model, series.name)
-            detector = json.loads((folder / "detector.json").read_text())
-            if column is None and detector["column"] != "value":
-                series = read_series(path, detector["column"])
+            series, folder, detector = _with_detector(path, model, column)
             score, seconds = score_points(series, detector, max_fill=max_fill)
         except (BadSeries, FileNotFoundError, ValueError) as e:
             failed.append({"file": str(path), "reason": str(e)})
             continue
         flags = score >= detector["threshold"]
-        found = events(flags, gap)
         windows_ = labels_for(label_map, path, root) if label_map is not None else None
         labelled = label_segments(series.seconds, windows_) if windows_ is not None else None
         dest = out / series.name
-        dest.mkdir(parents=True, exist_ok=True)
-        buf = io.StringIO()
-        w = csv.writer(buf, lineterminator="\n")
-        w.writerow(["timestamp", "value", "score", "flag"])
-        w.writerows(zip(series.stamps, (f"{v:.10g}" for v in series.values), (f"{s:.6g}" for s in score),
-                        flags.astype(int)))
-        write_bytes_atomic(dest / "scores.csv", buf.getvalue().encode())
-        ev = [{"start": series.stamps[a], "end": series.stamps[b], "peak": float(score[a:b + 1].max()),
-               "points": b - a + 1, "start_line": int(series.lines[a]), "end_line": int(series.lines[b])}
-              for a, b in found]
-        write_json_atomic(dest / "events.json", ev)
-        write_bytes_atomic(dest / f"{series.name}.png", plot_series(series.name, series.values, score,
-                                                                    detector["threshold"], found, labelled))
+        ev = _write_series(dest, series, score, flags, detector["threshold"], gap, labelled)
         rows.append({"file": str(path), "series": series.name, "detector": folder.name, "points": len(score),
                      "events": len(ev), "flagged": int(flags.sum()), "threshold": detector["threshold"],
                      "points_per_s": round(len(score) / max(seconds, 1e-9)), "bad_rows": [b.__dict__ for b in series.bad],
                      "out": str(dest), **({"labelled_windows": len(labelled)} if labelled is not None else {})})
     report = {"target": str(root), "out_dir": str(out), "series": rows, "failed": failed, "gap": gap}
     write_json_atomic(out / "report.json", report)
+    return report
+
+
+# ---------------------------------------------------------------- scheduled, incremental scoring
+#
+#     Each run scores, per CSV of the watched folder, the points newer than the last scored timestamp, which
+#     OUT/<series>/state.json records (written last: an interrupted run is found out and scored again from the
+#     start). The series is read and put on its grid whole, so the new points' scores equal a full scoring's;
+#     scores.csv gets their rows (the file rewritten and replaced), events.json and the plot are redone over
+#     all rows. The caller holds OUT's lock (flows.denoise.job_lock, as a denoise run does).
+
+STATE = "state.json"
+
+
+def _complete_lines(path: Path, series: Series) -> tuple[Series, bool]:
+    """The series without its last line when that line has no newline yet (a writer is appending it: a value
+    cut short would be scored once and never again); and whether it had one."""
+    data = path.read_bytes()
+    if not data or data.endswith((b"\n", b"\r")):
+        return series, False
+    last_line = data.count(b"\n") + 1
+    keep = series.lines != last_line
+    return Series(series.name, [s for s, k in zip(series.stamps, keep) if k], series.seconds[keep],
+                  series.values[keep], series.lines[keep], [b for b in series.bad if b.line != last_line]), True
+
+
+def _scored_before(dest: Path, series: Series, detector: str) -> tuple[int, np.ndarray, str, dict]:
+    """How many of the series' points earlier runs scored, their scores, scores.csv's text and the state. When the
+    outputs do not match the state, the file or the detector (an interrupted run, an edited file, deleted
+    outputs, a retrained detector), everything is scored again: (0, ...) with the reason as the state's
+    "rescored"."""
+    try:
+        state = json.loads((dest / STATE).read_text())
+    except (OSError, ValueError):
+        return 0, np.zeros(0), "", {}                                        # the first run
+    try:
+        text = (dest / "scores.csv").read_text()
+        rows = list(csv.reader(io.StringIO(text)))[1:]
+        done = int(np.searchsorted(series.seconds, state["last_seconds"], "right"))
+        if state["detector"] != detector:
+            why = f"the detector is now {detector}, not {state['detector']}"
+        elif len(rows) == done == state["points"] and (not rows or rows[-1][0] == state["last"]):
+            return done, np.array([float(r[2]) for r in rows]), text, state
+        else:
+            why = f"{dest / 'scores.csv'} does not match {dest / STATE} or the series file"
+    except (OSError, ValueError, KeyError, TypeError, IndexError) as e:
+        why = f"{dest}: {e}"
+    return 0, np.zeros(0), "", {"rescored": f"{why}: scored again from the start"}
+
+
+def score_new_points(path: Path, out: Path, model: str | None = None, column: str | None = None, gap: int = GAP,
+                     max_fill: int = 12) -> dict:
+    """Score the points of one series file that earlier runs did not into OUT/<series>/; returns its report row
+    (`new_points` 0: nothing arrived, nothing written)."""
+    series, folder, detector = _with_detector(path, model, column)
+    series, pending = _complete_lines(path, series)
+    dest = out / series.name
+    done, old, text, state = _scored_before(dest, series, folder.name)
+    bad = [b.__dict__ for b in series.bad if b.line > state.get("lines", 0)]       # new since the last run
+    row = {"file": str(path), "series": series.name, "detector": folder.name, "points": len(series.values),
+           "new_points": len(series.values) - done, "bad_rows": bad, "pending": pending, "out": str(dest),
+           **({"rescored": state["rescored"]} if "rescored" in state else {})}
+    if done == len(series.values):
+        if bad and "rescored" not in state:          # said once: the next run starts after them
+            write_json_atomic(dest / STATE, {**state, "lines": max(b["line"] for b in bad)})
+        return row
+    score, seconds = score_points(series, detector, max_fill=max_fill, since=done)
+    flags = score >= detector["threshold"]
+    rows = (text or SCORES_HEADER) + _score_rows(series.stamps[done:], series.values[done:], score, flags)
+    all_score = np.r_[old, score]
+    ev = _write_series(dest, series, all_score, all_score >= detector["threshold"], detector["threshold"], gap,
+                       rows=rows)
+    lines = max([int(series.lines[-1])] + [b.line for b in series.bad])
+    write_json_atomic(dest / STATE, {"last": series.stamps[-1], "last_seconds": float(series.seconds[-1]),
+                                     "points": len(series.values), "lines": lines, "detector": folder.name})
+    return {**row, "from": series.stamps[done], "to": series.stamps[-1], "flagged": int(flags.sum()),
+            "events": len(ev), "threshold": detector["threshold"],
+            "points_per_s": round(len(score) / max(seconds, 1e-9))}
+
+
+def score_new(in_dir: str | Path, out_dir: str | Path, model: str | None = None, column: str | None = None,
+              gap: int = GAP, run: str = "") -> dict:
+    """A scheduled run: `score_new_points` for every CSV of IN_DIR; the run's report, also written to
+    OUT_DIR/.aeflow/report.json (where `aeflow schedule run --wait` and `schedule list` read a run's outcome)."""
+    from models.checkpoints import check_folders
+
+    t0 = time.perf_counter()
+    root, out = Path(in_dir).expanduser().resolve(), Path(out_dir).expanduser().resolve()
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root}: no such folder; give the folder that holds the CSV files")
+    check_folders(root, out)
+    scored, skipped, failed = [], [], []
+    for path in find_series(root, empty=True):
+        try:
+            row = score_new_points(path, out, model, column, gap)
+        except (BadSeries, FileNotFoundError, ValueError) as e:
+            failed.append({"file": str(path), "reason": str(e)})
+            continue
+        (scored if row["new_points"] else skipped).append(row)
+    rows = scored + skipped
+    report = {"job": "anomaly-series", "run": run, "in_dir": str(root), "out_dir": str(out), "model": model,
+              "series": scored, "skipped": skipped, "failed": failed,
+              "counts": {"scored": len(scored), "points": sum(r["new_points"] for r in scored),
+                         "skipped": len(skipped), "failed": len(failed),
+                         "pending": sum(r["pending"] for r in rows),
+                         "bad_rows": sum(len(r["bad_rows"]) for r in rows)},
+              "seconds": round(time.perf_counter() - t0, 3)}
+    (out / ".aeflow").mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out / ".aeflow" / "report.json", report)
     return report
 
 

@@ -368,6 +368,30 @@ def anomaly_series_score_flow(target: str, out_dir: str, **kwargs) -> dict:
     return report
 
 
+@flow(name="anomaly-series-update")
+def scheduled_series_flow(in_dir: str, out_dir: str, model: str | None = None, column: str | None = None,
+                          wait: float = 600.0) -> dict:
+    """What `aeflow schedule series` runs: score the points that arrived in each CSV of IN_DIR since the last run
+    (flows.anomaly.score_new). OUT_DIR is locked for the run as a denoise run's is."""
+    from flows.anomaly import score_new
+
+    log = get_run_logger()
+    run = str(flow_run.get_id() or "")
+    log.info(f"series {in_dir} -> {out_dir}: started (model: {model or 'each series its own'})")
+    with job_lock(out_dir, run, wait):
+        report = task(name="anomaly-series-update", cache_policy=NO_CACHE)(score_new)(in_dir, out_dir, model, column,
+                                                                                    run=run)
+    c = report["counts"]
+    summary = (f"{c['points']} new point(s) scored in {c['scored']} series, {c['skipped']} skipped (nothing new), "
+               f"{c['failed']} failed, {c['bad_rows']} new bad row(s), {c['pending']} still being written")
+    log.info(f"series {in_dir} -> {out_dir}: {summary} in {report['seconds']:.1f} s")
+    create_markdown_artifact(key="anomaly-series-update", markdown="\n".join(
+        [f"**{summary}** into `{out_dir}`", ""]
+        + [f"- {r['series']}: {r['new_points']} new point(s), {r['flagged']} flagged; {r['events']} event(s) in all"
+           for r in report["series"]] + [f"- failed: {f['reason']}" for f in report["failed"]]))
+    return report
+
+
 # ---------------------------------------------------------------- anomalies in network traffic
 
 @flow(name="anomaly-traffic-train")

@@ -1,10 +1,11 @@
-"""Scheduled denoising on Prefect's own machinery: a process work pool, deployments with cron
-schedules, and workers that execute their runs (`aeflow schedule ...`, `aeflow worker start`).
+"""Scheduled jobs on Prefect's own machinery: a process work pool, deployments with cron schedules, and workers
+that execute their runs (`aeflow schedule ...`, `aeflow worker start`). Two jobs: denoising what is new in a folder
+(`flows.pipelines.scheduled_denoise_flow`) and scoring what arrived in time series (`scheduled_series_flow`).
 
 Schedules need a long-running server (`aeflow server start`): the temporary API of embedded mode runs
-no scheduler. A deployment runs `flows.pipelines.scheduled_denoise_flow` from this checkout (its pull
-step sets the working directory here), so workers on other hosts need the same checkout at the same
-path, the same outputs/ storage and PREFECT_API_URL pointing at the server.
+no scheduler. A deployment runs its flow from this checkout (its pull step sets the working directory
+here), so workers on other hosts need the same checkout at the same path, the same outputs/ storage and
+PREFECT_API_URL pointing at the server.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from pathlib import Path
 
 from prefect import get_client
 from prefect.client.schemas.actions import WorkPoolCreate
-from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId, FlowRunFilter
+from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId, DeploymentFilterName
 from prefect.client.schemas.sorting import FlowRunSort
 from prefect.deployments import run_deployment
 from prefect.exceptions import ObjectNotFound
@@ -28,7 +29,6 @@ from flows.settings import running_server_url
 
 REPO = Path(__file__).resolve().parents[1]
 POOL = "aeflow"
-FLOW_NAME = "denoise-run"      # flows.pipelines.scheduled_denoise_flow's name; imported only to deploy (torch)
 
 
 def require_server() -> None:
@@ -97,19 +97,44 @@ def schedule_denoise(in_dir: str, out_dir: str, cron: str, tz: str = "UTC", mode
     require_server()
     src, dst = Path(in_dir).expanduser().resolve(), Path(out_dir).expanduser().resolve()
     check_job(src, dst, model, sigma, reference, noise, strength)   # refused now, not at 02:00 with three retries a minute apart
-    name = name or default_name(in_dir, out_dir)
-    ensure_pool(pool)
     params = {"in_dir": str(src), "out_dir": str(dst), "model": model, "sigma": sigma, "batches": batches,
               "reference": str(Path(reference).expanduser().resolve()) if reference else None,
               "retry_pending": True, "wait": 600.0, "progress": False,
               "task_runner": task_runner, "dask_address": dask_address, "noise": noise, "strength": strength}
-    from flows.pipelines import scheduled_denoise_flow
+    return _deploy("scheduled_denoise_flow", name or default_name(in_dir, out_dir), pool, cron, tz, params,
+                   f"denoise {src} -> {dst} ({cron}, {tz})")
 
-    flow = scheduled_denoise_flow.from_source(str(REPO), "flows/pipelines.py:scheduled_denoise_flow")
+
+def schedule_series(in_dir: str, out_dir: str, cron: str, tz: str = "UTC", model: str | None = None,
+                    column: str | None = None, name: str | None = None, pool: str = POOL) -> str:
+    """Create or update the deployment that scores, on `cron`, the points that arrived in each CSV of IN_DIR since
+    its last run into OUT_DIR (flows.anomaly.score_new). Returns its full name, `anomaly-series-update/NAME`."""
+    from flows.anomaly import resolve_detector
+    from models.checkpoints import check_folders
+
+    next_fire(cron, tz)
+    src, dst = Path(in_dir).expanduser().resolve(), Path(out_dir).expanduser().resolve()
+    if not src.is_dir():
+        raise FileNotFoundError(f"{src}: no such folder; give the folder that holds the CSV files")
+    check_folders(src, dst)
+    if model:
+        resolve_detector(model)            # refused now, not at the first run (each series' own: when it comes)
+    require_server()
+    params = {"in_dir": str(src), "out_dir": str(dst), "model": model, "column": column, "wait": 600.0}
+    return _deploy("scheduled_series_flow", name or default_name(in_dir, out_dir), pool, cron, tz, params,
+                   f"score new points of the series in {src} -> {dst} ({cron}, {tz})")
+
+
+def _deploy(entry: str, name: str, pool: str, cron: str, tz: str, params: dict, description: str) -> str:
+    """Create or update deployment NAME of flows/pipelines.py's flow `entry` in work pool `pool`, on `cron` in
+    time zone `tz`; returns its full name, FLOW/NAME."""
+    import flows.pipelines
+
+    ensure_pool(pool)
+    flow = getattr(flows.pipelines, entry).from_source(str(REPO), f"flows/pipelines.py:{entry}")
     flow.deploy(name=name, work_pool_name=pool, schedules=[Cron(cron, timezone=tz)], parameters=params,
-                build=False, push=False, print_next_steps=False, ignore_warnings=True,
-                description=f"denoise {src} -> {dst} ({cron}, {tz})")
-    return f"{FLOW_NAME}/{name}"
+                build=False, push=False, print_next_steps=False, ignore_warnings=True, description=description)
+    return f"{flow.name}/{name}"
 
 
 def _outcome(run, params: dict, zone) -> str:
@@ -160,11 +185,21 @@ def list_schedules() -> list[dict]:
 
 def _deployment(client, name: str):
     """Deployment NAME (or FLOW/NAME), or a one-line error that lists the known ones."""
-    try:
-        return client.read_deployment_by_name(name if "/" in name else f"{FLOW_NAME}/{name}")
-    except ObjectNotFound:
-        known = ", ".join(d.name for d in client.read_deployments()) or "none yet (`aeflow schedule denoise`)"
-        raise FileNotFoundError(f"no scheduled job named {name!r}; known: {known}") from None
+    if "/" in name:
+        try:
+            return client.read_deployment_by_name(name)
+        except ObjectNotFound:
+            found = []
+    else:
+        found = client.read_deployments(deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=[name])))
+    if len(found) == 1:
+        return found[0]
+    if found:                               # one name under two jobs: FLOW/NAME says which
+        raise ValueError(f"{len(found)} scheduled jobs are named {name!r}: give one of "
+                         + ", ".join(f"{client.read_flow(d.flow_id).name}/{d.name}" for d in found))
+    known = ", ".join(d.name for d in client.read_deployments()) or \
+        "none yet (`aeflow schedule denoise` or `aeflow schedule series`)"
+    raise FileNotFoundError(f"no scheduled job named {name!r}; known: {known}")
 
 
 def _on_deployment(name: str, action: str) -> str:
@@ -196,7 +231,6 @@ def run_now(name: str, timeout: float | None = 0, on_queue=None) -> dict:
     it ends). `on_queue(message)` hears, before any wait, that no worker has polled the deployment's pool in the
     last minute (the run then waits for one). Returns the run and the deployment's parameters."""
     require_server()
-    full = name if "/" in name else f"{FLOW_NAME}/{name}"
     with get_client(sync_client=True) as client:
         deployment = _deployment(client, name)
         pool = deployment.work_pool_name or POOL
@@ -209,7 +243,7 @@ def run_now(name: str, timeout: float | None = 0, on_queue=None) -> dict:
     if not alive and on_queue:
         on_queue(f"no worker has polled pool {pool!r} in the last minute: the run waits for one "
                  "(start it with `aeflow worker start`)")
-    run = run_deployment(full, timeout=timeout, as_subflow=False)
+    run = run_deployment(deployment.id, timeout=timeout, as_subflow=False)
     return {"id": str(run.id), "name": run.name, "state": run.state.name if run.state else None,
             "parameters": deployment.parameters}
 

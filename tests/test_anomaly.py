@@ -5,30 +5,17 @@ import csv
 import io
 import json
 from datetime import datetime, timedelta
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import PERIOD, T0, sine, write_csv
 from PIL import Image
 
 from formats.series import (BadSeries, events, label_segments, match_events, read_series, regularise,
                             window_starts, windows, per_point)
 from models.registry import build, parse_config
-
-T0 = datetime(2024, 1, 1)
-PERIOD = 48
-
-
-def write_csv(path, values, step_min=5, start=0):
-    stamps = [(T0 + timedelta(minutes=step_min * (start + i))).strftime("%Y-%m-%d %H:%M:%S") for i in range(len(values))]
-    path.write_text("timestamp,value\n" + "".join(f"{t},{v:.6f}\n" for t, v in zip(stamps, values)))
-    return stamps
-
-
-def sine(n, seed, start=0, period=PERIOD):
-    t = np.arange(start, start + n)
-    return 10 + 3 * np.sin(2 * np.pi * t / period) + np.random.default_rng(seed).normal(0, 0.05, n)
-
 
 def test_bad_rows_are_listed_with_their_line_and_the_rest_is_used(tmp_path):
     f = tmp_path / "s.csv"
@@ -261,3 +248,86 @@ def test_traffic_outliers_and_an_unseen_category_score_above_normal_records(tmp_
     assert all(r["flag"] == "1" and r["explain"].startswith("rate (+") for r in rows[200:210])   # 0.9 vs <= 0.1
     assert rows[0]["label"] == "normal" and rows[0]["explain"] == "" and float(rows[0]["kl"]) > 0
     assert report["flagged"] >= 11 and report["scored"] == 211
+
+
+# ---------------------------------------------------------------- scheduled, incremental scoring
+
+def scores_csv(path):
+    return list(csv.DictReader(io.StringIO(path.read_text())))
+
+
+@pytest.mark.prefect
+def test_a_scheduled_run_scores_only_new_points_as_a_full_scoring_would(tiny_detector, tmp_path):
+    from flows.anomaly import score_points
+    from flows.denoise import FolderLocked, job_lock
+    from flows.pipelines import scheduled_series_flow
+
+    folder = tiny_detector["folder"]
+    detector = json.loads((Path(folder) / "detector.json").read_text())
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    a, b = sine(250, 6, 300), sine(100, 7)
+    a[240] += 5.0                                                # a spike, flagged on the first run
+    write_csv(src / "a.csv", a, start=300)
+    write_csv(src / "b.csv", b)
+    first = scheduled_series_flow(str(src), str(out), model=folder, wait=0)
+    assert first["counts"] == {"scored": 2, "points": 350, "skipped": 0, "failed": 0, "pending": 0, "bad_rows": 0}
+    assert json.loads((out / ".aeflow" / "report.json").read_text())["run"] == first["run"] != ""
+    state = json.loads((out / "a" / "state.json").read_text())
+    assert state["last"] == "2024-01-02 21:45:00" and state["points"] == 250
+
+    # 40 points arrive, one bad row among them and a last line still being written (no newline yet)
+    more = sine(40, 8, 550)
+    more[30] += 5.0
+    stamps = write_csv(tmp_path / "more.csv", more, start=550)
+    with (src / "a.csv").open("a") as fh:
+        fh.write("".join(f"{t},{v:.6f}\n" for t, v in zip(stamps[:20], more[:20])) + f"{stamps[20]},oops\n"
+                 + "".join(f"{t},{v:.6f}\n" for t, v in zip(stamps[20:], more[20:])) + "2024-01-03 01:10:00,1")
+    before_b = (out / "b" / "scores.csv").read_bytes()
+    second = scheduled_series_flow(str(src), str(out), model=folder, wait=0)
+    (row,) = second["series"]
+    assert (row["series"], row["new_points"], row["from"], row["pending"]) == ("a", 40, stamps[0], True), row
+    assert [b["line"] for b in row["bad_rows"]] == [272] and "non-numeric" in row["bad_rows"][0]["reason"]
+    assert [r["series"] for r in second["skipped"]] == ["b"] and (out / "b" / "scores.csv").read_bytes() == before_b
+    rows = scores_csv(out / "a" / "scores.csv")
+    assert len(rows) == 290 and rows[-1]["timestamp"] == stamps[-1]
+    # the new points' scores equal a full scoring's of the series as it now is (the cut-off line left out)
+    full_src = tmp_path / "full"
+    full_src.mkdir()
+    write_csv(full_src / "a.csv", np.r_[a, more], start=300)
+    full, _ = score_points(read_series(full_src / "a.csv"), detector)
+    new = np.array([float(r["score"]) for r in rows[250:]])
+    assert np.allclose(new, full[250:], rtol=1e-5, atol=1e-9), np.abs(new - full[250:]).max()
+    # ... and are not those of the new points scored without their history (the check could fail)
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    write_csv(alone / "a.csv", more, start=550)
+    assert not np.allclose(score_points(read_series(alone / "a.csv"), detector)[0], full[250:], rtol=1e-3)
+    events = json.loads((out / "a" / "events.json").read_text())
+    assert [e["start"] <= stamps[30] <= e["end"] for e in events][-1] and len(events) == 2, events
+    assert events[-1]["start_line"] > 271                        # lines of the file, past the bad row
+    png = Image.open(out / "a" / "a.png")
+    png.load()
+    assert png.size[0] == 1200
+
+    # the cut-off line is finished: it alone is new; then nothing is
+    with (src / "a.csv").open("a") as fh:
+        fh.write("0.5\n")
+    third = scheduled_series_flow(str(src), str(out), model=folder, wait=0)
+    assert [(r["series"], r["new_points"], r["to"]) for r in third["series"]] == [("a", 1, "2024-01-03 01:10:00")]
+    assert float(scores_csv(out / "a" / "scores.csv")[-1]["value"]) == 10.5
+    written = {p: p.read_bytes() for p in out.rglob("*") if p.is_file() and ".aeflow" not in p.parts}
+    fourth = scheduled_series_flow(str(src), str(out), model=folder, wait=0)
+    assert fourth["counts"]["points"] == 0 and fourth["counts"]["skipped"] == 2 and fourth["counts"]["bad_rows"] == 0
+    assert {p: p.read_bytes() for p in written} == written       # nothing re-scored nor rewritten
+    with (src / "b.csv").open("a") as fh:                        # only a bad row arrives: said once, nothing scored
+        fh.write("2024-01-01 08:20:00,\n")
+    fifth, sixth = (scheduled_series_flow(str(src), str(out), model=folder, wait=0) for _ in range(2))
+    assert [r["bad_rows"] for r in fifth["skipped"] if r["series"] == "b"] == [[{"line": 102, "reason": "missing value"}]]
+    assert fifth["counts"]["points"] == sixth["counts"]["bad_rows"] == 0
+    assert (out / "b" / "scores.csv").read_bytes() == written[out / "b" / "scores.csv"]
+
+    # the same lock as a denoise run's: a second run on OUT waits, then stops naming the holder
+    with job_lock(str(out), run="holder-run"):
+        with pytest.raises(FolderLocked, match="locked by run holder-run"):
+            scheduled_series_flow(str(src), str(out), model=folder, wait=0)

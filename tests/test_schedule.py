@@ -1,4 +1,5 @@
-"""Scheduled denoising on a real Prefect server and a real process worker; and the output-folder lock."""
+"""Scheduled denoising and series scoring on a real Prefect server and a real process worker; and the
+output-folder lock."""
 
 import json
 import os
@@ -8,12 +9,13 @@ import subprocess
 import sys
 import textwrap
 import time
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import photo
+from conftest import photo, sine, write_csv
 
 from formats.images import DecodedImage, encode_image
 
@@ -50,6 +52,25 @@ def server(tmp_path_factory):
         yield env
     finally:
         subprocess.run(AEFLOW + ["server", "stop"], env=env, cwd=REPO, timeout=60)
+
+
+@contextmanager
+def worker(env, log: Path):
+    """`aeflow worker start` while the block runs, its output in `log`; it and its runs' processes stopped after."""
+    proc = subprocess.Popen(AEFLOW + ["worker", "start"], env=env, cwd=REPO, stdout=log.open("wb"),
+                            stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        yield proc
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            pass
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)            # nothing of its group may outlive the test
+        except ProcessLookupError:
+            pass
 
 
 def aeflow(env, *args, timeout=180) -> str:
@@ -101,9 +122,7 @@ def test_schedule_run_by_a_worker_is_incremental(server, tmp_path):
         assert r.returncode == 2 and says in r.stderr.replace("\n", " ") and "Traceback" not in r.stderr, r.stderr
 
     log = tmp_path / "worker.log"
-    worker = subprocess.Popen(AEFLOW + ["worker", "start"], env=server, cwd=REPO, stdout=log.open("wb"),
-                              stderr=subprocess.STDOUT, start_new_session=True)
-    try:
+    with worker(server, log):
         r = subprocess.run(AEFLOW + ["schedule", "run", "nightly", "--wait"], env=server, cwd=REPO,
                            capture_output=True, text=True, timeout=240)
         assert r.returncode == 1, r.stdout + r.stderr                               # a file failed
@@ -124,16 +143,6 @@ def test_schedule_run_by_a_worker_is_incremental(server, tmp_path):
         assert "Completed" in r.stdout, r.stdout + r.stderr
         report = json.loads((dst / ".aeflow" / "report.json").read_text())
         assert report["counts"]["processed"] == 0 and report["counts"]["skipped"] == 4
-    finally:
-        os.killpg(worker.pid, signal.SIGTERM)
-        try:
-            worker.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            pass
-        try:
-            os.killpg(worker.pid, signal.SIGKILL)            # nothing of its group may outlive the test
-        except ProcessLookupError:
-            pass
 
 
 @pytest.mark.prefect
@@ -169,6 +178,38 @@ def test_a_command_uses_the_running_server_and_ends_without_prefect_chatter(serv
     with urllib.request.urlopen(query, timeout=10) as resp:
         runs = json.load(resp)
     assert any(run["parameters"].get("out_dir") == str(dst) for run in runs)      # the run is on that server
+
+
+@pytest.mark.prefect
+def test_schedule_series_run_by_a_worker_scores_what_arrived(server, tmp_path, tiny_detector):
+    src, dst = tmp_path / "series", tmp_path / "scored"
+    src.mkdir()
+    write_csv(src / "a.csv", sine(200, 1))
+    server = {**server, "COLUMNS": "1000"}
+    # a time that does not come during the test: a scheduled run beside the one started here would score first
+    out = aeflow(server, "schedule", "series", str(src), str(dst), "--cron", "30 4 1 1 *", "--model",
+                 tiny_detector["folder"], "--name", "quarterly")
+    assert "anomaly-series-update/quarterly" in out and "next 20" in out, out
+    with worker(server, tmp_path / "worker.log"):
+        out = aeflow(server, "schedule", "run", "quarterly", "--wait", timeout=240)
+        assert "Completed" in out and "200 new point(s) scored in 1 series" in out, out
+    report = json.loads((dst / ".aeflow" / "report.json").read_text())
+    assert report["job"] == "anomaly-series" and report["series"][0]["to"] == "2024-01-01 16:35:00"
+    assert len((dst / "a" / "scores.csv").read_text().splitlines()) == 1 + 200
+
+
+def test_schedule_series_refuses_what_could_never_run(tmp_path):
+    from flows.schedule import schedule_series
+
+    src = tmp_path / "series"
+    src.mkdir()
+    for args, error, says in (((src, tmp_path / "out", "*/15 * * * *", "UTC", "nosuch"), FileNotFoundError,
+                               "--model nosuch: matches no detector"),
+                              ((src, src / "out", "*/15 * * * *"), ValueError, "must lie outside"),
+                              ((tmp_path / "no", tmp_path / "out", "*/15 * * * *"), FileNotFoundError, "no such folder"),
+                              ((src, tmp_path / "out", "*/15 * * *"), ValueError, "give 5 fields")):
+        with pytest.raises(error, match=says):
+            schedule_series(*map(str, args[:2]), *args[2:])
 
 
 HOLDER = textwrap.dedent("""

@@ -95,6 +95,26 @@ def series_score(
         raise typer.Exit(1)
 
 
+def print_update_report(report: dict) -> None:
+    """A scheduled series run's report (flows.anomaly.score_new): what was scored, skipped, bad, failed."""
+    c = report["counts"]
+    out.print(f"[bold]{c['points']} new point(s) scored[/] in {c['scored']} series, {c['skipped']} skipped (nothing "
+              f"new), [{'red' if c['failed'] else 'green'}]{c['failed']} failed[/] in {report['seconds']:.1f} s")
+    for r in report["series"]:
+        out.print(f"  {r['series']}: {r['new_points']} new point(s), {r['from']} .. {r['to']}, {r['flagged']} flagged; "
+                  f"{r['events']} event(s) in all -> {r['out']}", soft_wrap=True, highlight=False)
+        if "rescored" in r:
+            out.print(f"  [yellow]{r['rescored']}[/]", soft_wrap=True, highlight=False)
+    for r in report["series"] + report["skipped"]:
+        if r["pending"]:
+            out.print(f"  {r['series']}: its last line has no newline yet (still being written): left for the next run",
+                      highlight=False)
+        _say_bad(r["bad_rows"])
+    for f in report["failed"]:
+        out.print(f"  [red]failed[/] {f['reason']}", soft_wrap=True)
+    out.print(f"  report: {Path(report['out_dir']) / '.aeflow' / 'report.json'}", soft_wrap=True)
+
+
 traffic_app = typer.Typer(help="Network traffic records (NSL-KDD style, comma-separated): a VAE on normal records, "
                                "scored by its encoder.", no_args_is_help=True)
 app.add_typer(traffic_app, name="traffic")

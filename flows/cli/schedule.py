@@ -1,4 +1,5 @@
-"""`aeflow schedule ...`: scheduled, incremental denoising jobs as Prefect deployments."""
+"""`aeflow schedule ...`: scheduled, incremental jobs (denoising a folder, scoring time series) as Prefect
+deployments."""
 
 from __future__ import annotations
 
@@ -10,11 +11,13 @@ import typer
 from rich.markup import escape
 from rich.table import Column, Table
 
+from flows.cli.anomaly import print_update_report
 from flows.cli.common import _job_folders
 from flows.cli.denoise import _check_task_runner, print_report
 from flows.progress import err, out
 
-app = typer.Typer(help="Scheduled, incremental denoising jobs (needs `aeflow server start` and a worker).",
+app = typer.Typer(help="Scheduled, incremental jobs: denoising, time-series scoring (needs `aeflow server start` "
+                       "and a worker).",
                   no_args_is_help=True)
 
 
@@ -37,12 +40,38 @@ def schedule_denoise(
     """Denoise whatever is new in IN_DIR into OUT_DIR on a schedule (same job as `denoise run`)."""
     _check_task_runner(task_runner, dask_address)
     _job_folders(in_dir, out_dir)
-    from flows.schedule import next_fire, schedule_denoise as create
+    from flows.schedule import schedule_denoise as create
 
     full = create(str(in_dir), str(out_dir), cron, timezone, model, sigma, str(reference) if reference else None,
                   batches, name, task_runner=task_runner, dask_address=dask_address, noise=noise, strength=strength)
+    _say_scheduled(full, cron, timezone)
+
+
+def _say_scheduled(full: str, cron: str, timezone: str) -> None:
+    from flows.schedule import next_fire
+
     out.print(f"scheduled [bold]{full}[/] ({cron}, {timezone}; next {next_fire(cron, timezone):%Y-%m-%d %H:%M %Z}); "
               f"start a worker with `aeflow worker start` and run it now with `aeflow schedule run {full.split('/')[1]}`")
+
+
+@app.command("series")
+def schedule_series(
+    csv_dir: Path = typer.Argument(..., help="Folder of CSV files (timestamp,value) that grow (never modified)."),
+    out_dir: Path = typer.Argument(..., help="Where <series>/scores.csv, events.json and the plot go."),
+    cron: str = typer.Option(..., "--cron", help='When, in cron syntax: "*/15 * * * *" is every quarter of an hour.'),
+    timezone: str = typer.Option("UTC", "--timezone", help="Time zone of the cron times, e.g. Europe/Paris."),
+    model: Optional[str] = typer.Option(None, "--model", help="A detector (folder, name or unique prefix) for every series; default: each series' own, by its name."),
+    column: Optional[str] = typer.Option(None, "--column", help="The value column (default: the one the detector was trained on)."),
+    name: Optional[str] = typer.Option(None, "--name", help="Deployment name (default: from the folders)."),
+):
+    """Score, on a schedule, the points that arrived in each CSV of CSV_DIR since the last run (the same scores
+    as `anomaly series score`; rows appended to OUT_DIR/<series>/scores.csv)."""
+    if csv_dir.is_file():
+        raise typer.BadParameter(f"{csv_dir}: a file; give the folder that holds the CSV files", param_hint="CSV_DIR")
+    _job_folders(csv_dir, out_dir)
+    from flows.schedule import schedule_series as create
+
+    _say_scheduled(create(str(csv_dir), str(out_dir), cron, timezone, model, column, name), cron, timezone)
 
 
 @app.command("list")
@@ -95,7 +124,7 @@ def schedule_run(name: str = typer.Argument(..., help="Deployment name (see `aef
         report = json.loads(report.read_text())
         if report.get("run", r["id"]) != str(r["id"]):     # another run of the folder ended after this one
             out.print(f"(the folder's report is now that of a later run, {report['run']})", soft_wrap=True)
-        print_report(report)
+        (print_update_report if report.get("job") == "anomaly-series" else print_report)(report)
         if report["counts"]["failed"]:
             raise typer.Exit(1)
     elif wait and r["state"] != "Completed":
