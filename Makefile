@@ -19,9 +19,12 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q
 
-# BM3D (non-commercial licence) and OpenCV, for bench/ only
+# BM3D (non-commercial licence), OpenCV and TSB-AD's VUS-PR, for bench/ only. TSB-AD without its dependencies:
+# it pins numpy<2 and pulls torch, transformers and more for its detectors; bench/anomaly.py imports only its
+# evaluation code (numpy, scikit-learn, statsmodels of the bench extra). `pip check` then lists what it lacks.
 bench-deps: $(STAMP)
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev,bench]'
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps TSB-AD==1.5
 
 clean-outputs:
 	rm -rf outputs/*/ outputs/.prefect

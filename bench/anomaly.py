@@ -5,13 +5,15 @@ from the training part's scores), the rolling z-score (causal, previous 288 poin
 100-point windows of the same training part, 95 % of the variance, the same per-point error, smoothing and
 threshold rule as the AE: a linear AE in the same pipeline; TSB-AD fits it on the whole series instead).
 Per family: event F1 at the fixed threshold (flags merged at gaps <= 12 points; tp = windows overlapped by an
-event, fp = events overlapping no window, summed over the family), AUROC (point-wise, mean over series),
+event, fp = events overlapping no window, summed over the family), VUS-PR (TSB-AD's own function and its sliding
+window per series, as their benchmark computes it; mean over series), AUROC (point-wise, mean over series),
 best point-adjusted F1 (secondary: saturated), false events per series on artificialNoAnomaly; speed.
 HTM (NAB's `numenta` detector) and windowedGaussian: NAB's published detector outputs (a folder given with
 --nab-results holding NAB's results/<detector>/<family>/<detector>_<file>.csv and config/thresholds.json, not in
 the shared data), their `anomaly_score` re-scored with the same functions at NAB's standard-profile thresholds;
 skipped with a line saying so without the folder. NAB's HTM threshold was tuned on all 58 files, these included.
-VUS-PR: not computed; no maintained package installs cleanly (bench/README.md says why).
+VUS-PR needs TSB-AD (benchmark-only, `make bench-deps`; bench/README.md says why without its dependencies): without
+it the column says "–".
 
     nice taskset -c 1 .venv/bin/python bench/anomaly.py [--nab ../shared/data/nab] [--nab-results DIR] [--families a,b] [--out FILE]
 
@@ -82,12 +84,39 @@ def sub_pca(grid: np.ndarray, n_train: int, smooth: int, window: int = 100) -> t
     return score(z), MARGIN * float(np.quantile(score(z[:n_train]), QUANTILE))
 
 
+def point_labels(n: int, truth: list[tuple[int, int]]) -> np.ndarray:
+    y = np.zeros(n, bool)
+    for a, b in truth:
+        y[a:b + 1] = True
+    return y
+
+
+def vus_window(values: np.ndarray) -> int | None:
+    """TSB-AD's sliding window for a series: find_length_rank(rank=1) on the raw values (the ACF's highest peak,
+    125 without one), as their benchmark_exp/Run_Detector_U.py does; None when TSB-AD is not installed."""
+    try:
+        from TSB_AD.utils.slidingWindows import find_length_rank
+    except ImportError:
+        return None
+    return int(find_length_rank(values.reshape(-1, 1), rank=1))
+
+
+def vus_pr(score: np.ndarray, truth: list[tuple[int, int]], window: int | None) -> float | None:
+    """TSB-AD's VUS-PR, the call their get_metrics makes (version "opt", 250 thresholds); None without TSB-AD or
+    without labelled windows. Rank-based: the score's scale does not matter."""
+    if window is None or not truth:
+        return None
+    from TSB_AD.evaluation.basic_metrics import generate_curve
+
+    if not np.isfinite(score).all():
+        raise ValueError(f"VUS-PR: {int((~np.isfinite(score)).sum())} scores are not finite")
+    return float(generate_curve(point_labels(len(score), truth).astype(int), score.astype(float), window)[-1])
+
+
 def auroc(score: np.ndarray, truth: list[tuple[int, int]]) -> float | None:
     from sklearn.metrics import roc_auc_score
 
-    y = np.zeros(len(score), bool)
-    for a, b in truth:
-        y[a:b + 1] = True
+    y = point_labels(len(score), truth)
     return float(roc_auc_score(y, score)) if 0 < y.sum() < len(y) else None
 
 
@@ -95,9 +124,7 @@ def best_pa_f1(score: np.ndarray, truth: list[tuple[int, int]]) -> float | None:
     """Best point-adjusted F1 over thresholds at the segments' maxima (where the optimum lies)."""
     if not truth:
         return None
-    y = np.zeros(len(score), bool)
-    for a, b in truth:
-        y[a:b + 1] = True
+    y = point_labels(len(score), truth)
     best = 0.0
     for th in {float(score[a:b + 1].max()) for a, b in truth}:
         flags = score >= th
@@ -108,9 +135,10 @@ def best_pa_f1(score: np.ndarray, truth: list[tuple[int, int]]) -> float | None:
     return best
 
 
-def evaluate(score: np.ndarray, threshold: float, truth) -> dict:
+def evaluate(score: np.ndarray, threshold: float, truth, window: int | None) -> dict:
     tp, fp, fn = match_events(events(score >= threshold, GAP), truth)
-    return {"tp": tp, "fp": fp, "fn": fn, "auroc": auroc(score, truth), "pa_f1": best_pa_f1(score, truth)}
+    return {"tp": tp, "fp": fp, "fn": fn, "vus_pr": vus_pr(score, truth, window), "auroc": auroc(score, truth),
+            "pa_f1": best_pa_f1(score, truth)}
 
 
 def traffic(path: Path, seeds: int) -> str:
@@ -203,15 +231,16 @@ def main() -> None:
             grid = regularise(series)
             pca_step, pca_th = sub_pca(grid.values, det["train_points"], det["smooth"])
             z = rolling_z(series.values)
+            window = vus_window(series.values)
             row = {"family": family, "series": path.stem, "points": len(score), "train_s": det["seconds"],
-                   "wall_s": round(wall, 1), "points_per_s": len(score) / max(seconds, 1e-9),
-                   "ae": evaluate(score, det["threshold"], truth), "z": evaluate(z, 4.0, truth),
-                   "pca": evaluate(pca_step[grid.index], pca_th, truth)}
+                   "wall_s": round(wall, 1), "points_per_s": len(score) / max(seconds, 1e-9), "vus_window": window,
+                   "ae": evaluate(score, det["threshold"], truth, window), "z": evaluate(z, 4.0, truth, window),
+                   "pca": evaluate(pca_step[grid.index], pca_th, truth, window)}
             if args.nab_results:
                 for name in NAB_DETECTORS:
-                    row[name] = evaluate(*nab_published(Path(args.nab_results), name, family, series), truth)
+                    row[name] = evaluate(*nab_published(Path(args.nab_results), name, family, series), truth, window)
             rows.append(row)
-            print(f"{family}/{path.stem}: {len(score)} points, train {det['seconds']:.1f} s; "
+            print(f"{family}/{path.stem}: {len(score)} points, train {det['seconds']:.1f} s, VUS window {window}; "
                   + "; ".join(f"{k} {row[k]['tp']}/{row[k]['fp']}/{row[k]['fn']}" for k in DETECTORS if k in row),
                   file=sys.stderr, flush=True)
     if args.out:
@@ -223,7 +252,8 @@ def main() -> None:
 
 def table(rows: list[dict]) -> str:
     fmt = lambda v: "–" if v is None else f"{v:.3f}"                                  # noqa: E731
-    lines = ["| family | detector | event F1 @fixed (tp/fp/fn) | AUROC | best PA-F1 |", "|---|---|---|---:|---:|"]
+    lines = ["| family | detector | event F1 @fixed (tp/fp/fn) | VUS-PR | AUROC | best PA-F1 |",
+             "|---|---|---|---:|---:|---:|"]
     for family in dict.fromkeys(r["family"] for r in rows):
         part = [r for r in rows if r["family"] == family]
         for key, name in DETECTORS.items():
@@ -233,11 +263,11 @@ def table(rows: list[dict]) -> str:
             mean = lambda k: (lambda v: float(np.mean(v)) if v else None)([r[key][k] for r in part if r[key][k] is not None])  # noqa: E731,E501
             if family == "artificialNoAnomaly":
                 lines.append(f"| {family} | {name} | {fp / len(part):.1f} false events per series ({fp} in "
-                             f"{len(part)}) | – | – |")
+                             f"{len(part)}) | – | – | – |")
                 continue
             f1 = 2 * tp / max(2 * tp + fp + fn, 1)
-            lines.append(f"| {family} | {name} | {f1:.3f} ({tp}/{fp}/{fn}) | {fmt(mean('auroc'))} | "
-                         f"{fmt(mean('pa_f1'))} |")
+            lines.append(f"| {family} | {name} | {f1:.3f} ({tp}/{fp}/{fn}) | {fmt(mean('vus_pr'))} | "
+                         f"{fmt(mean('auroc'))} | {fmt(mean('pa_f1'))} |")
     speed = sorted(rows, key=lambda r: r["points"])
     big = speed[-1]
     lines += ["", "| speed | value |", "|---|---:|",
@@ -246,6 +276,8 @@ def table(rows: list[dict]) -> str:
               f"| training s per series (two passes, median / max) | {np.median([r['train_s'] for r in rows]):.1f} / "
               f"{max(r['train_s'] for r in rows):.1f} |",
               f"| training s for the longest series ({big['series']}, {big['points']:,} points) | {big['train_s']:.1f} |"]
+    if rows[0]["vus_window"] is None:
+        lines.append("\nVUS-PR: TSB-AD is not installed (`make bench-deps` installs it)")
     return "\n".join(lines)
 
 
