@@ -248,17 +248,18 @@ def run_now(name: str, timeout: float | None = 0, on_queue=None) -> dict:
             "parameters": deployment.parameters}
 
 
-def worker_command(pool: str = POOL, name: str | None = None) -> list[str]:
+def worker_command(pool: str = POOL, name: str | None = None, limit: int | None = None) -> list[str]:
     cmd = [sys.executable, "-m", "prefect", "worker", "start", "--pool", pool, "--type", "process"]
-    return cmd + (["--name", name] if name else [])
+    return cmd + (["--name", name] if name else []) + (["--limit", str(limit)] if limit else [])
 
 
-def start_worker(pool: str = POOL, name: str | None = None) -> None:
+def start_worker(pool: str = POOL, name: str | None = None, limit: int | None = None) -> None:
     """Become a process worker until interrupted (several may run, on several hosts). This process is
-    replaced (exec), so Ctrl-C and SIGTERM reach the worker itself and no orphan outlives its parent."""
+    replaced (exec), so Ctrl-C and SIGTERM reach the worker itself and no orphan outlives its parent.
+    `limit`: runs at a time (default: no limit, so the first worker to poll takes every waiting run)."""
     require_server()
     ensure_pool(pool)
-    cmd = worker_command(pool, name)
+    cmd = worker_command(pool, name, limit)
     os.chdir(REPO)
     # commands keep Prefect's console to warnings (they print their own summary); a worker's output is its log:
     # what it picks up, and each run's start and end line with counts (flows.pipelines.denoise_run_flow)

@@ -37,8 +37,11 @@ def server_stop():
 
 
 @worker_app.command("start")
-def worker_start(pool: str = typer.Option("aeflow", "--pool"), name: Optional[str] = typer.Option(None, "--name")):
+def worker_start(pool: str = typer.Option("aeflow", "--pool"), name: Optional[str] = typer.Option(None, "--name"),
+                 limit: Optional[int] = typer.Option(
+                     None, "--limit", min=1, help="Runs at a time on this worker (default: no limit, so one worker takes "
+                                                  "every waiting run; 1 spreads a job split into runs over the hosts).")):
     """Run a process worker in the foreground (Ctrl-C stops it); several may run, on several hosts."""
     from flows.schedule import start_worker
 
-    start_worker(pool, name)
+    start_worker(pool, name, limit)
