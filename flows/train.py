@@ -66,7 +66,7 @@ def train_model(ingest_dir: StageResult | str, model: dict, training: dict, val_
     from models import distributed
     from models.autoencoders import count_parameters
     from models.registry import parse_config
-    from models.trainer import TrainConfig, train as train_loop
+    from models.trainer import TrainConfig
 
     ingest = open_stage(ingest_dir)
     upstream = ingest.manifest
@@ -88,8 +88,8 @@ def train_model(ingest_dir: StageResult | str, model: dict, training: dict, val_
         with TrainProgress(f"train {stage.folder.name}", enabled=progress) as bar:
             warnings = _collect(bar.warn)
             (net, _, _, _, facts), result = distributed.run(
-                denoiser_parts, (ingest, model_cfg, train_cfg, val_fraction, init, config.get("adapt")), train_loop,
-                train_cfg, stage.workdir / "ckpt", on_step=bar.update, warn=warnings)
+                denoiser_parts, (ingest, model_cfg, train_cfg, val_fraction, init, config.get("adapt")), train_cfg,
+                stage.workdir / "ckpt", on_step=bar.update, warn=warnings)
         metrics = {f"val_{k}": round(v, 4) for k, v in result.best.items()}
         info = {"metrics": metrics, "steps": result.steps, "seconds": result.seconds,
                 "patches_per_s": result.samples_per_s, "resumed_from_step": result.resumed_from,
@@ -186,7 +186,7 @@ def train_windows(slug: str, upstream: tuple[str, ...], data: dict, train: tuple
     from models import distributed
     from models.autoencoders import count_parameters
     from models.registry import parse_config
-    from models.trainer import TrainConfig, train as train_loop
+    from models.trainer import TrainConfig
 
     (x_tr, c_tr), (x_va, c_va) = train, val
     vocab = {} if dense else {"vocab": int(max(x_tr.max(), x_va.max())) + 1}
@@ -206,8 +206,8 @@ def train_windows(slug: str, upstream: tuple[str, ...], data: dict, train: tuple
     def fill(tmp: Path) -> dict:
         with TrainProgress(f"train {stage.folder.name}", enabled=progress) as bar:
             warnings = _collect(bar.warn)
-            (net, *_), result = distributed.run(window_parts, (train, val, x_type, model_cfg, train_cfg), train_loop,
-                                                train_cfg, stage.workdir / "ckpt", on_step=bar.update, warn=warnings)
+            (net, *_), result = distributed.run(window_parts, (train, val, x_type, model_cfg, train_cfg), train_cfg,
+                                                stage.workdir / "ckpt", on_step=bar.update, warn=warnings)
         info = {"metrics": {f"val_{k}": round(v, 4) for k, v in result.best.items()}, "steps": result.steps,
                 "seconds": result.seconds, "windows_per_s": result.samples_per_s,
                 "resumed_from_step": result.resumed_from, "parameters": count_parameters(net),

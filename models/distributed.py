@@ -56,12 +56,15 @@ def join() -> None:
         dist.init_process_group(backend, timeout=WAIT)
 
 
-def run(parts: Callable, args: tuple, train: Callable, cfg, ckpt_dir: Path, **kwargs):
-    """Build `parts(*args)` -> (net, learner, batches, val, facts) and `train` the learner, on every rank: rank 0
-    sends the recipe to the ranks in `serve` first. Returns (parts, train's result)."""
-    if rank_and_size()[1] > 1:
+def run(parts: Callable, args: tuple, cfg, ckpt_dir: Path, **kwargs):
+    """Build `parts(*args)` -> (net, learner, batches, val, facts) and train the learner (models.trainer.train), on
+    every rank: rank 0 sends the recipe to the ranks in `serve` first. Returns (parts, the TrainResult)."""
+    from models.trainer import train
+
+    rank, size = rank_and_size()
+    if size > 1 and rank == 0:                   # the others are in `serve`, which calls this with what it got
         join()
-        dist.broadcast_object_list([(parts, args, train, cfg, ckpt_dir)], src=0)
+        dist.broadcast_object_list([(parts, args, cfg, ckpt_dir)], src=0)
     built = parts(*args)
     return built, train(built[1], built[2], built[3], cfg, ckpt_dir, **kwargs)
 
@@ -74,16 +77,15 @@ def serve() -> int:
         dist.broadcast_object_list(box, src=0)
         if box[0] is None:
             break
-        parts, args, train, cfg, ckpt_dir = box[0]
-        built = parts(*args)
-        train(built[1], built[2], built[3], cfg, ckpt_dir)
+        run(*box[0])
     dist.destroy_process_group()
     return 0
 
 
 def finish() -> None:
     """Rank 0 at the end of its command: release the ranks waiting in `serve` (also when nothing was trained)."""
-    if rank_and_size() == (0, 1) or rank_and_size()[0] != 0:
+    rank, size = rank_and_size()
+    if rank or size == 1:
         return
     join()
     dist.broadcast_object_list([None], src=0)
