@@ -412,6 +412,7 @@ def denoise_files(plan: dict, todo: list[list[str]], model: str = "auto", sigma:
     if threads:
         import torch
 
+        models.device                            # first: on the CPU, picking it sets every core's thread
         torch.set_num_threads(threads)           # concurrent batches share the cores
     rows, failed, entries, last_save = [], [], {}, time.monotonic()
     jobs = [Job(Path(rel), sha) for rel, sha in todo]

@@ -239,3 +239,23 @@ def test_auto_takes_the_camera_model_and_strength_steers_a_noise_map_model(tmp_p
     assert moved[0] < moved[1] < moved[2], moved            # more strength, more taken out
     gaussian = run(src, tmp_path / "gauss", noise="gaussian")
     assert gaussian["images"][0]["model"] == "skip-dae-color"
+
+
+def test_a_batch_given_threads_keeps_them_while_it_denoises(tmp_path, monkeypatch):
+    """`--batches N` gives each batch cores // N torch threads: loading the model (which picks the device, and on
+    the CPU sets a thread per core) must not undo that, or N batches oversubscribe the machine."""
+    import torch
+
+    from flows.denoise import denoise_files, plan_job
+
+    src, dst = tmp_path / "in", tmp_path / "out"
+    noisy(src / "a.png", 0)
+    plan = plan_job(str(src), str(dst))
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")              # what picking the CPU would set, on any machine
+    before = torch.get_num_threads()
+    try:
+        batch = denoise_files(plan, plan["todo"], progress=False, threads=1)
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+    assert len(batch["rows"]) == 1 and (dst / "a.png").is_file()
