@@ -101,9 +101,9 @@ def one_core():
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, one_core):
-    """One detector, trained through the Prefect flow on a clean sine, for every planted series. The default 800
-    steps: at 250-600 the conv body does not yet reconstruct a window's first point at every phase, and the
-    clean series, which starts at a crest, gets a false event on its first points."""
+    """One detector, trained through the Prefect flow on a clean sine, for every planted series. 800 steps (half
+    the default): at 250-600 the conv body does not yet reconstruct a window's first point at every phase, and
+    the clean series, which starts at a crest, gets a false event on its first points."""
     from flows.pipelines import anomaly_series_train_flow
 
     root = tmp_path_factory.mktemp("series")
@@ -278,7 +278,7 @@ def test_a_scheduled_run_scores_only_new_points_as_a_full_scoring_would(tiny_det
 
     # 40 points arrive, one bad row among them and a last line still being written (no newline yet)
     more = sine(40, 8, 550)
-    more[30] += 5.0
+    more[30] += 8.0                                              # a spike (one point: smoothed over window // 4)
     stamps = write_csv(tmp_path / "more.csv", more, start=550)
     with (src / "a.csv").open("a") as fh:
         fh.write("".join(f"{t},{v:.6f}\n" for t, v in zip(stamps[:20], more[:20])) + f"{stamps[20]},oops\n"

@@ -45,5 +45,28 @@ def test_without_tsb_ad_the_column_says_dash_and_how_to_install(monkeypatch):
            "vus_window": window, "ae": bench.evaluate(found, 0.75, TRUTH, window)}
     assert row["ae"]["tp"] == 2 and row["ae"]["vus_pr"] is None
     table = bench.table([row])
-    assert "| realTraffic | conv AE (1-D) | 1.000 (2/0/0) | – | 1.000 |" in table
+    assert "| realTraffic | conv AE (1-D) | 1.000 (2/0/0) | 2.7% | – | 1.000 |" in table   # 80 of 3000 flagged
     assert "`make bench-deps` installs it" in table
+
+
+def test_threshold_rules_are_picked_on_the_other_families_and_never_with_false_events_on_clean_series():
+    rng = np.random.default_rng(1)
+    n, window, index = 2000, 128, np.arange(2000)
+
+    def row(family, bump, truth):
+        raw = rng.random(n)                                  # the training part is the first 300 steps
+        raw[1500:1700] += bump                               # a broad rise: a false event under low thresholds
+        for a, b in truth:
+            raw[a:b + 1] += 100.0                            # labelled windows every rule finds
+        return {"family": family, "rules": bench.rule_counts(raw, raw[:300], window, index, truth)}
+
+    rows = [row("artificialNoAnomaly", 3.0, []) for _ in range(2)]
+    rows += [row(f, 0.0, [(800, 850)]) for f in ("realTraffic", "realAdExchange", "realKnownCause")]
+    quiet_fp = {k: sum(r["rules"][k][1] for r in rows[:2]) for k in bench.RULE_NAMES.values()}
+    assert 0 < sum(fp == 0 for fp in quiet_fp.values()) < len(quiet_fp)    # some rules raise false events
+    text = bench.held_out_rules(rows)
+    held = [line.split(" | ") for line in text.splitlines() if line.startswith("| real")]
+    assert [h[0] for h in held] == ["| realTraffic", "| realAdExchange", "| realKnownCause"]
+    for h in held:
+        assert quiet_fp[h[1]] == 0, h                        # a rule with false events is never picked
+        assert h[2] == "1.000 (1/0/0)"                       # and it finds the held-out family's window

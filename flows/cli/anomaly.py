@@ -39,7 +39,7 @@ def series_train(
     window: int = typer.Option(128, "--window", min=8, max=4096, help="Window length in steps of the series."),
     train_fraction: float = typer.Option(0.15, "--train-fraction", min=0.01, max=1.0, help="Train on this first share of each series (0.15: NAB's probationary period)."),
     drop: float = typer.Option(0.05, "--drop", min=0.0, max=0.5, help="Second pass without this share of the windows the first pass reconstructs worst (0: one pass)."),
-    steps: int = typer.Option(800, "--steps", min=1, help="Optimiser steps per pass."),
+    steps: Optional[int] = typer.Option(None, "--steps", min=1, help="Optimiser steps per pass (default: the design's, 1600: flows/anomaly.py TRAINING)."),
     long_gaps: str = typer.Option("join", "--long-gaps", help="Gaps over 12 steps: join (close them up, listed) or refuse (the series is not used)."),
     name: Optional[str] = typer.Option(None, "--name", help="The detector's name instead of the series' (one file only)."),
     refresh: bool = typer.Option(False, "--refresh", help="Train again instead of using the cached detector."),
@@ -53,8 +53,8 @@ def series_train(
     from flows.pipelines import anomaly_series_train_flow
 
     report = _run_flow(anomaly_series_train_flow, target=str(target), column=column, window=window,
-                  train_fraction=train_fraction, drop=drop, steps=steps, long_gaps=long_gaps, name=name,
-                  refresh=refresh)
+                  train_fraction=train_fraction, drop=drop, long_gaps=long_gaps, name=name, refresh=refresh,
+                  **({"steps": steps} if steps else {}))      # unset: train_series' default, the benchmarked one
     for d in report["detectors"]:
         g = d["regularised"]
         out.print(f"[bold]detector[/] {d['folder']}", soft_wrap=True)
