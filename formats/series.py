@@ -225,8 +225,9 @@ COLOURS = {"signal": (31, 119, 180), "score": (60, 60, 60), "threshold": (214, 3
 
 def _trace(draw: ImageDraw.ImageDraw, y: np.ndarray, box: tuple[int, int, int, int], lo: float, hi: float,
            colour) -> None:
-    """A line through y in box (x0, y0, x1, y1); a column per pixel draws the min-max of the points it holds,
-    so a one-point spike in 20,000 stays visible."""
+    """A line through y in box (x0, y0, x1, y1); a column per pixel draws the min-max of the points it holds
+    and the last point of the column before (the line stays joined), so a one-point spike in 20,000 stays
+    visible."""
     x0, y0, x1, y1 = box
     width = x1 - x0
     col = (np.arange(len(y)) * width // max(len(y), 1)).clip(0, width - 1)
@@ -238,8 +239,11 @@ def _trace(draw: ImageDraw.ImageDraw, y: np.ndarray, box: tuple[int, int, int, i
     maxs = np.full(width, -np.inf)
     np.minimum.at(mins, col, y)
     np.maximum.at(maxs, col, y)
-    keep = np.isfinite(mins)
-    for c in np.flatnonzero(keep):
+    last = np.r_[np.flatnonzero(np.diff(col)), len(y) - 1]              # each used column's last point
+    used = col[last]
+    mins[used[1:]] = np.minimum(mins[used[1:]], y[last[:-1]])
+    maxs[used[1:]] = np.maximum(maxs[used[1:]], y[last[:-1]])
+    for c in used:
         draw.line([(x0 + c, scale(maxs[c])), (x0 + c, scale(mins[c]))], fill=colour)
 
 

@@ -78,6 +78,18 @@ def test_windows_points_and_events():
     assert label_segments(secs, [["2024-01-01 00:10:00.000000", "2024-01-01 00:20:00.000000"]]) == [(2, 4)]
 
 
+def test_the_plotted_signal_is_one_joined_line_when_points_outnumber_pixels():
+    from formats.series import COLOURS, plot_series
+
+    values = np.sin(np.arange(1623) * 2 * np.pi / 24)             # a day of hours, 1.4 points a pixel column
+    png = Image.open(io.BytesIO(plot_series("s", values, np.zeros(1623), 1.0, [])))
+    blue = (np.asarray(png.convert("RGB")) == COLOURS["signal"]).all(2)
+    cols = np.flatnonzero(blue.any(0))
+    assert len(cols) == cols[-1] - cols[0] + 1 > 1000               # every column between the ends is drawn
+    rows = [np.flatnonzero(blue[:, c]) for c in cols]
+    assert all(a[0] <= b[-1] + 1 and b[0] <= a[-1] + 1 for a, b in zip(rows, rows[1:]))   # and touches the next
+
+
 def test_the_conv_body_is_1d_on_series_windows_and_keeps_their_shape():
     net = build(parse_config({"kind": "ae", "shape": [1, 100], "body": "conv", "widths": [4, 8], "latent": 3,
                               "head": "gaussian"}))
@@ -164,7 +176,11 @@ def test_planted_anomalies_are_events_and_a_clean_series_has_none(trained, tmp_p
         assert png.size[0] == 1200 and png.mode == "RGB"
         # the labelled windows are drawn green (COLOURS["label"]) on the signal panel
         assert (np.asarray(png) == (152, 223, 138)).all(2).any() == bool(where)
-    assert json.loads((out / "report.json").read_text())["series"][0]["labelled_windows"] == 0
+    rows = {r["series"]: r for r in json.loads((out / "report.json").read_text())["series"]}
+    assert rows["clean"]["labelled_windows"] == 0
+    # half of "shift" sits 4 units up for good: a changed series, said with the cure; a few spikes are not
+    assert "train again" in rows["shift"].get("warning", ""), rows["shift"]
+    assert "warning" not in rows["clean"] and "warning" not in rows["spikes"]
 
 
 @pytest.mark.prefect

@@ -87,6 +87,8 @@ def series_score(
     for r in report["series"]:
         out.print(f"{r['series']}: {r['events']} event(s), {r['flagged']} of {r['points']} points flagged "
                   f"({r['points_per_s']:,} points/s) -> {r['out']}", soft_wrap=True)
+        if "warning" in r:
+            out.print(f"  [yellow]{r['warning']}[/]", soft_wrap=True, highlight=False)
         _say_bad(r["bad_rows"])
     for f in report["failed"]:
         out.print(f"[red]failed[/] {f['reason']}", soft_wrap=True)
@@ -103,8 +105,9 @@ def print_update_report(report: dict) -> None:
     for r in report["series"]:
         out.print(f"  {r['series']}: {r['new_points']} new point(s), {r['from']} .. {r['to']}, {r['flagged']} flagged; "
                   f"{r['events']} event(s) in all -> {r['out']}", soft_wrap=True, highlight=False)
-        if "rescored" in r:
-            out.print(f"  [yellow]{r['rescored']}[/]", soft_wrap=True, highlight=False)
+        for key in ("rescored", "warning"):
+            if key in r:
+                out.print(f"  [yellow]{r[key]}[/]", soft_wrap=True, highlight=False)
     for r in report["series"] + report["skipped"]:
         if r["pending"]:
             out.print(f"  {r['series']}: its last line has no newline yet (still being written): left for the next run",
