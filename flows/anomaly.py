@@ -22,8 +22,8 @@ import numpy as np
 
 from flows.settings import outputs_root
 from flows.stages import Stage, read_manifest, run_stage
-from formats.series import (BadSeries, Series, events, label_segments, moving_mean, per_point, plot_series, read_series, regularise,
-                            window_starts, windows)
+from formats.series import (BadSeries, Series, events, label_segments, moving_mean, parse_time, per_point, plot_series,
+                            read_series, regularise, window_starts, windows)
 from models.checkpoints import write_bytes_atomic, write_json_atomic
 
 VERSION = 1
@@ -88,7 +88,8 @@ def reconstruct_errors(net, z: np.ndarray, window: int, hop: int, smooth: int = 
 
     starts = window_starts(len(z), window, hop)
     if not len(starts):
-        raise ValueError(f"{len(z)} points: fewer than one window of {window}; use a smaller --window")
+        raise ValueError(f"{len(z)} points: fewer than one window of the detector's {window}; score it with a "
+                         f"detector trained with a smaller --window")
     x = windows(z.astype(np.float32), starts, window)                  # (n, window)
     err = np.empty_like(x)
     with torch.no_grad():
@@ -147,7 +148,7 @@ def train_series(path: str | Path, column: str = "value", window: int = 128, tra
 
     out = run_stage(stage, fill, refresh).folder
     detector = json.loads((out / "detector.json").read_text())
-    return {**detector, "folder": str(out), "bad": [b.__dict__ for b in series.bad]}
+    return {**detector, "folder": str(out), "bad": [b.__dict__ for b in series.bad], "cached": trained.cached}
 
 
 def _train_seconds(folders: list[str]) -> float:
@@ -260,19 +261,49 @@ def _write_series(dest: Path, series: Series, score: np.ndarray, flags: np.ndarr
     return ev
 
 
+def _reason(path: Path, e: Exception) -> str:
+    """A failed file's one line, naming it (once)."""
+    return str(e) if str(e).startswith(str(path)) else f"{path}: {e}"
+
+
+def read_labels(path: str | Path) -> dict:
+    """A NAB-style label file: {"family/file.csv": [[start, end], ...]}; anything else is one line naming it."""
+    path = Path(path).expanduser()
+    try:
+        labels = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: cannot be read ({e.__class__.__name__})") from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not JSON ({e.msg}, line {e.lineno})") from None
+    expected = 'a JSON object {"family/file.csv": [["start", "end"], ...]} (NAB\'s combined_windows.json)'
+    if not isinstance(labels, dict):
+        raise ValueError(f"{path}: not {expected}")
+    for name, wins in labels.items():
+        if not isinstance(wins, list):
+            raise ValueError(f"{path}: {name}: not a list of windows; expected {expected}")
+        for w in wins:
+            if isinstance(w, str):
+                raise ValueError(f"{path}: {name} lists single timestamps, not [start, end] windows (NAB's "
+                                 f"combined_labels.json?); give {expected}")
+            if not (isinstance(w, list) and len(w) == 2 and all(isinstance(t, str) and parse_time(t[:19])
+                                                                  is not None for t in w)):
+                raise ValueError(f"{path}: {name}: {json.dumps(w)[:60]} is not a [start, end] pair of timestamps")
+    return labels
+
+
 def score_series(target: str | Path, out_dir: str | Path, model: str | None = None, column: str | None = None,
                  labels: str | None = None, gap: int = GAP, max_fill: int = 12) -> dict:
     """Score every series of `target` with its detector (or `model`'s) into OUT_DIR; returns report.json."""
     root = Path(target).expanduser()
     out = Path(out_dir).expanduser()
-    label_map = json.loads(Path(labels).expanduser().read_text()) if labels else None
+    label_map = read_labels(labels) if labels else None
     rows, failed = [], []
     for path in find_series(root):
         try:
             series, folder, detector = _with_detector(path, model, column)
             score, seconds = score_points(series, detector, max_fill=max_fill)
         except (BadSeries, FileNotFoundError, ValueError) as e:
-            failed.append({"file": str(path), "reason": str(e)})
+            failed.append({"file": str(path), "reason": _reason(path, e)})
             continue
         flags = score >= detector["threshold"]
         windows_ = labels_for(label_map, path, root) if label_map is not None else None
@@ -285,6 +316,7 @@ def score_series(target: str | Path, out_dir: str | Path, model: str | None = No
                      "out": str(dest), **({"labelled_windows": len(labelled)} if labelled is not None else {}),
                      **drift_warning(flags, detector)})
     report = {"target": str(root), "out_dir": str(out), "series": rows, "failed": failed, "gap": gap}
+    out.mkdir(parents=True, exist_ok=True)                   # also when no series made it
     write_json_atomic(out / "report.json", report)
     return report
 
@@ -382,7 +414,7 @@ def score_new(in_dir: str | Path, out_dir: str | Path, model: str | None = None,
         try:
             row = score_new_points(path, out, model, column, gap)
         except (BadSeries, FileNotFoundError, ValueError) as e:
-            failed.append({"file": str(path), "reason": str(e)})
+            failed.append({"file": str(path), "reason": _reason(path, e)})
             continue
         (scored if row["new_points"] else skipped).append(row)
     rows = scored + skipped

@@ -71,9 +71,12 @@ def read_series(path: str | Path, column: str = "value", time_column: str | None
         raise BadSeries(f"{path}: not UTF-8 text (byte {e.start})") from None
     rows = csv.reader(io.StringIO(text))
     header = [h.strip() for h in next(rows, [])]
+    if not any(header):
+        raise BadSeries(f"{path}: empty file (a header line such as timestamp,value is expected)")
     if column not in header:
-        raise BadSeries(f"{path}: no column {column!r} in the header ({', '.join(header) or 'empty file'}); "
-                        f"pick one with --column")
+        other = next((sep for sep in ";\t|" if len(header) == 1 and sep in header[0]), None)
+        raise BadSeries(f"{path}: " + (f"fields separated by {other!r}, not commas" if other else
+                                       f"no column {column!r} in the header ({', '.join(header)}); pick one with --column"))
     t_col = header.index(time_column) if time_column else header.index("timestamp") if "timestamp" in header else 0
     if time_column and time_column not in header:
         raise BadSeries(f"{path}: no time column {time_column!r} in the header ({', '.join(header)})")
@@ -83,6 +86,9 @@ def read_series(path: str | Path, column: str = "value", time_column: str | None
     for line, row in enumerate(rows, start=2):
         if not row or not any(c.strip() for c in row):
             continue                                                   # a blank line is nothing, not a bad row
+        if len(row) > len(header):               # "t,41,2": a decimal comma would be read as 41
+            bad.append(BadRow(line, f"{len(row)} fields, the header has {len(header)}"))
+            continue
         stamp = row[t_col].strip() if t_col < len(row) else ""
         raw = row[v_col].strip() if v_col < len(row) else ""
         if not stamp or not raw:

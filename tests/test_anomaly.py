@@ -29,12 +29,14 @@ def test_bad_rows_are_listed_with_their_line_and_the_rest_is_used(tmp_path):
                  "2024-01-01 00:05:00,7\n"          # 8 out of order
                  "\n"
                  "2024-01-01 00:20:00,nan\n"        # 10 not a finite number
-                 "2024-01-01 00:25:00,9\n")         # 11
+                 "2024-01-01 00:25:00,9\n"          # 11
+                 "2024-01-01 00:30:00,9,5\n")       # 12 a decimal comma: not 9
     s = read_series(f)
     assert list(s.values) == [1, 5, 9] and list(s.lines) == [2, 6, 11] and s.stamps[1] == "2024-01-01 00:15:00"
     got = [(b.line, b.reason.split()[0]) for b in s.bad]
     assert got == [(3, "missing"), (4, "non-numeric"), (5, "unparseable"), (7, "duplicated"), (8, "out-of-order"),
-                   (10, "non-numeric")], got
+                   (10, "non-numeric"), (12, "3")], got
+    assert s.bad[-1].reason == "3 fields, the header has 2"
     assert "line 6" in s.bad[3].reason
 
 
@@ -46,7 +48,10 @@ def test_a_file_with_nothing_usable_is_one_line_naming_it(tmp_path):
     with pytest.raises(BadSeries, match=r"empty.csv: no column 'load' in the header \(timestamp, value\)"):
         read_series(f, column="load")
     f.write_text("")
-    with pytest.raises(BadSeries, match="empty file"):
+    with pytest.raises(BadSeries, match=r"empty.csv: empty file \(a header line"):
+        read_series(f)
+    f.write_text("timestamp;value\n2024-01-01 00:00:00;1\n")
+    with pytest.raises(BadSeries, match="empty.csv: fields separated by ';', not commas"):
         read_series(f)
 
 
@@ -183,6 +188,38 @@ def test_planted_anomalies_are_events_and_a_clean_series_has_none(trained, tmp_p
     assert "warning" not in rows["clean"] and "warning" not in rows["spikes"]
 
 
+def test_a_failed_series_names_its_file_and_the_report_is_written_anyway(tiny_detector, tmp_path):
+    from flows.anomaly import score_series, train_series
+
+    write_csv(tmp_path / "short.csv", sine(10, 1))                # under one window of 16
+    report = score_series(tmp_path / "short.csv", tmp_path / "new" / "out", model=tiny_detector["folder"])
+    (failed,) = report["failed"]
+    assert failed["reason"].startswith(f"{tmp_path / 'short.csv'}: 10 points: fewer than one window of the "
+                                       f"detector's 16"), failed
+    assert json.loads((tmp_path / "new" / "out" / "report.json").read_text())["failed"] == [failed]
+    source = Path(tiny_detector["source"])                        # trained again: the cached model, said so
+    assert train_series(source, window=16, train_fraction=1.0, drop=0, steps=40, progress=False)["cached"]
+
+
+@pytest.mark.parametrize("text, says", [
+    ('{"a.csv": ["2024-01-01 00:00:00.000000"]}', "a.csv lists single timestamps, not [start, end] windows"),
+    ("[1, 2]", "labels.json: not a JSON object"),
+    ('{"a.csv": [["x", "y"]]}', 'a.csv: ["x", "y"] is not a [start, end] pair of timestamps'),
+    ('{"a.csv": "oops"}', "a.csv: not a list of windows"),
+    ("{'a.csv': []}", "labels.json: not JSON (Expecting property name"),
+])
+def test_a_label_file_of_another_shape_is_one_line_naming_it(tmp_path, text, says):
+    from flows.anomaly import read_labels
+
+    (tmp_path / "labels.json").write_text(text)
+    with pytest.raises(ValueError) as e:
+        read_labels(tmp_path / "labels.json")
+    assert says in str(e.value) and str(e.value).startswith(str(tmp_path)) and "\n" not in str(e.value)
+    ok = {"a.csv": [["2024-01-01 00:00:00.000000", "2024-01-01 01:00:00.000000"]]}
+    (tmp_path / "labels.json").write_text(json.dumps(ok))
+    assert read_labels(tmp_path / "labels.json") == ok
+
+
 @pytest.mark.prefect
 def test_each_series_finds_its_own_detector_and_the_train_is_cached(trained, tmp_path):
     from flows.anomaly import score_series, train_series
@@ -305,6 +342,17 @@ def test_a_scheduled_run_scores_only_new_points_as_a_full_scoring_would(tiny_det
     assert (row["series"], row["new_points"], row["from"], row["pending"]) == ("a", 40, stamps[0], True), row
     assert [b["line"] for b in row["bad_rows"]] == [272] and "non-numeric" in row["bad_rows"][0]["reason"]
     assert [r["series"] for r in second["skipped"]] == ["b"] and (out / "b" / "scores.csv").read_bytes() == before_b
+    from flows.cli.anomaly import print_update_report
+    from flows.progress import out as console
+
+    def said(report):
+        with console.capture() as text:
+            print_update_report(report)
+        return [line.strip() for line in text.get().splitlines()]
+
+    lines = said(second)                                         # a's bad row and cut-off line are said under a
+    at = lines.index(next(line for line in lines if line.startswith("a: 40 new point(s)")))
+    assert lines[at + 1].startswith("its last line has no newline") and lines[at + 2].startswith("line 272: "), lines
     rows = scores_csv(out / "a" / "scores.csv")
     assert len(rows) == 290 and rows[-1]["timestamp"] == stamps[-1]
     # the new points' scores equal a full scoring's of the series as it now is (the cut-off line left out)
@@ -341,6 +389,8 @@ def test_a_scheduled_run_scores_only_new_points_as_a_full_scoring_would(tiny_det
     fifth, sixth = (scheduled_series_flow(str(src), str(out), model=folder, wait=0) for _ in range(2))
     assert [r["bad_rows"] for r in fifth["skipped"] if r["series"] == "b"] == [[{"line": 102, "reason": "missing value"}]]
     assert fifth["counts"]["points"] == sixth["counts"]["bad_rows"] == 0
+    lines = said(fifth)                                          # under b's name, though b has nothing new
+    assert lines[lines.index("b: nothing new") + 1] == "line 102: missing value", lines
     assert (out / "b" / "scores.csv").read_bytes() == written[out / "b" / "scores.csv"]
 
     # the same lock as a denoise run's: a second run on OUT waits, then stops naming the holder

@@ -157,6 +157,23 @@ def test_help_reads_in_dir_out_dir_and_flags_take_no_value():
     assert "levels interpolate [OPTIONS] LEVEL_A LEVEL_B OUT_DIR" in " ".join(r.stdout.split())
 
 
+def test_each_command_is_listed_in_one_unbroken_summary():
+    """A group's --help lists each command by its help's first paragraph; typer keeps that paragraph's line
+    breaks there (in rich mode), so a summary spread over lines breaks mid-sentence in the listing."""
+    import inspect
+
+    import typer
+
+    def commands(group, path=()):
+        for name, cmd in getattr(group, "commands", {}).items():
+            yield " ".join(path + (name,)), cmd
+            yield from commands(cmd, path + (name,))
+
+    broken = [name for name, cmd in commands(typer.main.get_command(app))
+              if "\n" in inspect.cleandoc(cmd.help or "").split("\n\n")[0]]
+    assert broken == [], broken
+
+
 # Mistakes the standard library can find: answered before torch (2 s) or Prefect (1-2 s) is imported.
 @pytest.mark.parametrize("args", [
     ["denoise", "run", "MISSING", "OUT"],

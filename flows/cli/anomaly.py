@@ -25,11 +25,11 @@ def _series_files(target: Path) -> None:
     find_series(target)
 
 
-def _say_bad(bad: list[dict], limit: int = 10) -> None:
+def _say_bad(bad: list[dict], limit: int = 10, indent: str = "  ") -> None:
     for b in bad[:limit]:
-        out.print(f"  [yellow]line {b['line']}[/]: {b['reason']}", highlight=False)
+        out.print(f"{indent}[yellow]line {b['line']}[/]: {b['reason']}", highlight=False)
     if len(bad) > limit:
-        out.print(f"  ... and {len(bad) - limit} more bad row(s)")
+        out.print(f"{indent}... and {len(bad) - limit} more bad row(s)")
 
 
 @series_app.command("train")
@@ -39,7 +39,7 @@ def series_train(
     window: int = typer.Option(128, "--window", min=8, max=4096, help="Window length in steps of the series."),
     train_fraction: float = typer.Option(0.15, "--train-fraction", min=0.01, max=1.0, help="Train on this first share of each series (0.15: NAB's probationary period)."),
     drop: float = typer.Option(0.05, "--drop", min=0.0, max=0.5, help="Second pass without this share of the windows the first pass reconstructs worst (0: one pass)."),
-    steps: Optional[int] = typer.Option(None, "--steps", min=1, help="Optimiser steps per pass (default: the design's, 1600: flows/anomaly.py TRAINING)."),
+    steps: Optional[int] = typer.Option(None, "--steps", min=1, help="Optimiser steps per pass (default 1600, the benchmarked design)."),
     long_gaps: str = typer.Option("join", "--long-gaps", help="Gaps over 12 steps: join (close them up, listed) or refuse (the series is not used)."),
     name: Optional[str] = typer.Option(None, "--name", help="The detector's name instead of the series' (one file only)."),
     refresh: bool = typer.Option(False, "--refresh", help="Train again instead of using the cached detector."),
@@ -58,7 +58,8 @@ def series_train(
     for d in report["detectors"]:
         g = d["regularised"]
         out.print(f"[bold]detector[/] {d['folder']}", soft_wrap=True)
-        out.print(f"  {d['series']}: trained on the first {d['train_points']} points in {d['seconds']:.1f} s; "
+        when = "cached: trained earlier" if d["cached"] else "trained"
+        out.print(f"  {d['series']}: {when} on the first {d['train_points']} points in {d['seconds']:.1f} s; "
                   f"threshold {d['threshold']:.4g}; step {g['step_s']:g} s, {g['filled']} step(s) filled, "
                   f"{g['merged']} point(s) merged, {len(g['joined'])} long gap(s) joined, {len(d['bad'])} bad row(s)")
         _say_bad(d["bad"])
@@ -72,12 +73,19 @@ def series_score(
     out_dir: Path = typer.Argument(..., help="Folder for <series>/scores.csv, events.json, <series>.png and report.json."),
     model: Optional[str] = typer.Option(None, "--model", help="A detector (folder, name or unique prefix) for every series; default: each series' own, by its name."),
     column: Optional[str] = typer.Option(None, "--column", help="The value column (default: the one the detector was trained on)."),
-    labels: Optional[Path] = typer.Option(None, "--labels", help="A NAB-style label file ({\"family/file.csv\": [[start, end], ...]}): the windows are drawn in the plots."),
+    labels: Optional[Path] = typer.Option(None, "--labels", help="A NAB-style label file ({\"family/file.csv\": \\[\\[start, end], ...]}, NAB's combined_windows.json): the windows are drawn in the plots."),
     gap: int = typer.Option(12, "--gap", min=0, help="Flagged points at most this many points apart are one event."),
 ):
     """Score every point, merge flagged points into events, draw a plot per series."""
-    if labels is not None and not labels.is_file():
-        raise typer.BadParameter(f"{labels}: no such file", param_hint="--labels")
+    if labels is not None:
+        from flows.anomaly import read_labels
+
+        if not labels.is_file():
+            raise typer.BadParameter(f"{labels}: no such file", param_hint="--labels")
+        try:
+            read_labels(labels)
+        except ValueError as e:
+            raise typer.BadParameter(str(e), param_hint="--labels") from None
     _series_files(target)
     _out_folder(out_dir)
     from flows.pipelines import anomaly_series_score_flow
@@ -102,17 +110,19 @@ def print_update_report(report: dict) -> None:
     c = report["counts"]
     out.print(f"[bold]{c['points']} new point(s) scored[/] in {c['scored']} series, {c['skipped']} skipped (nothing "
               f"new), [{'red' if c['failed'] else 'green'}]{c['failed']} failed[/] in {report['seconds']:.1f} s")
-    for r in report["series"]:
-        out.print(f"  {r['series']}: {r['new_points']} new point(s), {r['from']} .. {r['to']}, {r['flagged']} flagged; "
-                  f"{r['events']} event(s) in all -> {r['out']}", soft_wrap=True, highlight=False)
+    for r in report["series"] + report["skipped"]:          # each series' own lines under its name
+        if r["new_points"]:
+            out.print(f"  {r['series']}: {r['new_points']} new point(s), {r['from']} .. {r['to']}, {r['flagged']} "
+                      f"flagged; {r['events']} event(s) in all -> {r['out']}", soft_wrap=True, highlight=False)
+        elif r["pending"] or r["bad_rows"]:
+            out.print(f"  {r['series']}: nothing new", highlight=False)
         for key in ("rescored", "warning"):
             if key in r:
-                out.print(f"  [yellow]{r[key]}[/]", soft_wrap=True, highlight=False)
-    for r in report["series"] + report["skipped"]:
+                out.print(f"    [yellow]{r[key]}[/]", soft_wrap=True, highlight=False)
         if r["pending"]:
-            out.print(f"  {r['series']}: its last line has no newline yet (still being written): left for the next run",
+            out.print("    its last line has no newline yet (still being written): left for the next run",
                       highlight=False)
-        _say_bad(r["bad_rows"])
+        _say_bad(r["bad_rows"], indent="    ")
     for f in report["failed"]:
         out.print(f"  [red]failed[/] {f['reason']}", soft_wrap=True)
     out.print(f"  report: {Path(report['out_dir']) / '.aeflow' / 'report.json'}", soft_wrap=True)
@@ -157,8 +167,10 @@ def traffic_score(
     model: Optional[str] = typer.Option(None, "--model", help="A detector (folder, name or unique prefix); default: the newest."),
     explain: bool = typer.Option(False, "--explain", help="Name the features that raise each flagged record's score most."),
 ):
-    """Score every record: score (encoder only: the code's distance to the nearest normal codes), kl (encoder only:
-    KL to the prior), recon_score (reconstruction probability), flag (score >= the detector's threshold)."""
+    """Score every record into scores.csv, one row per input record in input order.
+
+    Columns: score (encoder only: the code's distance to the nearest normal codes), kl (encoder only: KL to the
+    prior), recon_score (reconstruction probability), flag (score >= the detector's threshold)."""
     _records_file(path)
     _out_folder(out_dir)
     from flows.pipelines import anomaly_traffic_score_flow

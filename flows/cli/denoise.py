@@ -156,8 +156,9 @@ def denoise_run(
     strip_metadata: bool = typer.Option(False, "--strip-metadata", help="Do not copy EXIF (camera, date, GPS), DPI and PNG text to the outputs (kept by default; the ICC colour profile is always kept)."),
     jpeg_quality: Optional[int] = typer.Option(None, "--jpeg-quality", min=1, max=100, help="Quality of JPEG and lossy WebP outputs; default: JPEG at the quality estimated from each input, WebP 90."),
 ):
-    """Denoise every image in a folder (incremental: unchanged images already done are skipped). A file that
-    cannot be read is reported and the rest are done; the exit status is then 1."""
+    """Denoise every image in a folder (incremental: unchanged images already done are skipped).
+
+    A file that cannot be read is reported and the rest are done; the exit status is then 1."""
     _check_task_runner(task_runner, dask_address)
     if noise not in ("auto", "camera", "gaussian"):
         raise typer.BadParameter(f"{noise!r}: auto, camera or gaussian", param_hint="--noise")

@@ -83,8 +83,9 @@ def levels_sample(
     blend: Optional[float] = typer.Option(None, "--blend", help="Game-blend cvae (--game mario+kid_icarus) only: weight of Kid Icarus in [0, 1]; 0 = pure Mario, 1 = pure Kid Icarus."),
     spread: float = typer.Option(1.0, "--spread", min=0, max=1, help="Latent spread in (0, 1]: 1 samples the whole prior; lower keeps to its centre, less varied and, for the cell model, more often playable (mario-vae windows at 0.6 with --temperature 1: 98.7 % raw playable, median of 5 seeds; the originals: 98.2 %)."),
 ):
-    """Sample new levels; by default only playable ones (how many were rejected is reported). Exit status 1
-    when fewer than --n could be delivered."""
+    """Sample new levels; by default only playable ones (how many were rejected is reported).
+
+    Exit status 1 when fewer than --n could be delivered."""
     _out_folder(out_dir)
     from flows.levels import check_sample
     from flows.pipelines import levels_sample_flow
@@ -154,6 +155,7 @@ def levels_check(
     as_json: bool = typer.Option(False, "--json", help="Print the full report as JSON."),
 ):
     """Playability report for any level files (ours or not), beside the checker's pass rate on the originals.
+
     Files that cannot be read are listed with a reason (exit status 1); unplayable levels are a result, not an error."""
     from formats.levels import get_legend
 

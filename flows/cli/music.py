@@ -198,8 +198,9 @@ def music_stats(
     mode: str = typer.Option("melody", "--mode", help="melody (top line of all parts) or chorale (first four parts as voices)."),
     as_json: bool = typer.Option(False, "--json", help="Print the full report as JSON."),
 ):
-    """Metrics of MIDI files: empty bars, pitch classes per bar, qualified notes, in-scale rate, range, intervals, key
-    (and soprano-bass tonal distance for chorales). Bad files are listed with a reason (exit status 1)."""
+    """Metrics of MIDI files: empty bars, pitch classes per bar, qualified notes, in-scale rate, range, intervals, key.
+
+    For chorales, also the soprano-bass tonal distance. Bad files are listed with a reason (exit status 1)."""
     from formats.music import find_midi
 
     if mode not in ("melody", "chorale"):

@@ -64,8 +64,9 @@ def schedule_series(
     column: Optional[str] = typer.Option(None, "--column", help="The value column (default: the one the detector was trained on)."),
     name: Optional[str] = typer.Option(None, "--name", help="Deployment name (default: from the folders)."),
 ):
-    """Score, on a schedule, the points that arrived in each CSV of CSV_DIR since the last run (the same scores
-    as `anomaly series score`; rows appended to OUT_DIR/<series>/scores.csv)."""
+    """Score, on a schedule, the points that arrived in each CSV of CSV_DIR since the last run.
+
+    The scores are a full `anomaly series score`'s; their rows are appended to OUT_DIR/<series>/scores.csv."""
     if csv_dir.is_file():
         raise typer.BadParameter(f"{csv_dir}: a file; give the folder that holds the CSV files", param_hint="CSV_DIR")
     _job_folders(csv_dir, out_dir)
