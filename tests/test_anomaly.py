@@ -266,6 +266,29 @@ def test_traffic_outliers_and_an_unseen_category_score_above_normal_records(tmp_
     assert report["flagged"] >= 11 and report["scored"] == 211
 
 
+def test_the_records_reader_refuses_what_it_cannot_read_in_one_line(tmp_path):
+    from formats.tabular import read_records
+
+    (tmp_path / "columns.txt").write_text("\n".join(TRAFFIC_COLUMNS))
+    records = traffic_rows(3, 0)
+    # a header line of its own beside columns.txt (case and spaces aside) is not a record
+    write_records(tmp_path / "hdr.txt", [[f" {n.upper()}" for n in TRAFFIC_COLUMNS]] + records)
+    assert read_records(tmp_path / "hdr.txt") == (TRAFFIC_COLUMNS, records, [2, 3, 4])
+    write_records(tmp_path / "only.txt", [TRAFFIC_COLUMNS])
+    with pytest.raises(ValueError, match=r"only.txt: no records$"):
+        read_records(tmp_path / "only.txt")
+    (tmp_path / "bin.txt").write_bytes(bytes(range(256)) * 4)
+    with pytest.raises(ValueError, match=r"bin.txt: not UTF-8 text \(byte 128\)$"):
+        read_records(tmp_path / "bin.txt")
+    write_records(tmp_path / "ts.txt", [["2024-01-01", "1"]] * 3)
+    with pytest.raises(ValueError, match=r"ts.txt: no usable record: 3 rows have 2 fields, columns.txt names 7"):
+        read_records(tmp_path / "ts.txt")
+    (tmp_path / "bare").mkdir()                                  # NSL-KDD as shipped: no header, no columns.txt
+    write_records(tmp_path / "bare" / "kdd.txt", records)
+    with pytest.raises(ValueError, match=r"kdd.txt: the first line looks like data, not a header .* columns.txt"):
+        read_records(tmp_path / "bare" / "kdd.txt")
+
+
 # ---------------------------------------------------------------- scheduled, incremental scoring
 
 def scores_csv(path):
