@@ -16,6 +16,7 @@ import csv
 import io
 import json
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -418,9 +419,9 @@ def train_all(target: str | Path, **kwargs) -> dict:
 #             formats/tabular.py features fitted on the fit rows only -> a VAE on them (the train stage) ->
 #             a detector stage under outputs/anomaly-traffic/ (detector.json: the model, the encoding, the
 #             thresholds: the 95th percentile of each score on the held-out normal rows)
-#     score   FILE + detector -> OUT/scores.csv, one row per input record in order: score = the encoder only, the
-#             mean distance of the code mu(x) to its 5 nearest codes of the normal fit records (a distance in
-#             latent space to the normal codes); kl = KL of q(z|x) to the prior (encoder only too; weaker on
+#     score   FILE + detector (--model, or the newest trained on columns FILE has) -> OUT/scores.csv, one row
+#             per input record in order: score = the encoder only, the mean distance of the code mu(x) to its 5
+#             nearest codes of the normal fit records (a distance in latent space to the normal codes); kl = KL of q(z|x) to the prior (encoder only too; weaker on
 #             NSL-KDD: bench/anomaly.py); recon_score = An & Cho's reconstruction probability as an NLL
 
 # Gaussian head: scored features fall outside [0, 1] (that is what an anomaly looks like), where a Bernoulli NLL
@@ -549,6 +550,31 @@ def train_traffic(path: str | Path, label_column: str = "attack_type", normal_la
     return {**json.loads((out / "detector.json").read_text()), "folder": str(out)}
 
 
+def traffic_detector(model: str | None, path: Path, names: list[str]) -> tuple[Path, dict]:
+    """--model, or the newest traffic detector whose input columns are all among the file's `names` (one trained
+    on another layout would read the wrong fields: most records 'unseen' and no warning)."""
+    def lacks(folder: Path) -> list[str]:
+        detector = json.loads((folder / "detector.json").read_text())
+        return [c["name"] for c in detector["encoding"]["columns"] if c["name"] not in names]
+
+    if model:
+        folder = resolve_detector(model, root="anomaly-traffic")
+        missing = lacks(folder)
+        if missing:
+            raise ValueError(f"{path}: lacks {len(missing)} column(s) that detector {folder.name} was trained on: "
+                             f"{', '.join(missing[:8])}{', ...' if len(missing) > 8 else ''}")
+    else:
+        known = detectors("anomaly-traffic")
+        fits = [f for f in known if not lacks(f)]
+        if not fits:
+            raise FileNotFoundError(f"{path}: no traffic detector was trained on its columns ({', '.join(names[:6])}"
+                                    f"{', ...' if len(names) > 6 else ''}; {len(known)} known, for other columns); "
+                                    f"train one on it (aeflow anomaly traffic train FILE --name NAME) or name one "
+                                    f"with --model")
+        folder = max(fits, key=lambda f: (read_manifest(f) or {}).get("created", ""))
+    return folder, json.loads((folder / "detector.json").read_text())
+
+
 def normal_codes(folder: Path) -> np.ndarray:
     """The codes of a traffic detector's normal fit records (N, latent)."""
     import safetensors.numpy
@@ -562,11 +588,16 @@ def score_traffic(path: str | Path, out_dir: str | Path, model: str | None = Non
     from models.registry import load_model
 
     path, out = Path(path).expanduser(), Path(out_dir).expanduser()
-    folder = resolve_detector(model, root="anomaly-traffic")
-    detector = json.loads((folder / "detector.json").read_text())
     names, rows, lines = read_records(path)
-    x, unseen, bad = encode(detector["encoding"], rows, lines)
+    folder, detector = traffic_detector(model, path, names)
+    # the detector's columns found by name: another order, or the label column absent
+    at = {n: j for j, n in enumerate(names)}
+    encoding = {"names": names, "columns": [{**c, "index": at[c["name"]]} for c in detector["encoding"]["columns"]]}
+    x, unseen, bad = encode(encoding, rows, lines)
     ok = ~np.isnan(x).any(1)
+    if not ok.any():
+        reason, n = Counter(b["reason"] for b in bad).most_common(1)[0]
+        raise ValueError(f"{path}: no usable record: {n:,} of {len(rows):,} rows: {reason}")
     net, codes = load_model(Path(detector["model"])), normal_codes(folder)
     t0 = time.perf_counter()
     scores = {k: np.full(len(x), np.nan) for k in ("score", "kl", "recon_score")}

@@ -289,6 +289,33 @@ def test_the_records_reader_refuses_what_it_cannot_read_in_one_line(tmp_path):
         read_records(tmp_path / "bare" / "kdd.txt")
 
 
+@pytest.mark.prefect
+def test_score_picks_the_newest_detector_trained_on_the_file_s_columns(tmp_path, one_core):
+    from flows.pipelines import anomaly_traffic_score_flow, anomaly_traffic_train_flow
+
+    other = ["port", "proto", "app", "size", "attack_type"]
+    write_records(tmp_path / "a.csv", [TRAFFIC_COLUMNS] + traffic_rows(100, 7))
+    write_records(tmp_path / "b.csv", [other] + [r[1:6] for r in traffic_rows(100, 8)])
+    anomaly_traffic_train_flow(str(tmp_path / "a.csv"), steps=20, progress=False, name="layout-a")
+    anomaly_traffic_train_flow(str(tmp_path / "b.csv"), steps=20, progress=False, name="layout-b")   # the newest
+    # the columns in another order, the label and ignored columns absent: found by name
+    test = [[r[4], r[3], r[2], r[1], r[0]] for r in traffic_rows(20, 9)]
+    write_records(tmp_path / "test.csv", [["rate", "bytes", "service", "protocol", "duration"]] + test)
+    report = anomaly_traffic_score_flow(str(tmp_path / "test.csv"), str(tmp_path / "out"))
+    assert report["detector"].startswith("layout-a-") and report["scored"] == 20
+    assert report["records_with_unseen_categories"] == 0
+    with pytest.raises(ValueError, match=r"test.csv: lacks 4 column\(s\) that detector layout-b-\w+ was trained on: "
+                                         r"port, proto, app, size$"):
+        anomaly_traffic_score_flow(str(tmp_path / "test.csv"), str(tmp_path / "out"), model="layout-b")
+    write_records(tmp_path / "ts.csv", [["timestamp", "value"], ["2024-01-01", "1"]])
+    with pytest.raises(FileNotFoundError, match=r"ts.csv: no traffic detector was trained on its columns "
+                                                r"\(timestamp, value; \d+ known, for other columns\); train one"):
+        anomaly_traffic_score_flow(str(tmp_path / "ts.csv"), str(tmp_path / "out"))
+    write_records(tmp_path / "words.csv", [TRAFFIC_COLUMNS] + [["x", "tcp", "http", "2000", "0.1", "normal", "1"]] * 3)
+    with pytest.raises(ValueError, match=r"words.csv: no usable record: 3 of 3 rows: duration: 'x' is not a number"):
+        anomaly_traffic_score_flow(str(tmp_path / "words.csv"), str(tmp_path / "out"), model="layout-a")
+
+
 # ---------------------------------------------------------------- scheduled, incremental scoring
 
 def scores_csv(path):
