@@ -248,10 +248,11 @@ def test_traffic_outliers_and_an_unseen_category_score_above_normal_records(tmp_
     outliers = [["0", "tcp", "http", "9000000", "0.95", "smurf", "5"],       # huge transfer, high error rate
                 ["2", "udp", "ftp", "20", "0.90", "satan", "5"]] * 5
     unseen = [["0", "tcp", "telnet", "2000", "0.05", "normal", "5"]]
-    write_records(tmp_path / "test.txt", normal + outliers + unseen + [["1", "tcp"]])
+    unseen_outlier = [["0", "tcp", "telnet", "9000000", "0.95", "smurf", "5"]]
+    write_records(tmp_path / "test.txt", normal + outliers + unseen + [["1", "tcp"]] + unseen_outlier)
     report = anomaly_traffic_score_flow(str(tmp_path / "test.txt"), str(tmp_path / "out"), explain=True)
     rows = list(csv.DictReader(io.StringIO((tmp_path / "out" / "scores.csv").read_text())))
-    assert len(rows) == 212 and [r["line"] for r in rows] == [str(i) for i in range(1, 213)]   # input order
+    assert len(rows) == 213 and [r["line"] for r in rows] == [str(i) for i in range(1, 214)]   # input order
     score = np.array([float(r["score"] or "nan") for r in rows])
     recon = np.array([float(r["recon_score"] or "nan") for r in rows])
     assert (score[200:210] > np.quantile(score[:200], 0.95)).all(), score[200:210]     # the encoder alone
@@ -259,11 +260,19 @@ def test_traffic_outliers_and_an_unseen_category_score_above_normal_records(tmp_
     # a service never seen: all zeros in its one-hot, which the decoder cannot give back (the encoder's score
     # need not rise: the rest of the record is normal)
     assert recon[210] > recon[:200].max(), (recon[210], recon[:200].max())
-    assert rows[210]["unseen_categories"] == "1" and report["records_with_unseen_categories"] == 1
-    assert rows[211]["score"] == "" and report["bad_rows"] == [{"line": 212, "reason": "2 fields, expected 7"}]
-    assert all(r["flag"] == "1" and r["explain"].startswith("rate (+") for r in rows[200:210])   # 0.9 vs <= 0.1
+    assert rows[210]["unseen_categories"] == "1" and report["records_with_unseen_categories"] == 2
+    # a row that could not be read has no flag: filtering on flag == 0 must not take it for normal
+    assert rows[211]["score"] == rows[211]["flag"] == ""
+    assert report["bad_rows"] == [{"line": 212, "reason": "2 fields, expected 7"}]
+    # explained by the record's own values: 0.9 vs <= 0.1; a one-hot column summed under the record's category
+    assert all(r["flag"] == "1" and r["explain"].startswith(f"rate={o[4]} (+") for r, o in zip(rows[200:210], outliers))
+    records = normal + outliers + unseen + [["1", "tcp"]] + unseen_outlier
+    named = [(i, p.split(" ")[0]) for i, r in enumerate(rows) for p in r["explain"].split("; ")
+             if p.startswith("service=")]
+    assert named and all(p == f"service={records[i][2]}" for i, p in named)
+    assert rows[212]["flag"] == "1" and rows[212]["explain"].startswith("service=telnet (unseen); ")
     assert rows[0]["label"] == "normal" and rows[0]["explain"] == "" and float(rows[0]["kl"]) > 0
-    assert report["flagged"] >= 11 and report["scored"] == 211
+    assert report["flagged"] >= 12 and report["scored"] == 212
 
 
 def test_the_records_reader_refuses_what_it_cannot_read_in_one_line(tmp_path):

@@ -157,10 +157,11 @@ def traffic_score(
     out_dir: Path = typer.Argument(..., help="Folder for scores.csv (one row per record, in order) and report.json."),
     model: Optional[str] = typer.Option(None, "--model", help="A detector (folder, name or unique prefix); "
                                          "default: the newest trained on this file's columns."),
-    explain: bool = typer.Option(False, "--explain", help="Name the features that raise each flagged record's score most."),
+    explain: bool = typer.Option(False, "--explain", help="Name the columns that raise each flagged record's score most, with its values."),
 ):
     """Score every record: score (encoder only: the code's distance to the nearest normal codes), kl (encoder only:
-    KL to the prior), recon_score (reconstruction probability), flag (score >= the detector's threshold)."""
+    KL to the prior), recon_score (reconstruction probability), flag (score >= the detector's threshold; empty for a
+    row that could not be read)."""
     _records_file(path)
     _out_folder(out_dir)
     from flows.pipelines import anomaly_traffic_score_flow
