@@ -16,6 +16,7 @@ import csv
 import io
 import json
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -450,9 +451,9 @@ def train_all(target: str | Path, **kwargs) -> dict:
 #             formats/tabular.py features fitted on the fit rows only -> a VAE on them (the train stage) ->
 #             a detector stage under outputs/anomaly-traffic/ (detector.json: the model, the encoding, the
 #             thresholds: the 95th percentile of each score on the held-out normal rows)
-#     score   FILE + detector -> OUT/scores.csv, one row per input record in order: score = the encoder only, the
-#             mean distance of the code mu(x) to its 5 nearest codes of the normal fit records (a distance in
-#             latent space to the normal codes); kl = KL of q(z|x) to the prior (encoder only too; weaker on
+#     score   FILE + detector (--model, or the newest trained on columns FILE has) -> OUT/scores.csv, one row
+#             per input record in order: score = the encoder only, the mean distance of the code mu(x) to its 5
+#             nearest codes of the normal fit records (a distance in latent space to the normal codes); kl = KL of q(z|x) to the prior (encoder only too; weaker on
 #             NSL-KDD: bench/anomaly.py); recon_score = An & Cho's reconstruction probability as an NLL
 
 # Gaussian head: scored features fall outside [0, 1] (that is what an anomaly looks like), where a Bernoulli NLL
@@ -497,10 +498,12 @@ def traffic_scores(net, x: np.ndarray, codes: np.ndarray, batch: int = 2048, see
     return out
 
 
-def explain_records(net, x: np.ndarray, codes: np.ndarray, baseline: np.ndarray, names: list[str],
-                    top: int = 3) -> list[str]:
-    """Per record, the features that raise its score most: gradient x (x - the normal rows' mean) of the
-    distance to its nearest normal codes (held fixed), a first-order share per feature (Shrikumar et al. 2017)."""
+def explain_records(net, x: np.ndarray, codes: np.ndarray, baseline: np.ndarray, encoding: dict,
+                    rows: list[list[str]], top: int = 3) -> list[str]:
+    """Per record, the columns that raise its score most: gradient x (x - the normal rows' mean) of the distance
+    to its nearest normal codes (held fixed), a first-order share per feature (Shrikumar et al. 2017), summed over
+    a categorical column's one-hot dims. Named by the record's own value: `src_bytes=54540 (+0.149)`,
+    `service=private (+0.284)`; an unseen category (all zeros: the model cannot weigh it) comes first."""
     import torch
 
     normal = torch.from_numpy(np.ascontiguousarray(codes, np.float32))
@@ -509,10 +512,19 @@ def explain_records(net, x: np.ndarray, codes: np.ndarray, baseline: np.ndarray,
     _, idx = _latent_distance(mu.detach(), normal)
     (mu[:, None] - normal[idx]).norm(dim=2).mean(1).sum().backward()
     share = (xt.grad * (xt.detach() - torch.from_numpy(baseline.astype(np.float32)))).numpy()
+    widths = [len(c.get("categories", [None])) for c in encoding["columns"]]
+    share = np.add.reduceat(share, np.cumsum([0] + widths[:-1]), axis=1)        # (N, features) -> (N, columns)
     out = []
-    for row in share:
-        best = np.argsort(-row)[:top]
-        out.append("; ".join(f"{names[j]} ({row[j]:+.3g})" for j in best if row[j] > 0))
+    for row, r in zip(share, rows):
+        unseen, named = [], []
+        for j in np.argsort(-row):
+            c = encoding["columns"][j]
+            value = r[c["index"]].strip()
+            if "categories" in c and value not in c["categories"]:
+                unseen.append(f"{c['name']}={value} (unseen)")
+            elif row[j] > 0:
+                named.append(f"{c['name']}={value} ({row[j]:+.3g})")
+        out.append("; ".join((unseen + named)[:top]))
     return out
 
 
@@ -581,6 +593,31 @@ def train_traffic(path: str | Path, label_column: str = "attack_type", normal_la
     return {**json.loads((out / "detector.json").read_text()), "folder": str(out)}
 
 
+def traffic_detector(model: str | None, path: Path, names: list[str]) -> tuple[Path, dict]:
+    """--model, or the newest traffic detector whose input columns are all among the file's `names` (one trained
+    on another layout would read the wrong fields: most records 'unseen' and no warning)."""
+    def lacks(folder: Path) -> list[str]:
+        detector = json.loads((folder / "detector.json").read_text())
+        return [c["name"] for c in detector["encoding"]["columns"] if c["name"] not in names]
+
+    if model:
+        folder = resolve_detector(model, root="anomaly-traffic")
+        missing = lacks(folder)
+        if missing:
+            raise ValueError(f"{path}: lacks {len(missing)} column(s) that detector {folder.name} was trained on: "
+                             f"{', '.join(missing[:8])}{', ...' if len(missing) > 8 else ''}")
+    else:
+        known = detectors("anomaly-traffic")
+        fits = [f for f in known if not lacks(f)]
+        if not fits:
+            raise FileNotFoundError(f"{path}: no traffic detector was trained on its columns ({', '.join(names[:6])}"
+                                    f"{', ...' if len(names) > 6 else ''}; {len(known)} known, for other columns); "
+                                    f"train one on it (aeflow anomaly traffic train FILE --name NAME) or name one "
+                                    f"with --model")
+        folder = max(fits, key=lambda f: (read_manifest(f) or {}).get("created", ""))
+    return folder, json.loads((folder / "detector.json").read_text())
+
+
 def normal_codes(folder: Path) -> np.ndarray:
     """The codes of a traffic detector's normal fit records (N, latent)."""
     import safetensors.numpy
@@ -594,11 +631,16 @@ def score_traffic(path: str | Path, out_dir: str | Path, model: str | None = Non
     from models.registry import load_model
 
     path, out = Path(path).expanduser(), Path(out_dir).expanduser()
-    folder = resolve_detector(model, root="anomaly-traffic")
-    detector = json.loads((folder / "detector.json").read_text())
     names, rows, lines = read_records(path)
-    x, unseen, bad = encode(detector["encoding"], rows, lines)
+    folder, detector = traffic_detector(model, path, names)
+    # the detector's columns found by name: another order, or the label column absent
+    at = {n: j for j, n in enumerate(names)}
+    encoding = {"names": names, "columns": [{**c, "index": at[c["name"]]} for c in detector["encoding"]["columns"]]}
+    x, unseen, bad = encode(encoding, rows, lines)
     ok = ~np.isnan(x).any(1)
+    if not ok.any():
+        reason, n = Counter(b["reason"] for b in bad).most_common(1)[0]
+        raise ValueError(f"{path}: no usable record: {n:,} of {len(rows):,} rows: {reason}")
     net, codes = load_model(Path(detector["model"])), normal_codes(folder)
     t0 = time.perf_counter()
     scores = {k: np.full(len(x), np.nan) for k in ("score", "kl", "recon_score")}
@@ -609,8 +651,8 @@ def score_traffic(path: str | Path, out_dir: str | Path, model: str | None = Non
     why = [""] * len(x)
     if explain and flags.any():
         idx = np.flatnonzero(flags)
-        for i, text in zip(idx, explain_records(net, x[idx], codes, np.asarray(detector["baseline"]),
-                                                detector["features"])):
+        for i, text in zip(idx, explain_records(net, x[idx], codes, np.asarray(detector["baseline"]), encoding,
+                                                [rows[i] for i in idx])):
             why[i] = text
     label = names.index(detector["label_column"]) if detector["label_column"] in names else None
     buf = io.StringIO()
@@ -619,7 +661,7 @@ def score_traffic(path: str | Path, out_dir: str | Path, model: str | None = Non
                + (["explain"] if explain else []))
     for i, r in enumerate(rows):
         cells = [lines[i]] + ["" if np.isnan(scores[k][i]) else f"{scores[k][i]:.6g}" for k in ("score", "kl", "recon_score")]
-        cells += [int(flags[i]), int(unseen[i])]
+        cells += ["" if not ok[i] else int(flags[i]), int(unseen[i])]      # unscored: no flag, not "normal"
         cells += [r[label].strip() if len(r) == len(names) else ""] if label is not None else []
         w.writerows([cells + ([why[i]] if explain else [])])
     out.mkdir(parents=True, exist_ok=True)

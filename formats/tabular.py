@@ -1,7 +1,8 @@
 """Mixed numeric / categorical records (network connections: NSL-KDD style) -> feature vectors in [0, 1].
 
     read_records   a comma-separated file -> names, rows (lists of strings) and the line of each row; the column
-                   names come from `columns.txt` beside the file (NSL-KDD's layout), else from the first line
+                   names come from `columns.txt` beside the file (NSL-KDD's layout; a first line equal to them is
+                   skipped), else from the first line
     fit_encoding   min-max on normal training rows only; over the whole training file (labels unused): a column
                    with any non-numeric value is categorical (one-hot over its categories, sorted), a constant
                    one is dropped, log1p where the maximum exceeds 1 (shared/notes/anomaly.md, section 3)
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import csv
 import math
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -23,23 +25,36 @@ from formats.files import Refused, open_regular
 
 
 def read_records(path: str | Path) -> tuple[list[str], list[list[str]], list[int]]:
-    """(names, rows, line numbers); a row with the wrong number of fields is kept (encode reports it)."""
+    """(names, rows, line numbers); a row with the wrong number of fields is kept (encode reports it). Raises
+    ValueError (one line naming the file) for a file that is not UTF-8 text, has no record, or none of the
+    width its names give."""
     path = Path(path)
     beside = path.parent / "columns.txt"
     try:
         with open_regular(path) as f:
-            lines = f.read().decode("utf-8", "replace").splitlines()
+            text = f.read().decode("utf-8-sig")
     except Refused as e:
         raise ValueError(f"{path}: {e}") from None
-    rows = [(i, r) for i, r in enumerate(csv.reader(lines), 1) if r]
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not UTF-8 text (byte {e.start})") from None
+    rows = [(i, r) for i, r in enumerate(csv.reader(text.splitlines()), 1) if r]
     if beside.is_file():
         names = [n.strip() for n in beside.read_text().replace(",", "\n").split() if n.strip()]
+        source = "columns.txt"
+        if rows and [v.strip().lower() for v in rows[0][1]] == [n.lower() for n in names]:
+            rows = rows[1:]                             # a header line of its own as well: not a record
     elif rows:
-        names, rows = [n.strip() for n in rows[0][1]], rows[1:]
-    else:
-        names = []
+        names, rows, source = [n.strip() for n in rows[0][1]], rows[1:], "its header line"
+        if any(_number(n) is not None for n in names):  # NSL-KDD as shipped: no header, no columns.txt
+            raise ValueError(f"{path}: the first line looks like data, not a header ({', '.join(names[:4])}, ...); "
+                             f"give the file a header line naming its columns, or put a columns.txt (one name a "
+                             f"line) beside it")
     if not rows:
         raise ValueError(f"{path}: no records")
+    if not any(len(r) == len(names) for _, r in rows):
+        width, n = Counter(len(r) for _, r in rows).most_common(1)[0]
+        raise ValueError(f"{path}: no usable record: {n:,} rows have {width} fields, {source} names {len(names)} "
+                         f"columns")
     return names, [r for _, r in rows], [i for i, _ in rows]
 
 

@@ -285,10 +285,11 @@ def test_traffic_outliers_and_an_unseen_category_score_above_normal_records(tmp_
     outliers = [["0", "tcp", "http", "9000000", "0.95", "smurf", "5"],       # huge transfer, high error rate
                 ["2", "udp", "ftp", "20", "0.90", "satan", "5"]] * 5
     unseen = [["0", "tcp", "telnet", "2000", "0.05", "normal", "5"]]
-    write_records(tmp_path / "test.txt", normal + outliers + unseen + [["1", "tcp"]])
+    unseen_outlier = [["0", "tcp", "telnet", "9000000", "0.95", "smurf", "5"]]
+    write_records(tmp_path / "test.txt", normal + outliers + unseen + [["1", "tcp"]] + unseen_outlier)
     report = anomaly_traffic_score_flow(str(tmp_path / "test.txt"), str(tmp_path / "out"), explain=True)
     rows = list(csv.DictReader(io.StringIO((tmp_path / "out" / "scores.csv").read_text())))
-    assert len(rows) == 212 and [r["line"] for r in rows] == [str(i) for i in range(1, 213)]   # input order
+    assert len(rows) == 213 and [r["line"] for r in rows] == [str(i) for i in range(1, 214)]   # input order
     score = np.array([float(r["score"] or "nan") for r in rows])
     recon = np.array([float(r["recon_score"] or "nan") for r in rows])
     assert (score[200:210] > np.quantile(score[:200], 0.95)).all(), score[200:210]     # the encoder alone
@@ -296,11 +297,69 @@ def test_traffic_outliers_and_an_unseen_category_score_above_normal_records(tmp_
     # a service never seen: all zeros in its one-hot, which the decoder cannot give back (the encoder's score
     # need not rise: the rest of the record is normal)
     assert recon[210] > recon[:200].max(), (recon[210], recon[:200].max())
-    assert rows[210]["unseen_categories"] == "1" and report["records_with_unseen_categories"] == 1
-    assert rows[211]["score"] == "" and report["bad_rows"] == [{"line": 212, "reason": "2 fields, expected 7"}]
-    assert all(r["flag"] == "1" and r["explain"].startswith("rate (+") for r in rows[200:210])   # 0.9 vs <= 0.1
+    assert rows[210]["unseen_categories"] == "1" and report["records_with_unseen_categories"] == 2
+    # a row that could not be read has no flag: filtering on flag == 0 must not take it for normal
+    assert rows[211]["score"] == rows[211]["flag"] == ""
+    assert report["bad_rows"] == [{"line": 212, "reason": "2 fields, expected 7"}]
+    # explained by the record's own values: 0.9 vs <= 0.1; a one-hot column summed under the record's category
+    assert all(r["flag"] == "1" and r["explain"].startswith(f"rate={o[4]} (+") for r, o in zip(rows[200:210], outliers))
+    records = normal + outliers + unseen + [["1", "tcp"]] + unseen_outlier
+    named = [(i, p.split(" ")[0]) for i, r in enumerate(rows) for p in r["explain"].split("; ")
+             if p.startswith("service=")]
+    assert named and all(p == f"service={records[i][2]}" for i, p in named)
+    assert rows[212]["flag"] == "1" and rows[212]["explain"].startswith("service=telnet (unseen); ")
     assert rows[0]["label"] == "normal" and rows[0]["explain"] == "" and float(rows[0]["kl"]) > 0
-    assert report["flagged"] >= 11 and report["scored"] == 211
+    assert report["flagged"] >= 12 and report["scored"] == 212
+
+
+def test_the_records_reader_refuses_what_it_cannot_read_in_one_line(tmp_path):
+    from formats.tabular import read_records
+
+    (tmp_path / "columns.txt").write_text("\n".join(TRAFFIC_COLUMNS))
+    records = traffic_rows(3, 0)
+    # a header line of its own beside columns.txt (case and spaces aside) is not a record
+    write_records(tmp_path / "hdr.txt", [[f" {n.upper()}" for n in TRAFFIC_COLUMNS]] + records)
+    assert read_records(tmp_path / "hdr.txt") == (TRAFFIC_COLUMNS, records, [2, 3, 4])
+    write_records(tmp_path / "only.txt", [TRAFFIC_COLUMNS])
+    with pytest.raises(ValueError, match=r"only.txt: no records$"):
+        read_records(tmp_path / "only.txt")
+    (tmp_path / "bin.txt").write_bytes(bytes(range(256)) * 4)
+    with pytest.raises(ValueError, match=r"bin.txt: not UTF-8 text \(byte 128\)$"):
+        read_records(tmp_path / "bin.txt")
+    write_records(tmp_path / "ts.txt", [["2024-01-01", "1"]] * 3)
+    with pytest.raises(ValueError, match=r"ts.txt: no usable record: 3 rows have 2 fields, columns.txt names 7"):
+        read_records(tmp_path / "ts.txt")
+    (tmp_path / "bare").mkdir()                                  # NSL-KDD as shipped: no header, no columns.txt
+    write_records(tmp_path / "bare" / "kdd.txt", records)
+    with pytest.raises(ValueError, match=r"kdd.txt: the first line looks like data, not a header .* columns.txt"):
+        read_records(tmp_path / "bare" / "kdd.txt")
+
+
+@pytest.mark.prefect
+def test_score_picks_the_newest_detector_trained_on_the_file_s_columns(tmp_path, one_core):
+    from flows.pipelines import anomaly_traffic_score_flow, anomaly_traffic_train_flow
+
+    other = ["port", "proto", "app", "size", "attack_type"]
+    write_records(tmp_path / "a.csv", [TRAFFIC_COLUMNS] + traffic_rows(100, 7))
+    write_records(tmp_path / "b.csv", [other] + [r[1:6] for r in traffic_rows(100, 8)])
+    anomaly_traffic_train_flow(str(tmp_path / "a.csv"), steps=20, progress=False, name="layout-a")
+    anomaly_traffic_train_flow(str(tmp_path / "b.csv"), steps=20, progress=False, name="layout-b")   # the newest
+    # the columns in another order, the label and ignored columns absent: found by name
+    test = [[r[4], r[3], r[2], r[1], r[0]] for r in traffic_rows(20, 9)]
+    write_records(tmp_path / "test.csv", [["rate", "bytes", "service", "protocol", "duration"]] + test)
+    report = anomaly_traffic_score_flow(str(tmp_path / "test.csv"), str(tmp_path / "out"))
+    assert report["detector"].startswith("layout-a-") and report["scored"] == 20
+    assert report["records_with_unseen_categories"] == 0
+    with pytest.raises(ValueError, match=r"test.csv: lacks 4 column\(s\) that detector layout-b-\w+ was trained on: "
+                                         r"port, proto, app, size$"):
+        anomaly_traffic_score_flow(str(tmp_path / "test.csv"), str(tmp_path / "out"), model="layout-b")
+    write_records(tmp_path / "ts.csv", [["timestamp", "value"], ["2024-01-01", "1"]])
+    with pytest.raises(FileNotFoundError, match=r"ts.csv: no traffic detector was trained on its columns "
+                                                r"\(timestamp, value; \d+ known, for other columns\); train one"):
+        anomaly_traffic_score_flow(str(tmp_path / "ts.csv"), str(tmp_path / "out"))
+    write_records(tmp_path / "words.csv", [TRAFFIC_COLUMNS] + [["x", "tcp", "http", "2000", "0.1", "normal", "1"]] * 3)
+    with pytest.raises(ValueError, match=r"words.csv: no usable record: 3 of 3 rows: duration: 'x' is not a number"):
+        anomaly_traffic_score_flow(str(tmp_path / "words.csv"), str(tmp_path / "out"), model="layout-a")
 
 
 # ---------------------------------------------------------------- scheduled, incremental scoring

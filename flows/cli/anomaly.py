@@ -162,15 +162,18 @@ def traffic_train(
 
 @traffic_app.command("score")
 def traffic_score(
-    path: Path = typer.Argument(..., help="Records in the training file's layout (the label column may be absent)."),
+    path: Path = typer.Argument(..., help="Records with the detector's columns (by name: any order, the label "
+                              "column may be absent)."),
     out_dir: Path = typer.Argument(..., help="Folder for scores.csv (one row per record, in order) and report.json."),
-    model: Optional[str] = typer.Option(None, "--model", help="A detector (folder, name or unique prefix); default: the newest."),
-    explain: bool = typer.Option(False, "--explain", help="Name the features that raise each flagged record's score most."),
+    model: Optional[str] = typer.Option(None, "--model", help="A detector (folder, name or unique prefix); "
+                                         "default: the newest trained on this file's columns."),
+    explain: bool = typer.Option(False, "--explain", help="Name the columns that raise each flagged record's score most, with its values."),
 ):
     """Score every record into scores.csv, one row per input record in input order.
 
     Columns: score (encoder only: the code's distance to the nearest normal codes), kl (encoder only: KL to the
-    prior), recon_score (reconstruction probability), flag (score >= the detector's threshold)."""
+    prior), recon_score (reconstruction probability), flag (score >= the detector's threshold; empty for a row
+    that could not be read)."""
     _records_file(path)
     _out_folder(out_dir)
     from flows.pipelines import anomaly_traffic_score_flow
