@@ -39,7 +39,7 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 
 from flows.anomaly import (GAP, MARGIN, QUANTILE, SMOOTH, reconstruct_errors, scaling, score_points,  # noqa: E402
-                           train_series)
+                           threshold_of, train_series)
 from formats.series import (events, label_segments, match_events, moving_mean, per_point, read_series,  # noqa: E402
                             regularise, window_starts, windows)
 
@@ -93,7 +93,7 @@ def sub_pca(grid: np.ndarray, n_train: int, smooth: int, window: int = 100) -> t
         x = windows(part, starts, window)
         return moving_mean(per_point((pca.inverse_transform(pca.transform(x)) - x) ** 2, starts, len(part)), smooth)
 
-    return score(z), MARGIN * float(np.quantile(score(z[:n_train]), QUANTILE))
+    return score(z), threshold_of(score(z[:n_train]))
 
 
 def tsb_sub_pca(values: np.ndarray, window: int) -> np.ndarray:
@@ -168,8 +168,8 @@ def evaluate(score: np.ndarray, threshold: float | None, truth, window: int | No
     """Event counts at the threshold (None without one) and the threshold-free metrics."""
     flags = score >= threshold if threshold is not None else None
     tp, fp, fn = match_events(events(flags, GAP), truth) if flags is not None else (None,) * 3
-    return {"tp": tp, "fp": fp, "fn": fn, "flagged": int(flags.sum()) if flags is not None else None, "vus_pr": vus_pr(score, truth, window), "auroc": auroc(score, truth),
-            "pa_f1": best_pa_f1(score, truth)}
+    return {"tp": tp, "fp": fp, "fn": fn, "flagged": int(flags.sum()) if flags is not None else None,
+            "vus_pr": vus_pr(score, truth, window), "auroc": auroc(score, truth), "pa_f1": best_pa_f1(score, truth)}
 
 
 def rule_counts(raw: np.ndarray, raw_train: np.ndarray, window: int, index: np.ndarray, truth) -> dict:
@@ -180,8 +180,8 @@ def rule_counts(raw: np.ndarray, raw_train: np.ndarray, window: int, index: np.n
     for smooth in dict.fromkeys(r[0] for r in RULES):
         score, train = (moving_mean(x, max(1, window // smooth)) for x in (raw, raw_train))
         for _, q, m in (r for r in RULES if r[0] == smooth):
-            threshold = m * float(np.quantile(train, q))
-            out[RULE_NAMES[smooth, q, m]] = match_events(events(score[index] >= threshold, GAP), truth)
+            flags = score[index] >= threshold_of(train, q, m)
+            out[RULE_NAMES[smooth, q, m]] = match_events(events(flags, GAP), truth)
     return out
 
 
@@ -192,12 +192,17 @@ def held_out_rules(rows: list[dict]) -> str:
     quiet = [r for r in rows if r["family"] == "artificialNoAnomaly"]
     if not quiet or len(fams) < 2:
         return "\nThreshold rules: no held-out choice (it needs artificialNoAnomaly and two families with anomalies)"
-    counts = lambda fam, key: [sum(r["rules"][key][i] for r in rows if r["family"] == fam)  # noqa: E731
-                               for i in range(3)]
-    f1 = lambda c: 2 * c[0] / max(2 * c[0] + c[1] + c[2], 1)                                                # noqa: E731
-    keys = list(RULE_NAMES.values())
-    pick = lambda among: max(keys, key=lambda k: (sum(r["rules"][k][1] for r in quiet) == 0,                # noqa: E731
-                                                  np.mean([f1(counts(f, k)) for f in among])))
+
+    def counts(fam: str, rule: str) -> list[int]:
+        return [sum(r["rules"][rule][i] for r in rows if r["family"] == fam) for i in range(3)]
+
+    def f1(c: list[int]) -> float:
+        return 2 * c[0] / max(2 * c[0] + c[1] + c[2], 1)
+
+    def pick(among: list[str]) -> str:        # no false event on the quiet series first, then the mean F1
+        return max(RULE_NAMES.values(), key=lambda k: (sum(r["rules"][k][1] for r in quiet) == 0,
+                                                       np.mean([f1(counts(f, k)) for f in among])))
+
     shipped = RULE_NAMES[SMOOTH, QUANTILE, MARGIN]
     best = pick(fams)
     lines = ["", f"Threshold rules ({len(RULES)}): on all {len(fams)} families the best is {best}; "
@@ -302,9 +307,9 @@ def main() -> None:
             net = load_model(Path(det["model"]))
             score, seconds = score_points(series, det, net)
             grid = regularise(series)
-            z = (grid.values - det["center"]) / det["scale"]
+            scaled = (grid.values - det["center"]) / det["scale"]
             raw, raw_train = (reconstruct_errors(net, x, det["window"], det["hop"])
-                              for x in (z, z[:det["train_points"]]))
+                              for x in (scaled, scaled[:det["train_points"]]))
             pca_step, pca_th = sub_pca(grid.values, det["train_points"], det["smooth"])
             z = rolling_z(series.values)
             window = vus_window(series.values)

@@ -49,6 +49,11 @@ GAP = 12                         # flagged points at most this many points apart
 DRIFT_SHARE = 0.25
 
 
+def threshold_of(train_score: np.ndarray, quantile: float = QUANTILE, margin: float = MARGIN) -> float:
+    """The flag threshold from the training part's scores alone (never labels)."""
+    return margin * float(np.quantile(train_score, quantile))
+
+
 def find_series(target: str | Path, empty: bool = False) -> list[Path]:
     """A CSV file, or every *.csv under a folder (sorted; a folder without any is an error unless `empty`)."""
     target = Path(target).expanduser()
@@ -138,7 +143,7 @@ def train_series(path: str | Path, column: str = "value", window: int = 128, tra
     def fill(tmp: Path) -> dict:
         net = load_model(Path(folder))
         train_score = reconstruct_errors(net, z[:n_train], window, config["hop"], config["smooth"])
-        threshold = MARGIN * float(np.quantile(train_score, QUANTILE))
+        threshold = threshold_of(train_score)
         detector = {"model": str(folder), "model_key": model_key, "series": series.name, "source": str(path),
                     "column": column, "center": center, "scale": scale, "step_s": grid.step_s, **config,
                     "threshold": threshold, "train_points": n_train, "train_fraction": train_fraction,
@@ -162,9 +167,9 @@ def detectors(root: str = "anomaly") -> list[Path]:
     return sorted(p.parent for p in (outputs_root() / root).glob("*/manifest.json"))
 
 
-def resolve_detector(name: str | None, series: str | None = None, root: str = "anomaly") -> Path:
-    """--model: a detector folder, its name or a unique prefix of it; None: the newest detector trained on a
-    series of this name (series detectors), or the newest one (traffic)."""
+def resolve_detector(name: str | None, root: str = "anomaly", fits=None) -> Path | None:
+    """--model: a detector folder, its name or a unique prefix of it; None: the newest detector of `root` whose
+    detector.json `fits` (the caller says why when none does: None)."""
     train = "aeflow anomaly series train CSV" if root == "anomaly" else "aeflow anomaly traffic train FILE"
     if name and Path(name).expanduser().is_dir():
         folder = Path(name).expanduser()
@@ -178,12 +183,8 @@ def resolve_detector(name: str | None, series: str | None = None, root: str = "a
             raise FileNotFoundError(f"--model {name}: {'ambiguous' if matches else 'matches no detector'}; known: "
                                     f"{', '.join(f.name for f in known) or f'none ({train})'}")
         return matches[0]
-    own = [f for f in known if series is None or json.loads((f / "detector.json").read_text())["series"] == series]
-    if not own:
-        raise FileNotFoundError(f"{series}: no detector trained on a series of this name; train one first "
-                                f"({train}) or name one with --model" if series else f"no traffic detector; train "
-                                f"one first ({train}) or name one with --model")
-    return max(own, key=lambda f: (read_manifest(f) or {}).get("created", ""))
+    own = [f for f in known if fits is None or fits(json.loads((f / "detector.json").read_text()))]
+    return max(own, key=lambda f: (read_manifest(f) or {}).get("created", "")) if own else None
 
 
 def labels_for(labels: dict, path: Path, root: Path) -> list | None:
@@ -217,7 +218,10 @@ def _with_detector(path: Path, model: str | None, column: str | None) -> tuple[S
     """A series file, its detector (`model`'s, else the one trained on a series of its name) and, unless
     `column` names one, the values of the column that detector was trained on."""
     series = read_series(path, column or "value")
-    folder = resolve_detector(model, series.name)
+    folder = resolve_detector(model, fits=lambda d: d["series"] == series.name)
+    if folder is None:
+        raise FileNotFoundError(f"{series.name}: no detector trained on a series of this name; train one first "
+                                f"(aeflow anomaly series train CSV) or name one with --model")
     detector = json.loads((folder / "detector.json").read_text())
     if column is None and detector["column"] != "value":
         series = read_series(path, detector["column"])
@@ -596,26 +600,21 @@ def train_traffic(path: str | Path, label_column: str = "attack_type", normal_la
 def traffic_detector(model: str | None, path: Path, names: list[str]) -> tuple[Path, dict]:
     """--model, or the newest traffic detector whose input columns are all among the file's `names` (one trained
     on another layout would read the wrong fields: most records 'unseen' and no warning)."""
-    def lacks(folder: Path) -> list[str]:
-        detector = json.loads((folder / "detector.json").read_text())
+    def lacks(detector: dict) -> list[str]:
         return [c["name"] for c in detector["encoding"]["columns"] if c["name"] not in names]
 
-    if model:
-        folder = resolve_detector(model, root="anomaly-traffic")
-        missing = lacks(folder)
-        if missing:
-            raise ValueError(f"{path}: lacks {len(missing)} column(s) that detector {folder.name} was trained on: "
-                             f"{', '.join(missing[:8])}{', ...' if len(missing) > 8 else ''}")
-    else:
-        known = detectors("anomaly-traffic")
-        fits = [f for f in known if not lacks(f)]
-        if not fits:
-            raise FileNotFoundError(f"{path}: no traffic detector was trained on its columns ({', '.join(names[:6])}"
-                                    f"{', ...' if len(names) > 6 else ''}; {len(known)} known, for other columns); "
-                                    f"train one on it (aeflow anomaly traffic train FILE --name NAME) or name one "
-                                    f"with --model")
-        folder = max(fits, key=lambda f: (read_manifest(f) or {}).get("created", ""))
-    return folder, json.loads((folder / "detector.json").read_text())
+    folder = resolve_detector(model, "anomaly-traffic", fits=lambda d: not lacks(d))
+    if folder is None:
+        raise FileNotFoundError(f"{path}: no traffic detector was trained on its columns ({', '.join(names[:6])}"
+                                f"{', ...' if len(names) > 6 else ''}; {len(detectors('anomaly-traffic'))} known, "
+                                f"for other columns); train one on it (aeflow anomaly traffic train FILE --name NAME) "
+                                f"or name one with --model")
+    detector = json.loads((folder / "detector.json").read_text())
+    missing = lacks(detector)                           # only --model's can: the newest was picked among fits
+    if missing:
+        raise ValueError(f"{path}: lacks {len(missing)} column(s) that detector {folder.name} was trained on: "
+                         f"{', '.join(missing[:8])}{', ...' if len(missing) > 8 else ''}")
+    return folder, detector
 
 
 def normal_codes(folder: Path) -> np.ndarray:

@@ -229,10 +229,9 @@ def test_each_series_finds_its_own_detector_and_the_train_is_cached(trained, tmp
     assert again["folder"] == detector["folder"]                 # the same content: the cached stages
     report = score_series(root, tmp_path / "out")               # by the series' name
     assert report["series"][0]["detector"] == detector["folder"].split("/")[-1]
-    with pytest.raises(FileNotFoundError, match="no detector trained on a series of this name"):
-        from flows.anomaly import resolve_detector
-
-        resolve_detector(None, "no_such_series")
+    write_csv(tmp_path / "no_such_series.csv", sine(100, 0))
+    (failed,) = score_series(tmp_path / "no_such_series.csv", tmp_path / "out")["failed"]
+    assert "no_such_series: no detector trained on a series of this name" in failed["reason"], failed
 
 
 # ---------------------------------------------------------------- traffic records
